@@ -1,0 +1,77 @@
+"""``denoise``: the one-call entry point for a scan already in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .config import DenoiseConfig
+from .engine import DenoiseResult, ScanDenoiser
+
+__all__ = ["denoise", "denoise_scan"]
+
+
+def denoise(frames: np.ndarray, *, mask: np.ndarray | None = None,
+            center: tuple[float, float] | None = None,
+            poni: str | Path | dict | None = None, method: str = "auto",
+            budget_s: float | None = None, device: str = "auto",
+            pairs: tuple[np.ndarray, np.ndarray] | None = None,
+            bad_pixels: Literal["raise", "mask"] = "raise") -> np.ndarray:
+    """Denoise the raw frames of one scan.
+
+    Parameters
+    ----------
+    frames
+        ``(N, H, W)`` or ``(H, W)`` raw counts of one scan; frames may differ (in situ).
+    mask
+        Bool ``(H, W)``, True on bad pixels (gaps, beamstop, known defects).
+    center
+        Beam centre ``(row, col)`` in pixels (pixel centres at integers).
+    poni
+        pyFAI PONI file or dict; used for the beam centre when ``center`` is None.
+    method
+        ``"auto"`` (chosen per scan, see :class:`DenoiseConfig`), ``"symmetry"``,
+        ``"thinning"``, ``"noise2sr"``, ``"supervised"``, ``"classical"``,
+        ``"classical-nlm"``.
+    budget_s
+        Wall-time budget of the whole call in seconds; None for the default fine-tuning time
+        (60 s on CPU, 20 s on GPU).
+    device
+        ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``.
+    pairs
+        ``(low, high)`` paired exposures for ``method="supervised"``.
+    bad_pixels
+        NaN, inf or negative unmasked values: ``"raise"`` (default) or ``"mask"`` them.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 expected counts, the shape of ``frames``; 0 on masked pixels; unmasked hot
+        and dead pixels found in the data get the estimate from their neighbourhood.
+
+    Raises
+    ------
+    InputError
+        Wrong dimensions, mask shape mismatch, NaN or negative values (unless
+        ``bad_pixels="mask"``), a centre off the detector.
+    """
+    return denoise_scan(frames, mask=mask, center=center, poni=poni, method=method,
+                        budget_s=budget_s, device=device, pairs=pairs,
+                        bad_pixels=bad_pixels).denoised
+
+
+def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
+                 center: tuple[float, float] | None = None,
+                 poni: str | Path | dict | None = None,
+                 pairs: tuple[np.ndarray, np.ndarray] | None = None,
+                 bad_pixels: Literal["raise", "mask"] = "raise",
+                 config: DenoiseConfig | None = None, **options) -> DenoiseResult:
+    """Like :func:`denoise` but returns a :class:`DenoiseResult` with provenance.
+
+    ``options`` are :class:`DenoiseConfig` fields (``method``, ``budget_s``, ``device``, ...).
+    """
+    denoiser = ScanDenoiser(config, **options)
+    return denoiser.run(frames, mask=mask, center=center, poni=poni, pairs=pairs,
+                        bad_pixels=bad_pixels)

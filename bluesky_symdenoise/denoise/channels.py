@@ -1,0 +1,107 @@
+"""What the network sees: a frame and its independent noisy copies, as input channels.
+
+Channels (all counts divided by the frame's mean level ``L`` over good pixels):
+
+====  =====================================================================
+ 0    the frame itself (0 on bad pixels)
+ 1    1 on good pixels, 0 on bad ones
+ 2    the frame's 180° partner (resampled), where symmetry holds, else 0
+ 3    1 where channel 2 is available
+ 4    mean of the neighbouring frames of the scan (t-1, t+1), else 0
+ 5    1 where channel 4 is available
+ 6    log10(L), the absolute count level (so the network knows the noise level)
+====  =====================================================================
+
+The partner and neighbour channels are independent noisy copies of (nearly) the same
+expectation; the network learns how far to trust them. Where the local symmetry test fails,
+channel 2 is blanked, so a feature without a partner is never averaged with empty sky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..physics.symmetry import PartnerMap
+
+__all__ = ["N_CHANNELS", "ChannelContext", "input_channels", "mean_level"]
+
+N_CHANNELS = 7
+MIN_LEVEL = 1e-3
+
+
+@dataclass(frozen=True)
+class ChannelContext:
+    """What is fixed for a scan: good pixels and where the 180° partner may be used.
+
+    Attributes
+    ----------
+    good
+        Bool ``(H, W)``, True on pixels that hold data.
+    partner
+        The 180° partner map, or None when no beam centre is known.
+    symmetric
+        Bool ``(H, W)``: partner on the detector, unmasked, and the local test passed.
+    """
+
+    good: np.ndarray
+    partner: PartnerMap | None
+    symmetric: np.ndarray
+
+    @classmethod
+    def without_symmetry(cls, good: np.ndarray) -> ChannelContext:
+        return cls(good=good, partner=None, symmetric=np.zeros_like(good, dtype=bool))
+
+
+def mean_level(frame: np.ndarray, good: np.ndarray) -> float:
+    """Mean counts per good pixel (floored at 1e-3 so empty frames stay finite)."""
+    values = frame[good]
+    return max(float(values.mean()) if values.size else 0.0, MIN_LEVEL)
+
+
+def partner_values(frame: np.ndarray, ctx: ChannelContext) -> np.ndarray:
+    """The frame resampled at each pixel's 180° partner, 0 where not symmetric."""
+    if ctx.partner is None or not ctx.symmetric.any():
+        return np.zeros_like(frame, dtype=np.float32)
+    sample = ctx.partner.sample(frame, ~ctx.good)
+    return np.where(ctx.symmetric, sample.values, 0.0).astype(np.float32)
+
+
+def input_channels(frame: np.ndarray, ctx: ChannelContext,
+                   neighbours: np.ndarray | None = None,
+                   level: float | None = None) -> tuple[np.ndarray, float]:
+    """Stack the network's input channels for one frame.
+
+    Parameters
+    ----------
+    frame
+        ``(H, W)`` counts (bad pixels may hold anything; they are zeroed).
+    ctx
+        The scan's :class:`ChannelContext`.
+    neighbours
+        ``(H, W)`` mean of neighbouring frames, or None.
+    level
+        Normalisation level; the frame's mean over good pixels when None.
+
+    Returns
+    -------
+    channels, level
+        ``(N_CHANNELS, H, W)`` float32 and the level used.
+    """
+    good = ctx.good
+    frame = np.where(good, frame, 0.0).astype(np.float32)
+    if level is None:
+        level = mean_level(frame, good)
+    inv = np.float32(1.0 / level)
+    channels = np.zeros((N_CHANNELS,) + frame.shape, np.float32)
+    channels[0] = frame * inv
+    channels[1] = good
+    if ctx.partner is not None and ctx.symmetric.any():
+        channels[2] = partner_values(frame, ctx) * inv
+        channels[3] = ctx.symmetric
+    if neighbours is not None:
+        channels[4] = np.where(good, neighbours, 0.0) * inv
+        channels[5] = good
+    channels[6] = np.log10(level)
+    return channels, level

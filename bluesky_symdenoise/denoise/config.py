@@ -1,0 +1,60 @@
+"""The denoiser's configuration: one validated object, serialisable into provenance."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["METHODS", "DenoiseConfig", "Method"]
+
+Method = Literal["auto", "symmetry", "thinning", "noise2sr", "supervised", "classical",
+                 "classical-nlm"]
+METHODS: tuple[str, ...] = ("auto", "symmetry", "thinning", "noise2sr", "supervised",
+                            "classical", "classical-nlm")
+
+
+class DenoiseConfig(BaseModel):
+    """How to denoise one scan.
+
+    Attributes
+    ----------
+    method
+        ``"auto"`` picks per scan and records why. ``"symmetry"``: the network fine-tuned with
+        thinning targets, fed with symmetry partners (where the local test holds) and
+        neighbouring frames. ``"thinning"``: the same without symmetry. ``"noise2sr"``:
+        zero-shot random sub-sampling (Noise2SR). ``"supervised"``: low/high-count pairs
+        (Oppliger 2024). ``"classical"``/``"classical-nlm"``: 180° average + Anscombe + BM3D
+        or NLM.
+    device
+        ``"auto"`` (CUDA if present, else CPU), ``"cpu"`` or ``"cuda"``.
+    budget_s
+        Wall-time budget of one :func:`~bluesky_symdenoise.denoise` call (preparation,
+        fine-tuning and inference). ``None``: 60 s of fine-tuning on CPU, 20 s on GPU.
+    """
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    method: Method = "auto"
+    device: str = "auto"
+    budget_s: float | None = Field(default=None, ge=0)
+    refine_center: bool = True
+    symmetry_z_threshold: float = Field(default=5.5, gt=0)
+    use_neighbour_frames: bool = True
+    use_pretrained: bool = True
+    width: int = Field(default=16, ge=4, le=128)
+    depth: int = Field(default=3, ge=1, le=5)
+    patch_size: int = Field(default=96, ge=32)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    thinning_p: tuple[float, float] = (0.5, 0.9)
+    max_steps: int = Field(default=20000, ge=0)
+    test_time_flips: int = Field(default=2, ge=1, le=4)
+    noise2sr_passes: int = Field(default=8, ge=1)
+    preserve_total_counts: bool = True
+    mixed_precision: bool = True
+    seed: int = 0
+
+    def fine_tune_seconds(self, device_type: str) -> float:
+        """Default fine-tuning time when no budget is given."""
+        return 60.0 if device_type == "cpu" else 20.0

@@ -1,0 +1,100 @@
+"""Applying a trained network to whole frames: padding, flips, batches, OOM fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .device import autocast, is_out_of_memory
+
+__all__ = ["predict_rates"]
+
+# Flips used for test-time averaging; the network is applied to each and flipped back.
+_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
+                  levels: Sequence[float], *, device: torch.device, flips: int = 2,
+                  batch_size: int = 4, mixed_precision: bool = True,
+                  events: list[str] | None = None,
+                  fault: Callable[[int], None] | None = None) -> np.ndarray:
+    """Expected counts for a list of frames' input channels.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~bluesky_symdenoise.denoise.network.RateUNet`.
+    inputs
+        ``(C, H, W)`` channel stacks, one per frame.
+    levels
+        Normalisation level of each stack (output is multiplied by it).
+    flips
+        Test-time averaging over this many flips (1-4).
+    batch_size
+        Frames per forward pass; halved on CUDA out-of-memory, then CPU is used.
+    events
+        Fallbacks are appended here.
+    fault
+        Test hook called before each forward pass.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, H, W)`` float32 expected counts.
+    """
+    events = events if events is not None else []
+    multiple = 2 ** getattr(model, "depth", 3)
+    results: list[np.ndarray] = []
+    model.eval()
+    index = 0
+    flip_set = _FLIPS[:max(1, min(flips, 4))]
+    while index < len(inputs):
+        chunk = np.stack(inputs[index:index + batch_size])
+        try:
+            if fault is not None:
+                fault(index)
+            rates = _forward(model, chunk, device, flip_set, multiple, mixed_precision)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+                events.append(f"out of memory during inference on {device}: batch "
+                              f"{batch_size}")
+            elif device.type != "cpu":
+                device = torch.device("cpu")
+                model.to(device)
+                events.append("out of memory during inference at batch 1: moved to cpu")
+            else:
+                raise
+            continue
+        for k, rate in enumerate(rates):
+            results.append(rate * np.float32(levels[index + k]))
+        index += len(chunk)
+    return np.stack(results).astype(np.float32)
+
+
+@torch.inference_mode()
+def _forward(model: torch.nn.Module, chunk: np.ndarray, device: torch.device,
+             flip_set: tuple[tuple[int, ...], ...], multiple: int,
+             mixed_precision: bool) -> np.ndarray:
+    x = torch.from_numpy(chunk).to(device)
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    total = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=device)
+    for dims in flip_set:
+        xf = torch.flip(x, dims) if dims else x
+        with autocast(device, mixed_precision):
+            out = model(xf).float()
+        total += torch.flip(out, dims) if dims else out
+    total /= len(flip_set)
+    return total[:, 0, :height, :width].cpu().numpy()

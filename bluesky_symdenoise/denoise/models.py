@@ -1,0 +1,64 @@
+"""The pre-trained base model shipped with the package, and building fresh networks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .channels import N_CHANNELS
+from .network import RateUNet
+
+__all__ = ["BASE_MODEL_NAME", "base_model_path", "load_base_model", "model_hash", "new_model",
+           "save_model"]
+
+BASE_MODEL_NAME = "base_v1"
+
+
+def base_model_path() -> Path:
+    """Where the shipped base model's weights live (may not exist in a source checkout)."""
+    return Path(str(resources.files("bluesky_symdenoise") / "models" / f"{BASE_MODEL_NAME}.pt"))
+
+
+def new_model(width: int = 16, depth: int = 3, in_channels: int = N_CHANNELS) -> RateUNet:
+    return RateUNet(in_channels, width=width, depth=depth)
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """Short SHA-256 of a model's weights (provenance)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_model(model: RateUNet, path: Path, info: dict) -> None:
+    """Save weights (float32) and a JSON card beside them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config(), "state_dict": model.state_dict()}, path)
+    card = dict(info, config=model.config(), sha256_16=model_hash(model))
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True))
+
+
+def load_base_model(width: int = 16, depth: int = 3) -> tuple[RateUNet | None, str]:
+    """The shipped pre-trained model if it matches ``width``/``depth``.
+
+    Returns ``(model, why)``; ``model`` is None (and ``why`` says so) when no matching weights
+    are installed.
+    """
+    path = base_model_path()
+    if not path.exists():
+        return None, f"no pre-trained weights at {path}"
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = saved["config"]
+    if (config["width"], config["depth"], config["in_channels"]) != (width, depth, N_CHANNELS):
+        return None, f"pre-trained weights are {config}, asked for width={width} depth={depth}"
+    model = RateUNet(**config)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, f"pre-trained {BASE_MODEL_NAME} ({model_hash(model)})"

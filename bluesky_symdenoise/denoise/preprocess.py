@@ -1,0 +1,166 @@
+"""Checking a scan's frames, and finding the bad pixels nobody masked.
+
+Rules (documented in README "Bad input"):
+
+* frames must be ``(H, W)`` or ``(N, H, W)`` real numbers; anything else raises
+  :class:`InputError`.
+* NaN, inf and negative values raise :class:`InputError` unless ``bad_pixels="mask"``, which
+  adds those pixels to the mask of that scan. Pixels already masked may hold anything.
+* Saturated pixels (equal to the integer dtype's maximum) are masked and counted.
+* Hot pixels (isolated, far above all eight neighbours) and dead pixels (zero through a
+  scan whose neighbourhood has many counts) are found automatically; the result at them is
+  the denoiser's estimate from their neighbourhood.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["InputError", "PreparedScan", "find_defects", "prepare_frames"]
+
+
+class InputError(ValueError):
+    """The frames, mask or geometry given to the denoiser cannot be used as they are."""
+
+
+@dataclass
+class PreparedScan:
+    """Frames as float32 counts with every kind of bad pixel accounted for.
+
+    Attributes
+    ----------
+    frames
+        ``(N, H, W)`` float32, bad pixels set to 0.
+    user_mask
+        Pixels the caller masked (gaps, beamstop): output there is 0.
+    bad
+        Every pixel excluded from training and statistics (user mask, non-finite or
+        negative when repaired, saturated, hot, dead).
+    defects
+        Hot and dead pixels found here (output there is the denoiser's estimate).
+    single_frame
+        The caller passed one ``(H, W)`` frame.
+    integer_counts
+        The data are whole numbers (photon counting): binomial thinning is exact.
+    notes
+        What was repaired, for provenance.
+    """
+
+    frames: np.ndarray
+    user_mask: np.ndarray
+    bad: np.ndarray
+    defects: np.ndarray
+    single_frame: bool
+    integer_counts: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def good(self) -> np.ndarray:
+        return ~self.bad
+
+
+def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
+                   bad_pixels: Literal["raise", "mask"] = "raise",
+                   detect_defects: bool = True) -> PreparedScan:
+    """Validate raw frames and build the scan's bad-pixel map.
+
+    Parameters
+    ----------
+    frames
+        ``(H, W)`` or ``(N, H, W)`` raw counts.
+    mask
+        Bool ``(H, W)``, True on bad pixels (gaps, beamstop, known defects).
+    bad_pixels
+        What to do with NaN, inf or negative unmasked values: ``"raise"`` or ``"mask"``.
+    detect_defects
+        Look for unmasked hot and dead pixels.
+    """
+    array = np.asarray(frames)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
+                                      or array.dtype == bool):
+        raise InputError(f"frames must be numeric counts, got dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise InputError("frames must be real counts, got complex values")
+    if array.ndim not in (2, 3):
+        raise InputError(f"frames must be (H, W) or (N, H, W), got shape {array.shape}")
+    single = array.ndim == 2
+    if single:
+        array = array[None]
+    n, height, width = array.shape
+    if n == 0 or height < 16 or width < 16:
+        raise InputError(f"frames of shape {array.shape} are too small (need N>=1, H, W>=16)")
+    notes: list[str] = []
+    if mask is None:
+        user_mask = np.zeros((height, width), bool)
+    else:
+        user_mask = np.asarray(mask)
+        if user_mask.shape != (height, width):
+            raise InputError(f"mask shape {user_mask.shape} does not match frames "
+                             f"{(height, width)}; mask is (H, W) with True on bad pixels")
+        user_mask = user_mask.astype(bool)
+    bad = user_mask.copy()
+
+    saturated = np.zeros((height, width), bool)
+    if np.issubdtype(array.dtype, np.integer):
+        saturated = np.any(array == np.iinfo(array.dtype).max, axis=0) & ~bad
+        if saturated.any():
+            notes.append(f"masked {int(saturated.sum())} saturated pixels")
+            bad |= saturated
+    data = array.astype(np.float32)
+    nonfinite = np.any(~np.isfinite(data), axis=0) & ~bad
+    negative = np.any(np.where(np.isfinite(data), data, 0) < 0, axis=0) & ~bad
+    for name, where in (("NaN or inf", nonfinite), ("negative", negative)):
+        if where.any():
+            if bad_pixels != "mask":
+                raise InputError(
+                    f"{int(where.sum())} unmasked pixels hold {name} values (first at "
+                    f"{tuple(int(i) for i in np.argwhere(where)[0])}); mask them or pass "
+                    "bad_pixels='mask'")
+            notes.append(f"masked {int(where.sum())} pixels with {name} values")
+            bad |= where
+    data[:, bad] = 0.0
+    if not np.all(np.isfinite(data)):  # only masked pixels can still be non-finite
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    valid_values = data[:, ~bad]
+    integer_counts = bool(np.all(np.abs(valid_values - np.round(valid_values)) < 1e-3))
+    if not integer_counts:
+        notes.append("non-integer counts (integrating detector): thinning uses rounded counts")
+
+    defects = np.zeros((height, width), bool)
+    if detect_defects:
+        defects = find_defects(data, bad)
+        if defects.any():
+            notes.append(f"found {int(defects.sum())} unmasked hot/dead pixels")
+            bad |= defects
+            data[:, defects] = 0.0
+    return PreparedScan(frames=data, user_mask=user_mask, bad=bad, defects=defects,
+                        single_frame=single, integer_counts=integer_counts, notes=notes)
+
+
+def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Hot and dead pixels of a scan that the mask does not cover.
+
+    A pixel is *hot* when its scan sum exceeds five times the largest of its eight
+    neighbours by a margin no Poisson fluctuation reaches; Bragg spots span several pixels and
+    are not hot. A pixel is *dead* when it reads zero through the scan while its neighbours
+    average 15 counts or more (a chance of e^-15).
+    """
+    total = np.asarray(frames, np.float64).sum(axis=0)
+    total = np.where(bad, 0.0, total)
+    footprint = np.ones((3, 3), bool)
+    footprint[1, 1] = False
+    neighbour_max = ndimage.maximum_filter(total, footprint=footprint, mode="constant")
+    n_frames = frames.shape[0]
+    hot = total > 5.0 * neighbour_max + 20.0 * np.sqrt(n_frames) + 5.0
+    good = (~bad).astype(np.float64)
+    kernel = np.ones((5, 5))
+    kernel[2, 2] = 0
+    neighbour_sum = ndimage.convolve(total, kernel, mode="constant")
+    neighbour_n = ndimage.convolve(good, kernel, mode="constant")
+    neighbour_mean = neighbour_sum / np.maximum(neighbour_n, 1)
+    dead = (total == 0) & (neighbour_mean >= 15.0) & (neighbour_n >= 12)
+    return (hot | dead) & ~bad

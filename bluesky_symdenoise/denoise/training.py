@@ -1,0 +1,125 @@
+"""Fitting a network to training pairs within a wall-clock budget."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .device import autocast, is_out_of_memory
+from .targets import Batch
+
+__all__ = ["PairSource", "TrainingLog", "fit", "poisson_loss"]
+
+
+class PairSource(Protocol):
+    def sample(self, batch_size: int, patch: int) -> Batch: ...
+
+
+@dataclass
+class TrainingLog:
+    """What a fit did, for provenance."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    first_loss: float = math.nan
+    last_loss: float = math.nan
+    device: str = "cpu"
+    batch_size: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "seconds": round(self.seconds, 2),
+                "first_loss": round(self.first_loss, 5), "last_loss": round(self.last_loss, 5),
+                "device": self.device, "batch_size": self.batch_size, "events": self.events}
+
+
+def poisson_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Poisson deviance of summed target counts against ``copies * scale * output``.
+
+    Normalised by the expected counts so frames of every level weigh alike. Its minimum is
+    at the expectation of the target, whatever the count level (no max-normalisation).
+    """
+    rate = (batch["copies"] * batch["scale"] * output.float()).clamp(min=1e-6)
+    target = batch["target"]
+    deviance = rate - target + torch.xlogy(target, target) - target * torch.log(rate)
+    weight = batch["copies"] > 0
+    norm = (batch["copies"] * batch["scale"]).sum().clamp(min=1e-6)
+    return (deviance * weight).sum() / norm
+
+
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> dict:
+    out = {name: torch.from_numpy(getattr(batch, name)).to(device)
+           for name in ("inputs", "target", "copies", "scale")}
+    if channels_last:
+        out["inputs"] = out["inputs"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps: int,
+        learning_rate: float, batch_size: int, patch: int, device: torch.device,
+        mixed_precision: bool = True, seed: int = 0,
+        fault: Callable[[int], None] | None = None) -> TrainingLog:
+    """Train ``model`` on batches from ``pairs`` until ``seconds`` or ``max_steps`` run out.
+
+    On CUDA out-of-memory the batch is halved, then training moves to the CPU; each
+    fallback is recorded in the log. ``fault`` is a test hook called before every step (it may
+    raise, e.g. ``torch.cuda.OutOfMemoryError``, to exercise the fallback on CPU).
+    """
+    torch.manual_seed(seed)
+    log = TrainingLog(device=str(device), batch_size=batch_size)
+    start = time.perf_counter()
+    if seconds <= 0 or max_steps <= 0:
+        return log
+    model.to(device).train()
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    losses: list[float] = []
+    while log.steps < max_steps and time.perf_counter() - start < seconds:
+        try:
+            if fault is not None:
+                fault(log.steps)
+            batch = _to_device(pairs.sample(batch_size, patch), device, channels_last)
+            with autocast(device, mixed_precision):
+                output = model(batch["inputs"])
+            loss = poisson_loss(output, batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+                log.events.append(f"out of memory during training on {device}: batch "
+                                  f"{batch_size}")
+            elif device.type != "cpu":
+                device = torch.device("cpu")
+                model.to(device)
+                channels_last = False
+                optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+                log.events.append("out of memory during training at batch 1: moved to cpu")
+            else:
+                raise
+            continue
+        value = float(loss.detach())
+        if np.isfinite(value):
+            losses.append(value)
+        log.steps += 1
+    model.eval()
+    log.seconds = time.perf_counter() - start
+    log.device, log.batch_size = str(device), batch_size
+    if losses:
+        head = losses[: max(1, min(20, len(losses) // 5))]
+        tail = losses[-max(1, min(20, len(losses) // 5)):]
+        log.first_loss, log.last_loss = float(np.mean(head)), float(np.mean(tail))
+    return log
