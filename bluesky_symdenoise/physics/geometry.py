@@ -175,11 +175,11 @@ class DetectorGeometry:
 
     def q_map(self) -> np.ndarray:
         """Scattering vector magnitude per pixel in nm^-1."""
-        return self.integrator().qArray(self.shape)
+        return self.integrator().center_array(self.shape, unit="q_nm^-1", scale=True)
 
     def chi_map(self) -> np.ndarray:
         """Azimuthal angle per pixel in radians (pyFAI convention)."""
-        return self.integrator().chiArray(self.shape)
+        return self.integrator().center_array(self.shape, unit="chi_rad", scale=False)
 
     def radius_map(self) -> np.ndarray:
         """Distance of each pixel centre from the beam centre, in pixels."""

@@ -702,11 +702,11 @@ def _lattice_background(setup: _Setup, rng: np.random.Generator) -> np.ndarray:
 
 def _render_lattice(setup: _Setup, model: _LatticeModel, layout: _LatticeLayout
                     ) -> np.ndarray:
-    shape = setup.geometry.shape
-    spots = _render_spots(shape, np.concatenate([layout.main, layout.satellites]),
-                          np.concatenate([model.intensity, layout.satellite_heights]),
-                          model.sigma_px)
-    return spots
+    """Main spots and ± satellites (no background, no polarisation)."""
+    return _render_spots(setup.geometry.shape,
+                         np.concatenate([layout.main, layout.satellites]),
+                         np.concatenate([model.intensity, layout.satellite_heights]),
+                         model.sigma_px)
 
 
 def _lattice_regions(setup: _Setup, layout: _LatticeLayout) -> dict[str, np.ndarray]:
@@ -880,8 +880,8 @@ def insitu_series(kind: str = "powder", *, n_frames: int = 8, change: str = "rin
     -------
     SceneSeries
         Regions per frame: ``"strongest_ring"`` (powder) or ``"bragg_spots"`` and
-        ``"satellites"`` (lattice), plus ``"new_phase_rings"`` (the second phase's rings of at least 20 % of its
-        strongest) for a phase appearing.
+        ``"satellites"`` (lattice), plus ``"new_phase_rings"`` (rings of the second
+        phase with at least 20 % of its strongest) for a phase appearing.
     """
     if kind not in ("powder", "lattice"):
         raise ValueError(f"kind must be 'powder' or 'lattice', got {kind!r}")

@@ -13,6 +13,7 @@ where the data agree with them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,8 +91,7 @@ class PartnerMap:
         image = np.asarray(image, dtype=np.float64)
         if image.shape != self.shape:
             raise ValueError(f"image shape {image.shape} != partner map shape {self.shape}")
-        rows, cols = self.coordinates()
-        return _bilinear(image, mask, rows, cols)
+        return _bilinear(image, mask, self)
 
     def apply(self, image: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -129,37 +129,44 @@ def rotate180(image: np.ndarray, center: tuple[float, float],
     return rotation180(np.shape(image), center).apply(image, mask)
 
 
-def _bilinear(image: np.ndarray, mask: np.ndarray | None, rows: np.ndarray,
-              cols: np.ndarray) -> PartnerSample:
-    height, width = image.shape
+@functools.lru_cache(maxsize=16)
+def _interpolation_plan(shape: tuple[int, int], center: tuple[float, float],
+                        matrix: tuple[tuple[float, float], tuple[float, float]]):
+    """Flat source indices, weights and on-detector flags of the four bilinear taps."""
+    pm = PartnerMap(shape, center, matrix)
+    rows, cols = pm.coordinates()
+    height, width = shape
     r0 = np.floor(rows).astype(np.int64)
     c0 = np.floor(cols).astype(np.int64)
     fr = rows - r0
     fc = cols - c0
     # Snap near-integer coordinates so half-integer centres give exact pixel partners.
     eps = 1e-9
-    snap_r = fr > 1 - eps
-    snap_c = fc > 1 - eps
-    r0 = np.where(snap_r, r0 + 1, r0)
-    c0 = np.where(snap_c, c0 + 1, c0)
+    snap_r, snap_c = fr > 1 - eps, fc > 1 - eps
+    r0, c0 = np.where(snap_r, r0 + 1, r0), np.where(snap_c, c0 + 1, c0)
     fr = np.where(snap_r | (fr < eps), 0.0, fr)
     fc = np.where(snap_c | (fc < eps), 0.0, fc)
-    good = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
-    values = np.zeros(image.shape, np.float64)
-    weight_sq = np.zeros(image.shape, np.float64)
-    valid = np.ones(image.shape, bool)
+    taps = []
     for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
                            (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        rr = r0 + dr
-        cc = c0 + dc
-        used = weight > 0
+        rr, cc = r0 + dr, c0 + dc
         inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-        rr_c = np.clip(rr, 0, height - 1)
-        cc_c = np.clip(cc, 0, width - 1)
-        ok = inside & good[rr_c, cc_c]
+        flat = np.clip(rr, 0, height - 1) * width + np.clip(cc, 0, width - 1)
+        taps.append((flat, weight, weight > 0, inside))
+    weight_sq = sum(np.where(used, w * w, 0.0) for _, w, used, _ in taps)
+    return taps, weight_sq
+
+
+def _bilinear(image: np.ndarray, mask: np.ndarray | None, pm: PartnerMap) -> PartnerSample:
+    taps, weight_sq = _interpolation_plan(pm.shape, pm.center, pm.matrix)
+    flat_image = image.ravel()
+    good = None if mask is None else ~np.asarray(mask, bool).ravel()
+    values = np.zeros(image.shape, np.float64)
+    valid = np.ones(image.shape, bool)
+    for flat, weight, used, inside in taps:
+        ok = inside if good is None else inside & good[flat]
         valid &= ~used | ok
-        values += np.where(used & ok, weight * image[rr_c, cc_c], 0.0)
-        weight_sq += np.where(used, weight * weight, 0.0)
+        values += np.where(used & ok, weight * flat_image[flat], 0.0)
     values[~valid] = 0.0
     return PartnerSample(values=values, valid=valid, weight_sq=weight_sq)
 

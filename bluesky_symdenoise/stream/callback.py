@@ -1,0 +1,232 @@
+"""``SymDenoise``: the live plugin a beamline subscribes to its RunEngine.
+
+On the RunEngine's thread it only deep-copies documents and enqueues them (bounded for
+frames, see :class:`~bluesky_symdenoise.stream.worker.FrameQueue`); it never blocks in live
+mode and never raises. A worker thread denoises the frames and publishes a derived run, linked
+to the raw one by ``original_run_uid``, to every callback given to :meth:`SymDenoise.subscribe`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import event_model
+import numpy as np
+
+from .frames import image_keys
+from .scan import START_KEYS, LiveOptions, LiveScan
+from .worker import DenoiseWorker, FrameQueue
+
+__all__ = ["START_KEYS", "SymDenoise"]
+
+logger = logging.getLogger(__name__)
+
+_FRAME_DOCS = ("event", "event_page", "stream_datum")
+
+
+class SymDenoise(event_model.DocumentRouter):
+    """Denoise the 2-D frames of every run live and publish them as a derived run.
+
+    Parameters
+    ----------
+    field
+        Data key of the frames; ``None`` picks the first 2-D array key of the descriptors
+        (others are named in the derived run's warnings).
+    poni, center, mask
+        Geometry: a pyFAI PONI (path or dict), or a beam centre ``(row, col)`` in pixels, and
+        a bool mask (array or ``.npy`` path, True on bad pixels). When none is given, the raw
+        start document's ``poni``, ``beam_center`` and ``mask`` keys are used; without any,
+        denoising is symmetry-free and no I(q) is computed (a warning is recorded).
+    method
+        ``"auto"`` or a :class:`~bluesky_symdenoise.DenoiseConfig` method.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    budget_s
+        Seconds of per-scan fine-tuning (default: the engine's, 60 s on CPU). ``0``: classical
+        fast mode only.
+    max_queue
+        Frames that may wait for the worker. When full, live mode drops new frames and
+        counts them (``frames_dropped`` in the derived run); ``lossless=True`` waits instead
+        (for replay).
+    warmup_frames
+        Frames held before the scan is analysed and training starts.
+    npt, sector
+        I(q) bins, and an optional ``(chi_min, chi_max)`` sector in degrees integrated too.
+    min_training_steps
+        Fewer fine-tuning steps than this within the budget: the network is not used.
+    config
+        Further :class:`~bluesky_symdenoise.DenoiseConfig` fields (e.g. ``width=8``).
+
+    Examples
+    --------
+    >>> sd = SymDenoise(center=(511.5, 498.2), mask=mask, budget_s=30)  # doctest: +SKIP
+    >>> sd.subscribe(tiled_writer)                                       # doctest: +SKIP
+    >>> RE.subscribe(sd)                                                 # doctest: +SKIP
+    """
+
+    def __init__(self, field: str | None = None, *, poni: str | Path | dict | None = None,
+                 center: tuple[float, float] | None = None,
+                 mask: np.ndarray | str | Path | None = None, method: str = "auto",
+                 device: str = "auto", budget_s: float | None = None, max_queue: int = 64,
+                 lossless: bool = False, warmup_frames: int = 4, npt: int | None = None,
+                 sector: tuple[float, float] | None = None, min_training_steps: int = 10,
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.options = LiveOptions(field=field, poni=poni, center=center, mask=mask,
+                                   method=method, device=device, budget_s=budget_s,
+                                   warmup_frames=warmup_frames, npt=npt, sector=sector,
+                                   min_training_steps=min_training_steps,
+                                   config=dict(config or {}))
+        self._queue = FrameQueue(max_queue, lossless=lossless)
+        self._worker: DenoiseWorker | None = None
+        self._subscribers: dict[int, Callable[[str, dict], Any]] = {}
+        self._next_token = 0
+        self._lock = threading.Lock()
+        self._run_uid: str | None = None
+        self._image_descriptors: set[str] = set()
+        self._scans: dict[str, LiveScan] = {}
+        self._closed = False
+        #: Problems met, as messages (never raised into the RunEngine).
+        self.errors: list[str] = []
+        #: Frames dropped because the queue was full, over all runs.
+        self.dropped = 0
+        #: Seconds spent on the RunEngine's thread, per document.
+        self.re_thread_seconds: list[float] = []
+        #: Frame-in to derived-event-out latencies (seconds), over all runs.
+        self.latencies: list[float] = []
+
+    # -- downstream --------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[str, dict], Any]) -> int:
+        """Send every derived document to ``callback(name, doc)``; returns a token."""
+        with self._lock:
+            self._next_token += 1
+            self._subscribers[self._next_token] = callback
+            return self._next_token
+
+    def unsubscribe(self, token: int) -> None:
+        with self._lock:
+            self._subscribers.pop(token, None)
+
+    def _emit(self, name: str, doc: dict) -> None:
+        with self._lock:
+            callbacks = list(self._subscribers.values())
+        for callback in callbacks:
+            try:
+                callback(name, doc)
+            except Exception as exc:  # noqa: BLE001 - one bad consumer must not stop others
+                self._record(f"subscriber {callback!r} failed on {name}: {exc!r}")
+
+    def _record(self, message: str) -> None:
+        logger.warning("symdenoise: %s", message)
+        self.errors.append(message)
+
+    # -- RunEngine thread --------------------------------------------------------------------
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        """Route one raw document; never raises, never blocks (unless ``lossless``)."""
+        began = time.perf_counter()
+        try:
+            self._route(name, doc)
+        except BaseException as exc:  # noqa: BLE001 - never raise into the RunEngine
+            try:
+                self._record(f"could not take the {name} document: {exc!r}")
+            except BaseException:  # noqa: BLE001
+                pass
+        self.re_thread_seconds.append(time.perf_counter() - began)
+        return name, doc
+
+    def _route(self, name: str, doc: dict) -> None:
+        if self._closed:
+            return
+        if name == "start":
+            self._ensure_worker()
+            if self._run_uid is not None:  # the previous run never stopped
+                self._queue.put((self._run_uid, "abandon", None, began_now()), is_frame=False)
+            self._run_uid = doc["uid"]
+        if self._run_uid is None:
+            return
+        if name == "descriptor" and image_keys(doc, self._fields()):
+            self._image_descriptors.add(doc["uid"])
+        if name in _FRAME_DOCS:
+            descriptor = doc.get("descriptor")
+            if descriptor not in self._image_descriptors:
+                return
+            item = (self._run_uid, name, copy.deepcopy(doc), time.perf_counter())
+            if not self._queue.put(item, is_frame=True):
+                self.dropped += 1
+                self._queue.put((self._run_uid, "dropped", None, 0.0), is_frame=False)
+            return
+        self._queue.put((self._run_uid, name, copy.deepcopy(doc), time.perf_counter()),
+                        is_frame=False)
+        if name == "stop":
+            self._run_uid = None
+            self._image_descriptors.clear()
+
+    def _fields(self) -> list[str] | None:
+        return [self.options.field] if self.options.field else None
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.alive:
+            self._worker = DenoiseWorker(self._queue, self._handle, self._on_worker_error)
+
+    # -- worker thread -----------------------------------------------------------------------
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self._record(f"worker error: {exc!r}")
+
+    def _handle(self, item: tuple[str, str, dict | None, float]) -> None:
+        run_uid, name, doc, received = item
+        if name == "start":
+            self._scans[run_uid] = LiveScan(doc, self.options, self._emit)
+            return
+        scan = self._scans.get(run_uid)
+        if scan is None:
+            return
+        if name == "dropped":
+            scan.counts["dropped"] += 1
+            return
+        if name == "abandon":
+            scan.finish(None, reason="raw run never stopped (a new run started)")
+        else:
+            try:
+                scan.handle(name, doc, received)
+            except Exception as exc:  # noqa: BLE001
+                self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
+                if name != "stop":
+                    return
+                scan.finish(doc)
+        if scan.stopped:
+            self.latencies.extend(scan.latencies)
+            self._scans.pop(run_uid, None)
+
+    # -- life cycle --------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued frame is published (and stopped runs' derived stops are
+        out); True if that happened within ``timeout`` seconds."""
+        return self._queue.wait_empty(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish open runs (exit status ``fail``), join the worker; True if it ended."""
+        if self._closed:
+            return self._worker is None or not self._worker.alive
+        self._closed = True
+        if self._run_uid is not None:
+            self._queue.put((self._run_uid, "abandon", None, 0.0), is_frame=False)
+            self._run_uid = None
+        if self._worker is None:
+            return True
+        return self._worker.stop(timeout)
+
+    def __enter__(self) -> SymDenoise:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def began_now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,177 @@
+"""Finding detector frames in Bluesky documents, wherever they live.
+
+Frames arrive three ways:
+
+* inline in events (``ophyd.sim`` ``direct_img``): the array is in ``event["data"]``;
+* by reference through Resource/Datum (``NPY_SEQ``, ``AD_HDF5``): filled with
+  :class:`event_model.Filler` and the standard handlers;
+* by reference through StreamResource/StreamDatum (ophyd-async HDF5 writers): a slice of
+  an HDF5 dataset read with h5py.
+
+Everything here runs on the worker thread: the RunEngine thread only copies documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+__all__ = ["FrameSource", "FrameSourceError", "image_keys", "to_frame"]
+
+
+class FrameSourceError(ValueError):
+    """A frame could not be read (missing handler, file, dataset or wrong layout)."""
+
+
+def _image_shape(shape: Any) -> tuple[int, int] | None:
+    """(H, W) when a data key's shape is that of one 2-D frame (size-1/0 axes dropped)."""
+    if not isinstance(shape, list | tuple):
+        return None
+    dims = [int(d) for d in shape if d not in (0, 1, None)]
+    return (dims[0], dims[1]) if len(dims) == 2 else None
+
+
+def image_keys(descriptor: dict, fields: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Data keys of ``descriptor`` that hold one 2-D frame per event, with their (H, W).
+
+    ``fields`` restricts the search to those keys (kept even if their shape is undeclared).
+    """
+    found = {}
+    for key, info in descriptor.get("data_keys", {}).items():
+        if fields is not None and key not in fields:
+            continue
+        shape = _image_shape(info.get("shape"))
+        if shape is not None:
+            found[key] = shape
+        elif fields is not None:
+            found[key] = (0, 0)
+    return found
+
+
+def to_frame(value: Any) -> np.ndarray:
+    """One 2-D frame from an event value (squeezes leading size-1 axes)."""
+    array = np.asarray(value)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise FrameSourceError(f"expected one 2-D frame, got an array of shape {array.shape}")
+    return array
+
+
+def _handler_registry() -> dict[str, Any]:
+    from ophyd.sim import NumpySeqHandler
+
+    registry: dict[str, Any] = {"NPY_SEQ": NumpySeqHandler}
+    try:  # optional: the areaDetector handlers package
+        from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+    except ImportError:  # pragma: no cover - depends on the environment
+        pass
+    else:
+        registry["AD_HDF5"] = AreaDetectorHDF5Handler
+    return registry
+
+
+def _uri_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise FrameSourceError(f"cannot read {uri!r}: only file:// URIs are supported")
+    return Path(parsed.path if parsed.scheme else uri)
+
+
+class FrameSource:
+    """Turns one run's documents into ``(data_key, seq_num, frame)`` triples.
+
+    Feed it every document of a run, in order, on one thread; :meth:`frames` yields what a
+    document carries. External references are read when their event (Resource/Datum) or
+    StreamDatum arrives.
+    """
+
+    def __init__(self, fields: list[str] | None = None) -> None:
+        from event_model import Filler
+
+        self._requested = fields
+        self._filler = Filler(_handler_registry(), inplace=False)
+        self._keys: dict[str, dict[str, tuple[int, int]]] = {}  # descriptor uid -> keys
+        self._stream_resources: dict[str, dict] = {}
+
+    def keys_for(self, descriptor_uid: str) -> dict[str, tuple[int, int]]:
+        return self._keys.get(descriptor_uid, {})
+
+    @property
+    def all_keys(self) -> dict[str, tuple[int, int]]:
+        merged: dict[str, tuple[int, int]] = {}
+        for keys in self._keys.values():
+            merged.update(keys)
+        return merged
+
+    def frames(self, name: str, doc: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
+        """Frames carried by one document: ``(data_key, seq_num, frame, timestamp)``."""
+        if name in ("start", "resource", "datum", "datum_page", "stop"):
+            self._filler(name, doc)
+        elif name == "descriptor":
+            self._filler(name, doc)
+            self._keys[doc["uid"]] = image_keys(doc, self._requested)
+        elif name == "event":
+            yield from self._event_frames(doc)
+        elif name == "event_page":
+            from event_model import unpack_event_page
+
+            for event in unpack_event_page(doc):
+                yield from self._event_frames(event)
+        elif name == "stream_resource":
+            self._stream_resources[doc["uid"]] = doc
+        elif name == "stream_datum":
+            yield from self._stream_frames(doc)
+
+    def _event_frames(self, event: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
+        keys = self._keys.get(event["descriptor"], {})
+        wanted = [k for k in keys if k in event["data"]]
+        if not wanted:
+            return
+        if any(not event.get("filled", {}).get(k, True) for k in wanted):
+            try:
+                _, event = self._filler("event", event)
+            except Exception:  # noqa: BLE001
+                # A cached handler may hold a stale view of a file still being written
+                # (AD_HDF5 without SWMR): reopen once.
+                self._filler.clear_handler_cache()
+                _, event = self._filler("event", event)
+        for key in wanted:
+            yield key, int(event["seq_num"]), to_frame(event["data"][key]), \
+                float(event["timestamps"].get(key, event["time"]))
+
+    def _stream_frames(self, datum: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
+        import time
+
+        import h5py
+
+        resource = self._stream_resources.get(datum["stream_resource"])
+        if resource is None:
+            raise FrameSourceError(f"StreamDatum {datum['uid']} refers to an unknown "
+                                   f"StreamResource {datum['stream_resource']}")
+        key = resource["data_key"]
+        keys = self._keys.get(datum["descriptor"], {})
+        if key not in keys:
+            return
+        if resource.get("mimetype") != "application/x-hdf5":
+            raise FrameSourceError(f"StreamResource mimetype {resource.get('mimetype')!r} "
+                                   "is not supported (only application/x-hdf5)")
+        params = resource.get("parameters", {})
+        path = _uri_path(resource["uri"])
+        first, last = datum["indices"]["start"], datum["indices"]["stop"]
+        seq_first = datum["seq_nums"]["start"]
+        with h5py.File(path, "r", swmr=True) as handle:
+            dataset = handle[params["dataset"]]
+            block = np.asarray(dataset[first:last])
+        for offset, frame in enumerate(block):
+            yield key, seq_first + offset, to_frame(frame), time.time()
+
+    def close(self) -> None:
+        try:
+            self._filler.close()
+        except Exception:  # noqa: BLE001 - closing handlers must not fail a run
+            pass

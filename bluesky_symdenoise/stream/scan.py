@@ -1,0 +1,538 @@
+"""One raw run, processed live on the worker thread: warm-up, fine-tuning, denoising, I(q).
+
+Life of a run:
+
+1. *warm-up*: the first ``warmup_frames`` frames are held; then the scan is analysed
+   (bad pixels, beam centre, local 180° symmetry) and the method chosen. The derived run's
+   start document is emitted now, so it carries the symmetry report and the method.
+2. *fine-tuning*: a trainer thread fits the per-scan network for ``budget_s`` seconds while
+   every frame is served by the classical fast mode (Anscombe + NLM, ``denoised_by`` says
+   so). The network is switched on only if it beats NLM on a held-out binomial split of a
+   warm-up frame (an unbiased self-supervised check); otherwise NLM stays, and the reason is
+   recorded.
+3. *stop*: the trainer is stopped, a ``summary`` event and the stop document are emitted;
+   the stop mirrors the raw ``exit_status``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..denoise.classical import classical_denoise
+from ..denoise.engine import ScanAnalysis, ScanDenoiser
+from ..integrate.azimuthal import AzimuthalIntegration
+from ..physics.geometry import DetectorGeometry
+from .frames import FrameSource
+from .publisher import DerivedRunPublisher
+from .worker import lower_thread_priority
+
+__all__ = ["LiveOptions", "LiveScan", "START_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+#: Start-document keys read when the callback was given no geometry.
+START_KEYS = {"poni": "pyFAI PONI file path or PONI dict",
+              "beam_center": "[row, col] in pixels",
+              "mask": "path of a .npy bool array, True on bad pixels"}
+
+_NETWORK_METHODS = ("symmetry", "thinning", "noise2sr")
+
+
+@dataclass
+class LiveOptions:
+    """Everything :class:`~bluesky_symdenoise.SymDenoise` was configured with."""
+
+    field: str | None = None
+    poni: str | Path | dict | None = None
+    center: tuple[float, float] | None = None
+    mask: np.ndarray | str | Path | None = None
+    method: str = "auto"
+    device: str = "auto"
+    budget_s: float | None = None
+    warmup_frames: int = 4
+    npt: int | None = None
+    sector: tuple[float, float] | None = None
+    min_training_steps: int = 10
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("bluesky-symdenoise", "torch", "pyFAI", "numpy", "event-model", "bluesky"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+_INTEGRATORS: dict[tuple, AzimuthalIntegration] = {}
+_INTEGRATORS_LOCK = threading.Lock()
+
+
+def integrator_for(geometry: DetectorGeometry, mask: np.ndarray) -> AzimuthalIntegration:
+    """One :class:`AzimuthalIntegration` per (geometry, mask), cached for the process."""
+    key = (geometry, hashlib.sha1(np.packbits(mask)).hexdigest())
+    with _INTEGRATORS_LOCK:
+        if key not in _INTEGRATORS:
+            if len(_INTEGRATORS) > 16:
+                _INTEGRATORS.clear()
+            _INTEGRATORS[key] = AzimuthalIntegration(geometry, mask)
+        return _INTEGRATORS[key]
+
+
+def _load_mask(value: Any) -> np.ndarray:
+    if isinstance(value, str | Path):
+        return np.load(Path(value)).astype(bool)
+    return np.asarray(value).astype(bool)
+
+
+def _held_out_deviance(denoise: Callable[[np.ndarray], np.ndarray], frame: np.ndarray,
+                       good: np.ndarray, seed: int) -> float:
+    """Poisson deviance of one half of a binomial split against the other half's estimate.
+
+    The halves are independent Poisson frames, so a lower value means a better estimate
+    of the expectation: an unbiased way to compare denoisers without ground truth.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.round(frame).astype(np.int64).clip(0)
+    half = rng.binomial(counts, 0.5)
+    rest = (counts - half).astype(np.float64)
+    rate = np.clip(np.asarray(denoise(half.astype(np.float32)), np.float64), 1e-6, None)
+    rate, rest = rate[good], rest[good]
+    from scipy.special import xlogy
+
+    return float(np.mean(rate - rest + xlogy(rest, rest / rate)))
+
+
+class LiveScan:
+    """The worker-thread state of one raw run and its derived run."""
+
+    def __init__(self, raw_start: dict, options: LiveOptions,
+                 emit: Callable[[str, dict], None]) -> None:
+        self.raw_start = raw_start
+        self.options = options
+        self._emit = emit
+        self.source = FrameSource([options.field] if options.field else None)
+        self.field: str | None = options.field
+        self.other_fields: list[str] = []
+        self.shape: tuple[int, int] | None = None
+        self.warnings: list[str] = []
+        self.counts: collections.Counter = collections.Counter()
+        self.publisher: DerivedRunPublisher | None = None
+        self.held: list[tuple[int, np.ndarray, float, float]] = []
+        self.denoiser: ScanDenoiser | None = None
+        self.analysis: ScanAnalysis | None = None
+        self.method = "none"
+        self.reason = ""
+        self.geometry: DetectorGeometry | None = None
+        self.geometry_source = "none"
+        self.user_mask: np.ndarray | None = None
+        self.network_ready = False
+        self.network_note = "not trained yet"
+        self._cancel = threading.Event()
+        self._trainer: threading.Thread | None = None
+        self._previous: np.ndarray | None = None
+        self.latencies: list[float] = []
+        self.stopped = False
+
+    # -- documents ---------------------------------------------------------------------------
+    def handle(self, name: str, doc: dict, received: float) -> None:
+        if name == "descriptor":
+            list(self.source.frames(name, doc))
+            self._pick_field()
+            return
+        if name == "stop":
+            self.finish(doc)
+            return
+        try:
+            frames = list(self.source.frames(name, doc))
+        except Exception as exc:  # noqa: BLE001 - a bad reference must not end the run
+            self.counts["unreadable"] += 1
+            self._warn(f"could not read a frame from a {name} document: {exc}")
+            return
+        for key, seq_num, frame, timestamp in frames:
+            if key == self.field:
+                self.take(seq_num, frame, timestamp, received)
+
+    def _pick_field(self) -> None:
+        keys = self.source.all_keys
+        if self.field is None and keys:
+            self.field = sorted(keys)[0]
+            self.other_fields = sorted(k for k in keys if k != self.field)
+            if self.other_fields:
+                self._warn(f"several 2-D fields {sorted(keys)}: denoising {self.field!r} "
+                           "only; pass field= to choose (one SymDenoise per field)")
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            logger.warning("symdenoise: %s", message)
+            self.warnings.append(message)
+
+    # -- frames ------------------------------------------------------------------------------
+    def take(self, seq_num: int, frame: np.ndarray, timestamp: float, received: float) -> None:
+        self.counts["received"] += 1
+        if self.shape is None:
+            self.shape = tuple(frame.shape)
+        if self.publisher is None:
+            self.held.append((seq_num, frame, timestamp, received))
+            if len(self.held) >= max(1, self.options.warmup_frames):
+                self._warm_up()
+            return
+        self._serve(seq_num, frame, timestamp, received)
+
+    def _resolve_geometry(self, notes: list[str]) -> None:
+        opts, start, shape = self.options, self.raw_start, self.shape
+        mask = opts.mask if opts.mask is not None else start.get("mask")
+        if mask is not None:
+            try:
+                mask = _load_mask(mask)
+                if mask.shape != shape:
+                    raise ValueError(f"mask shape {mask.shape} != frame shape {shape}")
+                self.user_mask = mask
+                notes.append("mask from " + ("arguments" if opts.mask is not None
+                                             else "start['mask']"))
+            except Exception as exc:  # noqa: BLE001
+                self._warn(f"mask ignored: {exc}")
+        poni = opts.poni if opts.poni is not None else None
+        center = opts.center
+        source = "arguments"
+        if poni is None and center is None:
+            poni, center, source = start.get("poni"), start.get("beam_center"), "start document"
+        try:
+            if poni is not None:
+                self.geometry = DetectorGeometry.from_poni(poni, shape=shape)
+                self.geometry_source = f"PONI from {source}"
+            elif center is not None:
+                self.geometry = DetectorGeometry.from_center(shape, tuple(center))
+                self.geometry_source = (f"beam centre from {source}; pixel size, distance and "
+                                        "wavelength are defaults (pass poni= for a true q)")
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"geometry unusable ({exc}): symmetry-free denoising, no I(q)")
+            self.geometry = None
+        if self.geometry is None and not any("geometry" in w for w in self.warnings):
+            self._warn("no geometry (poni=, center= or start keys "
+                       f"{sorted(START_KEYS)}): symmetry-free denoising, no I(q)")
+
+    def _warm_up(self) -> None:
+        """Analyse the held frames, choose the method, emit the derived start."""
+        notes: list[str] = []
+        self._resolve_geometry(notes)
+        opts = self.options
+        overrides = dict(opts.config)
+        overrides.setdefault("device", opts.device)
+        method = opts.method
+        try:
+            self.denoiser = ScanDenoiser(**overrides)
+            frames = np.stack([f for _, f, _, _ in self.held if f.shape == self.shape])
+            center = self.geometry.center if self.geometry is not None else None
+            self.analysis = self.denoiser.analyse(frames, mask=self.user_mask, center=center,
+                                                  bad_pixels="mask")
+            if method == "auto":
+                if opts.budget_s is not None and opts.budget_s <= 0:
+                    method, reason = "classical-nlm", "budget 0: classical fast mode only"
+                else:
+                    self.denoiser.config.method = "auto"
+                    method, reason = self.denoiser.choose_method(self.analysis, budget_s=None,
+                                                                 have_pairs=False)
+            elif method == "supervised":
+                method, reason = "thinning", "supervised needs paired frames: not live"
+            else:
+                reason = f"method={method!r} asked for"
+            self.method, self.reason = method, reason
+        except Exception as exc:  # noqa: BLE001
+            self.method, self.reason = "passthrough", f"analysis failed: {exc}"
+            self._warn(f"frames cannot be denoised ({exc}): raw frames passed through")
+        self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
+                                             self._provenance(notes))
+        self._declare_streams()
+        if self.method in _NETWORK_METHODS:
+            self._trainer = threading.Thread(target=self._train, name="symdenoise-trainer",
+                                             daemon=True)
+            self._trainer.start()
+        else:
+            self.network_note = f"no network: {self.reason}"
+        held, self.held = self.held, []
+        for seq_num, frame, timestamp, received in held:
+            self._serve(seq_num, frame, timestamp, received)
+
+    def _provenance(self, notes: list[str]) -> dict[str, Any]:
+        opts = self.options
+        record: dict[str, Any] = {
+            "field": self.field, "method": self.method, "reason": self.reason,
+            "interim_mode": "classical-nlm (Anscombe + NLM) until the network is ready",
+            "budget_s": opts.budget_s, "warmup_frames": opts.warmup_frames,
+            "geometry": self.geometry.as_metadata() if self.geometry else None,
+            "geometry_source": self.geometry_source, "warnings": list(self.warnings),
+            "notes": notes, "versions": _versions(),
+            "iq_sigma": "raw: pyFAI Poisson error model; denoised: Poisson variance of the "
+                        "denoised rate (the error of one raw frame at that rate; an upper "
+                        "bound, denoised pixels are correlated)",
+        }
+        if self.denoiser is not None and self.analysis is not None:
+            engine = self.denoiser.provenance(self.analysis, self.method, self.reason, 0.0)
+            engine.pop("seconds", None)
+            record["engine"] = engine
+        return json.loads(json.dumps(record, default=str))
+
+    def _declare_streams(self) -> None:
+        key, shape = self.field, list(self.shape)
+        source = "symdenoise"
+        self.publisher.add_stream("denoised", {
+            f"{key}_denoised": {"source": source, "dtype": "array", "shape": shape,
+                                "dtype_numpy": "<f4", "units": "counts"},
+            f"{key}_denoised_by": {"source": source, "dtype": "string", "shape": []},
+            f"{key}_flags": {"source": source, "dtype": "string", "shape": []},
+            "raw_seq_num": {"source": source, "dtype": "integer", "shape": []},
+            "frames_dropped": {"source": source, "dtype": "integer", "shape": []},
+        }, object_keys={"symdenoise": [f"{key}_denoised", f"{key}_denoised_by",
+                                       f"{key}_flags", "raw_seq_num", "frames_dropped"]})
+        if self.geometry is not None:
+            npt = self.options.npt or max(16, min(500, max(self.shape) // 2))
+            self._npt = npt
+            keys = {"q": {"units": "nm^-1"},
+                    f"{key}_iq_raw": {"units": "counts/pixel"},
+                    f"{key}_iq_raw_sigma": {"units": "counts/pixel"},
+                    f"{key}_iq_denoised": {"units": "counts/pixel"},
+                    f"{key}_iq_denoised_sigma": {"units": "counts/pixel"}}
+            if self.options.sector is not None:
+                for which in ("raw", "denoised"):
+                    keys[f"{key}_iq_sector_{which}"] = {"units": "counts/pixel"}
+            data_keys = {name: {"source": source, "dtype": "array", "shape": [npt],
+                                "dtype_numpy": "<f8", **extra} for name, extra in keys.items()}
+            data_keys["raw_seq_num"] = {"source": source, "dtype": "integer", "shape": []}
+            self.publisher.add_stream("integrated", data_keys,
+                                      object_keys={"symdenoise": sorted(data_keys)})
+
+    # -- training (trainer thread) -----------------------------------------------------------
+    def _train(self) -> None:
+        lower_thread_priority()
+        denoiser, analysis = self.denoiser, self.analysis
+
+        def cancelled(step: int) -> None:
+            if self._cancel.is_set():
+                raise _Cancelled(f"stopped at step {step}: the raw run ended")
+
+        denoiser.training_fault = cancelled
+        seconds = self.options.budget_s
+        if seconds is None:
+            seconds = denoiser.config.fine_tune_seconds(denoiser.device.type)
+        try:
+            log = denoiser.fit(analysis, method=self.method, seconds=float(seconds))
+        except _Cancelled as exc:
+            self.network_note = f"training cut short ({exc}): classical-nlm kept"
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.network_note = f"training failed ({type(exc).__name__}: {exc}): NLM kept"
+            logger.warning("symdenoise: %s", self.network_note)
+            return
+        if log.steps < self.options.min_training_steps:
+            self.network_note = (f"only {log.steps} training steps in {log.seconds:.1f} s "
+                                 f"(< {self.options.min_training_steps}): classical-nlm kept")
+            return
+        try:
+            self._validate_network()
+        except Exception as exc:  # noqa: BLE001
+            self.network_note = f"network check failed ({exc}): classical-nlm kept"
+
+    def _validate_network(self) -> None:
+        analysis = self.analysis
+        prepared = analysis.prepared
+        if not prepared.integer_counts:
+            self.network_ready = True
+            self.network_note = "network used (non-integer counts: held-out check skipped)"
+            return
+        frame, good = prepared.frames[-1], prepared.good
+        window = prepared.frames[-2:-1] if len(prepared.frames) > 1 else None
+
+        def by_network(x: np.ndarray) -> np.ndarray:
+            stack = x[None] if window is None else np.concatenate([window * 0.5, x[None]])
+            return self.denoiser.predict(analysis, method=self.method, frames=stack)[-1]
+
+        net = _held_out_deviance(by_network, frame, good, seed=1)
+        nlm = _held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
+        if net < nlm:
+            self.network_ready = True
+            self.network_note = f"network used: held-out deviance {net:.4f} < NLM {nlm:.4f}"
+        else:
+            self.network_note = (f"network not used: held-out deviance {net:.4f} >= NLM "
+                                 f"{nlm:.4f} (budget too short?)")
+
+    # -- serving -----------------------------------------------------------------------------
+    def _classical(self, frame: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        analysis = self.analysis
+        validity = analysis.symmetry.valid if analysis and analysis.symmetry else None
+        center = analysis.center if analysis else None
+        engine = "bm3d" if self.method == "classical" else "nlm"
+        return classical_denoise(frame, mask=bad, center=center, validity=validity,
+                                 engine=engine)
+
+    def _prepare(self, frame: np.ndarray, flags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        bad = (self.analysis.prepared.bad.copy() if self.analysis is not None
+               else (self.user_mask.copy() if self.user_mask is not None
+                     else np.zeros(self.shape, bool)))
+        data = np.asarray(frame, np.float32).copy()
+        broken = ~np.isfinite(data) | (np.nan_to_num(data) < 0)
+        new = broken & ~bad
+        if new.any():
+            flags.append(f"{int(new.sum())} NaN/inf/negative pixels masked")
+            bad |= broken
+        data[bad] = 0.0
+        return data, bad
+
+    def _serve(self, seq_num: int, frame: np.ndarray, timestamp: float,
+               received: float) -> None:
+        flags: list[str] = []
+        key = self.field
+        if frame.shape != self.shape:
+            flags.append(f"skipped: frame shape {frame.shape} != {self.shape}")
+            self.counts["invalid"] += 1
+            denoised, by, data, bad = np.zeros(self.shape, np.float32), "none", None, None
+        else:
+            data, bad = self._prepare(frame, flags)
+            by = "none"
+            try:
+                denoised, by = self._denoise(data, bad)
+            except Exception as exc:  # noqa: BLE001
+                flags.append(f"denoising failed ({type(exc).__name__}: {exc}): raw copied")
+                self.counts["failed"] += 1
+                denoised = data.copy()
+            denoised = self._finish(denoised, data, bad)
+        self.counts[f"by:{by}"] += 1
+        self.publisher.add_event("denoised", {
+            f"{key}_denoised": denoised, f"{key}_denoised_by": by,
+            f"{key}_flags": "; ".join(flags), "raw_seq_num": int(seq_num),
+            "frames_dropped": int(self.counts["dropped"])})
+        if self.publisher.has_stream("integrated"):
+            self._integrate(seq_num, data, denoised, bad)
+        self.counts["published"] += 1
+        self.latencies.append(time.perf_counter() - received)
+
+    def _denoise(self, data: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, str]:
+        if self.method == "passthrough":
+            return data.copy(), "none (passthrough)"
+        if self.network_ready:
+            stack = data[None] if self._previous is None else np.stack([self._previous, data])
+            self._previous = data
+            out = self.denoiser.predict(self.analysis, method=self.method, frames=stack)[-1]
+            return np.asarray(out, np.float32), f"network:{self.method}"
+        self._previous = data
+        engine = "classical-bm3d" if self.method == "classical" else "classical-nlm"
+        interim = " (interim)" if self.method in _NETWORK_METHODS else ""
+        return self._classical(data, bad).astype(np.float32), engine + interim
+
+    def _finish(self, denoised: np.ndarray, data: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        """Keep the frame's total counts (as the engine does) and zero bad pixels."""
+        out = np.nan_to_num(np.asarray(denoised, np.float32)).copy()
+        good = ~bad
+        raw_total, out_total = float(data[good].sum()), float(out[good].sum())
+        if raw_total >= 50 and out_total > 0:
+            out *= np.float32(raw_total / out_total)
+        out[bad] = 0.0
+        return out
+
+    def _integrate(self, seq_num: int, data: np.ndarray | None, denoised: np.ndarray,
+                   bad: np.ndarray | None) -> None:
+        key, npt = self.field, self._npt
+        nan = np.full(npt, np.nan)
+        values = {"q": nan, f"{key}_iq_raw": nan, f"{key}_iq_raw_sigma": nan,
+                  f"{key}_iq_denoised": nan, f"{key}_iq_denoised_sigma": nan}
+        sector = self.options.sector
+        if sector is not None:
+            values[f"{key}_iq_sector_raw"] = values[f"{key}_iq_sector_denoised"] = nan
+        if data is not None:
+            try:
+                ai = integrator_for(self.geometry, bad)
+                raw = ai.integrate(data, npt=npt, error_model="poisson")
+                den = ai.integrate(denoised, npt=npt, variance=np.maximum(denoised, 0))
+                values.update({"q": raw.q_nm, f"{key}_iq_raw": raw.intensity,
+                               f"{key}_iq_raw_sigma": raw.sigma,
+                               f"{key}_iq_denoised": den.intensity,
+                               f"{key}_iq_denoised_sigma": den.sigma})
+                if sector is not None:
+                    values[f"{key}_iq_sector_raw"] = ai.integrate(
+                        data, npt=npt, sector=sector).intensity
+                    values[f"{key}_iq_sector_denoised"] = ai.integrate(
+                        denoised, npt=npt, sector=sector).intensity
+            except Exception as exc:  # noqa: BLE001
+                self._warn(f"integration failed: {exc}")
+        values["raw_seq_num"] = int(seq_num)
+        self.publisher.add_event("integrated", values)
+
+    # -- end ---------------------------------------------------------------------------------
+    def finish(self, raw_stop: dict | None, *, reason: str | None = None) -> None:
+        """Stop training, emit the summary and the stop (mirrors the raw exit status)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.publisher is None:
+            if self.held:
+                self._warm_up()
+            elif self.shape is None:
+                # No frame ever arrived: still publish a linked, empty derived run.
+                self._warn("no frames of a 2-D field arrived")
+                self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
+                                                     self._provenance([]))
+        self._cancel.set()
+        if self._trainer is not None:
+            self._trainer.join()
+        summary = self.summary()
+        self.publisher.add_stream("summary", {
+            name: {"source": "symdenoise", "dtype": "integer", "shape": []}
+            for name in ("frames_received", "frames_published", "frames_dropped",
+                         "frames_invalid", "frames_unreadable")
+        } | {"provenance": {"source": "symdenoise", "dtype": "string", "shape": []}})
+        self.publisher.add_event("summary", {
+            "frames_received": summary["received"], "frames_published": summary["published"],
+            "frames_dropped": summary["dropped"], "frames_invalid": summary["invalid"],
+            "frames_unreadable": summary["unreadable"],
+            "provenance": json.dumps(summary, default=str)})
+        exit_status = (raw_stop or {}).get("exit_status", "fail")
+        text = (raw_stop or {}).get("reason", "") if reason is None else reason
+        if summary["dropped"]:
+            text = (text + "; " if text else "") + (
+                f"symdenoise: {summary['dropped']} frames dropped (queue full)")
+        self.publisher.finish(exit_status=exit_status, reason=text)
+        self.source.close()
+
+    def summary(self) -> dict[str, Any]:
+        record: dict[str, Any] = {k: int(self.counts[k]) for k in
+                                  ("received", "published", "dropped", "invalid",
+                                   "unreadable", "failed")}
+        record["served_by"] = {k[3:]: int(v) for k, v in self.counts.items()
+                               if k.startswith("by:")}
+        record["method"] = self.method
+        record["network"] = self.network_note
+        record["warnings"] = list(self.warnings)
+        if self.denoiser is not None:
+            training = self.denoiser.training
+            record["training"] = training.as_dict() if training is not None else None
+            from ..denoise.models import model_hash
+
+            record["model_hash"] = (model_hash(self.denoiser.model)
+                                    if self.denoiser.model is not None else None)
+            record["model"] = self.denoiser.model_origin
+        if self.analysis is not None and self.analysis.symmetry is not None:
+            record["symmetry"] = self.analysis.symmetry.summary()
+        if self.latencies:
+            record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
+                                   "p95": float(np.percentile(self.latencies, 95))}
+        return json.loads(json.dumps(record, default=str))
+
+
+class _Cancelled(Exception):
+    pass

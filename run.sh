@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (once) and run the demo or the tests.
+#   bash run.sh demo [demo options]    e.g. bash run.sh demo --out out/demo
+#   bash run.sh test [pytest options]
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+# torch first, pinned: a CPU wheel of this version is what the package is tested with and
+# avoids pulling a multi-GB CUDA build; pyproject asks only torch>=2.4.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+fi
+if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$VENV/.installed"
+fi
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+    demo) exec "$VENV/bin/bluesky-symdenoise" demo "$@" ;;
+    test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,168 @@
+"""The engine: input checks, methods, fallbacks, and that it denoises without bias."""
+
+import numpy as np
+import pytest
+import torch
+
+from bluesky_symdenoise import DenoiseConfig, InputError, ScanDenoiser, denoise, denoise_scan
+from bluesky_symdenoise.denoise.channels import ChannelContext
+from bluesky_symdenoise.denoise.device import select_device
+from bluesky_symdenoise.denoise.targets import ThinningPairs
+from bluesky_symdenoise.physics import scenes
+
+
+def psnr(estimate, truth, valid):
+    mse = np.mean((estimate[valid] - truth[valid]) ** 2)
+    return 10 * np.log10(truth[valid].max() ** 2 / mse)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    scene = scenes.make_scene("textured", shape=(128, 128), seed=11)
+    rng = np.random.default_rng(4)
+    frames = np.stack([scene.expose(1.0, rng) for _ in range(3)])
+    return scene, frames
+
+
+def test_thinning_halves_are_independent_poisson_copies():
+    counts = np.random.default_rng(0).poisson(3.0, size=(1, 256, 256))
+    good = np.ones((256, 256), bool)
+    pairs = ThinningPairs(counts, ChannelContext.without_symmetry(good), p_range=(0.5, 0.5),
+                          use_neighbours=False, seed=1)
+    batch = pairs.sample(2, 256)
+    x1 = batch.inputs[0, 0] * (counts.mean() * 0.5)  # undo the level normalisation (≈)
+    x2 = batch.target[0, 0]
+    assert abs(np.corrcoef(x1.ravel(), x2.ravel())[0, 1]) < 0.02
+    assert x2.mean() == pytest.approx(1.5, rel=0.03) and x2.var() == pytest.approx(1.5, rel=0.05)
+    assert batch.scale[0, 0, 0, 0] == pytest.approx(x1.mean(), rel=0.05)
+
+
+def test_denoise_beats_raw_without_bias(scan):
+    scene, frames = scan
+    result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
+                          method="symmetry", budget_s=12)
+    out = result.denoised
+    assert out.shape == frames.shape and out.dtype == np.float32
+    valid = scene.usable
+    truth = scene.expectation
+    gain = psnr(out[1], truth, valid) - psnr(frames[1].astype(float), truth, valid)
+    assert gain > 6.0, f"gain {gain:.1f} dB"
+    bias = out[:, valid].sum() / (truth[valid].sum() * len(frames)) - 1
+    assert abs(bias) < 0.02
+    assert np.all(out[:, scene.mask] == 0)
+    prov = result.provenance
+    assert prov["method"] == "symmetry" and prov["training"]["steps"] > 0
+    assert prov["symmetry"]["fraction_paired"] > 0.5 and prov["model_hash"]
+
+
+def test_single_frame_in_single_frame_out(scan):
+    scene, frames = scan
+    out = denoise(frames[0], mask=scene.mask, method="thinning", budget_s=3)
+    assert out.shape == frames[0].shape and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("method", ["noise2sr", "classical-nlm"])
+def test_other_methods_beat_raw(scan, method):
+    scene, frames = scan
+    out = denoise(frames, mask=scene.mask, center=scene.geometry.center, method=method,
+                  budget_s=8)
+    valid = scene.usable
+    assert psnr(out[1], scene.expectation, valid) > psnr(frames[1].astype(float),
+                                                         scene.expectation, valid) + 3
+
+
+def test_supervised_pairs_train_on_low_high_exposures(scan):
+    scene, frames = scan
+    rng = np.random.default_rng(9)
+    low = np.stack([scene.expose(1.0, rng) for _ in range(2)])
+    high = np.stack([scene.expose(20.0, rng) for _ in range(2)])
+    result = denoise_scan(frames, mask=scene.mask, pairs=(low, high), budget_s=6)
+    assert result.method == "supervised" and "paired" in result.reason
+    valid = scene.usable
+    assert psnr(result.denoised[1], scene.expectation, valid) > psnr(
+        frames[1].astype(float), scene.expectation, valid) + 3
+
+
+def test_auto_records_why(scan):
+    scene, frames = scan
+    short = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center, budget_s=2)
+    assert short.method == "classical" and "budget" in short.reason
+    analysis = ScanDenoiser().analyse(frames, mask=scene.mask)
+    method, reason = ScanDenoiser().choose_method(analysis, budget_s=60, have_pairs=False)
+    assert method == "thinning" and "no beam centre" in reason
+
+
+def test_hot_pixels_are_found_and_repaired(scan):
+    scene, frames = scan
+    result = denoise_scan(frames, mask=scene.mask, method="classical-nlm")
+    hot = scene.defects.hot & ~scene.mask
+    assert hot.any()
+    assert result.analysis.prepared.defects[hot].all()
+    assert np.all(result.denoised[:, hot] < 20 * scene.expectation.max())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda f, m: (f[0, 0], m), "shape"),
+    (lambda f, m: (f, m[:-1]), "mask shape"),
+    (lambda f, m: (np.where(np.indices(f.shape)[1] == 40, np.nan, f), m), "NaN"),
+    (lambda f, m: (f - 5, m), "negative"),
+    (lambda f, m: (f.astype(complex), m), "real"),
+])
+def test_bad_input_raises_a_clear_error(scan, bad, message):
+    scene, frames = scan
+    f, m = bad(frames.astype(float), scene.mask)
+    with pytest.raises(InputError, match=message):
+        denoise(f, mask=m, method="classical-nlm")
+
+
+def test_nan_pixels_can_be_masked_instead(scan):
+    scene, frames = scan
+    f = frames.astype(float)
+    f[:, 40, 50] = np.nan
+    result = denoise_scan(f, mask=scene.mask, method="classical-nlm", bad_pixels="mask")
+    assert result.analysis.prepared.bad[40, 50]
+    assert any("NaN" in note for note in result.provenance["notes"])
+    assert np.all(np.isfinite(result.denoised))
+
+
+def test_centre_off_the_detector_raises(scan):
+    scene, frames = scan
+    with pytest.raises(InputError, match="off the"):
+        denoise(frames, center=(500.0, 20.0), method="classical-nlm")
+
+
+def test_device_choice_is_made_in_one_place():
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_out_of_memory_falls_back_to_smaller_batches(scan):
+    scene, frames = scan
+    denoiser = ScanDenoiser(method="thinning", budget_s=4, batch_size=8)
+    calls = {"train": 0, "infer": 0}
+
+    def oom_twice(kind):
+        def hook(step):
+            calls[kind] += 1
+            if calls[kind] <= 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return hook
+
+    denoiser.training_fault = oom_twice("train")
+    denoiser.inference_fault = oom_twice("infer")
+    result = denoiser.run(frames, mask=scene.mask)
+    events = result.provenance["events"]
+    assert any("training" in e and "batch 4" in e for e in events)
+    assert any("inference" in e for e in events)
+    assert result.provenance["training"]["batch_size"] == 2
+    assert np.all(np.isfinite(result.denoised))
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        DenoiseConfig(method="magic")
+    with pytest.raises(ValueError):
+        DenoiseConfig(budget_s=-1)
+    assert DenoiseConfig(budget_s=5).model_dump()["budget_s"] == 5
