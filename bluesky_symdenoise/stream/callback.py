@@ -146,7 +146,7 @@ class SymDenoise(event_model.DocumentRouter):
         if name == "start":
             self._ensure_worker()
             if self._run_uid is not None:  # the previous run never stopped
-                self._queue.put((self._run_uid, "abandon", None, began_now()), is_frame=False)
+                self._queue.put((self._run_uid, "abandon", None, 0.0), is_frame=False)
             self._run_uid = doc["uid"]
         if self._run_uid is None:
             return
@@ -180,6 +180,10 @@ class SymDenoise(event_model.DocumentRouter):
 
     def _handle(self, item: tuple[str, str, dict | None, float]) -> None:
         run_uid, name, doc, received = item
+        if name == "flush":  # publish frames still held for warm-up
+            for scan in self._scans.values():
+                scan.end_warm_up()
+            return
         if name == "start":
             self._scans[run_uid] = LiveScan(doc, self.options, self._emit)
             return
@@ -207,6 +211,8 @@ class SymDenoise(event_model.DocumentRouter):
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued frame is published (and stopped runs' derived stops are
         out); True if that happened within ``timeout`` seconds."""
+        if self._worker is not None and self._worker.alive:
+            self._queue.put((None, "flush", None, 0.0), is_frame=False)
         return self._queue.wait_empty(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -226,7 +232,3 @@ class SymDenoise(event_model.DocumentRouter):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-def began_now() -> float:
-    return time.perf_counter()

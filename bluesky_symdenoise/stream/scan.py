@@ -17,13 +17,13 @@ Life of a run:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,11 @@ class LiveScan:
                 self._warm_up()
             return
         self._serve(seq_num, frame, timestamp, received)
+
+    def end_warm_up(self) -> None:
+        """Analyse now with the frames held so far (``SymDenoise.flush``)."""
+        if self.publisher is None and self.held and not self.stopped:
+            self._warm_up()
 
     def _resolve_geometry(self, notes: list[str]) -> None:
         opts, start, shape = self.options, self.raw_start, self.shape

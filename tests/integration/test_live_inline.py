@@ -119,3 +119,29 @@ def test_network_trains_during_the_scan_and_is_checked(RE, frames, scene, collec
         assert by[-1] == "network:symmetry"
     assert summary["model_hash"] and derived.of("stop")[0]["exit_status"] == "success"
     derived.validate()
+
+
+def test_flush_publishes_frames_held_for_warm_up(RE, frames, scene, derived):
+    """Two frames of a run still open (fewer than warmup_frames): flush() publishes them."""
+    from bluesky import plan_stubs as bps
+    from bluesky import preprocessors as bpp
+
+    det = DirectImage(func=frames, name="det")
+    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0)
+    sd.subscribe(derived)
+    RE.subscribe(sd)
+    flushed = []
+
+    @bpp.run_decorator()
+    def plan():
+        for _ in range(2):
+            yield from bps.trigger_and_read([det])
+        flushed.append(sd.flush(timeout=60))
+        flushed.append(len(derived.stream("denoised")))
+
+    RE(plan())
+    assert flushed == [True, 2]
+    assert sd.flush(timeout=60)
+    sd.close()
+    assert derived.of("stop")[0]["num_events"]["denoised"] == 2
+    derived.validate()

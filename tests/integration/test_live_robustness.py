@@ -114,9 +114,7 @@ def test_failing_subscriber_and_close_without_stop(RE, scene, frames, collector,
     sd.subscribe(broken)
     sd.subscribe(derived)
     det = DirectImage(func=frames, name="det")
-    # Feed a run by hand and never send its stop: close() must end it and the trainer.
-    from bluesky.run_engine import RunEngine  # noqa: F401 - documents below are real RE docs
-
+    # Replay a real run's documents without its stop: close() must end it and the trainer.
     RE.subscribe(collector)
     RE(bp.count([det], num=5))
     for name, doc in collector.docs:

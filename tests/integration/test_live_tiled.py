@@ -16,7 +16,9 @@ def tiled_client(tmp_path):
     from tiled.server import SimpleTiledServer
 
     with SimpleTiledServer(directory=tmp_path / "catalog") as server:
-        yield from_uri(server.uri)
+        client = from_uri(server.uri)
+        yield client
+        client.context.close()
 
 
 def test_raw_and_derived_runs_in_tiled(RE, frames, scene, tiled_client):
