@@ -4,6 +4,7 @@ Public entry points:
 
 * :func:`denoise` — denoise the frames of one scan in memory.
 * :class:`ScanDenoiser`, :class:`DenoiseConfig` — the object API behind it.
+* :class:`SymDenoise` — the live Bluesky callback: ``RE.subscribe(SymDenoise(...))``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .denoise.api import denoise, denoise_scan
 from .denoise.config import DenoiseConfig
 from .denoise.engine import DenoiseResult, ScanDenoiser
 from .denoise.preprocess import InputError
+from .stream.callback import SymDenoise
 
-__all__ = ["DenoiseConfig", "DenoiseResult", "InputError", "ScanDenoiser", "__version__",
-           "denoise", "denoise_scan"]
+__all__ = ["DenoiseConfig", "DenoiseResult", "InputError", "ScanDenoiser", "SymDenoise",
+           "__version__", "denoise", "denoise_scan"]

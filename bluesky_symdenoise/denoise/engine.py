@@ -190,6 +190,14 @@ class ScanDenoiser:
         self.model_origin = "random initialisation"
         return new_model(self.config.width, self.config.depth)
 
+    def use_pretrained(self) -> bool:
+        """Load the shipped base model without fine-tuning; False if none is installed.
+
+        The live plugin serves frames with it while the per-scan fine-tuning runs.
+        """
+        self.model = self._start_model()
+        return self.model_origin.startswith("pre-trained")
+
     def fit(self, analysis: ScanAnalysis, *, method: str, seconds: float,
             pairs: tuple[np.ndarray, np.ndarray] | None = None) -> TrainingLog:
         """Fine-tune (or train) the network for this scan for at most ``seconds``."""
@@ -256,6 +264,32 @@ class ScanDenoiser:
         return predict_rates(self.model, inputs, levels, device=self.device,
                              flips=cfg.test_time_flips, mixed_precision=cfg.mixed_precision,
                              events=self.events, fault=self.inference_fault)
+
+    def denoise_frame(self, analysis: ScanAnalysis, *, method: str, frame: np.ndarray,
+                      neighbours: np.ndarray | None = None) -> np.ndarray:
+        """Expected counts of one new frame of the scan (the live path).
+
+        Parameters
+        ----------
+        frame
+            ``(H, W)`` counts with the scan's bad pixels zeroed.
+        neighbours
+            Mean of the neighbouring frames available (live: the previous one), or None.
+        """
+        if self.model is None:
+            raise RuntimeError("denoise_frame() before fit(): no model")
+        if method == "noise2sr":
+            return self.predict(analysis, method=method, frames=frame[None])[0]
+        context = analysis.context
+        if method == "thinning":
+            context = ChannelContext.without_symmetry(context.good)
+        if not self.config.use_neighbour_frames:
+            neighbours = None
+        channels, level = input_channels(frame, context, neighbours)
+        return predict_rates(self.model, [channels], [level], device=self.device,
+                             flips=self.config.test_time_flips,
+                             mixed_precision=self.config.mixed_precision, events=self.events,
+                             fault=self.inference_fault)[0]
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,

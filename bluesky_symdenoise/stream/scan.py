@@ -144,6 +144,8 @@ class LiveScan:
         self.user_mask: np.ndarray | None = None
         self.network_ready = False
         self.network_note = "not trained yet"
+        #: Pre-trained base model serving frames while the per-scan model trains.
+        self.interim: ScanDenoiser | None = None
         self._cancel = threading.Event()
         self._trainer: threading.Thread | None = None
         self._previous: np.ndarray | None = None
@@ -265,6 +267,8 @@ class LiveScan:
         self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
                                              self._provenance(notes))
         self._declare_streams()
+        if self.method in ("symmetry", "thinning"):
+            self._start_interim(overrides)
         if self.method in _NETWORK_METHODS:
             self._trainer = threading.Thread(target=self._train, name="symdenoise-trainer",
                                              daemon=True)
@@ -275,11 +279,26 @@ class LiveScan:
         for seq_num, frame, timestamp, received in held:
             self._serve(seq_num, frame, timestamp, received)
 
+    def _start_interim(self, overrides: dict[str, Any]) -> None:
+        try:
+            interim = ScanDenoiser(**overrides)
+            if interim.use_pretrained():
+                self.interim = interim
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"pre-trained base model unusable ({exc}): classical interim mode")
+
+    def _interim_name(self) -> str:
+        if self.interim is not None:
+            return "network:base (interim)"
+        return "classical-nlm (interim)"
+
     def _provenance(self, notes: list[str]) -> dict[str, Any]:
         opts = self.options
         record: dict[str, Any] = {
             "field": self.field, "method": self.method, "reason": self.reason,
-            "interim_mode": "classical-nlm (Anscombe + NLM) until the network is ready",
+            "interim_mode": ("pre-trained base model until the fine-tuned one is ready"
+                             if self.interim is not None else
+                             "classical-nlm (Anscombe + NLM) until the network is ready"),
             "budget_s": opts.budget_s, "warmup_frames": opts.warmup_frames,
             "geometry": self.geometry.as_metadata() if self.geometry else None,
             "geometry_source": self.geometry_source, "warnings": list(self.warnings),
@@ -339,20 +358,21 @@ class LiveScan:
         try:
             log = denoiser.fit(analysis, method=self.method, seconds=float(seconds))
         except _Cancelled as exc:
-            self.network_note = f"training cut short ({exc}): classical-nlm kept"
+            self.network_note = f"training cut short ({exc}): interim mode kept"
             return
         except Exception as exc:  # noqa: BLE001
-            self.network_note = f"training failed ({type(exc).__name__}: {exc}): NLM kept"
+            self.network_note = (f"training failed ({type(exc).__name__}: {exc}): "
+                                 "interim mode kept")
             logger.warning("symdenoise: %s", self.network_note)
             return
         if log.steps < self.options.min_training_steps:
             self.network_note = (f"only {log.steps} training steps in {log.seconds:.1f} s "
-                                 f"(< {self.options.min_training_steps}): classical-nlm kept")
+                                 f"(< {self.options.min_training_steps}): interim mode kept")
             return
         try:
             self._validate_network()
         except Exception as exc:  # noqa: BLE001
-            self.network_note = f"network check failed ({exc}): classical-nlm kept"
+            self.network_note = f"network check failed ({exc}): interim mode kept"
 
     def _validate_network(self) -> None:
         analysis = self.analysis
@@ -362,20 +382,29 @@ class LiveScan:
             self.network_note = "network used (non-integer counts: held-out check skipped)"
             return
         frame, good = prepared.frames[-1], prepared.good
-        window = prepared.frames[-2:-1] if len(prepared.frames) > 1 else None
+        # The neighbour is thinned like the frame (half of its counts), as in training.
+        previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
 
         def by_network(x: np.ndarray) -> np.ndarray:
-            stack = x[None] if window is None else np.concatenate([window * 0.5, x[None]])
-            return self.denoiser.predict(analysis, method=self.method, frames=stack)[-1]
+            return self.denoiser.denoise_frame(analysis, method=self.method, frame=x,
+                                               neighbours=previous)
 
         net = _held_out_deviance(by_network, frame, good, seed=1)
-        nlm = _held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
-        if net < nlm:
-            self.network_ready = True
-            self.network_note = f"network used: held-out deviance {net:.4f} < NLM {nlm:.4f}"
+        if self.interim is not None:
+            name = "base model"
+            ref = _held_out_deviance(
+                lambda x: self.interim.denoise_frame(analysis, method=self.method, frame=x,
+                                                     neighbours=previous), frame, good, 1)
         else:
-            self.network_note = (f"network not used: held-out deviance {net:.4f} >= NLM "
-                                 f"{nlm:.4f} (budget too short?)")
+            name = "NLM"
+            ref = _held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
+        if net < ref:
+            self.network_ready = True
+            self.network_note = (f"network used: held-out deviance {net:.4f} < {name} "
+                                 f"{ref:.4f}")
+        else:
+            self.network_note = (f"fine-tuned network not used: held-out deviance {net:.4f} "
+                                 f">= {name} {ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------
     def _classical(self, frame: np.ndarray, bad: np.ndarray) -> np.ndarray:
@@ -431,10 +460,15 @@ class LiveScan:
         if self.method == "passthrough":
             return data.copy(), "none (passthrough)"
         if self.network_ready:
-            stack = data[None] if self._previous is None else np.stack([self._previous, data])
+            out = self.denoiser.denoise_frame(self.analysis, method=self.method, frame=data,
+                                              neighbours=self._previous)
             self._previous = data
-            out = self.denoiser.predict(self.analysis, method=self.method, frames=stack)[-1]
             return np.asarray(out, np.float32), f"network:{self.method}"
+        if self.interim is not None:
+            out = self.interim.denoise_frame(self.analysis, method=self.method, frame=data,
+                                             neighbours=self._previous)
+            self._previous = data
+            return np.asarray(out, np.float32), self._interim_name()
         self._previous = data
         engine = "classical-bm3d" if self.method == "classical" else "classical-nlm"
         interim = " (interim)" if self.method in _NETWORK_METHODS else ""

@@ -105,18 +105,18 @@ def test_network_trains_during_the_scan_and_is_checked(RE, frames, scene, collec
     network is adopted or rejected by the held-out binomial check, and that is recorded."""
     det = DirectImage(func=frames, name="det")
     det.img.exposure_time = 0.25
-    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=1.5,
-                    method="symmetry", min_training_steps=2,
-                    config={"width": 8, "depth": 2, "batch_size": 2, "patch_size": 32,
-                            "use_pretrained": False, "test_time_flips": 1})
-    run_scan(RE, det, collector, derived, sd, num=14)
+    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=2,
+                    method="symmetry", min_training_steps=1,
+                    config={"batch_size": 4, "patch_size": 64, "test_time_flips": 1})
+    run_scan(RE, det, collector, derived, sd, num=24)
     summary = __import__("json").loads(derived.stream("summary")[0]["data"]["provenance"])
-    assert summary["training"]["steps"] >= 2, summary
-    assert "held-out deviance" in summary["network"], summary["network"]
+    assert summary["training"]["steps"] >= 1, summary
+    # The pre-trained base, fine-tuned, beats NLM on the held-out split and takes over.
+    assert summary["network"].startswith("network used: held-out deviance"), summary
     by = [e["data"]["det_img_denoised_by"] for e in derived.stream("denoised")]
-    assert by[0] == "classical-nlm (interim)"
-    if summary["network"].startswith("network used"):
-        assert by[-1] == "network:symmetry"
+    # Until then the pre-trained base model serves the frames.
+    assert by[0] == "network:base (interim)"
+    assert by[-1] == "network:symmetry"
     assert summary["model_hash"] and derived.of("stop")[0]["exit_status"] == "success"
     derived.validate()
 
