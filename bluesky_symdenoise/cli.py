@@ -1,8 +1,10 @@
-"""Command line: ``bluesky-symdenoise demo | denoise``.
+"""Command line: ``bluesky-symdenoise demo | denoise | replay | serve``.
 
 ``demo`` simulates a short-exposure scan, denoises it with ``method="auto"`` beside the
 classical baselines, prints the quality table and writes a PNG of raw vs denoised.
 ``denoise`` denoises frames stored in a ``.npy`` file or an HDF5 dataset (``file.h5:/path``).
+``replay`` denoises archived runs of a Tiled catalog and writes the derived runs back.
+``serve`` runs the live denoiser out of process on a 0MQ proxy or NATS JetStream.
 """
 
 from __future__ import annotations
@@ -49,6 +51,69 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     counts=args.counts, budget_s=args.budget, size=args.size, seed=args.seed)
 
 
+def _denoiser_options(args: argparse.Namespace) -> dict:
+    return {"field": args.field, "poni": args.poni,
+            "center": tuple(args.center) if args.center else None, "mask": args.mask,
+            "method": args.method, "device": args.device, "budget_s": args.budget}
+
+
+def _add_denoiser_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--field", help="data key of the frames (default: first 2-D key)")
+    parser.add_argument("--poni", help="pyFAI PONI file (else the run's start['poni'])")
+    parser.add_argument("--center", type=float, nargs=2, metavar=("ROW", "COL"),
+                        help="beam centre in pixels (else the run's start['beam_center'])")
+    parser.add_argument("--mask", help="mask .npy, True on bad pixels (else start['mask'])")
+    parser.add_argument("--method", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of fine-tuning per run (0: classical fast mode)")
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .store import replay
+
+    outcomes = replay(args.catalog, args.uids, to=args.to, api_key=args.api_key,
+                      to_api_key=args.to_api_key, plan=args.plan, since=args.since,
+                      until=args.until, force=args.force, progress=not args.no_progress,
+                      **_denoiser_options(args))
+    if not outcomes:
+        print("bluesky-symdenoise: no run matched", file=sys.stderr)
+    for outcome in outcomes:
+        for warning in dict.fromkeys(outcome.warnings):
+            print(f"warning: {warning}", file=sys.stderr)
+        for error in outcome.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{outcome.status}: {outcome.message}")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    options = _denoiser_options(args) | {"max_queue": args.max_queue}
+
+    def ready() -> None:
+        print("bluesky-symdenoise serve: ready", flush=True)
+
+    if args.nats:
+        if args.from_address or args.to_address:
+            raise ValueError("give either --nats or --from/--to, not both")
+        if not args.subject:
+            raise ValueError("--nats needs --subject (the RunEngine publisher's subject)")
+        from .remote.jetstream import serve_nats
+
+        return serve_nats(args.nats, args.subject, stream=args.stream,
+                          derived_subject=args.derived_subject, ready=ready, **options)
+    if not (args.from_address and args.to_address):
+        raise ValueError("give --from and --to (the 0MQ proxy's out and in addresses), "
+                         "or --nats URL --subject SUBJECT")
+    from .remote.zeromq import serve_zmq
+
+    return serve_zmq(args.from_address, args.to_address, prefix=args.prefix.encode(),
+                     ready=ready, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bluesky-symdenoise`` console script."""
     parser = argparse.ArgumentParser(prog="bluesky-symdenoise", description=__doc__.split("\n")[0])
@@ -77,6 +142,38 @@ def main(argv: list[str] | None = None) -> int:
     den.add_argument("--mask-bad", action="store_true",
                      help="mask NaN/negative pixels instead of refusing the input")
     den.set_defaults(func=_cmd_denoise)
+
+    rep = sub.add_parser("replay", help="denoise archived runs of a Tiled catalog")
+    rep.add_argument("uids", nargs="*", metavar="UID", help="raw run uids")
+    rep.add_argument("--catalog", required=True,
+                     help="Tiled URI, or a directory written by SimpleTiledServer(directory=)")
+    rep.add_argument("--api-key", help="Tiled API key (default: $TILED_API_KEY)")
+    rep.add_argument("--to", help="catalog for the derived runs (default: --catalog)")
+    rep.add_argument("--to-api-key", help="API key of --to (default: --api-key)")
+    rep.add_argument("--plan", help="search: runs of this plan_name")
+    rep.add_argument("--since", help="search: runs started at/after (ISO date or epoch s)")
+    rep.add_argument("--until", help="search: runs started at/before (ISO date or epoch s)")
+    rep.add_argument("--force", action="store_true",
+                     help="replay runs that already have a derived run (writes another)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_denoiser_arguments(rep)
+    rep.set_defaults(func=_cmd_replay)
+
+    srv = sub.add_parser("serve", help="denoise live runs from a 0MQ proxy or NATS JetStream")
+    srv.add_argument("--from", dest="from_address",
+                     help="0MQ proxy out address, e.g. tcp://127.0.0.1:5578")
+    srv.add_argument("--to", dest="to_address",
+                     help="0MQ proxy in address, e.g. tcp://127.0.0.1:5577")
+    srv.add_argument("--prefix", default="", help="0MQ message prefix (default: none)")
+    srv.add_argument("--nats", metavar="URL", help="NATS server, e.g. nats://127.0.0.1:4222")
+    srv.add_argument("--subject", help="NATS subject prefix of the raw documents")
+    srv.add_argument("--derived-subject", help="NATS subject prefix of derived documents "
+                     "(default: --subject)")
+    srv.add_argument("--stream", default="bluesky", help="JetStream stream name")
+    srv.add_argument("--max-queue", type=int, default=64,
+                     help="frames waiting for the denoiser before new ones are dropped")
+    _add_denoiser_arguments(srv)
+    srv.set_defaults(func=_cmd_serve)
 
     args = parser.parse_args(argv)
     try:

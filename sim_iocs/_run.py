@@ -1,4 +1,4 @@
-"""Argument parsing and start-up shared by the simulated IOCs (loopback CA enforced)."""
+"""Start-up shared by the simulated IOCs: arguments (loopback CA enforced), initial values."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from typing import Any
 from caproto.server import PVGroup, run, template_arg_parser
 
 from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
+
+
+def set_before_serving(values: dict) -> None:
+    """Initial values computed at start-up (sizes, paths), set before the server runs.
+
+    Nothing is subscribed yet, so there is nothing to publish; writing the value directly
+    means the first client read already sees them (no start-up hook race).
+    """
+    for channel, value in values.items():
+        channel._data["value"] = channel.preprocess_value(value)
 
 
 def parse_ioc_args(desc: str, default_prefix: str,

@@ -40,15 +40,12 @@ class BeamlineIOC(PVGroup):
     def __init__(self, *args, source: SceneSource, calibration_dir: str | Path | None = None,
                  temperature: float | None = None, ramp_rate: float = 10.0,
                  shutter_open: bool = True, **kwargs) -> None:
-        # SubGroup instances are built by PVGroup.__init__ from these per-group keywords.
-        self._subgroup_kwargs = {
-            "det": {"source": source, "sample_state": self.sample_state,
-                    "calibration_dir": calibration_dir},
-            "sample": {"temperature": (source.temperature_range[0] if temperature is None
-                                       else temperature), "ramp_rate": ramp_rate},
-            "shutter": {"open": shutter_open},
-        }
         super().__init__(*args, **kwargs)
+        self.det.attach(source, sample_state=self.sample_state,
+                        calibration_dir=calibration_dir)
+        self.sample.configure(temperature=(source.temperature_range[0] if temperature is None
+                                           else temperature), ramp_rate=ramp_rate)
+        self.shutter.configure(open=shutter_open)
 
     def sample_state(self) -> tuple[float, bool]:
         """Temperature and beam at the moment of exposure."""

@@ -44,6 +44,7 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, get_pv_pair_wrapper, pvproperty
 
+from sim_iocs._run import set_before_serving
 from sim_iocs.scene_source import INSITU_CHANGES, SCENE_CHOICES, SceneSource
 
 __all__ = ["CamGroup", "ImageGroup", "SampleState", "XrayDetectorIOC",
@@ -69,6 +70,8 @@ def _enum_pair(name: str, strings: list[str], value: str, doc: str):
 class CamGroup(PVGroup):
     """``cam1:``: acquisition control, as areaDetector's ADDriver."""
 
+    _stop_requested = False  # set by Acquire=0 while a Multiple/Continuous run is going
+
     acquire = pvproperty(name="Acquire", dtype=ChannelType.ENUM,
                          enum_strings=["Done", "Acquire"], value="Done",
                          doc="Start (1) or stop (0) acquiring; put-completes when done")
@@ -93,8 +96,7 @@ class CamGroup(PVGroup):
     detector_state = pvproperty(name="DetectorState_RBV", dtype=ChannelType.ENUM,
                                 enum_strings=DETECTOR_STATES, value="Idle", read_only=True)
     status_message = pvproperty(name="StatusMessage_RBV", value="Idle", read_only=True,
-                                dtype=ChannelType.CHAR, max_length=256,
-                                report_as_string=True)
+                                dtype=ChannelType.CHAR, max_length=256)
     time_remaining = pvproperty(name="TimeRemaining_RBV", value=0.0, read_only=True)
     array_size_x = pvproperty(name="ArraySizeX_RBV", value=0, read_only=True)
     array_size_y = pvproperty(name="ArraySizeY_RBV", value=0, read_only=True)
@@ -199,10 +201,10 @@ class XrayDetectorIOC(PVGroup):
     image = SubGroup(ImageGroup, prefix="image1:")
 
     poni_path = pvproperty(name="PoniPath", value="", read_only=True,
-                           dtype=ChannelType.CHAR, max_length=1024, report_as_string=True,
+                           dtype=ChannelType.CHAR, max_length=1024,
                            doc="pyFAI PONI file of this detector's geometry")
     mask_path = pvproperty(name="MaskPath", value="", read_only=True,
-                           dtype=ChannelType.CHAR, max_length=1024, report_as_string=True,
+                           dtype=ChannelType.CHAR, max_length=1024,
                            doc=".npy bool mask, True on gaps and beamstop")
     beam_center_x = pvproperty(name="BeamCenterX_RBV", value=0.0, read_only=True,
                                precision=3, units="px", doc="Beam centre column")
@@ -216,9 +218,21 @@ class XrayDetectorIOC(PVGroup):
     counts_per_second = pvproperty(name="CountsPerSecond", value=10.0, precision=3,
                                    doc="Mean counts per valid pixel per second")
 
-    def __init__(self, *args, source: SceneSource, sample_state: SampleState | None = None,
+    def __init__(self, *args, source: SceneSource | None = None,
+                 sample_state: SampleState | None = None,
                  calibration_dir: str | Path | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.source: SceneSource | None = None
+        if source is not None:
+            self.attach(source, sample_state=sample_state, calibration_dir=calibration_dir)
+
+    def attach(self, source: SceneSource, *, sample_state: SampleState | None = None,
+               calibration_dir: str | Path | None = None) -> None:
+        """Point the detector at ``source``; call before the server starts.
+
+        (A parent group builds its SubGroups without per-instance arguments, so the
+        beamline IOC attaches the scene after construction.)
+        """
         self.source = source
         low = source.temperature_range[0]
         self.sample_state = sample_state or (lambda: (low, True))
@@ -227,7 +241,7 @@ class XrayDetectorIOC(PVGroup):
         self.poni_file, self.mask_file = source.write_calibration(calibration_dir)
         rows, cols = source.shape
         geometry = source.geometry
-        initial = {
+        set_before_serving({
             self.poni_path: str(self.poni_file), self.mask_path: str(self.mask_file),
             self.beam_center_x: float(geometry.center[1]),
             self.beam_center_y: float(geometry.center[0]),
@@ -238,11 +252,7 @@ class XrayDetectorIOC(PVGroup):
             self.cam.max_size_x: cols, self.cam.max_size_y: rows,
             self.image.array_size0: cols, self.image.array_size1: rows,
             self.image.array_data: np.zeros(rows * cols, dtype=np.int32),
-        }
-        # Before the server starts nothing is subscribed: set the values directly, so the
-        # first client read already sees this detector's sizes and paths.
-        for channel, value in initial.items():
-            channel._data["value"] = channel.preprocess_value(value)
+        })
 
     async def acquire_frames(self, cam: CamGroup) -> None:
         """Expose and publish frames until the image mode's count is reached or stopped."""

@@ -18,6 +18,8 @@ import argparse
 
 from caproto.server import PVGroup, pvproperty
 
+from sim_iocs._run import set_before_serving
+
 __all__ = ["SampleEnvironmentIOC", "add_sample_arguments"]
 
 UPDATE_PERIOD = 0.05  # s between readback updates while ramping
@@ -40,9 +42,13 @@ class SampleEnvironmentIOC(PVGroup):
     def __init__(self, *args, temperature: float = 300.0, ramp_rate: float = 10.0,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for channel, value in ((self.setpoint, temperature), (self.readback, temperature),
-                               (self.ramp_rate, ramp_rate)):
-            channel._data["value"] = float(value)
+        self.configure(temperature=temperature, ramp_rate=ramp_rate)
+
+    def configure(self, *, temperature: float, ramp_rate: float) -> None:
+        """Initial temperature (K, at rest) and ramp rate (K/s); before the server starts."""
+        set_before_serving({self.setpoint: float(temperature),
+                            self.readback: float(temperature),
+                            self.ramp_rate: float(ramp_rate)})
         self._target = float(temperature)
 
     @property

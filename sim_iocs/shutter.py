@@ -17,6 +17,8 @@ import asyncio
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
+from sim_iocs._run import set_before_serving
+
 __all__ = ["ShutterIOC", "add_shutter_arguments"]
 
 MOVE_TIME = 0.05  # s the blade takes
@@ -32,8 +34,12 @@ class ShutterIOC(PVGroup):
 
     def __init__(self, *args, open: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cmd._data["value"] = "Open" if open else "Close"
-        self.status._data["value"] = "Open" if open else "Closed"
+        self.configure(open=open)
+
+    def configure(self, *, open: bool) -> None:
+        """State at start-up; before the server starts."""
+        set_before_serving({self.cmd: "Open" if open else "Close",
+                            self.status: "Open" if open else "Closed"})
 
     @property
     def is_open(self) -> bool:

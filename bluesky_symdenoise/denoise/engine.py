@@ -110,8 +110,8 @@ class ScanDenoiser:
     """
 
     def __init__(self, config: DenoiseConfig | None = None, **overrides: Any) -> None:
-        self.config = (config or DenoiseConfig()).model_copy(update=overrides)
-        DenoiseConfig.model_validate(self.config.model_dump())
+        base = config.model_dump() if config is not None else {}
+        self.config = DenoiseConfig(**{**base, **overrides})
         self.device = select_device(self.config.device)
         self.model: torch.nn.Module | None = None
         self.model_origin = "none"

@@ -21,11 +21,11 @@ import torch
 
 from ..physics import scenes
 from ..physics.symmetry import rotation180, symmetry_validity
-from .channels import ChannelContext
+from .channels import ChannelContext, input_channels
 from .inference import predict_rates
 from .models import base_model_path, new_model, save_model
 from .preprocess import prepare_frames
-from .targets import TruthPairs, neighbour_mean
+from .targets import Batch, TruthPairs, neighbour_mean
 from .training import poisson_loss
 
 __all__ = ["make_training_scan", "pretrain"]
@@ -46,13 +46,12 @@ def make_training_scan(rng: np.random.Generator, *, shape: tuple[int, int] | Non
             str(rng.choice(["powder", "lattice"])), n_frames=max(n_frames, 2),
             change=str(rng.choice(["ring_drift", "lattice_expansion", "phase_appearing"])),
             shape=shape, seed=seed)
-        truth_unit, mask, geometry, defects = (series.expectations, series.mask,
-                                               series.geometry, series.defects)
+        truth_unit, mask, geometry = series.expectations, series.mask, series.geometry
         expose = series.expose
     else:
         scene = scenes.make_scene(str(rng.choice(_STATIC_KINDS)), shape=shape, seed=seed)
         truth_unit = np.repeat(scene.expectation[None], n_frames, axis=0)
-        mask, geometry, defects = scene.mask, scene.geometry, scene.defects
+        mask, geometry = scene.mask, scene.geometry
 
         def expose(level, generator, readout_sigma=0.0):
             return np.stack([scene.expose(level, generator, readout_sigma)
@@ -68,7 +67,6 @@ def make_training_scan(rng: np.random.Generator, *, shape: tuple[int, int] | Non
                              symmetric=report.valid)
     else:
         ctx = ChannelContext.without_symmetry(prepared.good)
-    del defects
     return TruthPairs(prepared.frames, truth_unit * counts, ctx,
                       use_neighbours=bool(rng.random() < 0.8), seed=seed)
 
@@ -88,8 +86,6 @@ class _MixedPool:
             self.scans[int(self.rng.integers(len(self.scans)))] = make_training_scan(self.rng)
         picks = self.rng.integers(len(self.scans), size=batch_size // 2)
         batches = [self.scans[i].sample(2, patch) for i in picks]
-        from .targets import Batch
-
         return Batch(*(np.concatenate([getattr(b, name) for b in batches])
                        for name in ("inputs", "target", "copies", "scale")))
 
@@ -97,8 +93,6 @@ class _MixedPool:
 def _validation_psnr(model: torch.nn.Module, scans: list[TruthPairs]) -> float:
     values = []
     for scan in scans:
-        from .channels import input_channels
-
         channels, level = input_channels(scan.noisy[0], scan.ctx,
                                          neighbour_mean(scan.noisy, 0)
                                          if scan.use_neighbours else None)

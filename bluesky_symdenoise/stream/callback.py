@@ -8,6 +8,7 @@ to the raw one by ``original_run_uid``, to every callback given to :meth:`SymDen
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import threading
@@ -96,10 +97,15 @@ class SymDenoise(event_model.DocumentRouter):
         self.errors: list[str] = []
         #: Frames dropped because the queue was full, over all runs.
         self.dropped = 0
-        #: Seconds spent on the RunEngine's thread, per document.
-        self.re_thread_seconds: list[float] = []
-        #: Frame-in to derived-event-out latencies (seconds), over all runs.
-        self.latencies: list[float] = []
+        #: Seconds spent on the RunEngine's thread, per document (the latest 10 000).
+        self.re_thread_seconds: collections.deque[float] = collections.deque(maxlen=10_000)
+        #: Frame-in to derived-event-out latencies in seconds (the latest 10 000).
+        self.latencies: collections.deque[float] = collections.deque(maxlen=10_000)
+        #: Test seam: ``{"training": f, "inference": f}``, each ``f(step)`` called before every
+        #: training step / inference batch of the runs that start afterwards; it may raise
+        #: (e.g. ``torch.cuda.OutOfMemoryError``) to exercise the fallbacks. See
+        #: ``ScanDenoiser.training_fault``.
+        self.fault_hooks: dict[str, Callable[[int], None]] = {}
 
     # -- downstream --------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str, dict], Any]) -> int:
@@ -185,7 +191,8 @@ class SymDenoise(event_model.DocumentRouter):
                 scan.end_warm_up()
             return
         if name == "start":
-            self._scans[run_uid] = LiveScan(doc, self.options, self._emit)
+            self._scans[run_uid] = LiveScan(doc, self.options, self._emit,
+                                            fault_hooks=dict(self.fault_hooks))
             return
         scan = self._scans.get(run_uid)
         if scan is None:
@@ -200,6 +207,8 @@ class SymDenoise(event_model.DocumentRouter):
                 scan.handle(name, doc, received)
             except Exception as exc:  # noqa: BLE001
                 self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
+                # The derived run goes on (no data lost) but ends with "fail" and why.
+                scan.failure = scan.failure or f"processing a {name} failed: {exc!r}"
                 if name != "stop":
                     return
                 scan.finish(doc)

@@ -123,8 +123,14 @@ class LiveScan:
     """The worker-thread state of one raw run and its derived run."""
 
     def __init__(self, raw_start: dict, options: LiveOptions,
-                 emit: Callable[[str, dict], None]) -> None:
+                 emit: Callable[[str, dict], None], *,
+                 fault_hooks: dict[str, Callable[[int], None]] | None = None) -> None:
         self.raw_start = raw_start
+        #: ``SymDenoise.fault_hooks`` (test seam) given to this run's engines.
+        self.fault_hooks = dict(fault_hooks or {})
+        #: Why the processing failed (training or denoising raised): the derived stop is
+        #: then ``fail`` with this reason, whatever the raw exit status.
+        self.failure: str | None = None
         self.options = options
         self._emit = emit
         self.source = FrameSource([options.field] if options.field else None)
@@ -151,12 +157,17 @@ class LiveScan:
         self._previous: np.ndarray | None = None
         self.latencies: list[float] = []
         self.stopped = False
+        self._streamed: dict[str, set[str]] = {}
 
     # -- documents ---------------------------------------------------------------------------
     def handle(self, name: str, doc: dict, received: float) -> None:
         if name == "descriptor":
             list(self.source.frames(name, doc))
             self._pick_field()
+            # Keys whose frames come in StreamDatum documents, never in events.
+            self._streamed[doc["uid"]] = {
+                k for k, v in doc.get("data_keys", {}).items()
+                if str(v.get("external", "")).startswith("STREAM:")}
             return
         if name == "stop":
             self.finish(doc)
@@ -167,9 +178,16 @@ class LiveScan:
             self.counts["unreadable"] += 1
             self._warn(f"could not read a frame from a {name} document: {exc}")
             return
+        taken = 0
         for key, seq_num, frame, timestamp in frames:
             if key == self.field:
                 self.take(seq_num, frame, timestamp, received)
+                taken += 1
+        descriptor = doc.get("descriptor")
+        if (name == "event" and not taken and self.field in self.source.keys_for(descriptor)
+                and self.field not in self._streamed.get(descriptor, ())):
+            self.counts["unreadable"] += 1
+            self._warn(f"an event (seq_num {doc.get('seq_num')}) carries no {self.field!r}")
 
     def _pick_field(self) -> None:
         keys = self.source.all_keys
@@ -208,13 +226,18 @@ class LiveScan:
         if mask is not None:
             try:
                 mask = _load_mask(mask)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(f"mask ignored: {exc}")
+            else:
                 if mask.shape != shape:
-                    raise ValueError(f"mask shape {mask.shape} != frame shape {shape}")
+                    # A mask of another detector: its centre cannot be trusted either.
+                    self._warn(f"geometry unusable (mask shape {mask.shape} != frame shape "
+                               f"{shape}: mask and geometry describe another detector): "
+                               "symmetry-free denoising, no I(q)")
+                    return
                 self.user_mask = mask
                 notes.append("mask from " + ("arguments" if opts.mask is not None
                                              else "start['mask']"))
-            except Exception as exc:  # noqa: BLE001
-                self._warn(f"mask ignored: {exc}")
         poni = opts.poni if opts.poni is not None else None
         center = opts.center
         source = "arguments"
@@ -245,7 +268,9 @@ class LiveScan:
         method = opts.method
         try:
             self.denoiser = ScanDenoiser(**overrides)
-            frames = np.stack([f for _, f, _, _ in self.held if f.shape == self.shape])
+            self.denoiser.inference_fault = self.fault_hooks.get("inference")
+            frames = np.stack([f for _, f, _, _ in self.held
+                               if f.shape == self.shape and _numeric(f)])
             center = self.geometry.center if self.geometry is not None else None
             self.analysis = self.denoiser.analyse(frames, mask=self.user_mask, center=center,
                                                   bad_pixels="mask")
@@ -282,6 +307,7 @@ class LiveScan:
     def _start_interim(self, overrides: dict[str, Any]) -> None:
         try:
             interim = ScanDenoiser(**overrides)
+            interim.inference_fault = self.fault_hooks.get("inference")
             if interim.use_pretrained():
                 self.interim = interim
         except Exception as exc:  # noqa: BLE001
@@ -347,9 +373,13 @@ class LiveScan:
         lower_thread_priority()
         denoiser, analysis = self.denoiser, self.analysis
 
+        hook = self.fault_hooks.get("training")
+
         def cancelled(step: int) -> None:
             if self._cancel.is_set():
                 raise _Cancelled(f"stopped at step {step}: the raw run ended")
+            if hook is not None:
+                hook(step)
 
         denoiser.training_fault = cancelled
         seconds = self.options.budget_s
@@ -363,6 +393,7 @@ class LiveScan:
         except Exception as exc:  # noqa: BLE001
             self.network_note = (f"training failed ({type(exc).__name__}: {exc}): "
                                  "interim mode kept")
+            self.failure = self.failure or f"training failed: {exc!r}"
             logger.warning("symdenoise: %s", self.network_note)
             return
         if log.steps < self.options.min_training_steps:
@@ -425,6 +456,11 @@ class LiveScan:
         if new.any():
             flags.append(f"{int(new.sum())} NaN/inf/negative pixels masked")
             bad |= broken
+        if frame.dtype.kind in "iu":  # a counter at its maximum has lost counts
+            saturated = (frame == np.iinfo(frame.dtype).max) & ~bad
+            if saturated.any():
+                flags.append(f"{int(saturated.sum())} saturated pixels masked")
+                bad |= saturated
         data[bad] = 0.0
         return data, bad
 
@@ -432,8 +468,10 @@ class LiveScan:
                received: float) -> None:
         flags: list[str] = []
         key = self.field
-        if frame.shape != self.shape:
-            flags.append(f"skipped: frame shape {frame.shape} != {self.shape}")
+        if frame.shape != self.shape or not _numeric(frame):
+            flags.append(f"skipped: frame shape {frame.shape} != {self.shape}"
+                         if frame.shape != self.shape else
+                         f"skipped: frame dtype {frame.dtype} is not real numbers")
             self.counts["invalid"] += 1
             denoised, by, data, bad = np.zeros(self.shape, np.float32), "none", None, None
         else:
@@ -444,6 +482,7 @@ class LiveScan:
             except Exception as exc:  # noqa: BLE001
                 flags.append(f"denoising failed ({type(exc).__name__}: {exc}): raw copied")
                 self.counts["failed"] += 1
+                self.failure = self.failure or f"denoising failed: {exc!r}"
                 denoised = data.copy()
             denoised = self._finish(denoised, data, bad)
         self.counts[f"by:{by}"] += 1
@@ -521,8 +560,14 @@ class LiveScan:
         if self.publisher is None:
             if self.held:
                 self._warm_up()
+            elif not self.source.all_keys:
+                # The run never declared a 2-D field (a scalar scan, or one that failed
+                # before its first reading): there is nothing to derive, so no derived run.
+                self.source.close()
+                return
             elif self.shape is None:
-                # No frame ever arrived: still publish a linked, empty derived run.
+                # A 2-D field was declared but no frame could be read: still publish a
+                # linked, empty derived run, so the failure is on record.
                 self._warn("no frames of a 2-D field arrived")
                 self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
                                                      self._provenance([]))
@@ -542,6 +587,9 @@ class LiveScan:
             "provenance": json.dumps(summary, default=str)})
         exit_status = (raw_stop or {}).get("exit_status", "fail")
         text = (raw_stop or {}).get("reason", "") if reason is None else reason
+        if self.failure:
+            exit_status = "fail"
+            text = (text + "; " if text else "") + f"symdenoise: {self.failure}"
         if summary["dropped"]:
             text = (text + "; " if text else "") + (
                 f"symdenoise: {summary['dropped']} frames dropped (queue full)")
@@ -565,12 +613,20 @@ class LiveScan:
             record["model_hash"] = (model_hash(self.denoiser.model)
                                     if self.denoiser.model is not None else None)
             record["model"] = self.denoiser.model_origin
+            # Device/batch fallbacks (out of memory) of training and inference.
+            record["engine_events"] = list(self.denoiser.events) + (
+                list(self.interim.events) if self.interim is not None else [])
         if self.analysis is not None and self.analysis.symmetry is not None:
             record["symmetry"] = self.analysis.symmetry.summary()
         if self.latencies:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
                                    "p95": float(np.percentile(self.latencies, 95))}
         return json.loads(json.dumps(record, default=str))
+
+
+def _numeric(frame: np.ndarray) -> bool:
+    """Real numbers (bool, integer or float): what can be read as counts."""
+    return frame.dtype.kind in "biuf"
 
 
 class _Cancelled(Exception):

@@ -47,6 +47,8 @@ class FrameQueue:
         self.lossless = bool(lossless)
         self._items: collections.deque = collections.deque()
         self._frames = 0
+        #: The most frames ever waiting at once (never above ``max_frames``).
+        self.high_water = 0
         self._unfinished = 0
         self._cond = threading.Condition()
 
@@ -59,6 +61,7 @@ class FrameQueue:
                         return False
                     self._cond.wait(0.1)
                 self._frames += 1
+                self.high_water = max(self.high_water, self._frames)
             self._items.append((is_frame, item))
             self._unfinished += 1
             self._cond.notify_all()

@@ -91,7 +91,8 @@ class LiveDenoiseView(QtAwareCallback):
         Headless mode: write ``live_<scan_id>_<seq>.png`` every ``every`` denoised frames
         and ``live_<scan_id>_final.png`` at the derived stop.
     every
-        Draw every this many denoised frames (drawing costs the caller's thread time).
+        Draw every this many denoised frames. A draw takes ~0.7 s of the thread that
+        delivers the derived document (the SymDenoise worker), so keep it sparse.
     scale
         ``"sqrt"`` or ``"log"`` colour scaling of the frames and waterfalls.
     mask
@@ -111,7 +112,7 @@ class LiveDenoiseView(QtAwareCallback):
     """
 
     def __init__(self, field: str | None = None, out_dir: str | Path | None = None,
-                 every: int = 1, *, scale: str = "sqrt", mask: np.ndarray | None = None,
+                 every: int = 10, *, scale: str = "sqrt", mask: np.ndarray | None = None,
                  symmetry_map: bool = True, figsize: tuple[float, float] = (14.0, 8.0),
                  dpi: int = 100, use_teleporter: bool | None = None) -> None:
         if scale not in ("sqrt", "log"):
@@ -154,6 +155,12 @@ class LiveDenoiseView(QtAwareCallback):
             rows = scan.iq_raw if which == "raw" else scan.iq_den
             return (np.asarray(scan.iq_seq), _common_q(scan.iq_q),
                     _stack_rows(rows))
+
+    def flagged(self, scan_id: Any = None) -> dict[int, str]:
+        """``{raw_seq_num: flags}`` of the frames the derived run flagged (current scan)."""
+        with self._state_lock:
+            scan = self._find(scan_id)
+            return dict(scan.flags) if scan is not None else {}
 
     def snapshot(self, path: str | Path | None = None, scan_id: Any = None) -> Path | None:
         """Draw the current scan (or ``scan_id``) now; write a PNG when ``path`` is given.
@@ -483,7 +490,8 @@ def _symmetry_text(frozen: dict) -> tuple[str, float | None]:
     if not symmetry:
         return "symmetry: no report (no geometry or not analysed)", None
     violated = symmetry.get("fraction_violated")
-    text = (f"180° symmetry violated on {100 * violated:.2f} % of paired pixels"
+    text = (f"180° symmetry violated on {100 * violated:.2f} % of paired pixels\n"
+            "  (engine, on the warm-up frames)"
             if isinstance(violated, int | float) else "symmetry: no violation figure")
     paired = symmetry.get("fraction_paired")
     chi2 = symmetry.get("chi2_per_pair")
@@ -492,7 +500,7 @@ def _symmetry_text(frozen: dict) -> tuple[str, float | None]:
         extra.append(f"paired {100 * paired:.0f} %")
     if isinstance(chi2, int | float):
         extra.append(f"χ²/pair {chi2:.2f}")
-    return text + (f"\n  ({', '.join(extra)})" if extra else ""), violated
+    return text + (f"\n  {', '.join(extra)}" if extra else ""), violated
 
 
 def _violation_map(frozen: dict, mask: np.ndarray) -> np.ndarray | None:
@@ -533,6 +541,7 @@ def _render(figure, frozen: dict, view: LiveDenoiseView) -> None:
     violation = None
     if shape is not None:
         mask = _display_mask(frozen, view, shape)
+        frozen["display_mask"] = mask
         if view.symmetry_map:
             try:
                 violation = _violation_map(frozen, mask)
@@ -547,13 +556,16 @@ def _render(figure, frozen: dict, view: LiveDenoiseView) -> None:
             ax.set_xlabel("column (px)")
             ax.set_ylabel("row (px)")
             if frame is None or np.shape(frame) != shape:
+                ax.set_axis_off()
                 ax.text(0.5, 0.5, "raw frame not received\n(subscribe the view to the "
                         "RunEngine;\nframes must be inline in events)" if ax is ax_raw
                         else "no denoised frame yet", ha="center", va="center",
                         transform=ax.transAxes, fontsize=10)
                 continue
-            shown = np.ma.masked_array(np.asarray(frame, float),
-                                       mask | ~np.isfinite(np.asarray(frame, float)))
+            values = np.asarray(frame, float)
+            if view.scale == "log":  # zero counts: the lowest colour, not "masked" grey
+                values = np.maximum(values, norm.vmin)
+            shown = np.ma.masked_array(values, mask | ~np.isfinite(values))
             image = ax.imshow(shown, cmap=cmap, norm=norm, origin="upper",
                               interpolation="nearest")
             if violation is not None and violation.any():
@@ -651,7 +663,11 @@ def _text_panel(ax, frozen: dict, prov: dict, violation: np.ndarray | None) -> N
         general.append(f"warning: {str(warning)[:58]}")
     sym_text, violated = _symmetry_text(frozen)
     if violation is not None:
-        sym_text += f"\n  red outline: view's own check on Σ of {frozen['raw_count']} raw frames"
+        paired = max(int((~frozen["display_mask"]).sum()), 1) if "display_mask" in frozen \
+            else max(violation.size, 1)
+        sym_text += (f"\nred outline: the view's own check on Σ of {frozen['raw_count']}"
+                     f"\n  raw frames: {100 * violation.sum() / paired:.2f} % of unmasked"
+                     " pixels")
     broken = isinstance(violated, int | float) and violated > 0.01
     badge = TextArea(sym_text, textprops={**style, "color": "darkred" if broken
                                           else "darkgreen", "fontweight": "bold"})

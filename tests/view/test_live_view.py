@@ -23,7 +23,16 @@ def scene():
 @pytest.fixture
 def detector(scene):
     rng = np.random.default_rng(0)
-    return DirectImage(func=lambda: scene.expose(4.0, rng), name="det")
+    count = iter(range(1, 10_000))
+    row, col = np.argwhere(scene.usable)[len(np.argwhere(scene.usable)) // 3]
+
+    def frame():
+        image = scene.expose(4.0, rng).astype(np.float32)
+        if next(count) == 3:  # the derived run flags this frame
+            image[row, col] = np.nan
+        return image
+
+    return DirectImage(func=frame, name="det")
 
 
 def run_scans(RE, detector, scene, view, nums):
@@ -56,6 +65,7 @@ def test_headless_snapshots_and_waterfall(RE, detector, scene, tmp_path):
     seq, q, rows = view.waterfall("denoised")
     assert list(seq) == [1, 2, 3, 4, 5] and rows.shape == (5, q.size)
     assert np.all(np.diff(q) > 0) and np.isfinite(rows).mean() > 0.5
+    assert list(view.flagged()) == [3] and "NaN" in view.flagged()[3]
     _, _, raw_rows = view.waterfall("raw")
     assert raw_rows.shape == rows.shape
     figure = view.figure

@@ -1,0 +1,85 @@
+"""Row 4: a slow consumer and a fast detector; simulated GPU out-of-memory."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from bluesky import plans as bp
+from ophyd.sim import DirectImage
+
+from .conftest import waiting_frames
+
+N = 30
+
+
+def _slow_consumer(seconds: float):
+    def consumer(name, doc):
+        time.sleep(seconds)
+    return consumer
+
+
+def test_live_mode_drops_and_counts_but_never_blocks(harness, scene, frames):
+    sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
+                        max_queue=4, warmup_frames=1)
+    sd.subscribe(_slow_consumer(0.05))
+    began = time.perf_counter()
+    harness.RE(bp.count([DirectImage(func=frames, name="det")], num=N))
+    scan_seconds = time.perf_counter() - began
+    (stop,) = harness.finish(timeout=90).values()
+    # Bounded memory: never more than max_queue frames waiting.
+    assert sd._queue.high_water <= 4
+    # Never blocked: the RunEngine's thread only copies and enqueues, even with the queue full.
+    assert max(sd.re_thread_seconds) < 0.25, max(sd.re_thread_seconds)
+    assert scan_seconds < 0.05 * N, "the scan waited for the slow consumer"
+    published = len(harness.derived.stream("denoised"))
+    summary = harness.derived.stream("summary")[0]["data"]
+    assert sd.dropped > 0 and summary["frames_dropped"] == sd.dropped
+    assert published + sd.dropped == N == summary["frames_received"] + sd.dropped
+    assert stop["exit_status"] == "success" and f"{sd.dropped} frames dropped" in stop["reason"]
+
+
+def test_lossless_mode_with_a_slow_consumer_loses_nothing(harness, scene, frames):
+    sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
+                        max_queue=2, warmup_frames=1, lossless=True)
+    sd.subscribe(_slow_consumer(0.02))
+    harness.RE(bp.count([DirectImage(func=frames, name="det")], num=12))
+    (stop,) = harness.finish(timeout=90).values()
+    assert sd._queue.high_water <= 2
+    assert sd.dropped == 0 and stop["num_events"]["denoised"] == 12
+    assert [e["data"]["raw_seq_num"] for e in harness.derived.stream("denoised")] == \
+        list(range(1, 13))
+    assert stop["exit_status"] == "success" and "dropped" not in stop["reason"]
+
+
+def _oom_first(calls: int):
+    """A fault hook raising CUDA out-of-memory on its first ``calls`` calls."""
+    count = iter(range(10**6))
+
+    def hook(step):
+        if next(count) < calls:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    return hook
+
+
+@pytest.mark.parametrize("where", ["training", "inference"])
+def test_out_of_memory_halves_the_batch_and_is_recorded(harness, scene, frames, where,
+                                                       training_done):
+    sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask,
+                        method="symmetry", budget_s=2, min_training_steps=1,
+                        config={"batch_size": 4, "patch_size": 32, "test_time_flips": 1})
+    sd.fault_hooks[where] = _oom_first(2)
+    det = DirectImage(func=waiting_frames(frames, training_done), name="det")
+    harness.RE(bp.count([det], num=6))
+    (stop,) = harness.finish(timeout=90).values()
+    assert stop["exit_status"] == "success", stop["reason"]
+    summary = json.loads(harness.derived.stream("summary")[0]["data"]["provenance"])
+    events = summary["engine_events"]
+    assert [e for e in events if f"out of memory during {where}" in e and "batch 2" in e]
+    assert [e for e in events if f"out of memory during {where}" in e and "batch 1" in e]
+    if where == "training":
+        assert summary["training"]["batch_size"] == 1 and summary["training"]["steps"] >= 1
+    assert len(harness.derived.stream("denoised")) == 6
+    assert all(e["data"]["det_img_flags"] == "" for e in harness.derived.stream("denoised"))
