@@ -135,8 +135,11 @@ def _profile_scores(q, i_est, i_true) -> dict[str, float]:
     _, lo, hi = metrics._peak_window(i_true)
     a_t, h_t, _ = metrics._peak_stats(q, i_true, lo, hi)
     a_e, h_e, _ = metrics._peak_stats(q, i_est, lo, hi)
-    return {"iq_err": float(np.sqrt(np.mean(rel**2))), "ring_area": a_e / a_t - 1.0,
-            "ring_height": h_e / h_t - 1.0}
+    scores = {"iq_err": float(np.sqrt(np.mean(rel**2))), "ring_area": math.nan,
+              "ring_height": math.nan}
+    if abs(a_t) > 1e-12 and abs(h_t) > 1e-12:  # no ring (e.g. SAXS): no ring columns
+        scores["ring_area"], scores["ring_height"] = a_e / a_t - 1.0, h_e / h_t - 1.0
+    return scores
 
 
 def _spot_snr(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
@@ -229,6 +232,12 @@ def summary_table(rows: list[dict], methods: list[str], counts: list[float]) -> 
     return "\n".join(lines)
 
 
+def _save(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                "rows": rows}, indent=1, default=float))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Denoiser quality benchmark")
     parser.add_argument("--scenes", nargs="+", default=list(SCENE_KINDS))
@@ -258,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": seconds, "seed": seed}
                 row.update(score(estimate, scan, method))
                 rows.append(row)
+                _save(args.out / "quality-latest.json", args, rows)
                 print(f"{kind:18s} {counts:6g} {method:12s} "
                       f"psnr {row.get('psnr', math.nan):6.2f}  {seconds:6.1f} s", flush=True)
     print()
@@ -265,10 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Mean PSNR (dB) over scenes:")
     print(summary_table(rows, list(args.methods), list(args.counts)))
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                "rows": rows}, indent=1, default=float))
+    _save(path, args, rows)
     print(f"\nrows saved to {path}")
     return 0
 

@@ -119,15 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bluesky-symdenoise", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="denoise a simulated short-exposure scan")
-    demo.add_argument("--out", default="out/demo", help="folder for the PNG and the table")
-    demo.add_argument("--scene", default="lattice_one_sided",
-                      help="powder, textured, saxs, lattice, lattice_one_sided, insitu_drift")
-    demo.add_argument("--frames", type=int, default=3)
+    demo = sub.add_parser("demo", help="beamline in a box: live denoised in situ scan on "
+                          "simulated IOCs, stored in an embedded Tiled catalog")
+    demo.add_argument("--out", default="out/demo",
+                      help="folder for the catalog, PNG snapshots and the summary")
+    demo.add_argument("--scene", default="insitu",
+                      help="IOC scene: insitu (powder ring drift), insitu_lattice, powder, "
+                           "textured, saxs, lattice, lattice_one_sided")
+    demo.add_argument("--frames", type=int, default=24, help="temperature points (frames)")
     demo.add_argument("--counts", type=float, default=1.0, help="mean counts per pixel")
-    demo.add_argument("--budget", type=float, default=60.0, help="seconds for the denoiser")
+    demo.add_argument("--budget", type=float, default=30.0,
+                      help="seconds of network fine-tuning (the scan is paced to outlast it)")
     demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
 
     den = sub.add_parser("denoise", help="denoise frames from a .npy file or HDF5 dataset")

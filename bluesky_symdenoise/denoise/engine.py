@@ -204,7 +204,8 @@ class ScanDenoiser:
         cfg = self.config
         frames = analysis.prepared.frames
         if method == "noise2sr":
-            self.model = new_model(cfg.width, cfg.depth, in_channels=SUBSAMPLING_CHANNELS)
+            self.model = new_model(cfg.width, cfg.depth, in_channels=SUBSAMPLING_CHANNELS,
+                                   residual=True)
             self.model_origin = "random initialisation (zero-shot)"
             source = SubsamplingPairs(frames, analysis.context.good, seed=cfg.seed)
         else:

@@ -23,8 +23,9 @@ def base_model_path() -> Path:
     return Path(str(resources.files("bluesky_symdenoise") / "models" / f"{BASE_MODEL_NAME}.pt"))
 
 
-def new_model(width: int = 16, depth: int = 3, in_channels: int = N_CHANNELS) -> RateUNet:
-    return RateUNet(in_channels, width=width, depth=depth)
+def new_model(width: int = 16, depth: int = 3, in_channels: int = N_CHANNELS,
+              residual: bool = False) -> RateUNet:
+    return RateUNet(in_channels, width=width, depth=depth, residual=residual)
 
 
 def model_hash(model: torch.nn.Module) -> str:

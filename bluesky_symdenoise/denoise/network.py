@@ -38,11 +38,14 @@ class RateUNet(nn.Module):
         pads).
     """
 
-    def __init__(self, in_channels: int, width: int = 16, depth: int = 3) -> None:
+    def __init__(self, in_channels: int, width: int = 16, depth: int = 3,
+                 residual: bool = False) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.width = width
         self.depth = depth
+        #: Learn a correction to input channel 0 (a first estimate) instead of the rate.
+        self.residual = residual
         widths = [width * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList()
         c_prev = in_channels
@@ -55,8 +58,11 @@ class RateUNet(nn.Module):
             self.upsamplers.append(nn.Conv2d(w_deep, w_skip, 1))
             self.decoders.append(_DoubleConv(2 * w_skip, w_skip))
         self.head = nn.Conv2d(width, 1, 1)
-        # Start at the mean level (inputs are normalised to mean 1).
-        nn.init.constant_(self.head.bias, float(_inverse_softplus(torch.tensor(1.0))))
+        if residual:  # start at the first estimate itself
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:  # start at the mean level (inputs are normalised to mean 1)
+            nn.init.constant_(self.head.bias, float(_inverse_softplus(torch.tensor(1.0))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the normalised rate (≥ 0), shape ``(B, 1, H, W)``."""
@@ -71,10 +77,17 @@ class RateUNet(nn.Module):
                                            strict=True):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = decoder(torch.cat([upsample(h), skip], dim=1))
-        return F.softplus(self.head(h))
+        out = self.head(h)
+        if self.residual:
+            out = out + _inverse_softplus(x[:, :1].float().clamp(min=1e-3))
+        return F.softplus(out)
 
-    def config(self) -> dict[str, int]:
-        return {"in_channels": self.in_channels, "width": self.width, "depth": self.depth}
+    def config(self) -> dict[str, int | bool]:
+        config: dict[str, int | bool] = {"in_channels": self.in_channels, "width": self.width,
+                                         "depth": self.depth}
+        if self.residual:
+            config["residual"] = True
+        return config
 
 
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .channels import ChannelContext, input_channels, mean_level, partner_values
 
@@ -211,17 +212,26 @@ class TruthPairs:
         return _stack(items)
 
 
-SUBSAMPLING_CHANNELS = 3
+SUBSAMPLING_CHANNELS = 4
 
 
 def subsampled_channels(frame: np.ndarray, good: np.ndarray, keep: np.ndarray,
                         level: float) -> np.ndarray:
-    """Noise2SR input: kept pixels only (others 0), the kept-pixel map, log10 level."""
+    """Noise2SR input channels, normalised by ``level``.
+
+    0: a smooth full-resolution interpolation of the kept pixels (normalised convolution,
+    σ = 1 px): the network starts from it and learns the correction (residual); 1: kept
+    pixels only (others 0); 2: the kept-pixel map; 3: log10 level.
+    """
     kept = keep & good
+    sparse = np.where(kept, frame, 0.0)
+    num = ndimage.gaussian_filter(sparse, 1.0, mode="constant")
+    den = ndimage.gaussian_filter(kept.astype(np.float64), 1.0, mode="constant")
     out = np.zeros((SUBSAMPLING_CHANNELS,) + frame.shape, np.float32)
-    out[0] = np.where(kept, frame, 0.0) / level
-    out[1] = kept
-    out[2] = np.log10(level)
+    out[0] = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0) / level
+    out[1] = sparse / level
+    out[2] = kept
+    out[3] = np.log10(level)
     return out
 
 

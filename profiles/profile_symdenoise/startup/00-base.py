@@ -1,0 +1,38 @@
+"""symdenoise profile, 00: RunEngine, plans, headless detection, BestEffortCallback.
+
+Environment:
+    SYMDENOISE_HEADLESS   1/0: force headless (Agg, PNG snapshots) or not; default: headless
+                          when there is no DISPLAY / WAYLAND_DISPLAY (or on macOS never).
+"""
+
+import os
+import sys
+
+import matplotlib
+
+from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
+
+# Channel Access stays on 127.0.0.1, before any CA client exists.
+pin_ca_to_loopback()
+
+_headless_env = os.environ.get("SYMDENOISE_HEADLESS")
+if _headless_env is not None:
+    SYMDENOISE_HEADLESS = _headless_env.strip().lower() not in ("0", "", "no", "false")
+else:
+    SYMDENOISE_HEADLESS = (sys.platform.startswith("linux")
+                           and not (os.environ.get("DISPLAY")
+                                    or os.environ.get("WAYLAND_DISPLAY")))
+if SYMDENOISE_HEADLESS:
+    matplotlib.use("Agg")
+
+import bluesky.plan_stubs as bps  # noqa: E402
+import bluesky.plans as bp  # noqa: E402
+import bluesky.preprocessors as bpp  # noqa: E402
+from bluesky import RunEngine  # noqa: E402
+from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402
+
+RE = RunEngine({})
+bec = BestEffortCallback()
+if SYMDENOISE_HEADLESS:
+    bec.disable_plots()
+RE.subscribe(bec)

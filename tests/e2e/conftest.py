@@ -1,0 +1,37 @@
+"""End-to-end tests: the IPython profile and the demo CLI, each in a subprocess, loopback only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bluesky_symdenoise.detector.loopback import loopback_env
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def e2e_env(tmp_path):
+    """Environment for the subprocesses: CA on loopback, headless, HOME in tmp_path."""
+    env = loopback_env()
+    env.update({"HOME": str(tmp_path / "home"), "MPLBACKEND": "Agg",
+                "SYMDENOISE_HEADLESS": "1", "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
+    env.pop("DISPLAY", None)
+    (tmp_path / "home").mkdir()
+    return env
+
+
+def executable(name: str) -> str:
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed")
+    return found
