@@ -24,8 +24,6 @@ from tests.integration import conftest as shared
 from tests.integration.conftest import DocumentCollector
 
 # The integration fixtures, shared (pytest finds fixtures by module attribute).
-RE = shared.RE
-no_thread_left_behind = shared.no_thread_left_behind  # autouse
 scene = shared.scene
 frames = shared.frames
 collector = shared.collector

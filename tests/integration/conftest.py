@@ -4,13 +4,10 @@ document collectors and a check that no symdenoise thread outlives its test."""
 from __future__ import annotations
 
 import pickle
-import threading
-import time
 
 import event_model
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from bluesky_symdenoise.physics.scenes import make_scene
 
@@ -18,25 +15,6 @@ SHAPE = (64, 64)
 COUNTS = 2.0
 
 
-@pytest.fixture
-def RE():
-    engine = RunEngine({})
-    yield engine
-    if engine.state != "idle":
-        engine.halt()
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind():
-    """Fail a test that leaves a symdenoise worker or trainer thread running."""
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        left = [t for t in threading.enumerate() if t.name.startswith("symdenoise")]
-        if not left:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"threads left running: {left}")
 
 
 @pytest.fixture(scope="session")

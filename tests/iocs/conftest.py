@@ -40,12 +40,3 @@ def beamline(beamline_ioc):
 
     return make_beamline_devices(beamline_ioc.prefix)
 
-
-@pytest.fixture
-def RE():
-    from bluesky import RunEngine
-
-    engine = RunEngine({})
-    yield engine
-    if engine.state != "idle":
-        engine.halt()

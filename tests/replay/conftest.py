@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 
 SHAPE = (64, 64)
 FRAMES = 3
 
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind():
-    """Fail a test that leaves a symdenoise worker or trainer thread running."""
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        left = [t for t in threading.enumerate() if t.name.startswith("symdenoise")]
-        if not left:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"threads left running: {left}")
 
 
 @pytest.fixture(scope="session")

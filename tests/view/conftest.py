@@ -1,33 +1,9 @@
-"""Fixtures for the live-view tests: a real RunEngine, a no-leftover-thread check, Agg."""
+"""The live-view tests draw with the Agg backend (no screen)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import matplotlib
-import pytest
-from bluesky import RunEngine
 
 matplotlib.use("Agg")
 
 
-@pytest.fixture
-def RE():
-    engine = RunEngine({})
-    yield engine
-    if engine.state != "idle":
-        engine.halt()
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind():
-    """Fail a test that leaves a symdenoise worker or trainer thread running."""
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        left = [t for t in threading.enumerate() if t.name.startswith("symdenoise")]
-        if not left:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"threads left running: {left}")
