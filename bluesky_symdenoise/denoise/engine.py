@@ -24,6 +24,7 @@ from .device import select_device
 from .inference import predict_rates
 from .models import load_base_model, model_hash, new_model
 from .preprocess import InputError, PreparedScan, prepare_frames
+from .selection import held_out_deviance
 from .targets import (
     SUBSAMPLING_CHANNELS,
     SubsamplingPairs,
@@ -311,13 +312,47 @@ class ScanDenoiser:
         else:
             seconds = self._training_seconds(analysis, method, start)
             self.fit(analysis, method=method, seconds=seconds, pairs=pairs)
-            denoised = self.predict(analysis, method=method)
+            if cfg.method == "auto" and method in ("symmetry", "thinning"):
+                method, reason = self._check_against_classical(analysis, method, reason)
+            if method == "classical":
+                denoised = self._classical(analysis, engine="bm3d")
+            else:
+                denoised = self.predict(analysis, method=method)
         denoised = self._finish(denoised, prepared)
         elapsed = time.perf_counter() - start
         provenance = self.provenance(analysis, method, reason, elapsed)
         result_array = denoised[0] if prepared.single_frame else denoised
         return DenoiseResult(denoised=result_array, method=method, reason=reason,
                              provenance=provenance, analysis=analysis)
+
+    def _check_against_classical(self, analysis: ScanAnalysis, method: str,
+                                 reason: str) -> tuple[str, str]:
+        """Keep the network only if it beats the classical mode on a held-out split.
+
+        Scored on the middle frame of the scan (see :func:`held_out_deviance`); the loser
+        and both scores are recorded in the reason.
+        """
+        from .classical import classical_denoise
+
+        prepared = analysis.prepared
+        if not prepared.integer_counts:
+            return method, reason + "; held-out check skipped (non-integer counts)"
+        frames, good = prepared.frames, prepared.good
+        index = len(frames) // 2
+        neighbours = neighbour_mean(frames, index) if self.config.use_neighbour_frames else None
+        # The neighbours are halved like the frame, so the network sees one level.
+        halved = None if neighbours is None else 0.5 * neighbours
+        validity = analysis.symmetry.valid if analysis.symmetry is not None else None
+        network = held_out_deviance(
+            lambda x: self.denoise_frame(analysis, method=method, frame=x, neighbours=halved),
+            frames[index], good)
+        classical = held_out_deviance(
+            lambda x: classical_denoise(x, mask=prepared.bad, center=analysis.center,
+                                        validity=validity, engine="bm3d"), frames[index], good)
+        scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
+        if classical < network:
+            return "classical", f"{reason}; but the classical mode won the {scores}"
+        return method, f"{reason}; {scores}"
 
     def _training_seconds(self, analysis: ScanAnalysis, method: str, start: float) -> float:
         cfg = self.config
@@ -328,6 +363,8 @@ class ScanDenoiser:
         # Rough inference cost: a width-16 U-Net takes ~1 µs per pixel per pass on 2 CPU cores.
         per_pixel = 1.2e-6 if self.device.type == "cpu" else 2e-8
         inference = n_frames * height * width * passes * per_pixel * (cfg.width / 16) ** 2
+        if cfg.method == "auto":  # the held-out check, and the classical mode if it wins
+            inference += (n_frames + 1) * height * width * 4e-5
         remaining = cfg.budget_s - (time.perf_counter() - start) - 1.3 * inference - 1.0
         return max(0.0, remaining)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..denoise.classical import classical_denoise
 from ..denoise.engine import ScanAnalysis, ScanDenoiser
+from ..denoise.selection import held_out_deviance
 from ..integrate.azimuthal import AzimuthalIntegration
 from ..physics.geometry import DetectorGeometry
 from .frames import FrameSource
@@ -99,24 +100,6 @@ def _load_mask(value: Any) -> np.ndarray:
     if isinstance(value, str | Path):
         return np.load(Path(value)).astype(bool)
     return np.asarray(value).astype(bool)
-
-
-def _held_out_deviance(denoise: Callable[[np.ndarray], np.ndarray], frame: np.ndarray,
-                       good: np.ndarray, seed: int) -> float:
-    """Poisson deviance of one half of a binomial split against the other half's estimate.
-
-    The halves are independent Poisson frames, so a lower value means a better estimate
-    of the expectation: an unbiased way to compare denoisers without ground truth.
-    """
-    rng = np.random.default_rng(seed)
-    counts = np.round(frame).astype(np.int64).clip(0)
-    half = rng.binomial(counts, 0.5)
-    rest = (counts - half).astype(np.float64)
-    rate = np.clip(np.asarray(denoise(half.astype(np.float32)), np.float64), 1e-6, None)
-    rate, rest = rate[good], rest[good]
-    from scipy.special import xlogy
-
-    return float(np.mean(rate - rest + xlogy(rest, rest / rate)))
 
 
 class LiveScan:
@@ -420,15 +403,15 @@ class LiveScan:
             return self.denoiser.denoise_frame(analysis, method=self.method, frame=x,
                                                neighbours=previous)
 
-        net = _held_out_deviance(by_network, frame, good, seed=1)
+        net = held_out_deviance(by_network, frame, good, seed=1)
         if self.interim is not None:
             name = "base model"
-            ref = _held_out_deviance(
+            ref = held_out_deviance(
                 lambda x: self.interim.denoise_frame(analysis, method=self.method, frame=x,
                                                      neighbours=previous), frame, good, 1)
         else:
             name = "NLM"
-            ref = _held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
+            ref = held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
         if net < ref:
             self.network_ready = True
             self.network_note = (f"network used: held-out deviance {net:.4f} < {name} "

@@ -40,7 +40,7 @@ def test_thinning_halves_are_independent_poisson_copies():
 def test_denoise_beats_raw_without_bias(scan):
     scene, frames = scan
     result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
-                          method="symmetry", budget_s=12)
+                          budget_s=14)
     out = result.denoised
     assert out.shape == frames.shape and out.dtype == np.float32
     valid = scene.usable
@@ -51,7 +51,10 @@ def test_denoise_beats_raw_without_bias(scan):
     assert abs(bias) < 0.02
     assert np.all(out[:, scene.mask] == 0)
     prov = result.provenance
-    assert prov["method"] == "symmetry" and prov["training"]["steps"] > 0
+    # auto fine-tuned the symmetry network, then kept it or the classical mode, whichever won
+    # the held-out binomial check, and says so.
+    assert prov["training"]["steps"] > 0 and "held-out deviance" in prov["reason"]
+    assert prov["method"] in ("symmetry", "classical")
     assert prov["symmetry"]["fraction_paired"] > 0.5 and prov["model_hash"]
 
 
