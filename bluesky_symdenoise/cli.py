@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--budget", type=float, default=30.0,
                       help="seconds of network fine-tuning (the scan is paced to outlast it)")
     demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     demo.set_defaults(func=_cmd_demo)
 
     den = sub.add_parser("denoise", help="denoise frames from a .npy file or HDF5 dataset")

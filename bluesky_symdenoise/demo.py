@@ -249,7 +249,9 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
         sd = SymDenoise(FIELD, poni=ioc.poni_path, mask=ioc.mask_path, budget_s=budget_s)
         for callback in (writer, view, collect):
             sd.subscribe(callback)
-        RE = RunEngine({})
+        # No bluesky SIGINT handler (a first Ctrl-C would only request a deferred pause):
+        # Ctrl-C raises KeyboardInterrupt here; the scan is aborted and the IOC stopped.
+        RE = RunEngine({}, context_managers=[])
         for callback in (writer, view, collect, sd):
             RE.subscribe(callback)
 

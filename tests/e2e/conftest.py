@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +37,25 @@ def executable(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed")
     return found
+
+
+def run(argv: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own; on timeout the whole group (the IOC the
+    child started included) gets SIGINT, then SIGKILL, so no IOC is left behind."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                stdout, stderr = proc.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise AssertionError(f"{argv[:2]} timed out after {timeout} s") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)

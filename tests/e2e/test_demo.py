@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
-from .conftest import executable
+from .conftest import executable, run
 
 
 def test_demo_cli(tmp_path, e2e_env):
     out = tmp_path / "demo"
-    proc = subprocess.run(
+    proc = run(
         [executable("bluesky-symdenoise"), "demo", "--out", str(out), "--frames", "6",
          "--size", "128", "--budget", "3"],
-        env=e2e_env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+        env=e2e_env, cwd=tmp_path, timeout=150)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "PSNR" in proc.stdout and "frames dropped" in proc.stdout, output

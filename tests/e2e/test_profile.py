@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 
-from .conftest import REPO, executable
+from .conftest import REPO, executable, run
 
 SCRIPT = """
 uid, = RE(bp.count([det], num=3))
@@ -27,10 +26,10 @@ def test_profile_runs_a_scan_into_the_catalog(tmp_path, e2e_env):
     env = dict(e2e_env, SYMDENOISE_CATALOG=str(catalog_dir), SYMDENOISE_SIZE="64",
                SYMDENOISE_BUDGET="0", SYMDENOISE_SNAPSHOTS=str(tmp_path / "snapshots"))
     env.pop("SYMDENOISE_IOC_PREFIX", None)
-    proc = subprocess.run(
+    proc = run(
         [executable("ipython"), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor",
          "--HistoryManager.enabled=False", "-c", SCRIPT],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+        env=env, cwd=tmp_path, timeout=150)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output

@@ -25,11 +25,30 @@ else:
 if SYMDENOISE_HEADLESS:
     matplotlib.use("Agg")
 
-import bluesky.plan_stubs as bps  # noqa: E402
-import bluesky.plans as bp  # noqa: E402
-import bluesky.preprocessors as bpp  # noqa: E402
+import bluesky.plan_stubs as bps  # noqa: E402, F401 - for the session
+import bluesky.plans as bp  # noqa: E402, F401 - for the session
+import bluesky.preprocessors as bpp  # noqa: E402, F401 - for the session
 from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402
+
+
+def symdenoise_at_exit(func):
+    """Run ``func`` at interpreter exit, before Python joins the remaining threads.
+
+    ``atexit`` handlers run only after non-daemon threads (the denoiser's worker, the
+    embedded Tiled server) have ended, so they could wait forever. ``threading``'s own exit
+    hook (what ``concurrent.futures`` uses) runs first; handlers run last-registered first.
+    """
+    import atexit
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(func)
+    else:
+        register(func)
+    return func
+
 
 RE = RunEngine({})
 bec = BestEffortCallback()

@@ -7,7 +7,6 @@ Environment:
 Names: ``tiled_server``, ``catalog`` (a Tiled client), ``tiled_writer``.
 """
 
-import atexit
 import os
 from pathlib import Path
 
@@ -31,5 +30,5 @@ def _symdenoise_close_catalog():
         tiled_server.close()
 
 
-atexit.register(_symdenoise_close_catalog)  # runs after the later files' handlers
+symdenoise_at_exit(_symdenoise_close_catalog)  # noqa: F821 - runs after the later files' handlers
 print(f"symdenoise: catalog {SYMDENOISE_CATALOG_DIR} at {tiled_server.uri}")

@@ -10,7 +10,6 @@ Environment:
     SYMDENOISE_COUNTS_PER_SECOND   default 10 (with the 0.1 s exposure set here: ~1 count/pixel)
 """
 
-import atexit
 import os
 
 from bluesky_symdenoise.detector.devices import make_beamline_devices
@@ -25,7 +24,7 @@ else:
         shape=int(os.environ.get("SYMDENOISE_SIZE", "256")),
         counts_per_second=float(os.environ.get("SYMDENOISE_COUNTS_PER_SECOND", "10")),
         ramp_rate=float(os.environ.get("SYMDENOISE_RAMP_RATE", "50")))
-    atexit.register(beamline_ioc.stop)
+    symdenoise_at_exit(beamline_ioc.stop)  # noqa: F821 - 00-base.py
     _prefix = beamline_ioc.prefix
 
 det, temperature, shutter = make_beamline_devices(_prefix)

@@ -9,7 +9,6 @@ Environment:
     SYMDENOISE_BUDGET     seconds of per-scan network fine-tuning (default 30)
 """
 
-import atexit
 import os
 from pathlib import Path
 
@@ -36,6 +35,6 @@ def _symdenoise_finish():
     sd.close(timeout=30)
 
 
-atexit.register(_symdenoise_finish)  # runs first: before the IOC stops and the catalog closes
+symdenoise_at_exit(_symdenoise_finish)  # noqa: F821 - runs first (LIFO)
 print("symdenoise: RE, bp, bps, det, temperature, shutter, sd, view, catalog ready"
       + (f"; snapshots in {SYMDENOISE_SNAPSHOTS}" if SYMDENOISE_SNAPSHOTS else ""))
