@@ -11,7 +11,7 @@
 3. runs ``bp.list_scan([det], temperature, temps)``: the furnace ramps between points, each
    point is one short exposure (~``counts`` counts per pixel). The ramp rate is chosen so the
    scan outlasts the denoiser's fine-tuning budget: the first frames are served by the
-   classical interim denoiser, the later ones by the fine-tuned network;
+   interim denoiser (the pre-trained base model), the later ones by the fine-tuned network;
 4. prints a summary: PSNR of the raw and denoised frames against the noise-free truth, for
    interim- and network-served frames separately, the I(q) error, frames dropped, times.
 
@@ -150,8 +150,8 @@ def _metrics(collect: _Collect, *, scene: str, size: int, seed: int, cps: float,
 
 
 def _summary_table(rows: list[dict]) -> str:
-    groups = [("interim (classical)", [r for r in rows if not r["by"].startswith("network:")
-                                       or "interim" in r["by"]]),
+    interim = [r for r in rows if not r["by"].startswith("network:") or "interim" in r["by"]]
+    groups = [("interim (base model or classical)", interim),
               ("network (fine-tuned)", [r for r in rows if r["by"].startswith("network:")
                                         and "interim" not in r["by"]]),
               ("all frames", rows)]
