@@ -1,7 +1,8 @@
 """Command line: ``bluesky-symdenoise demo | denoise | replay | serve``.
 
-``demo`` simulates a short-exposure scan, denoises it with ``method="auto"`` beside the
-classical baselines, prints the quality table and writes a PNG of raw vs denoised.
+``demo`` starts the simulated beamline IOCs, runs an in situ temperature-ramp scan with
+short exposures, denoises it live into an embedded Tiled catalog, writes live-view PNGs and
+prints the gain against the simulator's truth.
 ``denoise`` denoises frames stored in a ``.npy`` file or an HDF5 dataset (``file.h5:/path``).
 ``replay`` denoises archived runs of a Tiled catalog and writes the derived runs back.
 ``serve`` runs the live denoiser out of process on a 0MQ proxy or NATS JetStream.
