@@ -315,7 +315,8 @@ class SymmetryReport:
 
 def symmetry_validity(image: np.ndarray, center: tuple[float, float],
                       mask: np.ndarray | None = None, *, windows: tuple[int, ...] = (3, 5, 9, 17),
-                      z_threshold: float = 5.0) -> SymmetryReport:
+                      z_threshold: float = 5.0,
+                      interpolation_error: float = 0.15) -> SymmetryReport:
     """Local test of 180° symmetry, giving a validity map.
 
     For each window size ``w`` the signed sum of ``y - rot(y)`` over a ``w × w`` window is
@@ -335,6 +336,9 @@ def symmetry_validity(image: np.ndarray, center: tuple[float, float],
         Odd window sizes of the test in pixels.
     z_threshold
         Rejection level in standard deviations (5 keeps false alarms below ~1 pixel/frame).
+    interpolation_error
+        Relative error allowed for the resampled partner of a generic centre (added to the
+        Poisson variance), so that high-count sums of sharp rings are not flagged.
     """
     image = np.asarray(image, np.float64)
     if image.ndim == 3:
@@ -343,9 +347,11 @@ def symmetry_validity(image: np.ndarray, center: tuple[float, float],
     sample = rotation180(image.shape, center).sample(image, ~good)
     paired = sample.valid & good
     diff = np.where(paired, image - sample.values, 0.0)
-    # Expected variance of y - rot(y): mean level times (1 + interpolation factor).
+    # Expected variance of y - rot(y): Poisson, mean level times (1 + interpolation factor),
+    # plus the bilinear resampling error of a generic centre on sharp features (a few % of
+    # the level), which dominates when many frames are summed and would flag sharp rings.
     level = np.where(paired, 0.5 * (image + sample.values), 0.0)
-    variance = level * (1.0 + sample.weight_sq)
+    variance = level * (1.0 + sample.weight_sq) + (interpolation_error * level) ** 2
     z_max = np.zeros(image.shape)
     for window in windows:
         d_sum = ndimage.uniform_filter(diff, window, mode="constant") * window * window
