@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -46,11 +47,12 @@ def save_model(model: RateUNet, path: Path, info: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True))
 
 
+@functools.lru_cache(maxsize=4)
 def load_base_model(width: int = 16, depth: int = 3) -> tuple[RateUNet | None, str]:
-    """The shipped pre-trained model if it matches ``width``/``depth``.
+    """The shipped pre-trained model if it matches ``width``/``depth`` (read once, cached).
 
     Returns ``(model, why)``; ``model`` is None (and ``why`` says so) when no matching weights
-    are installed.
+    are installed. The model is shared: deep-copy it before training it.
     """
     path = base_model_path()
     if not path.exists():
