@@ -211,9 +211,7 @@ class ScanDenoiser:
             source = SubsamplingPairs(frames, analysis.context.good, seed=cfg.seed)
         else:
             self.model = self._start_model()
-            context = analysis.context
-            if method == "thinning":
-                context = ChannelContext.without_symmetry(context.good)
+            context = _context_for(analysis, method)
             if method == "supervised":
                 if pairs is None:
                     raise InputError("method='supervised' needs pairs=(low, high) frames")
@@ -255,9 +253,7 @@ class ScanDenoiser:
                                   mixed_precision=cfg.mixed_precision, events=self.events,
                                   fault=self.inference_fault)
             return rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
-        context = analysis.context
-        if method == "thinning":
-            context = ChannelContext.without_symmetry(good)
+        context = _context_for(analysis, method)
         for index, frame in enumerate(frames):
             neighbours = neighbour_mean(frames, index) if cfg.use_neighbour_frames else None
             channels, level = input_channels(frame, context, neighbours)
@@ -282,9 +278,7 @@ class ScanDenoiser:
             raise RuntimeError("denoise_frame() before fit(): no model")
         if method == "noise2sr":
             return self.predict(analysis, method=method, frames=frame[None])[0]
-        context = analysis.context
-        if method == "thinning":
-            context = ChannelContext.without_symmetry(context.good)
+        context = _context_for(analysis, method)
         if not self.config.use_neighbour_frames:
             neighbours = None
         channels, level = input_channels(frame, context, neighbours)
@@ -415,6 +409,13 @@ class ScanDenoiser:
         if self.training is not None:
             record["training"] = self.training.as_dict()
         return record
+
+
+def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
+    """The scan's channel context, without symmetry for the symmetry-free method."""
+    if method == "thinning":
+        return ChannelContext.without_symmetry(analysis.context.good)
+    return analysis.context
 
 
 def _padded(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
