@@ -10,11 +10,17 @@ Channels (all counts divided by the frame's mean level ``L`` over good pixels):
  4    mean of the neighbouring frames of the scan (t-1, t+1), else 0
  5    1 where channel 4 is available
  6    log10(L), the absolute count level (so the network knows the noise level)
+ 7    the frame's mean over the whole ring at this radius, where the ring is isotropic
+ 8    1 where channel 7 is available
+ 9    the frame's mean over the local arc (1/16 of the ring), where the arc is isotropic
+10    1 where channel 9 is available
 ====  =====================================================================
 
-The partner and neighbour channels are independent noisy copies of (nearly) the same
-expectation; the network learns how far to trust them. Where the local symmetry test fails,
-channel 2 is blanked, so a feature without a partner is never averaged with empty sky.
+The partner, neighbour and ring channels are independent noisy copies of (nearly) the same
+expectation; the network learns how far to trust them. Where a local test of the symmetry
+fails (180° rotation for channel 2, azimuthal isotropy for channels 7 and 9, tested on the
+scan's sum), the channel is blanked, so a feature without a partner is never averaged with
+empty sky and a textured ring is not flattened.
 """
 
 from __future__ import annotations
@@ -23,12 +29,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..physics.symmetry import PartnerMap
+from ..physics.symmetry import (
+    PartnerMap,
+    RingProfile,
+    SymmetryReport,
+    isotropy_validity,
+    ring_profile,
+    rotation180,
+    symmetry_validity,
+)
 
-__all__ = ["N_CHANNELS", "ChannelContext", "input_channels", "mean_level"]
+__all__ = ["ARC_SECTORS", "N_CHANNELS", "ChannelContext", "input_channels", "mean_level"]
 
-N_CHANNELS = 7
+N_CHANNELS = 11
 MIN_LEVEL = 1e-3
+#: Azimuthal sectors of the arc channel (9): 22.5° arcs, read back bilinearly.
+ARC_SECTORS = 16
 
 
 @dataclass(frozen=True)
@@ -43,15 +59,54 @@ class ChannelContext:
         The 180° partner map, or None when no beam centre is known.
     symmetric
         Bool ``(H, W)``: partner on the detector, unmasked, and the local test passed.
+    rings, ring_valid
+        Whole-ring means about the beam centre, and where the isotropy test passed.
+    arcs, arc_valid
+        Arc (sector) means, and where the local isotropy test passed.
     """
 
     good: np.ndarray
     partner: PartnerMap | None
     symmetric: np.ndarray
+    rings: RingProfile | None = None
+    ring_valid: np.ndarray | None = None
+    arcs: RingProfile | None = None
+    arc_valid: np.ndarray | None = None
 
     @classmethod
     def without_symmetry(cls, good: np.ndarray) -> ChannelContext:
+        """No beam centre: only the frame and its neighbours."""
         return cls(good=good, partner=None, symmetric=np.zeros_like(good, dtype=bool))
+
+    @classmethod
+    def from_scan_sum(cls, scan_sum: np.ndarray, good: np.ndarray,
+                      center: tuple[float, float], *, z_threshold: float = 5.0
+                      ) -> tuple[ChannelContext, SymmetryReport, SymmetryReport]:
+        """Test 180° and azimuthal symmetry on a scan's sum and build the context.
+
+        Returns
+        -------
+        context, rotation_report, isotropy_report
+            The context and the two local tests (the arc test is the one reported: it is
+            the finer of the two isotropy tests).
+        """
+        shape = good.shape
+        bad = ~good
+        rotation = symmetry_validity(scan_sum, center, bad, z_threshold=z_threshold)
+        ring = isotropy_validity(scan_sum, center, bad, z_threshold=z_threshold, sectors=1)
+        arc = isotropy_validity(scan_sum, center, bad, z_threshold=z_threshold,
+                                sectors=ARC_SECTORS)
+        context = cls(good=good, partner=rotation180(shape, center), symmetric=rotation.valid,
+                      rings=ring_profile(shape, center, 1), ring_valid=ring.valid,
+                      arcs=ring_profile(shape, center, ARC_SECTORS), arc_valid=arc.valid)
+        return context, rotation, arc
+
+    def without_partner(self) -> ChannelContext:
+        """The same context with the 180° partner dropped (rings kept)."""
+        return ChannelContext(good=self.good, partner=None,
+                              symmetric=np.zeros_like(self.good, dtype=bool), rings=self.rings,
+                              ring_valid=self.ring_valid, arcs=self.arcs,
+                              arc_valid=self.arc_valid)
 
 
 def mean_level(frame: np.ndarray, good: np.ndarray) -> float:
@@ -104,4 +159,9 @@ def input_channels(frame: np.ndarray, ctx: ChannelContext,
         channels[4] = np.where(good, neighbours, 0.0) * inv
         channels[5] = good
     channels[6] = np.log10(level)
+    for profile, valid, index in ((ctx.rings, ctx.ring_valid, 7), (ctx.arcs, ctx.arc_valid, 9)):
+        if profile is not None and valid is not None and valid.any():
+            mean, _ = profile.mean(frame, good)
+            channels[index] = np.where(valid, mean, 0.0) * inv
+            channels[index + 1] = valid
     return channels, level

@@ -49,7 +49,7 @@ class DenoiseConfig(BaseModel):
     learning_rate: float = Field(default=3e-4, gt=0)
     thinning_p: tuple[float, float] = (0.5, 0.9)
     max_steps: int = Field(default=20000, ge=0)
-    test_time_flips: int = Field(default=2, ge=1, le=4)
+    test_time_flips: int = Field(default=4, ge=1, le=4)
     noise2sr_passes: int = Field(default=8, ge=1)
     preserve_total_counts: bool = True
     mixed_precision: bool = True

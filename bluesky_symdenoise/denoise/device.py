@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
-__all__ = ["OutOfMemory", "autocast", "is_out_of_memory", "run_with_oom_fallback", "select_device"]
+__all__ = ["ComputePlan", "OutOfMemory", "autocast", "compute_plan", "is_out_of_memory",
+           "run_with_oom_fallback", "select_device"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,10 +44,41 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+@dataclass(frozen=True)
+class ComputePlan:
+    """How the network runs on a device.
+
+    Attributes
+    ----------
+    bf16
+        bf16 autocast for the forward pass (the loss and the outputs stay float32).
+    channels_last
+        NHWC memory format for the model and its inputs (faster convolutions on GPUs).
+    inference_batch
+        Frames per forward pass at inference (halved on out-of-memory).
+    """
+
+    bf16: bool
+    channels_last: bool
+    inference_batch: int
+
+
+def compute_plan(device: torch.device, mixed_precision: bool = True) -> ComputePlan:
+    """The plan for a device: on CUDA bf16 (where supported), channels-last and batches of 8
+    frames; on CPU float32, the default layout and batches of 4 (bf16 is slower there).
+
+    Tests run the CUDA plan on the CPU (torch supports bf16 autocast there), so the code a
+    GPU runs is exercised where no GPU is present.
+    """
+    if device.type == "cuda":
+        bf16 = mixed_precision and torch.cuda.is_bf16_supported()
+        return ComputePlan(bf16=bool(bf16), channels_last=True, inference_batch=8)
+    return ComputePlan(bf16=False, channels_last=False, inference_batch=4)
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op context on CPU (bf16 is slower there)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
+    """bf16 autocast on ``device`` when ``enabled`` (a plan's ``bf16``), else a no-op."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def run_with_oom_fallback(step: Callable[[int, torch.device], T], batch_size: int,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..physics.geometry import DetectorGeometry, GeometryError
-from ..physics.symmetry import SymmetryReport, refine_center, rotation180, symmetry_validity
+from ..physics.symmetry import SymmetryReport, refine_center
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
 from .device import select_device
@@ -60,6 +60,8 @@ class ScanAnalysis:
         The network's channel context.
     notes
         Decisions and repairs, for provenance.
+    isotropy
+        Local azimuthal-isotropy (arc) test on the scan sum, or None without a centre.
     """
 
     prepared: PreparedScan
@@ -67,6 +69,7 @@ class ScanAnalysis:
     symmetry: SymmetryReport | None
     context: ChannelContext
     notes: list[str] = field(default_factory=list)
+    isotropy: SymmetryReport | None = None
 
 
 @dataclass
@@ -134,7 +137,7 @@ class ScanDenoiser:
         notes = list(prepared.notes)
         center = _resolve_center(shape, center, poni, notes)
         scan_sum = prepared.frames.sum(axis=0)
-        symmetry = None
+        symmetry = isotropy = None
         if center is not None:
             mean_sum = float(scan_sum[prepared.good].mean()) if prepared.good.any() else 0.0
             if self.config.refine_center and mean_sum >= _MIN_COUNTS_FOR_REFINEMENT:
@@ -143,17 +146,19 @@ class ScanDenoiser:
                 notes.append(f"beam centre refined from ({center[0]:.2f}, {center[1]:.2f}) to "
                              f"({refined[0]:.2f}, {refined[1]:.2f}), shift {shift:.2f} px")
                 center = refined
-            symmetry = symmetry_validity(scan_sum, center, prepared.bad,
-                                         z_threshold=self.config.symmetry_z_threshold)
+            context, symmetry, isotropy = ChannelContext.from_scan_sum(
+                scan_sum, prepared.good, center, z_threshold=self.config.symmetry_z_threshold)
             if symmetry.fraction_violated > 0:
                 notes.append(f"symmetry broken on {100 * symmetry.fraction_violated:.2f} % of "
                              "paired pixels: partners not used there")
-            context = ChannelContext(good=prepared.good, partner=rotation180(shape, center),
-                                     symmetric=symmetry.valid)
+            if isotropy.fraction_violated > 0:
+                notes.append(f"azimuthal isotropy broken on "
+                             f"{100 * isotropy.fraction_violated:.2f} % of ring pixels: ring "
+                             "means not used there")
         else:
             context = ChannelContext.without_symmetry(prepared.good)
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
-                                     context=context, notes=notes)
+                                     context=context, notes=notes, isotropy=isotropy)
         return self.analysis
 
     # -- method choice ----------------------------------------------------------------------
@@ -401,6 +406,7 @@ class ScanDenoiser:
             "model_hash": model_hash(self.model) if self.model is not None else None,
             "beam_center": list(analysis.center) if analysis.center is not None else None,
             "symmetry": analysis.symmetry.summary() if analysis.symmetry else None,
+            "isotropy": analysis.isotropy.summary() if analysis.isotropy else None,
             "notes": analysis.notes,
             "events": self.events,
             "n_defects": int(analysis.prepared.defects.sum()),

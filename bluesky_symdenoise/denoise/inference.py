@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .device import autocast, is_out_of_memory
+from .device import ComputePlan, autocast, compute_plan, is_out_of_memory
 
 __all__ = ["predict_rates"]
 
@@ -18,9 +18,10 @@ _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
                   levels: Sequence[float], *, device: torch.device, flips: int = 2,
-                  batch_size: int = 4, mixed_precision: bool = True,
+                  batch_size: int | None = None, mixed_precision: bool = True,
                   events: list[str] | None = None,
-                  fault: Callable[[int], None] | None = None) -> np.ndarray:
+                  fault: Callable[[int], None] | None = None,
+                  plan: ComputePlan | None = None) -> np.ndarray:
     """Expected counts for a list of frames' input channels.
 
     Parameters
@@ -34,11 +35,15 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
     flips
         Test-time averaging over this many flips (1-4).
     batch_size
-        Frames per forward pass; halved on CUDA out-of-memory, then CPU is used.
+        Frames per forward pass (default: the plan's); halved on CUDA out-of-memory, then
+        CPU is used.
     events
         Fallbacks are appended here.
     fault
         Test hook called before each forward pass.
+    plan
+        bf16 / channels-last / batch choices; default
+        :func:`~bluesky_symdenoise.denoise.device.compute_plan` of ``device``.
 
     Returns
     -------
@@ -46,8 +51,12 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
         ``(N, H, W)`` float32 expected counts.
     """
     events = events if events is not None else []
+    plan = plan or compute_plan(device, mixed_precision)
+    batch_size = batch_size or plan.inference_batch
     multiple = 2 ** getattr(model, "depth", 3)
     results: list[np.ndarray] = []
+    model.to(device, memory_format=(torch.channels_last if plan.channels_last
+                                    else torch.contiguous_format))
     model.eval()
     index = 0
     flip_set = _FLIPS[:max(1, min(flips, 4))]
@@ -56,7 +65,7 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
         try:
             if fault is not None:
                 fault(index)
-            rates = _forward(model, chunk, device, flip_set, multiple, mixed_precision)
+            rates = _forward(model, chunk, device, flip_set, multiple, plan)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -68,7 +77,8 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
                               f"{batch_size}")
             elif device.type != "cpu":
                 device = torch.device("cpu")
-                model.to(device)
+                plan = compute_plan(device)
+                model.to(device, memory_format=torch.contiguous_format)
                 events.append("out of memory during inference at batch 1: moved to cpu")
             else:
                 raise
@@ -82,18 +92,18 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
 @torch.inference_mode()
 def _forward(model: torch.nn.Module, chunk: np.ndarray, device: torch.device,
              flip_set: tuple[tuple[int, ...], ...], multiple: int,
-             mixed_precision: bool) -> np.ndarray:
+             plan: ComputePlan) -> np.ndarray:
     x = torch.from_numpy(chunk).to(device)
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    if device.type == "cuda":
+    if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     total = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=device)
     for dims in flip_set:
         xf = torch.flip(x, dims) if dims else x
-        with autocast(device, mixed_precision):
+        with autocast(device, plan.bf16):
             out = model(xf).float()
         total += torch.flip(out, dims) if dims else out
     total /= len(flip_set)

@@ -16,7 +16,7 @@ from .network import RateUNet
 __all__ = ["BASE_MODEL_NAME", "base_model_path", "load_base_model", "model_hash", "new_model",
            "save_model"]
 
-BASE_MODEL_NAME = "base_v1"
+BASE_MODEL_NAME = "base_v2"
 
 
 def base_model_path() -> Path:

@@ -144,18 +144,19 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
 def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """Hot and dead pixels of a scan that the mask does not cover.
 
-    A pixel is *hot* when its scan sum exceeds five times the largest of its eight
-    neighbours by a margin no Poisson fluctuation reaches; Bragg spots span several pixels and
-    are not hot. A pixel is *dead* when it reads zero through the scan while its neighbours
-    average 15 counts or more (a chance of e^-15).
+    A pixel is *hot* when its scan sum exceeds five times the third largest of its eight
+    neighbours by a margin no Poisson fluctuation reaches, so clusters of up to three hot
+    pixels are found too; Bragg spots span more pixels than that and are not hot. A pixel is
+    *dead* when it reads zero through the scan while its neighbours average 15 counts or more
+    (a chance of e^-15).
     """
     total = np.asarray(frames, np.float64).sum(axis=0)
     total = np.where(bad, 0.0, total)
     footprint = np.ones((3, 3), bool)
     footprint[1, 1] = False
-    neighbour_max = ndimage.maximum_filter(total, footprint=footprint, mode="constant")
+    neighbour_third = ndimage.rank_filter(total, rank=-3, footprint=footprint, mode="constant")
     n_frames = frames.shape[0]
-    hot = total > 5.0 * neighbour_max + 20.0 * np.sqrt(n_frames) + 5.0
+    hot = total > 5.0 * neighbour_third + 20.0 * np.sqrt(n_frames) + 5.0
     good = (~bad).astype(np.float64)
     kernel = np.ones((5, 5))
     kernel[2, 2] = 0

@@ -1,8 +1,9 @@
 """Pre-train the base model shipped in ``bluesky_symdenoise/models`` on simulated scenes.
 
-Run ``python -m bluesky_symdenoise.denoise.pretrain --minutes 20`` to reproduce it (seeded;
-the result varies only with the number of steps the machine manages in the time given, which
-is printed and stored in the model card). Scenes of every kind the simulator knows are drawn
+Run ``python -m bluesky_symdenoise.denoise.pretrain --steps 3000`` to reproduce it: the scenes,
+noise and batches are seeded and the learning-rate schedule runs over a fixed number of
+steps, so the same steps give the same model on any machine (up to floating-point order on
+other hardware). Scenes of every kind the simulator knows are drawn
 at random sizes, beam centres and count levels (0.05-300 counts/pixel), as single frames or
 short scans; the network is trained on them against the noise-free expectation with the
 Poisson loss, inputs built exactly as at inference (symmetry test on the noisy scan sum,
@@ -20,7 +21,6 @@ import numpy as np
 import torch
 
 from ..physics import scenes
-from ..physics.symmetry import rotation180, symmetry_validity
 from .channels import ChannelContext, input_channels
 from .inference import predict_rates
 from .models import base_model_path, new_model, save_model
@@ -62,9 +62,8 @@ def make_training_scan(rng: np.random.Generator, *, shape: tuple[int, int] | Non
     noisy = expose(counts, rng, readout_sigma=readout)
     prepared = prepare_frames(noisy, mask, bad_pixels="mask")
     if rng.random() < 0.67:
-        report = symmetry_validity(prepared.frames.sum(0), geometry.center, prepared.bad)
-        ctx = ChannelContext(good=prepared.good, partner=rotation180(shape, geometry.center),
-                             symmetric=report.valid)
+        ctx, _, _ = ChannelContext.from_scan_sum(prepared.frames.sum(0), prepared.good,
+                                                 geometry.center, z_threshold=5.5)
     else:
         ctx = ChannelContext.without_symmetry(prepared.good)
     return TruthPairs(prepared.frames, truth_unit * counts, ctx,
@@ -105,9 +104,12 @@ def _validation_psnr(model: torch.nn.Module, scans: list[TruthPairs]) -> float:
     return float(np.mean(values))
 
 
-def pretrain(minutes: float, out: Path, *, seed: int = 0, width: int = 16, depth: int = 3,
+def pretrain(steps: int, out: Path, *, seed: int = 0, width: int = 16, depth: int = 3,
              batch_size: int = 16, patch: int = 96) -> dict:
-    """Train the base model for ``minutes`` and save it to ``out``; returns the model card."""
+    """Train the base model for ``steps`` batches and save it to ``out``.
+
+    Returns the model card (also written beside the weights).
+    """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model = new_model(width, depth)
@@ -116,12 +118,12 @@ def pretrain(minutes: float, out: Path, *, seed: int = 0, width: int = 16, depth
     before = _validation_psnr(model, validation)
     pool = _MixedPool(rng)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    seconds = minutes * 60.0
     start = time.perf_counter()
-    steps, losses = 0, []
+    losses: list[float] = []
     model.train()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        lr = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * elapsed / seconds))
+    for step in range(1, steps + 1):
+        elapsed = time.perf_counter() - start
+        lr = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * (step - 1) / steps))
         for group in optimiser.param_groups:
             group["lr"] = lr
         batch = pool.sample(batch_size, patch)
@@ -133,16 +135,17 @@ def pretrain(minutes: float, out: Path, *, seed: int = 0, width: int = 16, depth
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         losses.append(float(loss.detach()))
-        steps += 1
-        if steps % 200 == 0:
-            print(f"step {steps:6d}  {elapsed:7.0f} s  loss {np.mean(losses[-200:]):.4f}  "
+        if step % 200 == 0:
+            print(f"step {step:6d}  {elapsed:7.0f} s  loss {np.mean(losses[-200:]):.4f}  "
                   f"lr {lr:.2e}", flush=True)
     model.eval()
     after = _validation_psnr(model, validation)
-    card = {"name": out.stem, "seed": seed, "minutes": minutes, "steps": steps,
+    minutes = (time.perf_counter() - start) / 60.0
+    card = {"name": out.stem, "seed": seed, "steps": steps, "minutes": round(minutes, 1),
             "batch_size": batch_size, "patch": patch,
             "validation_psnr_db": {"before": round(before, 2), "after": round(after, 2)},
-            "trained_by": "python -m bluesky_symdenoise.denoise.pretrain",
+            "trained_by": f"python -m bluesky_symdenoise.denoise.pretrain --steps {steps} "
+                          f"--seed {seed}",
             "torch_version": torch.__version__}
     save_model(model, out, card)
     print(f"saved {out}: {steps} steps, validation PSNR {before:.2f} -> {after:.2f} dB")
@@ -151,14 +154,14 @@ def pretrain(minutes: float, out: Path, *, seed: int = 0, width: int = 16, depth
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=base_model_path())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pretrain(args.minutes, args.out, seed=args.seed)
+    pretrain(args.steps, args.out, seed=args.seed)
 
 
 if __name__ == "__main__":

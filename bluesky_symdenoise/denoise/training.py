@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .device import autocast, is_out_of_memory
+from .device import ComputePlan, autocast, compute_plan, is_out_of_memory
 from .targets import Batch
 
 __all__ = ["PairSource", "TrainingLog", "fit", "poisson_loss"]
@@ -64,20 +64,22 @@ def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> dict:
 def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps: int,
         learning_rate: float, batch_size: int, patch: int, device: torch.device,
         mixed_precision: bool = True, seed: int = 0,
-        fault: Callable[[int], None] | None = None) -> TrainingLog:
+        fault: Callable[[int], None] | None = None,
+        plan: ComputePlan | None = None) -> TrainingLog:
     """Train ``model`` on batches from ``pairs`` until ``seconds`` or ``max_steps`` run out.
 
     On CUDA out-of-memory the batch is halved, then training moves to the CPU; each
     fallback is recorded in the log. ``fault`` is a test hook called before every step (it may
-    raise, e.g. ``torch.cuda.OutOfMemoryError``, to exercise the fallback on CPU).
+    raise, e.g. ``torch.cuda.OutOfMemoryError``, to exercise the fallback on CPU). ``plan``
+    defaults to :func:`~bluesky_symdenoise.denoise.device.compute_plan` of the device.
     """
     torch.manual_seed(seed)
     log = TrainingLog(device=str(device), batch_size=batch_size)
     if seconds <= 0 or max_steps <= 0:
         return log
+    plan = plan or compute_plan(device, mixed_precision)
     model.to(device).train()
-    channels_last = device.type == "cuda"
-    if channels_last:
+    if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     # The clock starts after set-up: the first optimiser of a process pays for lazy imports.
@@ -87,8 +89,8 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
         try:
             if fault is not None:
                 fault(log.steps)
-            batch = _to_device(pairs.sample(batch_size, patch), device, channels_last)
-            with autocast(device, mixed_precision):
+            batch = _to_device(pairs.sample(batch_size, patch), device, plan.channels_last)
+            with autocast(device, plan.bf16):
                 output = model(batch["inputs"])
             loss = poisson_loss(output, batch)
             optimiser.zero_grad(set_to_none=True)
@@ -105,8 +107,8 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
                                   f"{batch_size}")
             elif device.type != "cpu":
                 device = torch.device("cpu")
-                model.to(device)
-                channels_last = False
+                plan = compute_plan(device)
+                model.to(device, memory_format=torch.contiguous_format)
                 optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
                 log.events.append("out of memory during training at batch 1: moved to cpu")
             else:

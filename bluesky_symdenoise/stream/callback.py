@@ -224,6 +224,21 @@ class SymDenoise(event_model.DocumentRouter):
             self._queue.put((None, "flush", None, 0.0), is_frame=False)
         return self._queue.wait_empty(timeout)
 
+    def status(self) -> dict[str, dict[str, Any]]:
+        """What each open run is doing, by raw run uid: method, which denoiser serves frames
+        now (``"network"`` once the fine-tuned model has passed its check), counts.
+
+        A snapshot for a status line or a script that waits for the fine-tuned model; it
+        does not lock the worker.
+        """
+        out = {}
+        for uid, scan in list(self._scans.items()):
+            out[uid] = {"method": scan.method, "network_ready": bool(scan.network_ready),
+                        "network": scan.network_note,
+                        "published": int(scan.counts["published"]),
+                        "dropped": int(scan.counts["dropped"])}
+        return out
+
     def close(self, timeout: float | None = None) -> bool:
         """Finish open runs (exit status ``fail``), join the worker; True if it ended."""
         if self._closed:

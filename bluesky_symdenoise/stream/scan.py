@@ -251,6 +251,11 @@ class LiveScan:
         method = opts.method
         try:
             self.denoiser = ScanDenoiser(**overrides)
+            if "test_time_flips" not in overrides and self.denoiser.device.type == "cpu":
+                # Live on CPU one pass per frame keeps pace (>= 10 frames/s at 256², see
+                # bench/throughput.py); averaging flips doubles the time for a few 0.1 dB.
+                overrides["test_time_flips"] = 1
+                self.denoiser.config.test_time_flips = 1
             self.denoiser.inference_fault = self.fault_hooks.get("inference")
             frames = np.stack([f for _, f, _, _ in self.held
                                if f.shape == self.shape and _numeric(f)])
@@ -558,16 +563,26 @@ class LiveScan:
         if self._trainer is not None:
             self._trainer.join()
         summary = self.summary()
-        self.publisher.add_stream("summary", {
+        data_keys = {
             name: {"source": "symdenoise", "dtype": "integer", "shape": []}
             for name in ("frames_received", "frames_published", "frames_dropped",
                          "frames_invalid", "frames_unreadable")
-        } | {"provenance": {"source": "symdenoise", "dtype": "string", "shape": []}})
-        self.publisher.add_event("summary", {
+        } | {"provenance": {"source": "symdenoise", "dtype": "string", "shape": []}}
+        values = {
             "frames_received": summary["received"], "frames_published": summary["published"],
             "frames_dropped": summary["dropped"], "frames_invalid": summary["invalid"],
             "frames_unreadable": summary["unreadable"],
-            "provenance": json.dumps(summary, default=str)})
+            "provenance": json.dumps(summary, default=str)}
+        violation = self.violation_map()
+        if violation is not None:
+            data_keys["symmetry_violation"] = {
+                "source": "symdenoise", "dtype": "array", "shape": list(violation.shape),
+                "dtype_numpy": "|u1",
+                "description": "1: 180° symmetry rejected, 2: azimuthal isotropy rejected "
+                               "(local tests on the warm-up frames' sum; 0 elsewhere)"}
+            values["symmetry_violation"] = violation
+        self.publisher.add_stream("summary", data_keys)
+        self.publisher.add_event("summary", values)
         exit_status = (raw_stop or {}).get("exit_status", "fail")
         text = (raw_stop or {}).get("reason", "") if reason is None else reason
         if self.failure:
@@ -578,6 +593,17 @@ class LiveScan:
                 f"symdenoise: {summary['dropped']} frames dropped (queue full)")
         self.publisher.finish(exit_status=exit_status, reason=text)
         self.source.close()
+
+    def violation_map(self) -> np.ndarray | None:
+        """Where the scan broke symmetry (uint8 bit map, see the ``summary`` stream), or None
+        when it was not tested (no beam centre, or no frames analysed)."""
+        analysis = self.analysis
+        if analysis is None or analysis.symmetry is None:
+            return None
+        out = analysis.symmetry.violation.astype(np.uint8)
+        if analysis.isotropy is not None:
+            out |= analysis.isotropy.violation.astype(np.uint8) << 1
+        return out
 
     def summary(self) -> dict[str, Any]:
         record: dict[str, Any] = {k: int(self.counts[k]) for k in
@@ -599,8 +625,13 @@ class LiveScan:
             # Device/batch fallbacks (out of memory) of training and inference.
             record["engine_events"] = list(self.denoiser.events) + (
                 list(self.interim.events) if self.interim is not None else [])
-        if self.analysis is not None and self.analysis.symmetry is not None:
-            record["symmetry"] = self.analysis.symmetry.summary()
+        analysis = self.analysis
+        if analysis is not None and analysis.symmetry is not None:
+            record["symmetry"] = analysis.symmetry.summary()
+            if analysis.isotropy is not None:
+                record["isotropy"] = analysis.isotropy.summary()
+        else:
+            record["symmetry"] = "not tested: no beam centre (or no frame analysed)"
         if self.latencies:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
                                    "p95": float(np.percentile(self.latencies, 95))}

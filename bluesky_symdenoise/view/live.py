@@ -489,6 +489,8 @@ def _symmetry_text(frozen: dict) -> tuple[str, float | None]:
                 or (frozen["provenance"].get("engine") or {}).get("symmetry"))
     if not symmetry:
         return "symmetry: no report (no geometry or not analysed)", None
+    if isinstance(symmetry, str):
+        return f"symmetry: {symmetry}", None
     violated = symmetry.get("fraction_violated")
     text = (f"180° symmetry violated on {100 * violated:.2f} % of paired pixels\n"
             "  (engine, on the warm-up frames)"

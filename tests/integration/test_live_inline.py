@@ -60,6 +60,13 @@ def test_derived_run_links_validates_and_denoises(RE, detector, frames, scene, c
     (stop,) = derived.of("stop")
     assert stop["exit_status"] == "success"
     assert stop["num_events"] == {"denoised": N_FRAMES, "integrated": N_FRAMES, "summary": 1}
+    # Every derived run says where the scan broke symmetry: a map and the scores.
+    summary = derived.stream("summary")[0]["data"]
+    violation = np.asarray(summary["symmetry_violation"])
+    assert violation.shape == scene.mask.shape and violation.max() <= 3
+    scores = __import__("json").loads(summary["provenance"])
+    assert 0 <= scores["symmetry"]["fraction_violated"] <= 1
+    assert 0 <= scores["isotropy"]["fraction_violated"] <= 1
 
     raw = np.stack([e["data"]["det_img"] for e in collector.of("event")]).astype(np.float64)
     out = np.stack([e["data"]["det_img_denoised"] for e in denoised])
@@ -97,6 +104,9 @@ def test_no_geometry_warns_and_skips_iq(RE, detector, collector, derived):
     assert any("no geometry" in w for w in start["symdenoise"]["warnings"])
     assert len(derived.stream("denoised")) == 2
     assert derived.stream("integrated") == []
+    summary = derived.stream("summary")[0]["data"]
+    assert "symmetry_violation" not in summary
+    assert "not tested" in __import__("json").loads(summary["provenance"])["symmetry"]
     derived.validate()
 
 

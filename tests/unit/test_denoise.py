@@ -1,5 +1,7 @@
 """The engine: input checks, methods, fallbacks, and that it denoises without bias."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -39,8 +41,12 @@ def test_thinning_halves_are_independent_poisson_copies():
 
 def test_denoise_beats_raw_without_bias(scan):
     scene, frames = scan
+    start = time.perf_counter()
     result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
                           budget_s=14)
+    elapsed = time.perf_counter() - start
+    # the budget bounds the whole call (analysis, fine-tuning, held-out check, inference)
+    assert elapsed < 14 * 1.25 + 2, f"budget 14 s, took {elapsed:.1f} s"
     out = result.denoised
     assert out.shape == frames.shape and out.dtype == np.float32
     valid = scene.usable
@@ -170,3 +176,24 @@ def test_config_is_validated():
     with pytest.raises(ValueError):
         DenoiseConfig(budget_s=-1)
     assert DenoiseConfig(budget_s=5).model_dump()["budget_s"] == 5
+
+
+def test_a_cluster_of_hot_pixels_is_found():
+    from bluesky_symdenoise.denoise.preprocess import find_defects
+
+    frames = np.random.default_rng(0).poisson(0.5, size=(3, 64, 64)).astype(float)
+    frames[:, 20, 30] = frames[:, 21, 30] = frames[:, 21, 31] = 60.0  # three hot neighbours
+    found = find_defects(frames, np.zeros((64, 64), bool))
+    assert found[20, 30] and found[21, 30] and found[21, 31]
+    assert found.sum() == 3
+
+
+def test_fine_tuning_defaults_to_60_s_on_cpu_and_20_s_on_gpu():
+    config = DenoiseConfig()
+    assert config.budget_s is None
+    assert config.fine_tune_seconds("cpu") == 60 and config.fine_tune_seconds("cuda") == 20
+    scene = scenes.make_scene("powder", shape=(64, 64), seed=1)
+    frames = scene.expose(1.0, np.random.default_rng(0))[None]
+    denoiser = ScanDenoiser(device="cpu")
+    analysis = denoiser.analyse(frames, mask=scene.mask, bad_pixels="mask")
+    assert denoiser._training_seconds(analysis, "thinning", time.perf_counter()) == 60

@@ -1,0 +1,153 @@
+"""Live speed after per-scan fine-tuning: frames/s and latency, per device found.
+
+For each device this machine has (CPU always, CUDA when present), in one process:
+
+1. a real RunEngine runs a ``count`` of an ophyd.sim 2-D detector (a fresh powder scene,
+   ``--counts`` per pixel, no exposure time) with ``SymDenoise`` subscribed (lossless);
+   after the warm-up frames the plan waits until the per-scan fine-tuned network has passed
+   its held-out check (``SymDenoise.status()``), then reads ``--frames`` frames as fast as
+   the RunEngine can;
+2. throughput = those frames / (first frame read -> last derived event out), and the
+   frame-in -> derived-event-out latency p50/p95 of the same frames, with denoising, I(q)
+   of raw and denoised frames and the event-model documents all included;
+3. the network alone (``predict_rates``) on the same device: frames/s at batch 1 and 4 with
+   1 and 2 test-time flips (bf16 autocast and channels-last on CUDA).
+
+Timings only, no assertions. The figures in README came from:
+
+    python -m bench.throughput --shape 256 --frames 100 --budget 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _live(device: str, shape: int, frames: int, budget: float, counts: float,
+          seed: int) -> dict:
+    from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
+    from ophyd.sim import DirectImage
+
+    from bluesky_symdenoise import SymDenoise
+    from bluesky_symdenoise.physics.scenes import make_scene
+
+    scene = make_scene("powder", shape=(shape, shape), seed=seed)
+    rng = np.random.default_rng(seed)
+    det = DirectImage(func=lambda: scene.expose(counts, rng), name="det")
+    det.img.exposure_time = 0
+    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask,
+                    budget_s=budget, device=device, lossless=True, max_queue=frames + 16)
+    warmup = sd.options.warmup_frames
+    out_times: dict[int, float] = {}
+    summary: list[dict] = []
+
+    def collect(name: str, doc: dict) -> None:
+        if name == "event" and "raw_seq_num" in doc["data"] and any(
+                k.endswith("_denoised") for k in doc["data"]):
+            out_times[int(doc["data"]["raw_seq_num"])] = time.perf_counter()
+        if name == "event" and "provenance" in doc["data"]:
+            summary.append(json.loads(doc["data"]["provenance"]))
+
+    sd.subscribe(collect)
+    marks: dict[str, float] = {}
+
+    def plan():
+        yield from bps.open_run()
+        for _ in range(warmup):
+            yield from bps.trigger_and_read([det])
+        waited = time.perf_counter()
+        deadline = waited + budget + 120
+        while time.perf_counter() < deadline and not any(
+                s["network_ready"] for s in sd.status().values()):
+            yield from bps.sleep(0.2)
+        marks["waited"] = time.perf_counter() - waited
+        marks["start"] = time.perf_counter()
+        for _ in range(frames):
+            yield from bps.trigger_and_read([det])
+        yield from bps.close_run()
+
+    RE = RunEngine({})
+    token = RE.subscribe(sd)
+    RE(plan())
+    RE.unsubscribe(token)
+    sd.flush(timeout=600)
+    sd.close()
+    timed = [t for seq, t in out_times.items() if seq > warmup]
+    latencies = list(sd.latencies)[-frames:]
+    info = summary[-1] if summary else {}
+    return {
+        "device": device,
+        "fine-tuning wait (s)": round(marks.get("waited", float("nan")), 1),
+        "training steps": (info.get("training") or {}).get("steps"),
+        "frames/s live (network, I(q), documents)":
+            round(len(timed) / (max(timed) - marks["start"]), 1) if timed else float("nan"),
+        "latency p50 (s)": round(float(np.percentile(latencies, 50)), 3),
+        "latency p95 (s)": round(float(np.percentile(latencies, 95)), 3),
+        "served by": info.get("served_by"),
+        "network": info.get("network"),
+    }
+
+
+def _network_alone(device: str, shape: int) -> dict:
+    from bluesky_symdenoise.denoise.channels import N_CHANNELS
+    from bluesky_symdenoise.denoise.inference import predict_rates
+    from bluesky_symdenoise.denoise.models import load_base_model
+
+    model, _ = load_base_model(16, 3)
+    dev = torch.device(device)
+    model = model.to(dev)
+    x = np.random.default_rng(0).random((N_CHANNELS, shape, shape), dtype=np.float32)
+    out = {}
+    for flips in (1, 2):
+        for batch in (1, 4):
+            predict_rates(model, [x] * batch, [1.0] * batch, device=dev, flips=flips,
+                          batch_size=batch)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 3.0:
+                predict_rates(model, [x] * batch, [1.0] * batch, device=dev, flips=flips,
+                              batch_size=batch)
+                n += batch
+            out[f"flips {flips}, batch {batch}"] = round(n / (time.perf_counter() - start), 1)
+    model.to("cpu")
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--budget", type=float, default=60.0, help="fine-tuning seconds")
+    parser.add_argument("--counts", type=float, default=1.0, help="counts per pixel")
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
+    args = parser.parse_args(argv)
+    command = "python -m bench.throughput " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"`{command}` (seed {args.seed}, torch threads {torch.get_num_threads()})\n")
+    rows = []
+    for device in _devices():
+        row = _live(device, args.shape, args.frames, args.budget, args.counts, args.seed)
+        row["network alone (frames/s)"] = _network_alone(device, args.shape)
+        rows.append(row)
+        print(f"### {device}\n\n| quantity | value |\n|---|---|")
+        for name, value in row.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items())
+            print(f"| {name} | {value} |")
+        print(flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
