@@ -31,6 +31,16 @@ class DenoiseConfig(BaseModel):
     budget_s
         Wall-time budget of one :func:`~bluesky_symdenoise.denoise` call (preparation,
         fine-tuning and inference). ``None``: 60 s of fine-tuning on CPU, 20 s on GPU.
+    keep_raw_consistency
+        Hold the network's frames to the raw counts where these can prove it wrong: ring
+        means rescaled to the raw ones, features without a 180° partner given back their
+        raw intensity (see :mod:`~bluesky_symdenoise.denoise.consistency`).
+    feature_z_threshold
+        Level of the spot-scale 180° test that marks a feature without a partner.
+    max_symmetry_violation
+        ``method="auto"`` uses symmetry only if the scan rejects it on at most this fraction
+        of paired pixels: where many features lack a partner, fainter ones the test cannot
+        see are likely too, and symmetry would halve them.
     """
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
@@ -52,6 +62,9 @@ class DenoiseConfig(BaseModel):
     test_time_flips: int = Field(default=4, ge=1, le=4)
     noise2sr_passes: int = Field(default=8, ge=1)
     preserve_total_counts: bool = True
+    keep_raw_consistency: bool = True
+    feature_z_threshold: float = Field(default=4.0, gt=0)
+    max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True
     seed: int = 0
 

@@ -20,6 +20,7 @@ from ..physics.geometry import DetectorGeometry, GeometryError
 from ..physics.symmetry import SymmetryReport, refine_center
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
+from .consistency import RawConsistency
 from .device import select_device
 from .inference import predict_rates
 from .models import load_base_model, model_hash, new_model
@@ -62,6 +63,9 @@ class ScanAnalysis:
         Decisions and repairs, for provenance.
     isotropy
         Local azimuthal-isotropy (arc) test on the scan sum, or None without a centre.
+    consistency
+        Where the network's frames are held to the raw counts (rings, features without a
+        partner); None when switched off.
     """
 
     prepared: PreparedScan
@@ -70,6 +74,7 @@ class ScanAnalysis:
     context: ChannelContext
     notes: list[str] = field(default_factory=list)
     isotropy: SymmetryReport | None = None
+    consistency: RawConsistency | None = None
 
 
 @dataclass
@@ -157,8 +162,15 @@ class ScanDenoiser:
                              "means not used there")
         else:
             context = ChannelContext.without_symmetry(prepared.good)
+        consistency = None
+        if self.config.keep_raw_consistency:
+            consistency = RawConsistency.for_scan(
+                scan_sum, prepared.good, center, rings=context.rings,
+                ring_valid=context.ring_valid, arc_valid=context.arc_valid,
+                z_threshold=self.config.feature_z_threshold)
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
-                                     context=context, notes=notes, isotropy=isotropy)
+                                     context=context, notes=notes, isotropy=isotropy,
+                                     consistency=consistency)
         return self.analysis
 
     # -- method choice ----------------------------------------------------------------------
@@ -180,8 +192,10 @@ class ScanDenoiser:
         sym = analysis.symmetry
         if sym is None or sym.fraction_paired < 0.1:
             return "thinning", "too few pixels have a 180° partner on the detector"
-        if sym.fraction_violated > 0.5:
-            return "thinning", "180° symmetry rejected on most of the detector"
+        if sym.fraction_violated > self.config.max_symmetry_violation:
+            return "thinning", (f"180° symmetry rejected on {100 * sym.fraction_violated:.1f} % "
+                                "of paired pixels: features without a partner are common, so "
+                                "symmetry-free targets")
         return "symmetry", (f"beam centre known, {100 * sym.fraction_paired:.0f} % of pixels "
                             f"paired, symmetry rejected on {100 * sym.fraction_violated:.2f} %")
 
@@ -257,16 +271,27 @@ class ScanDenoiser:
             rates = predict_rates(self.model, inputs, levels, device=self.device, flips=1,
                                   mixed_precision=cfg.mixed_precision, events=self.events,
                                   fault=self.inference_fault)
-            return rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
+            rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
+            return self._hold_to_raw(analysis, frames, rates)
         context = _context_for(analysis, method)
         for index, frame in enumerate(frames):
             neighbours = neighbour_mean(frames, index) if cfg.use_neighbour_frames else None
             channels, level = input_channels(frame, context, neighbours)
             inputs.append(channels)
             levels.append(level)
-        return predict_rates(self.model, inputs, levels, device=self.device,
-                             flips=cfg.test_time_flips, mixed_precision=cfg.mixed_precision,
-                             events=self.events, fault=self.inference_fault)
+        rates = predict_rates(self.model, inputs, levels, device=self.device,
+                              flips=cfg.test_time_flips, mixed_precision=cfg.mixed_precision,
+                              events=self.events, fault=self.inference_fault)
+        return self._hold_to_raw(analysis, frames, rates)
+
+    @staticmethod
+    def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray,
+                     rates: np.ndarray) -> np.ndarray:
+        """The network's frames held to the raw counts (see :mod:`.consistency`)."""
+        if analysis.consistency is None:
+            return rates
+        return np.stack([analysis.consistency.apply(frame, rate)
+                         for frame, rate in zip(frames, rates, strict=True)])
 
     def denoise_frame(self, analysis: ScanAnalysis, *, method: str, frame: np.ndarray,
                       neighbours: np.ndarray | None = None) -> np.ndarray:
@@ -287,10 +312,11 @@ class ScanDenoiser:
         if not self.config.use_neighbour_frames:
             neighbours = None
         channels, level = input_channels(frame, context, neighbours)
-        return predict_rates(self.model, [channels], [level], device=self.device,
-                             flips=self.config.test_time_flips,
-                             mixed_precision=self.config.mixed_precision, events=self.events,
-                             fault=self.inference_fault)[0]
+        rates = predict_rates(self.model, [channels], [level], device=self.device,
+                              flips=self.config.test_time_flips,
+                              mixed_precision=self.config.mixed_precision, events=self.events,
+                              fault=self.inference_fault)
+        return self._hold_to_raw(analysis, frame[None], rates)[0]
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -407,6 +433,8 @@ class ScanDenoiser:
             "beam_center": list(analysis.center) if analysis.center is not None else None,
             "symmetry": analysis.symmetry.summary() if analysis.symmetry else None,
             "isotropy": analysis.isotropy.summary() if analysis.isotropy else None,
+            "raw_consistency": (analysis.consistency.summary() if analysis.consistency
+                                else "off"),
             "notes": analysis.notes,
             "events": self.events,
             "n_defects": int(analysis.prepared.defects.sum()),

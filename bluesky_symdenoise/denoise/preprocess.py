@@ -157,10 +157,12 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     neighbour_third = ndimage.rank_filter(total, rank=-3, footprint=footprint, mode="constant")
     n_frames = frames.shape[0]
     hot = total > 5.0 * neighbour_third + 20.0 * np.sqrt(n_frames) + 5.0
-    good = (~bad).astype(np.float64)
+    # Hot pixels are left out of the neighbourhood of the dead-pixel test: a hot cluster
+    # would otherwise make the empty pixels around it look dead.
+    good = (~bad & ~hot).astype(np.float64)
     kernel = np.ones((5, 5))
     kernel[2, 2] = 0
-    neighbour_sum = ndimage.convolve(total, kernel, mode="constant")
+    neighbour_sum = ndimage.convolve(total * good, kernel, mode="constant")
     neighbour_n = ndimage.convolve(good, kernel, mode="constant")
     neighbour_mean = neighbour_sum / np.maximum(neighbour_n, 1)
     dead = (total == 0) & (neighbour_mean >= 15.0) & (neighbour_n >= 12)

@@ -578,8 +578,9 @@ class LiveScan:
             data_keys["symmetry_violation"] = {
                 "source": "symdenoise", "dtype": "array", "shape": list(violation.shape),
                 "dtype_numpy": "|u1",
-                "description": "1: 180° symmetry rejected, 2: azimuthal isotropy rejected "
-                               "(local tests on the warm-up frames' sum; 0 elsewhere)"}
+                "description": "bits: 1 180° symmetry rejected, 2 azimuthal isotropy "
+                               "rejected, 4 feature without a 180° partner (raw intensity "
+                               "put back); local tests on the warm-up frames' sum"}
             values["symmetry_violation"] = violation
         self.publisher.add_stream("summary", data_keys)
         self.publisher.add_event("summary", values)
@@ -603,6 +604,8 @@ class LiveScan:
         out = analysis.symmetry.violation.astype(np.uint8)
         if analysis.isotropy is not None:
             out |= analysis.isotropy.violation.astype(np.uint8) << 1
+        if analysis.consistency is not None:
+            out |= analysis.consistency.features.astype(np.uint8) << 2
         return out
 
     def summary(self) -> dict[str, Any]:
