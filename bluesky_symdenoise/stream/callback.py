@@ -21,14 +21,13 @@ import event_model
 import numpy as np
 
 from .frames import image_keys
-from .scan import START_KEYS, LiveOptions, LiveScan
+from .scan import FRAME_DOCUMENTS, START_KEYS, LiveOptions, LiveScan
 from .worker import DenoiseWorker, FrameQueue
 
 __all__ = ["START_KEYS", "SymDenoise"]
 
 logger = logging.getLogger(__name__)
 
-_FRAME_DOCS = ("event", "event_page", "stream_datum")
 
 
 class SymDenoise(event_model.DocumentRouter):
@@ -158,7 +157,7 @@ class SymDenoise(event_model.DocumentRouter):
             return
         if name == "descriptor" and image_keys(doc, self._fields()):
             self._image_descriptors.add(doc["uid"])
-        if name in _FRAME_DOCS:
+        if name in FRAME_DOCUMENTS:
             descriptor = doc.get("descriptor")
             if descriptor not in self._image_descriptors:
                 return
@@ -204,7 +203,7 @@ class SymDenoise(event_model.DocumentRouter):
             scan.finish(None, reason="raw run never stopped (a new run started)")
         else:
             try:
-                scan.handle(name, doc, received)
+                scan.handle(name, doc, received, backlog=self._queue.frames_waiting)
             except Exception as exc:  # noqa: BLE001
                 self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
                 # The derived run goes on (no data lost) but ends with "fail" and why.

@@ -49,6 +49,10 @@ START_KEYS = {"poni": "pyFAI PONI file path or PONI dict",
               "mask": "path of a .npy bool array, True on bad pixels"}
 
 _NETWORK_METHODS = ("symmetry", "thinning", "noise2sr")
+#: Documents that may carry (or point to) frames.
+FRAME_DOCUMENTS = ("event", "event_page", "stream_datum")
+#: Most frames a worker that has fallen behind denoises in one forward pass.
+MAX_LIVE_BATCH = 8
 
 
 @dataclass
@@ -138,12 +142,23 @@ class LiveScan:
         self._cancel = threading.Event()
         self._trainer: threading.Thread | None = None
         self._previous: np.ndarray | None = None
+        #: Frames taken but not yet served (see :meth:`serve_pending`).
+        self._pending: list[tuple[int, np.ndarray, float, float]] = []
+        #: How many batches of each size were served (a worker behind serves larger ones).
+        self.batches: collections.Counter = collections.Counter()
         self.latencies: list[float] = []
         self.stopped = False
         self._streamed: dict[str, set[str]] = {}
 
     # -- documents ---------------------------------------------------------------------------
-    def handle(self, name: str, doc: dict, received: float) -> None:
+    def handle(self, name: str, doc: dict, received: float, *, backlog: int = 0) -> None:
+        """Process one raw document.
+
+        ``backlog`` is how many frames wait behind this document: frames are batched while
+        it is above 0 (see :meth:`serve_pending`).
+        """
+        if name not in FRAME_DOCUMENTS:
+            self.serve_pending()
         if name == "descriptor":
             list(self.source.frames(name, doc))
             self._pick_field()
@@ -166,6 +181,8 @@ class LiveScan:
             if key == self.field:
                 self.take(seq_num, frame, timestamp, received)
                 taken += 1
+        if backlog == 0:
+            self.serve_pending()
         descriptor = doc.get("descriptor")
         if (name == "event" and not taken and self.field in self.source.keys_for(descriptor)
                 and self.field not in self._streamed.get(descriptor, ())):
@@ -202,6 +219,7 @@ class LiveScan:
         """Analyse now with the frames held so far (``SymDenoise.flush``)."""
         if self.publisher is None and self.held and not self.stopped:
             self._warm_up()
+        self.serve_pending()
 
     def _resolve_geometry(self, notes: list[str]) -> None:
         opts, start, shape = self.options, self.raw_start, self.shape
@@ -454,25 +472,65 @@ class LiveScan:
 
     def _serve(self, seq_num: int, frame: np.ndarray, timestamp: float,
                received: float) -> None:
-        flags: list[str] = []
-        key = self.field
-        if frame.shape != self.shape or not _numeric(frame):
-            flags.append(f"skipped: frame shape {frame.shape} != {self.shape}"
-                         if frame.shape != self.shape else
-                         f"skipped: frame dtype {frame.dtype} is not real numbers")
-            self.counts["invalid"] += 1
-            denoised, by, data, bad = np.zeros(self.shape, np.float32), "none", None, None
-        else:
-            data, bad = self._prepare(frame, flags)
-            by = "none"
+        """Take a frame for the next batch (see :meth:`serve_pending`)."""
+        self._pending.append((seq_num, frame, timestamp, received))
+        if len(self._pending) >= MAX_LIVE_BATCH:
+            self.serve_pending()
+
+    def serve_pending(self) -> None:
+        """Denoise the frames taken since the last call as one batch and publish them.
+
+        The worker calls this when no other frame is waiting, so one frame is served at once
+        with full test-time averaging; a worker that has fallen behind serves up to
+        :data:`MAX_LIVE_BATCH` frames in one forward pass, one flip each, and catches up
+        instead of dropping frames.
+        """
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        served = []  # (seq_num, received, flags, data, bad)
+        for seq_num, frame, _, received in batch:
+            flags: list[str] = []
+            if frame.shape != self.shape or not _numeric(frame):
+                flags.append(f"skipped: frame shape {frame.shape} != {self.shape}"
+                             if frame.shape != self.shape else
+                             f"skipped: frame dtype {frame.dtype} is not real numbers")
+                self.counts["invalid"] += 1
+                served.append((seq_num, received, flags, None, None))
+            else:
+                served.append((seq_num, received, flags, *self._prepare(frame, flags)))
+        valid = [item for item in served if item[3] is not None]
+        flips = None if len(valid) <= 1 else 1
+        self.batches[len(valid)] += 1
+        outputs: list[np.ndarray] = []
+        by = "none"
+        if valid:
             try:
-                denoised, by = self._denoise(data, bad)
+                outputs, by = self._denoise([item[3] for item in valid],
+                                            [item[4] for item in valid], flips)
             except Exception as exc:  # noqa: BLE001
-                flags.append(f"denoising failed ({type(exc).__name__}: {exc}): raw copied")
-                self.counts["failed"] += 1
+                for item in valid:
+                    item[2].append(f"denoising failed ({type(exc).__name__}: {exc}): raw "
+                                   "copied")
+                self.counts["failed"] += len(valid)
                 self.failure = self.failure or f"denoising failed: {exc!r}"
-                denoised = data.copy()
-            denoised = self._finish(denoised, data, bad)
+                outputs, by = [item[3].copy() for item in valid], "none"
+        results = iter(outputs)
+        for seq_num, received, flags, data, bad in served:
+            try:
+                if data is None:
+                    self._publish(seq_num, received, flags, np.zeros(self.shape, np.float32),
+                                  "none", None, None)
+                else:
+                    self._publish(seq_num, received, flags,
+                                  self._finish(next(results), data, bad), by, data, bad)
+            except Exception as exc:  # noqa: BLE001 - the rest of the batch goes on
+                logger.exception("symdenoise: publishing frame %s failed", seq_num)
+                self.failure = self.failure or f"publishing frame {seq_num} failed: {exc!r}"
+
+    def _publish(self, seq_num: int, received: float, flags: list[str], denoised: np.ndarray,
+                 by: str, data: np.ndarray | None, bad: np.ndarray | None) -> None:
+        key = self.field
         self.counts[f"by:{by}"] += 1
         self.publisher.add_event("denoised", {
             f"{key}_denoised": denoised, f"{key}_denoised_by": by,
@@ -483,23 +541,25 @@ class LiveScan:
         self.counts["published"] += 1
         self.latencies.append(time.perf_counter() - received)
 
-    def _denoise(self, data: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, str]:
+    def _denoise(self, frames: list[np.ndarray], bads: list[np.ndarray],
+                 flips: int | None) -> tuple[list[np.ndarray], str]:
+        """Denoise a batch of prepared frames; returns the outputs and who made them."""
         if self.method == "passthrough":
-            return data.copy(), "none (passthrough)"
-        if self.network_ready:
-            out = self.denoiser.denoise_frame(self.analysis, method=self.method, frame=data,
-                                              neighbours=self._previous)
-            self._previous = data
-            return np.asarray(out, np.float32), f"network:{self.method}"
-        if self.interim is not None:
-            out = self.interim.denoise_frame(self.analysis, method=self.method, frame=data,
-                                             neighbours=self._previous)
-            self._previous = data
-            return np.asarray(out, np.float32), self._interim_name()
-        self._previous = data
+            return [f.copy() for f in frames], "none (passthrough)"
+        if self.network_ready or self.interim is not None:
+            engine = self.denoiser if self.network_ready else self.interim
+            neighbours = [self._previous, *frames[:-1]]
+            out = engine.denoise_frames(self.analysis, method=self.method, frames=frames,
+                                        neighbours=neighbours, flips=flips)
+            self._previous = frames[-1]
+            name = f"network:{self.method}" if self.network_ready else self._interim_name()
+            return [np.asarray(o, np.float32) for o in out], name
+        self._previous = frames[-1]
         engine = "classical-bm3d" if self.method == "classical" else "classical-nlm"
         interim = " (interim)" if self.method in _NETWORK_METHODS else ""
-        return self._classical(data, bad).astype(np.float32), engine + interim
+        return ([self._classical(f, b).astype(np.float32) for f, b in zip(frames, bads,
+                                                                           strict=True)],
+                engine + interim)
 
     def _finish(self, denoised: np.ndarray, data: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """Keep the frame's total counts (as the engine does) and zero bad pixels."""
@@ -559,6 +619,7 @@ class LiveScan:
                 self._warn("no frames of a 2-D field arrived")
                 self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
                                                      self._provenance([]))
+        self.serve_pending()
         self._cancel.set()
         if self._trainer is not None:
             self._trainer.join()
@@ -616,6 +677,7 @@ class LiveScan:
                                if k.startswith("by:")}
         record["method"] = self.method
         record["network"] = self.network_note
+        record["batches"] = {str(size): n for size, n in sorted(self.batches.items())}
         record["warnings"] = list(self.warnings)
         if self.denoiser is not None:
             training = self.denoiser.training

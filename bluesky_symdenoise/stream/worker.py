@@ -88,6 +88,12 @@ class FrameQueue:
         with self._cond:
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
 
+    @property
+    def frames_waiting(self) -> int:
+        """Frames queued and not yet taken by the worker."""
+        with self._cond:
+            return self._frames
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)

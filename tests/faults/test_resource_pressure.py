@@ -83,3 +83,22 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(harness, scene, frames, 
         assert summary["training"]["batch_size"] == 1 and summary["training"]["steps"] >= 1
     assert len(harness.derived.stream("denoised")) == 6
     assert all(e["data"]["det_img_flags"] == "" for e in harness.derived.stream("denoised"))
+
+
+def test_a_worker_behind_serves_waiting_frames_in_batches(harness, scene, frames,
+                                                          training_done):
+    harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask,
+                   method="symmetry", budget_s=1, min_training_steps=1, max_queue=64,
+                   lossless=True, config={"batch_size": 4, "patch_size": 32})
+    # The detector waits for the fine-tuning at frame 5, then 20 frames arrive at once.
+    det = DirectImage(func=waiting_frames(frames, training_done), name="det")
+    harness.RE(bp.count([det], num=25))
+    (stop,) = harness.finish(timeout=120).values()
+    assert stop["exit_status"] == "success", stop["reason"]
+    denoised = harness.derived.stream("denoised")
+    assert [e["data"]["raw_seq_num"] for e in denoised] == list(range(1, 26))
+    assert all(e["data"]["det_img_flags"] == "" for e in denoised)
+    summary = json.loads(harness.derived.stream("summary")[0]["data"]["provenance"])
+    sizes = {int(k): v for k, v in summary["batches"].items()}
+    assert sum(k * v for k, v in sizes.items()) == 25
+    assert max(sizes) > 1, f"never batched: {sizes}"
