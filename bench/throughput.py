@@ -3,7 +3,9 @@
 For each device this machine has (CPU always, CUDA when present), in one process:
 
 1. a real RunEngine runs a ``count`` of an ophyd.sim 2-D detector (a fresh powder scene,
-   ``--counts`` per pixel, no exposure time) with ``SymDenoise`` subscribed (lossless);
+   ``--counts`` per pixel) with ``SymDenoise`` subscribed: once with frames as fast as the
+   RunEngine can make them (lossless mode: the worker's capacity), then with the detector
+   paced at each ``--rate`` in live mode (does it keep pace: frames dropped, latency);
    after the warm-up frames the plan waits until the per-scan fine-tuned network has passed
    its held-out check (``SymDenoise.status()``), then reads ``--frames`` frames as fast as
    the RunEngine can;
@@ -15,7 +17,7 @@ For each device this machine has (CPU always, CUDA when present), in one process
 
 Timings only, no assertions. The figures in README came from:
 
-    python -m bench.throughput --shape 256 --frames 100 --budget 60
+    python -m bench.throughput --shape 256 --frames 100 --budget 60 --rate 10
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def _devices() -> list[str]:
 
 
 def _live(device: str, shape: int, frames: int, budget: float, counts: float,
-          seed: int) -> dict:
+          seed: int, rate: float = 0.0) -> dict:
+    """One scan; ``rate`` > 0 paces the detector at that many frames/s in live mode (a full
+    queue drops frames), 0 reads frames as fast as possible in lossless mode."""
     from bluesky import RunEngine
     from bluesky import plan_stubs as bps
     from ophyd.sim import DirectImage
@@ -48,7 +52,8 @@ def _live(device: str, shape: int, frames: int, budget: float, counts: float,
     det = DirectImage(func=lambda: scene.expose(counts, rng), name="det")
     det.img.exposure_time = 0
     sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask,
-                    budget_s=budget, device=device, lossless=True, max_queue=frames + 16)
+                    budget_s=budget, device=device, lossless=rate <= 0,
+                    max_queue=frames + 16 if rate <= 0 else 64)
     warmup = sd.options.warmup_frames
     out_times: dict[int, float] = {}
     summary: list[dict] = []
@@ -74,7 +79,11 @@ def _live(device: str, shape: int, frames: int, budget: float, counts: float,
             yield from bps.sleep(0.2)
         marks["waited"] = time.perf_counter() - waited
         marks["start"] = time.perf_counter()
-        for _ in range(frames):
+        for k in range(frames):
+            if rate > 0:  # the detector's own frame rate
+                wait = marks["start"] + k / rate - time.perf_counter()
+                if wait > 0:
+                    yield from bps.sleep(wait)
             yield from bps.trigger_and_read([det])
         yield from bps.close_run()
 
@@ -89,6 +98,9 @@ def _live(device: str, shape: int, frames: int, budget: float, counts: float,
     info = summary[-1] if summary else {}
     return {
         "device": device,
+        "detector": f"paced at {rate:g} frames/s, live mode" if rate > 0
+                    else "as fast as possible, lossless",
+        "frames dropped": sd.dropped,
         "fine-tuning wait (s)": round(marks.get("waited", float("nan")), 1),
         "training steps": (info.get("training") or {}).get("steps"),
         "frames/s live (network, I(q), documents)":
@@ -96,6 +108,7 @@ def _live(device: str, shape: int, frames: int, budget: float, counts: float,
         "latency p50 (s)": round(float(np.percentile(latencies, 50)), 3),
         "latency p95 (s)": round(float(np.percentile(latencies, 95)), 3),
         "served by": info.get("served_by"),
+        "batches (size: count)": info.get("batches"),
         "network": info.get("network"),
     }
 
@@ -131,21 +144,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget", type=float, default=60.0, help="fine-tuning seconds")
     parser.add_argument("--counts", type=float, default=1.0, help="counts per pixel")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
+    parser.add_argument("--rate", type=float, nargs="*", default=[10.0],
+                        help="detector frame rates (frames/s) to test in live mode")
     args = parser.parse_args(argv)
     command = "python -m bench.throughput " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"`{command}` (seed {args.seed}, torch threads {torch.get_num_threads()})\n")
     rows = []
     for device in _devices():
-        row = _live(device, args.shape, args.frames, args.budget, args.counts, args.seed)
-        row["network alone (frames/s)"] = _network_alone(device, args.shape)
-        rows.append(row)
-        print(f"### {device}\n\n| quantity | value |\n|---|---|")
-        for name, value in row.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k}: {v}" for k, v in value.items())
-            print(f"| {name} | {value} |")
-        print(flush=True)
+        for rate in (0.0, *args.rate):
+            row = _live(device, args.shape, args.frames, args.budget, args.counts, args.seed,
+                        rate)
+            if rate == 0:
+                row["network alone (frames/s)"] = _network_alone(device, args.shape)
+            rows.append(row)
+            print(f"### {device}, {row['detector']}\n\n| quantity | value |\n|---|---|")
+            for name, value in row.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}: {v}" for k, v in value.items())
+                print(f"| {name} | {value} |")
+            print(flush=True)
     return rows
 
 

@@ -11,6 +11,14 @@ from bluesky_symdenoise.physics import scenes
 from bluesky_symdenoise.physics.symmetry import rotate180
 
 
+def _scan(kind, counts, seed):
+    """A scene, its truth at ``counts`` per pixel, 3 noisy frames and their consistency."""
+    scene = scenes.make_scene(kind, shape=(160, 160), seed=seed)
+    rng = np.random.default_rng(seed)
+    frames = np.stack([scene.expose(counts, rng) for _ in range(3)]).astype(np.float64)
+    return scene, scene.scaled(counts), frames, _consistency(frames, scene)
+
+
 def _consistency(frames, scene):
     good = ~scene.mask
     scan_sum = np.where(good, frames.sum(0), 0.0)
@@ -25,11 +33,7 @@ def _ratio(estimate, truth, region):
 
 
 def test_a_broadened_ring_gets_back_the_raw_ring_intensity():
-    scene = scenes.make_scene("powder", shape=(160, 160), seed=3)
-    truth = scene.scaled(4.0)
-    rng = np.random.default_rng(1)
-    frames = np.stack([scene.expose(4.0, rng) for _ in range(3)]).astype(np.float64)
-    consistency = _consistency(frames, scene)
+    scene, truth, frames, consistency = _scan("powder", 4.0, seed=3)
     assert consistency.ring_pixels.mean() > 0.5
     # What a smoothness prior does to a sharp ring: broader and lower.
     smoothed = ndimage.gaussian_filter(truth, 2.0)
@@ -40,11 +44,7 @@ def test_a_broadened_ring_gets_back_the_raw_ring_intensity():
 
 
 def test_a_feature_without_partner_keeps_its_raw_intensity():
-    scene = scenes.make_scene("lattice_one_sided", shape=(160, 160), seed=4)
-    truth = scene.scaled(2.0)
-    rng = np.random.default_rng(2)
-    frames = np.stack([scene.expose(2.0, rng) for _ in range(3)]).astype(np.float64)
-    consistency = _consistency(frames, scene)
+    scene, truth, frames, consistency = _scan("lattice_one_sided", 2.0, seed=4)
     feature = scene.regions["one_sided_feature"] & scene.usable
     assert feature.any()
     # What a symmetry-averaging denoiser does to it: halves it.
