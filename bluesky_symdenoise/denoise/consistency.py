@@ -1,6 +1,6 @@
 """Keep the physics: after the network, the raw counts have the last word where they can tell.
 
-A denoiser trained for the mean squared error shrinks what it is unsure of: the height of a
+A denoiser trained for the mean squared error (or a classical one) shrinks what it is unsure of: the height of a
 sharp ring (its smoothness prior broadens it), a weak spot with no symmetric partner (the
 partner says "nothing here"). Both are biases, not noise, and both are visible in the raw
 counts once enough pixels are summed. Two corrections, each at the scale where the raw data
@@ -35,8 +35,9 @@ __all__ = ["FEATURE_SIGMA_PX", "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_P
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
 #: so a feature's neighbourhood is not flagged with it.
 FEATURE_WINDOWS: tuple[int, ...] = (3, 5, 9)
-#: Gaussian width (px) of the residual put back on such features.
-FEATURE_SIGMA_PX = 0.7
+#: Gaussian width (px) of the residual put back on such features (narrower puts back more
+#: of a sharp feature's peak, and more noise).
+FEATURE_SIGMA_PX = 1.0
 #: A ring bin is rescaled only if the denoised frame expects at least this many counts on it
 #: (the choice depends on the denoised frame, not on the raw noise, so it adds no bias).
 MIN_RING_COUNTS = 10.0

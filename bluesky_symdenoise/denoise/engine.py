@@ -288,7 +288,8 @@ class ScanDenoiser:
     @staticmethod
     def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray,
                      rates: np.ndarray) -> np.ndarray:
-        """The network's frames held to the raw counts (see :mod:`.consistency`)."""
+        """Denoised frames (network or classical) held to the raw counts (see
+        :mod:`.consistency`): the physics does not depend on which denoiser won."""
         if analysis.consistency is None:
             return rates
         return np.stack([analysis.consistency.apply(frame, rate)
@@ -403,8 +404,9 @@ class ScanDenoiser:
             lambda x: self.denoise_frame(analysis, method=method, frame=x, neighbours=halved),
             frames[index], good)
         classical = held_out_deviance(
-            lambda x: classical_denoise(x, mask=prepared.bad, center=analysis.center,
-                                        validity=validity, engine="bm3d"), frames[index], good)
+            lambda x: self._hold_to_raw(analysis, x[None], classical_denoise(
+                x, mask=prepared.bad, center=analysis.center, validity=validity,
+                engine="bm3d")[None])[0], frames[index], good)
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
         if classical < network:
             return "classical", f"{reason}; but the classical mode won the {scores}"
@@ -430,9 +432,10 @@ class ScanDenoiser:
         prepared = analysis.prepared
         validity = analysis.symmetry.valid if analysis.symmetry is not None else None
         self.model_origin = f"classical ({engine})"
-        return np.stack([classical_denoise(frame, mask=prepared.bad, center=analysis.center,
-                                           validity=validity, engine=engine)
-                         for frame in prepared.frames]).astype(np.float32)
+        out = np.stack([classical_denoise(frame, mask=prepared.bad, center=analysis.center,
+                                          validity=validity, engine=engine)
+                        for frame in prepared.frames])
+        return self._hold_to_raw(analysis, prepared.frames, out).astype(np.float32)
 
     def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
         """Keep each frame's total counts and zero the pixels the user masked."""
