@@ -3,8 +3,8 @@
 A denoiser trained for the mean squared error (or a classical one) shrinks what it is unsure
 of: the height of a sharp ring (its smoothness prior broadens it), a weak spot with no
 symmetric partner (the partner says "nothing here"). Both are biases, not noise, and both
-are visible in the raw counts once enough pixels are summed. Two corrections, each at the scale where the raw data
-are precise enough to prove the network wrong:
+are visible in the raw counts once enough pixels are summed. Two corrections, each at the
+scale where the raw data are precise enough to prove the network wrong:
 
 * **rings**: on pixels that lie on azimuthally symmetric rings or arcs (the isotropy tests of
   :mod:`~bluesky_symdenoise.physics.symmetry`), the denoised frame is scaled, radius by
