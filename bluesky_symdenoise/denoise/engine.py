@@ -65,8 +65,8 @@ class ScanAnalysis:
     isotropy
         Local azimuthal-isotropy (arc) test on the scan sum, or None without a centre.
     consistency
-        Where the network's frames are held to the raw counts (rings, features without a
-        partner); None when switched off.
+        Where denoised frames (network or classical) are held to the raw counts (rings,
+        features without a partner); None when switched off.
     """
 
     prepared: PreparedScan
@@ -274,16 +274,9 @@ class ScanDenoiser:
                                   fault=self.inference_fault)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
             return self._hold_to_raw(analysis, frames, rates)
-        context = _context_for(analysis, method)
-        for index, frame in enumerate(frames):
-            neighbours = neighbour_mean(frames, index) if cfg.use_neighbour_frames else None
-            channels, level = input_channels(frame, context, neighbours)
-            inputs.append(channels)
-            levels.append(level)
-        rates = predict_rates(self.model, inputs, levels, device=self.device,
-                              flips=cfg.test_time_flips, mixed_precision=cfg.mixed_precision,
-                              events=self.events, fault=self.inference_fault)
-        return self._hold_to_raw(analysis, frames, rates)
+        return self.denoise_frames(
+            analysis, method=method, frames=frames,
+            neighbours=[neighbour_mean(frames, index) for index in range(len(frames))])
 
     @staticmethod
     def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray,
@@ -313,10 +306,11 @@ class ScanDenoiser:
                        frames: Sequence[np.ndarray],
                        neighbours: Sequence[np.ndarray | None],
                        flips: int | None = None) -> np.ndarray:
-        """Expected counts of new frames of the scan, in one batch (the live path).
+        """Expected counts of frames of the scan, in one call (the live path's batches).
 
-        A worker that has fallen behind passes the frames waiting together: one forward
-        pass over a batch is much cheaper per frame than one pass per frame on a CPU.
+        A live worker that has fallen behind passes the frames waiting together, with one
+        flip each: the saving is in the flips; on a 2-core CPU a batch is not cheaper per
+        frame than single frames (``bench/throughput.py``), on a GPU it is.
 
         Parameters
         ----------

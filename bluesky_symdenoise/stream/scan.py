@@ -482,8 +482,7 @@ class LiveScan:
 
         The worker calls this when no other frame is waiting, so one frame is served at once
         with full test-time averaging; a worker that has fallen behind serves up to
-        :data:`MAX_LIVE_BATCH` frames in one forward pass, one flip each, and catches up
-        instead of dropping frames.
+        :data:`MAX_LIVE_BATCH` frames in one call, one flip each, to catch up.
         """
         batch, self._pending = self._pending, []
         if not batch:
