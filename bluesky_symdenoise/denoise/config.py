@@ -37,6 +37,9 @@ class DenoiseConfig(BaseModel):
         raw intensity (see :mod:`~bluesky_symdenoise.denoise.consistency`).
     feature_z_threshold
         Level of the spot-scale 180° test that marks a feature without a partner.
+    inference_batch
+        Frames per forward pass at inference; None: the device's choice (CUDA 8, CPU 1: on
+        a CPU a batch is not cheaper per frame). Halved on out-of-memory.
     max_symmetry_violation
         ``method="auto"`` uses symmetry only if the scan rejects it on at most this fraction
         of paired pixels: where many features lack a partner, fainter ones the test cannot
@@ -60,6 +63,7 @@ class DenoiseConfig(BaseModel):
     thinning_p: tuple[float, float] = (0.5, 0.9)
     max_steps: int = Field(default=20000, ge=0)
     test_time_flips: int = Field(default=4, ge=1, le=4)
+    inference_batch: int | None = Field(default=None, ge=1)
     noise2sr_passes: int = Field(default=8, ge=1)
     preserve_total_counts: bool = True
     keep_raw_consistency: bool = True

@@ -270,6 +270,7 @@ class ScanDenoiser:
                     inputs.append(subsampled_channels(frame, good, keep, level))
                     levels.append(level)
             rates = predict_rates(self.model, inputs, levels, device=self.device, flips=1,
+                                  batch_size=cfg.inference_batch,
                                   mixed_precision=cfg.mixed_precision, events=self.events,
                                   fault=self.inference_fault)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
@@ -340,6 +341,7 @@ class ScanDenoiser:
             levels.append(level)
         rates = predict_rates(self.model, inputs, levels, device=self.device,
                               flips=flips or self.config.test_time_flips,
+                              batch_size=self.config.inference_batch,
                               mixed_precision=self.config.mixed_precision, events=self.events,
                               fault=self.inference_fault)
         return self._hold_to_raw(analysis, frames, rates)

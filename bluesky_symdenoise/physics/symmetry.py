@@ -14,10 +14,11 @@ where the data agree with them.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, sparse
 
 __all__ = [
     "PartnerMap",
@@ -236,7 +237,9 @@ class RingProfile:
     center: tuple[float, float]
     bin_width: float = 0.5
     sectors: int = 1
-    _index: tuple = field(init=False, repr=False, compare=False)
+    _gather: sparse.csr_matrix = field(init=False, repr=False, compare=False)
+    _scatter: dict = field(init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rows, cols = np.indices(self.shape, dtype=np.float64)
@@ -255,28 +258,44 @@ class RingProfile:
         else:
             p_lo = p_hi = np.zeros_like(r_lo)
             p_f = np.zeros_like(r_f)
-        corners = []
+        bins, weights = [], []
         for r_idx, r_w in ((r_lo, 1.0 - r_f), (r_lo + 1, r_f)):
             for p_idx, p_w in ((p_lo, 1.0 - p_f), (p_hi, p_f)):
-                corners.append((r_idx * s + p_idx, r_w * p_w))
-        object.__setattr__(self, "_index", (corners, n_r * s))
+                bins.append((r_idx * s + p_idx).ravel())
+                weights.append((r_w * p_w).ravel())
+        n_pixels = rows.size
+        pixel = np.tile(np.arange(n_pixels), len(bins))
+        # gather[pixel, bin]: how a pixel reads the profile back (and shares its value out).
+        gather = sparse.csr_matrix((np.concatenate(weights), (pixel, np.concatenate(bins))),
+                                   shape=(n_pixels, n_r * s))
+        object.__setattr__(self, "_gather", gather)
+        object.__setattr__(self, "_scatter", {})
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def _scatter_for(self, good: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray,
+                                                        np.ndarray]:
+        """The binning restricted to ``good`` pixels, its weights and read-back support
+        (cached for the last few masks: a scan uses one)."""
+        key = hash(good.tobytes())
+        with self._lock:  # the live trainer and server threads share cached profiles
+            cached = self._scatter.get(key)
+            if cached is None or not np.array_equal(cached[0], good):
+                scatter = self._gather[good.ravel()].T.tocsr()
+                weights = np.asarray(scatter.sum(axis=1)).ravel()
+                support = (self._gather @ weights).reshape(self.shape)
+                if len(self._scatter) >= 4:
+                    self._scatter.pop(next(iter(self._scatter)))
+                cached = (good.copy(), scatter, weights, support)
+                self._scatter[key] = cached
+        return cached[1:]
 
     def mean(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean read back at every pixel, and about how many good pixels lie behind it."""
-        corners, n_bins = self._index
-        values = np.asarray(image, np.float64)[good]
-        sums = np.zeros(n_bins)
-        weights = np.zeros(n_bins)
-        for idx, w in corners:
-            sums += np.bincount(idx[good], w[good] * values, minlength=n_bins)
-            weights += np.bincount(idx[good], w[good], minlength=n_bins)
+        good = np.asarray(good, bool)
+        scatter, weights, support = self._scatter_for(good)
+        sums = scatter @ np.asarray(image, np.float64)[good]
         profile = sums / np.maximum(weights, 1e-12)
-        at_pixel = np.zeros(self.shape)
-        support = np.zeros(self.shape)
-        for idx, w in corners:
-            at_pixel += w * profile[idx]
-            support += w * weights[idx]
-        return at_pixel, support
+        return (self._gather @ profile).reshape(self.shape), support.copy()
 
 
 @functools.lru_cache(maxsize=8)

@@ -69,7 +69,8 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(harness, scene, frames, 
                                                        training_done):
     sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask,
                         method="symmetry", budget_s=2, min_training_steps=1,
-                        config={"batch_size": 4, "patch_size": 32, "test_time_flips": 1})
+                        config={"batch_size": 4, "patch_size": 32, "test_time_flips": 1,
+                                "inference_batch": 4})
     sd.fault_hooks[where] = _oom_first(2)
     det = DirectImage(func=waiting_frames(frames, training_done), name="det")
     harness.RE(bp.count([det], num=6))
