@@ -32,7 +32,7 @@ from scipy import ndimage
 from bluesky_symdenoise import denoise_scan
 
 from . import metrics
-from .quality import make_scan, run_method
+from .quality import add_scan_arguments, first_seed, make_scan, run_method
 
 KINDS = ("powder", "textured", "saxs", "lattice", "lattice_one_sided", "insitu_drift")
 RING_KINDS = ("powder", "textured", "insitu_drift")
@@ -77,12 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", nargs="+", default=list(KINDS))
     parser.add_argument("--counts", nargs="+", type=float, default=[1.0])
-    parser.add_argument("--frames", type=int, default=3)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--budget", type=float, default=120.0)
-    parser.add_argument("--seed", type=int, default=None)
+    add_scan_arguments(parser, budget=120.0)
     args = parser.parse_args(argv)
-    seed0 = args.seed if args.seed is not None else int(time.time()) % 1_000_000
+    seed0 = first_seed(args)
     print(f"# python -m bench.heldout --seed {seed0} --budget {args.budget:g} --frames "
           f"{args.frames} --counts {' '.join(f'{c:g}' for c in args.counts)} --scenes "
           f"{' '.join(args.scenes)}")

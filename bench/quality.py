@@ -82,6 +82,19 @@ class BenchScan:
         return len(self.frames) // 2
 
 
+def add_scan_arguments(parser: argparse.ArgumentParser, *, budget: float) -> None:
+    """The options every held-out bench shares: frames per scan, size, budget, seed."""
+    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--budget", type=float, default=budget)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def first_seed(args: argparse.Namespace) -> int:
+    """``--seed``, or a fresh one from the clock (printed by the bench, so reruns match)."""
+    return args.seed if args.seed is not None else int(time.time()) % 1_000_000
+
+
 def make_scan(kind: str, counts: float, *, size: int, n_frames: int, seed: int) -> BenchScan:
     """Simulate ``n_frames`` exposures of a scene (drifting rings for ``insitu_drift``)."""
     rng = np.random.default_rng(seed)
