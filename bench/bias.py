@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
           f"--seed {seed0}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in BASELINES})
-    columns: list[str] = []
+    rings = args.scene in RING_KINDS
+    feature_scene = args.scene == "lattice_one_sided"
+    columns = ((["ring area bias", "ring height bias"] if rings else [])
+               + (["one-sided kept − 1"] if feature_scene else []))
     for k in range(args.scans):
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
                          seed=seed0 + k)
@@ -62,16 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                               budget_s=args.budget, bad_pixels="mask")
         print(f"scan {k}: method {result.method}", flush=True)
         invalid = ~scan.scored
+        feature = scan.regions["one_sided_feature"] if feature_scene else None
         for index in range(args.frames):
-            # In situ scenes have one truth per frame; the static scenes here share one.
+            # The static scenes here share one truth for all frames.
             estimates = {"ours": result.denoised[index],
                          "raw": scan.frames[index].astype(np.float64)}
             for name in BASELINES:
                 estimates[name], _ = run_method(name, _frame_scan(scan, index), args.budget)
-            feature = scan.regions.get("one_sided_feature")
-            rings = args.scene in RING_KINDS
-            columns = ((["ring area bias", "ring height bias"] if rings else [])
-                       + (["one-sided kept − 1"] if feature is not None else []))
             for name, estimate in estimates.items():
                 values: list[float] = []
                 if rings:

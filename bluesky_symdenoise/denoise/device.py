@@ -65,10 +65,9 @@ class ComputePlan:
 
 def compute_plan(device: torch.device, mixed_precision: bool = True) -> ComputePlan:
     """The plan for a device: on CUDA bf16 (where supported), channels-last and batches of 8
-    frames; on CPU float32 (bf16 autocast is ~100x slower on CPUs without bf16 units),
-    channels-last (the U-Net's convolutions ran ~25 % faster in training and inference on a
-    2-core CPU) and one frame per pass (a batch of 4 was slower per frame than 4 single
-    frames there: its activations no longer fit the cache).
+    frames; on CPU float32 (bf16 autocast is far slower on CPUs without bf16 units),
+    channels-last (faster convolutions on a 2-core CPU too) and one frame per pass (a batch
+    of 4 was slower per frame there; ``bench/throughput.py`` prints both).
 
     Tests run the CUDA plan on the CPU (torch supports bf16 autocast there), so the code a
     GPU runs is exercised where no GPU is present.
