@@ -11,33 +11,60 @@ scale where the raw data are precise enough to prove the network wrong:
   radius, so that its ring mean equals the raw frame's. The raw ring mean over hundreds of
   pixels is the Poisson-limited, unbiased estimate of I(q) (DESIGN.md §2): the network keeps
   its pixel-level noise reduction and texture, the full-ring I(q) keeps the raw area, height
-  and position of every ring.
-* **features without a partner**: where the local 180° test on the scan's sum finds
-  intensity with no symmetric partner (a one-sided satellite, a spot of a second phase), the
-  network's residual, smoothed at the spot scale, is put back, so the feature's integrated
-  intensity is the raw frame's and not pulled towards its empty partner.
+  and position of every ring. The ring means are taken in 1-pixel radial bins (the
+  resolution of an azimuthal integration with one q bin per pixel) and the scaling is
+  repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
+  leaves the peak a few per cent low; the repeats converge to the raw means (a
+  multiplicative fixed point, as in Richardson-Lucy).
+* **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
+  test: a one-sided satellite, a spot of a second phase) or a local excess over its
+  surroundings off the rings (a spot of any kind: the network's smoothness prior shrinks
+  weak ones most, whether they have a partner or not), the denoised frame is scaled so that
+  its counts, summed at the spot scale (a Gaussian of :data:`FEATURE_SIGMA_PX`), equal the
+  raw frame's: the spot keeps the network's shape and low noise, and the raw integrated
+  intensity, not one pulled towards an empty partner or the background.
 
 Everything else is left as the network made it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
-from ..physics.symmetry import RingProfile, symmetry_validity
+from ..physics.symmetry import (
+    RingProfile,
+    isotropy_validity,
+    ring_profile,
+    symmetry_validity,
+)
+from .channels import ARC_SECTORS
 
-__all__ = ["FEATURE_SIGMA_PX", "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS",
-           "RawConsistency"]
+__all__ = ["EXCESS_Z", "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX", "FEATURE_WINDOWS",
+           "MIN_RING_COUNTS", "MIN_RING_PIXELS", "RING_BIN_PX", "RING_MATCH_PASSES",
+           "RawConsistency", "SpotSums", "local_excess"]
 
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
 #: so a feature's neighbourhood is not flagged with it.
 FEATURE_WINDOWS: tuple[int, ...] = (3, 5, 9)
-#: Gaussian width (px) of the residual put back on such features (narrower puts back more
-#: of a sharp feature's peak, and more noise).
-FEATURE_SIGMA_PX = 1.0
+#: Level of the local-excess test (one-sided, in standard deviations) that marks a spot.
+EXCESS_Z = 4.5
+#: Box (px) of the local-excess test and the inner and outer boxes of its background frame.
+EXCESS_BOXES: tuple[int, int, int] = (5, 9, 17)
+#: Marked spots are grown by this many pixels (their wings).
+FEATURE_GROW_PX = 2
+#: Gaussian width (px) at which a spot's denoised counts are held to the raw ones (narrower
+#: restores more of a sharp spot's peak, and brings back more noise).
+FEATURE_SIGMA_PX = 2.0
+#: Scaling passes towards the raw spot counts (``bench/bias.py``, one-sided feature).
+FEATURE_MATCH_PASSES = 2
+#: Radial bin width (px) of the ring means the denoised frame is held to.
+RING_BIN_PX = 1.0
+#: Scaling passes towards the raw ring means (``bench/bias.py``: one pass left the strongest
+#: ring's height ~1-3 % low at 0.1 counts/pixel; four bring it within ~0.5 %).
+RING_MATCH_PASSES = 4
 #: A ring bin is rescaled only if the denoised frame expects at least this many counts on it
 #: (the choice depends on the denoised frame, not on the raw noise, so it adds no bias).
 MIN_RING_COUNTS = 10.0
@@ -55,25 +82,49 @@ class RawConsistency:
     ----------
     good
         Bool ``(H, W)``: pixels that hold data.
-    rings
-        Whole-ring profile about the beam centre, or None (no centre, or no symmetric ring).
-    ring_pixels
-        Bool ``(H, W)``: pixels on azimuthally symmetric rings or arcs, where each radius'
-        raw-to-denoised ratio is measured (it is applied to every good pixel at that radius).
+    rings, arcs
+        Whole-ring and arc (:data:`ARC_SECTORS` sectors) profiles about the beam centre in
+        :data:`RING_BIN_PX` bins, or None (no centre, or no symmetric ring or arc).
+    ring_pixels, arc_pixels
+        Bool ``(H, W)``: pixels where the scan's sum is isotropic over the whole ring, or only
+        over the local arc (a textured ring); the raw-to-denoised ratios are measured there.
+    ring_scope
+        Bool ``(H, W)``: pixels held to their whole ring's ratio (at radii where most good
+        pixels are on an isotropic ring); the other good pixels follow their arc's ratio. A
+        spot sitting on a ring keeps its shape and follows its ring's scale.
     features
-        Bool ``(H, W)``: pixels of features without a 180° partner (residual put back).
+        Bool ``(H, W)``: pixels of spots always held to the raw counts: features without a
+        180° partner, and local excesses off the rings whose partner is not usable.
+    partnered_spots
+        Bool ``(H, W)``: local excesses whose 180° partner passed the test. A denoiser that
+        averages partners (``partners_used=True`` in :meth:`apply`) estimates them from twice
+        the counts and leaves them alone; one that does not shrinks them like any weak spot,
+        so they are held to the raw counts too.
     """
 
     good: np.ndarray
     rings: RingProfile | None
     ring_pixels: np.ndarray
     features: np.ndarray
+    arcs: RingProfile | None = None
+    arc_pixels: np.ndarray | None = None
+    ring_scope: np.ndarray | None = None
+    partnered_spots: np.ndarray | None = None
+    #: Spot sums for the two spot sets (partners used or not), built once per scan.
+    _spot_sums: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        partnered = (self.partnered_spots if self.partnered_spots is not None
+                     else np.zeros_like(self.features))
+        object.__setattr__(self, "_spot_sums", {
+            True: SpotSums.for_pixels(self.features),
+            False: SpotSums.for_pixels(self.features | partnered)})
 
     @classmethod
     def for_scan(cls, scan_sum: np.ndarray, good: np.ndarray,
-                 center: tuple[float, float] | None, *, rings: RingProfile | None = None,
-                 ring_valid: np.ndarray | None = None, arc_valid: np.ndarray | None = None,
-                 z_threshold: float = 4.0) -> RawConsistency:
+                 center: tuple[float, float] | None, *,
+                 ring_valid: np.ndarray | None = None, z_threshold: float = 4.0,
+                 isotropy_z_threshold: float = 5.5) -> RawConsistency:
         """Decide the corrections from a scan's summed frames.
 
         Parameters
@@ -84,35 +135,65 @@ class RawConsistency:
             Pixels that hold data.
         center
             Beam centre ``(row, col)``; None disables both corrections.
-        rings, ring_valid, arc_valid
-            The scan's ring profile and isotropy maps (from its
-            :class:`~bluesky_symdenoise.denoise.channels.ChannelContext`).
+        ring_valid
+            Where the whole-ring isotropy test passed on the scan's sum (from its
+            :class:`~bluesky_symdenoise.denoise.channels.ChannelContext`); None: tested here.
         z_threshold
             Level of the local 180° test that marks a feature without a partner.
+        isotropy_z_threshold
+            Level of the isotropy tests (as the channel context's).
         """
         nothing = np.zeros_like(good, dtype=bool)
         if center is None:
             return cls(good=good, rings=None, ring_pixels=nothing, features=nothing)
-        ring_pixels = nothing.copy()
-        for valid in (ring_valid, arc_valid):
-            if valid is not None:
-                ring_pixels |= valid
-        ring_pixels &= good
+        shape = good.shape
+        if ring_valid is None:
+            ring_valid = isotropy_validity(scan_sum, center, ~good, sectors=1,
+                                           z_threshold=isotropy_z_threshold).valid
+        ring_pixels = ring_valid & good
+        rings = ring_profile(shape, center, 1, RING_BIN_PX)
+        # Radii where most good pixels lie on an isotropic ring use the whole ring's mean
+        # (hundreds of pixels); elsewhere (textured rings) the arc's mean.
+        coverage, _ = rings.mean(ring_pixels.astype(np.float64), good)
+        ring_scope = good & (coverage >= 0.5)
+        arc_test = isotropy_validity(scan_sum, center, ~good, sectors=ARC_SECTORS,
+                                     bin_width=RING_BIN_PX, z_threshold=isotropy_z_threshold)
+        arc_pixels = arc_test.valid & good & ~ring_scope
+        arcs = ring_profile(shape, center, ARC_SECTORS, RING_BIN_PX)
+        _, arc_support = arcs.mean(np.zeros(shape), arc_pixels)
+        if not (good & ~ring_scope & (arc_support >= MIN_RING_PIXELS)).any():
+            arcs = None  # no arc has enough isotropic pixels to be held to its mean
         test = symmetry_validity(scan_sum, center, ~good, windows=FEATURE_WINDOWS,
                                  z_threshold=z_threshold)
+        # Rings are held by their means; a spot on a ring is found by the 180° test.
+        spots = local_excess(scan_sum, good) & ~(ring_pixels | arc_pixels)
         return cls(good=good, rings=rings if ring_pixels.any() else None,
-                   ring_pixels=ring_pixels, features=test.violation & good)
+                   ring_pixels=ring_pixels,
+                   features=(test.violation | (spots & ~test.valid)) & good,
+                   partnered_spots=spots & test.valid & good,
+                   arcs=arcs,
+                   arc_pixels=arc_pixels, ring_scope=ring_scope)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | list[int]]:
         """JSON-safe description for provenance."""
         n_good = max(int(self.good.sum()), 1)
+        arc_pixels = self.arc_pixels if self.arc_pixels is not None else self.ring_pixels[:0]
         return {"ring_pixels_fraction": round(float(self.ring_pixels.sum()) / n_good, 4),
+                "arc_pixels_fraction": round(float(arc_pixels.sum()) / n_good, 4),
+                "ring_bin_px": RING_BIN_PX,
+                "ring_match_passes": RING_MATCH_PASSES,
                 "feature_pixels_fraction": round(float(self.features.sum()) / n_good, 5),
+                "partnered_spot_pixels_fraction": round(float(
+                    self.partnered_spots.sum() if self.partnered_spots is not None else 0)
+                    / n_good, 5),
                 "feature_windows_px": list(FEATURE_WINDOWS),
-                "feature_sigma_px": FEATURE_SIGMA_PX}
+                "excess_z": EXCESS_Z,
+                "feature_sigma_px": FEATURE_SIGMA_PX,
+                "feature_match_passes": FEATURE_MATCH_PASSES}
 
-    def apply(self, raw: np.ndarray, denoised: np.ndarray) -> np.ndarray:
-        """Hold one denoised frame to its raw counts (rings, then features).
+    def apply(self, raw: np.ndarray, denoised: np.ndarray, *,
+              partners_used: bool = True) -> np.ndarray:
+        """Hold one denoised frame to its raw counts (rings, arcs, then spots).
 
         Parameters
         ----------
@@ -120,6 +201,9 @@ class RawConsistency:
             ``(H, W)`` raw counts of the frame (any value on bad pixels).
         denoised
             ``(H, W)`` the network's expected counts for it.
+        partners_used
+            Whether the denoiser averaged 180° partners (symmetry method, 180° + BM3D); if
+            not, spots with a partner are held to the raw counts too.
 
         Returns
         -------
@@ -130,28 +214,157 @@ class RawConsistency:
         raw = np.where(good, raw, 0.0).astype(np.float64)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
         if self.rings is not None:
-            out = self._match_rings(raw, out)
-        if self.features.any():
-            out = self._restore_features(raw, out)
+            out = _match_means(self.rings, self.ring_pixels, self._scope(True), raw, out)
+        if self.arcs is not None:
+            out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out)
+        spot_sums = self._spot_sums[bool(partners_used)]
+        if spot_sums.index.size:
+            out = spot_sums.match(raw, out)
         return np.where(good, out, denoised).astype(np.float32)
 
-    def _match_rings(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-        on_ring = self.ring_pixels
-        raw_mean, n_pixels = self.rings.mean(raw, on_ring)
-        den_mean, _ = self.rings.mean(out, on_ring)
-        # The ratio is measured on the symmetric pixels and applied to every good pixel at
-        # that radius with enough of them behind it: a spot sitting on a ring keeps its shape
-        # and follows its ring's scale.
-        enough = (self.good & (n_pixels >= MIN_RING_PIXELS)
-                  & (den_mean * n_pixels >= MIN_RING_COUNTS) & (den_mean > 0))
-        ratio = np.divide(raw_mean, den_mean, out=np.ones_like(raw_mean), where=enough)
-        return np.where(enough, out * ratio, out)
+    def _scope(self, whole_ring: bool) -> np.ndarray:
+        if self.ring_scope is None:
+            return self.good if whole_ring else np.zeros_like(self.good)
+        return self.ring_scope if whole_ring else self.good & ~self.ring_scope
 
-    def _restore_features(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-        good = self.good
-        weight = ndimage.gaussian_filter(good.astype(np.float64), FEATURE_SIGMA_PX,
-                                         mode="constant")
-        residual = ndimage.gaussian_filter(np.where(good, raw - out, 0.0), FEATURE_SIGMA_PX,
-                                           mode="constant")
-        put_back = np.divide(residual, weight, out=np.zeros_like(residual), where=weight > 1e-3)
-        return np.where(self.features, np.maximum(out + put_back, 0.0), out)
+
+def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
+                 raw: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Scale ``out`` on ``scope`` until its profile means over ``measured_on`` are the raw
+    ones (bins with too few pixels or expected counts are left alone)."""
+    raw_mean, n_pixels = profile.mean(raw, measured_on)
+    index = np.flatnonzero(scope & (n_pixels >= MIN_RING_PIXELS))
+    if index.size == 0:
+        return out
+    out = out.copy()
+    flat = out.reshape(-1)
+    raw_at, n_at = raw_mean.reshape(-1)[index], n_pixels.reshape(-1)[index]
+    for _ in range(RING_MATCH_PASSES):
+        den_at = profile.mean(out, measured_on)[0].reshape(-1)[index]
+        enough = (den_at * n_at >= MIN_RING_COUNTS) & (den_at > 0)
+        flat[index[enough]] *= raw_at[enough] / den_at[enough]
+    return out
+
+
+@dataclass(frozen=True)
+class SpotSums:
+    """Counts summed at the spot scale, over a fixed set of spot pixels.
+
+    The sum at a spot pixel is the Gaussian-weighted (σ = :data:`FEATURE_SIGMA_PX`, to 3 σ)
+    sum of the values on the spot pixels around it: ``scipy.ndimage.gaussian_filter`` of an
+    image that is zero off the spots. Where spots are a few per cent of the detector it is
+    one sparse product over the spot pixels; where they are many, the filter itself.
+
+    Attributes
+    ----------
+    spots
+        Bool ``(H, W)``: the spot pixels.
+    index
+        Flat indices of the spot pixels.
+    weights
+        Sparse ``(n, n)`` Gaussian weights between them, or None (the filter is used).
+    """
+
+    spots: np.ndarray
+    index: np.ndarray
+    weights: sparse.csr_matrix | None
+
+    #: Above this fraction of spot pixels the whole-frame filter is the faster way.
+    SPARSE_UP_TO = 0.05
+
+    @classmethod
+    def for_pixels(cls, spots: np.ndarray) -> SpotSums:
+        """The spot-scale sums over the True pixels of ``spots``."""
+        index = np.flatnonzero(spots)
+        if index.size > cls.SPARSE_UP_TO * spots.size:
+            return cls(spots=spots, index=index, weights=None)
+        shape = spots.shape
+        rows, cols = np.unravel_index(index, shape)
+        n = index.size
+        number = np.full(shape, -1, dtype=np.int64)
+        number[rows, cols] = np.arange(n)
+        radius = int(3.0 * FEATURE_SIGMA_PX + 0.5)  # as gaussian_filter(truncate=3)
+        offsets = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (offsets / FEATURE_SIGMA_PX) ** 2)
+        kernel /= kernel.sum()
+        targets, sources, values = [], [], []
+        for dr, k_r in zip(offsets, kernel, strict=True):
+            for dc, k_c in zip(offsets, kernel, strict=True):
+                r, c = rows + dr, cols + dc
+                inside = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+                source = np.full(n, -1, dtype=np.int64)
+                source[inside] = number[r[inside], c[inside]]
+                hit = source >= 0
+                targets.append(np.flatnonzero(hit))
+                sources.append(source[hit])
+                values.append(np.full(int(hit.sum()), k_r * k_c))
+        weights = sparse.csr_matrix(
+            (np.concatenate(values), (np.concatenate(targets), np.concatenate(sources))),
+            shape=(n, n))
+        return cls(spots=spots, index=index, weights=weights)
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        if self.weights is not None:
+            return self.weights @ values
+        image = np.zeros(self.spots.shape, np.float32)
+        image.reshape(-1)[self.index] = values
+        summed = ndimage.gaussian_filter(image, FEATURE_SIGMA_PX, mode="constant",
+                                         truncate=3.0)
+        return summed.reshape(-1)[self.index].astype(np.float64)
+
+    def match(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out`` scaled on the spots until its spot-scale sums are the raw ones."""
+        out = out.copy()
+        flat = out.reshape(-1)
+        # A floor, so that a spot the network erased entirely still takes the raw counts.
+        values = np.maximum(flat[self.index], 1e-6)
+        raw_sum = self._sum(raw.reshape(-1)[self.index])
+        for _ in range(FEATURE_MATCH_PASSES):
+            den_sum = self._sum(values)
+            values *= np.divide(raw_sum, den_sum, out=np.ones_like(raw_sum),
+                                where=den_sum > 0)
+        flat[self.index] = values
+        return out
+
+
+def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EXCESS_Z,
+                 boxes: tuple[int, int, int] = EXCESS_BOXES,
+                 grow: int = FEATURE_GROW_PX) -> np.ndarray:
+    """Pixels of spots: a box whose counts exceed its surroundings' level significantly.
+
+    The counts in a ``boxes[0]``-pixel box are compared with the mean level in the frame
+    between the ``boxes[1]`` and ``boxes[2]`` boxes around it (Poisson variance of the box
+    plus the uncertainty of the level); where the excess passes ``z_threshold`` the box's
+    centre is marked, then the marks are grown by ``grow`` pixels to take in the wings.
+
+    Parameters
+    ----------
+    image
+        A scan's summed counts (or one frame).
+    good
+        Pixels that hold data.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool ``(H, W)``, within ``good``.
+    """
+    box, inner, outer = boxes
+    counts = np.where(good, image, 0.0).astype(np.float64)
+    weight = good.astype(np.float64)
+
+    def box_sum(values: np.ndarray, size: int) -> np.ndarray:
+        return ndimage.uniform_filter(values, size, mode="constant") * size * size
+
+    in_counts, in_pixels = box_sum(counts, box), box_sum(weight, box)
+    frame_counts = box_sum(counts, outer) - box_sum(counts, inner)
+    frame_pixels = box_sum(weight, outer) - box_sum(weight, inner)
+    usable = good & (frame_pixels > 0.5 * (outer ** 2 - inner ** 2) / 2)
+    level = np.divide(frame_counts, frame_pixels, out=np.zeros_like(frame_counts),
+                      where=usable)
+    expected = level * in_pixels
+    variance = expected + in_pixels ** 2 * np.divide(level, frame_pixels,
+                                                     out=np.zeros_like(level), where=usable)
+    z = (in_counts - expected) / np.sqrt(variance + 1.0)
+    marked = usable & (z > z_threshold)
+    return ndimage.binary_dilation(marked, iterations=grow) & good

@@ -166,9 +166,9 @@ class ScanDenoiser:
         consistency = None
         if self.config.keep_raw_consistency:
             consistency = RawConsistency.for_scan(
-                scan_sum, prepared.good, center, rings=context.rings,
-                ring_valid=context.ring_valid, arc_valid=context.arc_valid,
-                z_threshold=self.config.feature_z_threshold)
+                scan_sum, prepared.good, center, ring_valid=context.ring_valid,
+                z_threshold=self.config.feature_z_threshold,
+                isotropy_z_threshold=self.config.symmetry_z_threshold)
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
                                      context=context, notes=notes, isotropy=isotropy,
                                      consistency=consistency)
@@ -274,19 +274,20 @@ class ScanDenoiser:
                                   mixed_precision=cfg.mixed_precision, events=self.events,
                                   fault=self.inference_fault)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
-            return self._hold_to_raw(analysis, frames, rates)
+            return self._hold_to_raw(analysis, frames, rates, partners_used=False)
         return self.denoise_frames(
             analysis, method=method, frames=frames,
             neighbours=[neighbour_mean(frames, index) for index in range(len(frames))])
 
     @staticmethod
-    def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray,
-                     rates: np.ndarray) -> np.ndarray:
+    def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray, rates: np.ndarray, *,
+                     partners_used: bool = True) -> np.ndarray:
         """Denoised frames (network or classical) held to the raw counts (see
-        :mod:`.consistency`): the physics does not depend on which denoiser won."""
+        :mod:`.consistency`): the physics does not depend on which denoiser won.
+        ``partners_used``: whether the denoiser averaged 180° partners."""
         if analysis.consistency is None:
             return rates
-        return np.stack([analysis.consistency.apply(frame, rate)
+        return np.stack([analysis.consistency.apply(frame, rate, partners_used=partners_used)
                          for frame, rate in zip(frames, rates, strict=True)])
 
     def denoise_frame(self, analysis: ScanAnalysis, *, method: str, frame: np.ndarray,
@@ -344,7 +345,8 @@ class ScanDenoiser:
                               batch_size=self.config.inference_batch,
                               mixed_precision=self.config.mixed_precision, events=self.events,
                               fault=self.inference_fault)
-        return self._hold_to_raw(analysis, frames, rates)
+        return self._hold_to_raw(analysis, frames, rates,
+                                 partners_used=_uses_partners(context))
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -481,6 +483,11 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     if method == "thinning":
         return ChannelContext.without_symmetry(analysis.context.good)
     return analysis.context
+
+
+def _uses_partners(context: ChannelContext) -> bool:
+    """Whether a network fed with this context sees 180° partners anywhere."""
+    return bool(context.symmetric is not None and context.symmetric.any())
 
 
 def _padded(shape: tuple[int, int], multiple: int) -> tuple[int, int]:

@@ -76,7 +76,9 @@ class RateUNet(nn.Module):
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips),
                                            strict=True):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
-            h = decoder(torch.cat([upsample(h), skip], dim=1))
+            h = _conv_of_concat(decoder[0], upsample(h), skip)
+            for layer in list(decoder)[1:]:
+                h = layer(h)
         out = self.head(h)
         if self.residual:
             out = out + _inverse_softplus(x[:, :1].float().clamp(min=1e-3))
@@ -88,6 +90,19 @@ class RateUNet(nn.Module):
         if self.residual:
             config["residual"] = True
         return config
+
+
+def _conv_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``conv(torch.cat([a, b], dim=1))`` without building the concatenation.
+
+    The convolution is linear in its input channels, so it is the sum of two convolutions
+    with the two halves of the weights. On a CPU with channels-last tensors the copy that
+    ``torch.cat`` makes costs ~10 % of a forward pass; the sum does not (equal to float
+    rounding, ~1e-6).
+    """
+    split = a.shape[1]
+    return (F.conv2d(a, conv.weight[:, :split], None, conv.stride, conv.padding)
+            + F.conv2d(b, conv.weight[:, split:], conv.bias, conv.stride, conv.padding))
 
 
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:

@@ -300,9 +300,11 @@ class RingProfile:
 
 @functools.lru_cache(maxsize=8)
 def ring_profile(shape: tuple[int, int], center: tuple[float, float],
-                 sectors: int = 1) -> RingProfile:
-    """Cached :class:`RingProfile` for a detector shape, beam centre and sector count."""
-    return RingProfile(tuple(shape), (float(center[0]), float(center[1])), sectors=sectors)
+                 sectors: int = 1, bin_width: float = 0.5) -> RingProfile:
+    """Cached :class:`RingProfile` for a detector shape, beam centre, sector count and radial
+    bin width (px)."""
+    return RingProfile(tuple(shape), (float(center[0]), float(center[1])),
+                       bin_width=float(bin_width), sectors=sectors)
 
 
 def symmetry_chi2(image: np.ndarray, center: tuple[float, float],
@@ -470,7 +472,8 @@ def isotropy_validity(image: np.ndarray, center: tuple[float, float],
                       mask: np.ndarray | None = None, *,
                       windows: tuple[int, ...] = (3, 5, 9, 17, 33),
                       z_threshold: float = 5.0, interpolation_error: float = 0.15,
-                      sectors: int = 1, min_ring_pixels: float = 12.0) -> SymmetryReport:
+                      sectors: int = 1, min_ring_pixels: float = 12.0,
+                      bin_width: float = 0.5) -> SymmetryReport:
     """Local test of azimuthal symmetry (a powder ring) against the ring mean.
 
     The same multi-scale test as :func:`symmetry_validity`, with the ring mean at each pixel's
@@ -493,6 +496,8 @@ def isotropy_validity(image: np.ndarray, center: tuple[float, float],
         :class:`RingProfile`).
     min_ring_pixels
         Where fewer good pixels lie behind the mean (near the beam centre) it is never used.
+    bin_width
+        Radial bin width of the mean (px).
 
     Returns
     -------
@@ -503,7 +508,8 @@ def isotropy_validity(image: np.ndarray, center: tuple[float, float],
     if image.ndim == 3:
         image = image.sum(axis=0)
     good = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
-    ring_mean, n_pixels = ring_profile(image.shape, center, sectors).mean(image, good)
+    ring_mean, n_pixels = ring_profile(image.shape, center, sectors, bin_width).mean(image,
+                                                                                  good)
     paired = good & (n_pixels >= min_ring_pixels)
     diff = np.where(paired, image - ring_mean, 0.0)
     variance = np.where(paired, ring_mean + (interpolation_error * ring_mean) ** 2, 0.0)

@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from bluesky_symdenoise import ScanDenoiser
 from bluesky_symdenoise.denoise.channels import ChannelContext
-from bluesky_symdenoise.denoise.consistency import RawConsistency
+from bluesky_symdenoise.denoise.consistency import RawConsistency, local_excess
 from bluesky_symdenoise.physics import scenes
 from bluesky_symdenoise.physics.symmetry import rotate180
 
@@ -24,8 +24,8 @@ def _consistency(frames, scene):
     scan_sum = np.where(good, frames.sum(0), 0.0)
     center = scene.geometry.center
     context, _, _ = ChannelContext.from_scan_sum(scan_sum, good, center, z_threshold=5.5)
-    return RawConsistency.for_scan(scan_sum, good, center, rings=context.rings,
-                                   ring_valid=context.ring_valid, arc_valid=context.arc_valid)
+    return RawConsistency.for_scan(scan_sum, good, center,
+                                   ring_valid=context.ring_valid)
 
 
 def _ratio(estimate, truth, region):
@@ -41,6 +41,24 @@ def test_a_broadened_ring_gets_back_the_raw_ring_intensity():
     assert _ratio(smoothed, truth, ring) < 0.85
     held = np.stack([consistency.apply(f, smoothed) for f in frames])
     assert abs(_ratio(held.mean(0), truth, ring) - 1) < 0.03
+    # The peak too, not only the ring's total: its brightest pixels are back near the truth.
+    core = ring & (truth > np.percentile(truth[ring], 75))
+    assert _ratio(smoothed, truth, core) < 0.8
+    assert abs(_ratio(held.mean(0), truth, core) - 1) < 0.05
+
+
+def test_a_textured_ring_is_held_arc_by_arc():
+    scene, truth, frames, consistency = _scan("textured", 0.5, seed=3)
+    ring = scene.regions["strongest_ring"] & scene.usable
+    # Texture fails the whole-ring test; arcs where it varies slowly enough carry the ring
+    # instead (the steepest arcs fail the arc test too, and are left to the spot test).
+    assert consistency.ring_pixels[ring].mean() < 0.2
+    on_arcs = ring & consistency.arc_pixels
+    assert on_arcs.sum() > 0.4 * ring.sum()
+    smoothed = ndimage.gaussian_filter(truth, 2.0)
+    assert _ratio(smoothed, truth, on_arcs) < 0.85
+    held = np.stack([consistency.apply(f, smoothed) for f in frames])
+    assert abs(_ratio(held.mean(0), truth, on_arcs) - 1) < 0.05
 
 
 def test_a_feature_without_partner_keeps_its_raw_intensity():
@@ -59,6 +77,42 @@ def test_a_feature_without_partner_keeps_its_raw_intensity():
     assert consistency.rings is None
     away = ~ndimage.binary_dilation(consistency.features, iterations=3) & ~scene.mask
     np.testing.assert_allclose(held[0][away], averaged[away], rtol=1e-5)
+
+
+def test_spots_with_a_partner_are_held_only_for_a_denoiser_that_ignores_partners():
+    scene, truth, frames, consistency = _scan("lattice", 2.0, seed=5)
+    spots = scene.regions["bragg_spots"] & scene.usable
+    partnered = consistency.partnered_spots
+    assert partnered[spots].mean() > 0.5
+    assert not (partnered & consistency.features).any()
+    # What a smoothness prior does to weak spots: spreads them out of their footprint.
+    blurred = ndimage.gaussian_filter(truth, 1.5)
+    assert _ratio(blurred, truth, spots & partnered) < 0.85
+    alone = np.stack([consistency.apply(f, blurred, partners_used=False) for f in frames])
+    assert abs(_ratio(alone.mean(0), truth, spots & partnered) - 1) < 0.08
+    # A denoiser that averaged the partners is left as it is on them.
+    averaged = consistency.apply(frames[0], blurred, partners_used=True)
+    untouched = partnered & ~ndimage.binary_dilation(consistency.features, iterations=6)
+    np.testing.assert_allclose(averaged[untouched], blurred[untouched], rtol=1e-5)
+
+
+def test_local_excess_finds_a_weak_spot_and_not_the_noise():
+    rng = np.random.default_rng(8)
+    rows, cols = np.indices((96, 96))
+    sigma = 1.5  # 30 counts in all, on 0.5 counts/pixel
+    spot = 30.0 / (2 * np.pi * sigma ** 2) * np.exp(
+        -((rows - 40) ** 2 + (cols - 60) ** 2) / (2 * sigma ** 2))
+    good = np.ones((96, 96), bool)
+    good[:, 20:23] = False  # a module gap
+    found = np.zeros((96, 96))
+    for _ in range(10):
+        image = np.where(good, rng.poisson(0.5 + spot), 0)
+        found += local_excess(image, good)
+    assert found[40, 60] >= 9
+    # False marks over 10 pure-noise frames: a handful of pixels, not a pattern.
+    noise = sum(local_excess(np.where(good, rng.poisson(0.5, good.shape), 0), good).sum()
+                for _ in range(10))
+    assert noise < 0.002 * 10 * good.sum()
 
 
 def test_without_a_beam_centre_nothing_is_changed():
