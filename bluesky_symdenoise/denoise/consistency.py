@@ -15,14 +15,16 @@ scale where the raw data are precise enough to prove the network wrong:
   resolution of an azimuthal integration with one q bin per pixel) and the scaling is
   repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
   leaves the peak a few per cent low; the repeats converge to the raw means (a
-  multiplicative fixed point, as in Richardson-Lucy).
+  multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
+  local arc is isotropic, the arc's mean is used, with one pass (its mean is noisier).
 * **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
   test: a one-sided satellite, a spot of a second phase) or a local excess over its
   surroundings off the rings (a spot of any kind: the network's smoothness prior shrinks
   weak ones most, whether they have a partner or not), the denoised frame is scaled so that
   its counts, summed at the spot scale (a Gaussian of :data:`FEATURE_SIGMA_PX`), equal the
   raw frame's: the spot keeps the network's shape and low noise, and the raw integrated
-  intensity, not one pulled towards an empty partner or the background.
+  intensity, not one pulled towards an empty partner or the background. Spots whose partner
+  passed the 180° test are held only for a denoiser that did not average partners.
 
 Everything else is left as the network made it.
 """
@@ -42,9 +44,9 @@ from ..physics.symmetry import (
 )
 from .channels import ARC_SECTORS
 
-__all__ = ["EXCESS_Z", "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX", "FEATURE_WINDOWS",
-           "MIN_RING_COUNTS", "MIN_RING_PIXELS", "RING_BIN_PX", "RING_MATCH_PASSES",
-           "RawConsistency", "SpotSums", "local_excess"]
+__all__ = ["ARC_MATCH_PASSES", "EXCESS_Z", "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
+           "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "RING_BIN_PX",
+           "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess"]
 
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
 #: so a feature's neighbourhood is not flagged with it.
@@ -65,6 +67,11 @@ RING_BIN_PX = 1.0
 #: Scaling passes towards the raw ring means (``bench/bias.py``: one pass left the strongest
 #: ring's height ~1-3 % low at 0.1 counts/pixel; four bring it within ~0.5 %).
 RING_MATCH_PASSES = 4
+#: ... and towards the raw arc means of textured rings: one. An arc's mean rests on 16 times
+#: fewer pixels than its ring's, so each further pass brings back more of the raw noise; on
+#: textured scans more passes cost PSNR (``bench/heldout.py``, ``--scenes textured``) for a
+#: ring height that one pass already brings to within a few per cent of the raw one.
+ARC_MATCH_PASSES = 1
 #: A ring bin is rescaled only if the denoised frame expects at least this many counts on it
 #: (the choice depends on the denoised frame, not on the raw noise, so it adds no bias).
 MIN_RING_COUNTS = 10.0
@@ -182,6 +189,7 @@ class RawConsistency:
                 "arc_pixels_fraction": round(float(arc_pixels.sum()) / n_good, 4),
                 "ring_bin_px": RING_BIN_PX,
                 "ring_match_passes": RING_MATCH_PASSES,
+                "arc_match_passes": ARC_MATCH_PASSES,
                 "feature_pixels_fraction": round(float(self.features.sum()) / n_good, 5),
                 "partnered_spot_pixels_fraction": round(float(
                     self.partnered_spots.sum() if self.partnered_spots is not None else 0)
@@ -214,13 +222,19 @@ class RawConsistency:
         raw = np.where(good, raw, 0.0).astype(np.float64)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
         if self.rings is not None:
-            out = _match_means(self.rings, self.ring_pixels, self._scope(True), raw, out)
+            out = _match_means(self.rings, self.ring_pixels, self._scope(True), raw, out,
+                               RING_MATCH_PASSES)
         if self.arcs is not None:
-            out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out)
+            out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
+                               ARC_MATCH_PASSES)
         spot_sums = self._spot_sums[bool(partners_used)]
         if spot_sums.index.size:
             out = spot_sums.match(raw, out)
         return np.where(good, out, denoised).astype(np.float32)
+
+    def spots(self, *, partners_used: bool = True) -> np.ndarray:
+        """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts."""
+        return self._spot_sums[bool(partners_used)].spots
 
     def _scope(self, whole_ring: bool) -> np.ndarray:
         if self.ring_scope is None:
@@ -229,9 +243,10 @@ class RawConsistency:
 
 
 def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
-                 raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Scale ``out`` on ``scope`` until its profile means over ``measured_on`` are the raw
-    ones (bins with too few pixels or expected counts are left alone)."""
+                 raw: np.ndarray, out: np.ndarray, passes: int) -> np.ndarray:
+    """Scale ``out`` on ``scope``, ``passes`` times, towards profile means over
+    ``measured_on`` equal to the raw ones (bins with too few pixels or expected counts are
+    left alone)."""
     raw_mean, n_pixels = profile.mean(raw, measured_on)
     index = np.flatnonzero(scope & (n_pixels >= MIN_RING_PIXELS))
     if index.size == 0:
@@ -239,7 +254,7 @@ def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarra
     out = out.copy()
     flat = out.reshape(-1)
     raw_at, n_at = raw_mean.reshape(-1)[index], n_pixels.reshape(-1)[index]
-    for _ in range(RING_MATCH_PASSES):
+    for _ in range(passes):
         den_at = profile.mean(out, measured_on)[0].reshape(-1)[index]
         enough = (den_at * n_at >= MIN_RING_COUNTS) & (den_at > 0)
         flat[index[enough]] *= raw_at[enough] / den_at[enough]

