@@ -184,16 +184,16 @@ class RawConsistency:
     def summary(self) -> dict[str, float | list[int]]:
         """JSON-safe description for provenance."""
         n_good = max(int(self.good.sum()), 1)
-        arc_pixels = self.arc_pixels if self.arc_pixels is not None else self.ring_pixels[:0]
+        n_arc = int(self.arc_pixels.sum()) if self.arc_pixels is not None else 0
+        n_partnered = (int(self.partnered_spots.sum()) if self.partnered_spots is not None
+                       else 0)
         return {"ring_pixels_fraction": round(float(self.ring_pixels.sum()) / n_good, 4),
-                "arc_pixels_fraction": round(float(arc_pixels.sum()) / n_good, 4),
+                "arc_pixels_fraction": round(n_arc / n_good, 4),
                 "ring_bin_px": RING_BIN_PX,
                 "ring_match_passes": RING_MATCH_PASSES,
                 "arc_match_passes": ARC_MATCH_PASSES,
                 "feature_pixels_fraction": round(float(self.features.sum()) / n_good, 5),
-                "partnered_spot_pixels_fraction": round(float(
-                    self.partnered_spots.sum() if self.partnered_spots is not None else 0)
-                    / n_good, 5),
+                "partnered_spot_pixels_fraction": round(n_partnered / n_good, 5),
                 "feature_windows_px": list(FEATURE_WINDOWS),
                 "excess_z": EXCESS_Z,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
