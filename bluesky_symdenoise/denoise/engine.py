@@ -38,7 +38,7 @@ from .targets import (
 )
 from .training import TrainingLog, fit
 
-__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser"]
+__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "uses_partners"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,8 @@ class ScanDenoiser:
                                   mixed_precision=cfg.mixed_precision, events=self.events,
                                   fault=self.inference_fault)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
-            return self._hold_to_raw(analysis, frames, rates, partners_used=False)
+            return self._hold_to_raw(analysis, frames, rates,
+                                     partners_used=uses_partners(analysis, method))
         return self.denoise_frames(
             analysis, method=method, frames=frames,
             neighbours=[neighbour_mean(frames, index) for index in range(len(frames))])
@@ -346,7 +347,7 @@ class ScanDenoiser:
                               mixed_precision=self.config.mixed_precision, events=self.events,
                               fault=self.inference_fault)
         return self._hold_to_raw(analysis, frames, rates,
-                                 partners_used=_uses_partners(context))
+                                 partners_used=uses_partners(analysis, method))
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -485,8 +486,12 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     return analysis.context
 
 
-def _uses_partners(context: ChannelContext) -> bool:
-    """Whether a network fed with this context sees 180° partners anywhere."""
+def uses_partners(analysis: ScanAnalysis, method: str) -> bool:
+    """Whether ``method`` averages 180° partners anywhere on this scan (then the raw
+    consistency leaves spots with a partner alone, see :mod:`.consistency`)."""
+    if method == "noise2sr":
+        return False
+    context = _context_for(analysis, method)
     return bool(context.symmetric is not None and context.symmetric.any())
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..denoise.classical import classical_denoise
-from ..denoise.engine import ScanAnalysis, ScanDenoiser
+from ..denoise.engine import ScanAnalysis, ScanDenoiser, uses_partners
 from ..denoise.selection import held_out_deviance
 from ..integrate.azimuthal import AzimuthalIntegration
 from ..physics.geometry import DetectorGeometry
@@ -666,7 +666,7 @@ class LiveScan:
             out |= analysis.isotropy.violation.astype(np.uint8) << 1
         if analysis.consistency is not None:
             spots = analysis.consistency.spots(
-                partners_used=self.method not in ("thinning", "noise2sr"))
+                partners_used=uses_partners(analysis, self.method))
             out |= spots.astype(np.uint8) << 2
         return out
 
