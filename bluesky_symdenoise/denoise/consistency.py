@@ -44,9 +44,11 @@ from ..physics.symmetry import (
 )
 from .channels import ARC_SECTORS
 
-__all__ = ["ARC_MATCH_PASSES", "EXCESS_Z", "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
+__all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
+           "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "RING_BIN_PX",
-           "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess"]
+           "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess",
+           "radial_background"]
 
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
 #: so a feature's neighbourhood is not flagged with it.
@@ -55,6 +57,9 @@ FEATURE_WINDOWS: tuple[int, ...] = (3, 5, 9)
 EXCESS_Z = 4.5
 #: Box (px) of the local-excess test and the inner and outer boxes of its background frame.
 EXCESS_BOXES: tuple[int, int, int] = (5, 9, 17)
+#: Error of the radial background model of the local-excess test, as a fraction of the
+#: correction it makes to a flat background (see :func:`local_excess`).
+EXCESS_BACKGROUND_ERROR = 0.5
 #: Marked spots are grown by this many pixels (their wings).
 FEATURE_GROW_PX = 2
 #: Gaussian width (px) at which a spot's denoised counts are held to the raw ones (narrower
@@ -172,8 +177,12 @@ class RawConsistency:
             arcs = None  # no arc has enough isotropic pixels to be held to its mean
         test = symmetry_validity(scan_sum, center, ~good, windows=FEATURE_WINDOWS,
                                  z_threshold=z_threshold)
-        # Rings are held by their means; a spot on a ring is found by the 180° test.
-        spots = local_excess(scan_sum, good) & ~(ring_pixels | arc_pixels)
+        # Rings are held by their means; a spot on a ring is found by the 180° test. The
+        # excess is measured over the radial background (a SAXS curve falls by orders of
+        # magnitude within a box's surroundings next to the beamstop).
+        spots = (local_excess(scan_sum, good, background=radial_background(rings, scan_sum,
+                                                                           good))
+                 & ~(ring_pixels | arc_pixels))
         return cls(good=good, rings=rings if ring_pixels.any() else None,
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~test.valid)) & good,
@@ -196,6 +205,7 @@ class RawConsistency:
                 "partnered_spot_pixels_fraction": round(n_partnered / n_good, 5),
                 "feature_windows_px": list(FEATURE_WINDOWS),
                 "excess_z": EXCESS_Z,
+                "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
                 "feature_match_passes": FEATURE_MATCH_PASSES}
 
@@ -342,15 +352,53 @@ class SpotSums:
         return out
 
 
+def radial_background(rings: RingProfile, image: np.ndarray, good: np.ndarray, *,
+                      passes: int = 3) -> np.ndarray:
+    """The smooth radial background of ``image``: its ring means without the spots.
+
+    Starting from the ring mean, pixels more than 3 Poisson standard deviations (plus one
+    count) above the current background are set aside as spots and the mean of the rest is
+    taken again, ``passes`` times, so that the wings of strong spots leave it too. Radii with
+    no pixel left keep the previous mean.
+
+    Parameters
+    ----------
+    rings
+        Whole-ring profile about the beam centre.
+    image
+        A scan's summed counts.
+    good
+        Pixels that hold data.
+    passes
+        Rounds of setting spots aside.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 ``(H, W)``, the background at each pixel's radius.
+    """
+    background, _ = rings.mean(image, good)
+    for _ in range(passes):
+        quiet = good & (image <= background + 3.0 * np.sqrt(background) + 1.0)
+        mean, support = rings.mean(image, quiet)
+        background = np.where(support > 0, mean, background)
+    return background
+
+
 def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EXCESS_Z,
                  boxes: tuple[int, int, int] = EXCESS_BOXES,
-                 grow: int = FEATURE_GROW_PX) -> np.ndarray:
+                 grow: int = FEATURE_GROW_PX,
+                 background: np.ndarray | None = None,
+                 background_error: float = EXCESS_BACKGROUND_ERROR) -> np.ndarray:
     """Pixels of spots: a box whose counts exceed its surroundings' level significantly.
 
-    The counts in a ``boxes[0]``-pixel box are compared with the mean level in the frame
-    between the ``boxes[1]`` and ``boxes[2]`` boxes around it (Poisson variance of the box
-    plus the uncertainty of the level); where the excess passes ``z_threshold`` the box's
-    centre is marked, then the marks are grown by ``grow`` pixels to take in the wings.
+    The counts in a ``boxes[0]``-pixel box are compared with the level of the frame between
+    the ``boxes[1]`` and ``boxes[2]`` boxes around it (Poisson variance of the box plus the
+    uncertainty of the level); where the excess passes ``z_threshold`` the box's centre is
+    marked, then the marks are grown by ``grow`` pixels to take in the wings. With a
+    ``background`` shape, the frame's counts are carried to the box in proportion to it
+    (box expected = frame counts × box background / frame background), so a steep smooth
+    background (a SAXS curve by the beamstop) is not taken for a spot.
 
     Parameters
     ----------
@@ -358,6 +406,15 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
         A scan's summed counts (or one frame).
     good
         Pixels that hold data.
+    background
+        Shape of the smooth background, ``(H, W)`` non-negative (e.g.
+        :func:`radial_background`); None: flat.
+    background_error
+        Error allowed for the ``background`` model, as a fraction of the correction it makes
+        to the flat expectation (added to the Poisson variance): next to the beamstop, where
+        the frame holds thousands of counts and the SAXS curve falls tenfold across it, the
+        model's few per cent would otherwise pass for spots; where the background is flat
+        the test keeps its full sensitivity.
 
     Returns
     -------
@@ -366,20 +423,34 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     """
     box, inner, outer = boxes
     counts = np.where(good, image, 0.0).astype(np.float64)
-    weight = good.astype(np.float64)
+    if background is None:
+        weight = good.astype(np.float64)
+    else:  # a floor keeps empty radii from dividing by zero
+        shape = np.maximum(np.asarray(background, np.float64), 0.0)
+        floor = 1e-3 * max(float(shape[good].mean()), 1e-12) if good.any() else 1.0
+        weight = np.where(good, np.maximum(shape, floor), 0.0)
 
     def box_sum(values: np.ndarray, size: int) -> np.ndarray:
         return ndimage.uniform_filter(values, size, mode="constant") * size * size
 
-    in_counts, in_pixels = box_sum(counts, box), box_sum(weight, box)
-    frame_counts = box_sum(counts, outer) - box_sum(counts, inner)
-    frame_pixels = box_sum(weight, outer) - box_sum(weight, inner)
-    usable = good & (frame_pixels > 0.5 * (outer ** 2 - inner ** 2) / 2)
-    level = np.divide(frame_counts, frame_pixels, out=np.zeros_like(frame_counts),
+    def frame_sum(values: np.ndarray) -> np.ndarray:
+        return box_sum(values, outer) - box_sum(values, inner)
+
+    # "weight": the background the box and its frame expect (for a flat one, their pixels).
+    pixels = good.astype(np.float64)
+    in_counts, in_weight = box_sum(counts, box), box_sum(weight, box)
+    frame_counts, frame_weight = frame_sum(counts), frame_sum(weight)
+    frame_pixels = frame_sum(pixels)
+    usable = good & (frame_pixels > 0.5 * (outer ** 2 - inner ** 2) / 2) & (frame_weight > 0)
+    level = np.divide(frame_counts, frame_weight, out=np.zeros_like(frame_counts),
                       where=usable)
-    expected = level * in_pixels
-    variance = expected + in_pixels ** 2 * np.divide(level, frame_pixels,
-                                                     out=np.zeros_like(level), where=usable)
+    expected = level * in_weight
+    # The model's error: a fraction of the correction it made to the flat expectation.
+    flat = frame_counts * np.divide(box_sum(pixels, box), frame_pixels,
+                                    out=np.zeros_like(frame_pixels), where=usable)
+    variance = (expected + in_weight ** 2 * np.divide(level, frame_weight,
+                                                      out=np.zeros_like(level), where=usable)
+                + (background_error * (expected - flat)) ** 2)
     z = (in_counts - expected) / np.sqrt(variance + 1.0)
     marked = usable & (z > z_threshold)
     return ndimage.binary_dilation(marked, iterations=grow) & good

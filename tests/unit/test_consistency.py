@@ -6,9 +6,13 @@ from scipy import ndimage
 
 from bluesky_symdenoise import ScanDenoiser
 from bluesky_symdenoise.denoise.channels import ChannelContext
-from bluesky_symdenoise.denoise.consistency import RawConsistency, local_excess
+from bluesky_symdenoise.denoise.consistency import (
+    RawConsistency,
+    local_excess,
+    radial_background,
+)
 from bluesky_symdenoise.physics import scenes
-from bluesky_symdenoise.physics.symmetry import rotate180
+from bluesky_symdenoise.physics.symmetry import ring_profile, rotate180
 
 
 def _scan(kind, counts, seed):
@@ -115,6 +119,29 @@ def test_local_excess_finds_a_weak_spot_and_not_the_noise():
     noise = sum(local_excess(np.where(good, rng.poisson(0.5, good.shape), 0), good).sum()
                 for _ in range(10))
     assert noise < 0.002 * 10 * good.sum()
+
+
+def test_a_steep_saxs_curve_by_the_beamstop_is_not_a_spot_but_a_spot_on_it_is():
+    scene = scenes.make_scene("saxs", shape=(160, 160), seed=12)
+    rng = np.random.default_rng(12)
+    good = ~scene.mask
+    center = scene.geometry.center
+    truth = 3 * scene.scaled(1.0)  # a scan of three 1 count/pixel frames
+    rows, cols = np.indices(truth.shape)
+    radius = np.hypot(rows - center[0], cols - center[1])
+    near = good & (radius < scene.info["beamstop_radius_px"] + 12)
+    assert truth[near].max() > 100 * np.median(truth[good])  # the curve is steep there
+    # A 60-count spot (as many counts as the background under it), away from the beamstop.
+    spot_at = np.argwhere(good & (radius > 40) & (radius < 50))[0]
+    spot = 60.0 / (2 * np.pi * 1.5 ** 2) * np.exp(
+        -((rows - spot_at[0]) ** 2 + (cols - spot_at[1]) ** 2) / (2 * 1.5 ** 2))
+    image = np.where(good, rng.poisson(truth + spot), 0).astype(np.float64)
+    background = radial_background(ring_profile(truth.shape, center, 1, 1.0), image, good)
+    marked = local_excess(image, good, background=background)
+    assert marked[tuple(spot_at)]
+    assert not marked[near].any()
+    # A flat background model takes the curve's fall for spots: the reason for the radial one.
+    assert local_excess(image, good)[near].sum() > 20
 
 
 def test_without_a_beam_centre_nothing_is_changed():
