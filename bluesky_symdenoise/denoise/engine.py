@@ -26,7 +26,12 @@ from .device import select_device
 from .inference import predict_rates
 from .models import load_base_model, model_hash, new_model
 from .preprocess import InputError, PreparedScan, prepare_frames
-from .selection import held_out_deviance
+from .selection import (
+    BlendWeights,
+    binomial_split,
+    held_out_blend,
+    poisson_deviance,
+)
 from .targets import (
     SUBSAMPLING_CHANNELS,
     SubsamplingPairs,
@@ -127,6 +132,8 @@ class ScanDenoiser:
         self.model_origin = "none"
         self.analysis: ScanAnalysis | None = None
         self.training: TrainingLog | None = None
+        #: Network weight per intensity band in a mix with the classical mode (``auto``).
+        self.blend: BlendWeights | None = None
         self.events: list[str] = []
         #: Test hooks: called before each training step / inference batch (may raise).
         self.training_fault = None
@@ -374,6 +381,8 @@ class ScanDenoiser:
                 denoised = self._classical(analysis, engine="bm3d")
             else:
                 denoised = self.predict(analysis, method=method)
+                if self.blend is not None and not self.blend.first_only:
+                    denoised = self._mix_with_classical(analysis, denoised)
         denoised = self._finish(denoised, prepared)
         elapsed = time.perf_counter() - start
         provenance = self.provenance(analysis, method, reason, elapsed)
@@ -383,13 +392,20 @@ class ScanDenoiser:
 
     def _check_against_classical(self, analysis: ScanAnalysis, method: str,
                                  reason: str) -> tuple[str, str]:
-        """Keep the network only if it beats the classical mode on a held-out split.
+        """Keep the network only if it beats the classical mode on a held-out split, and
+        find where a mix of the two does better still.
 
-        Scored on the middle frame of the scan (see :func:`held_out_deviance`); the loser
-        and both scores are recorded in the reason.
+        Scored on the middle frame of the scan: the network and the classical mode denoise
+        one half of a binomial split; the Poisson deviance against the other half picks the
+        winner (see :func:`~.selection.held_out_deviance`); if it is the network, the
+        squared error against the other half, band by band of intensity, gives the weight of
+        the network in a mix with the classical mode (:func:`~.selection.held_out_blend`):
+        where both are about as good, their average is better than either. The scores and
+        weights are recorded in the reason.
         """
         from .classical import classical_denoise
 
+        self.blend = None
         prepared = analysis.prepared
         if not prepared.integer_counts:
             return method, reason + "; held-out check skipped (non-integer counts)"
@@ -399,17 +415,39 @@ class ScanDenoiser:
         # The neighbours are halved like the frame, so the network sees one level.
         halved = None if neighbours is None else 0.5 * neighbours
         validity = analysis.symmetry.valid if analysis.symmetry is not None else None
-        network = held_out_deviance(
-            lambda x: self.denoise_frame(analysis, method=method, frame=x, neighbours=halved),
-            frames[index], good)
-        classical = held_out_deviance(
-            lambda x: self._hold_to_raw(analysis, x[None], classical_denoise(
-                x, mask=prepared.bad, center=analysis.center, validity=validity,
-                engine="bm3d")[None])[0], frames[index], good)
+        half, rest = binomial_split(frames[index], seed=1)
+        half = half.astype(np.float32)
+        by_network = np.asarray(self.denoise_frame(analysis, method=method, frame=half,
+                                                   neighbours=halved), np.float64)
+        by_classical = np.asarray(self._hold_to_raw(analysis, half[None], classical_denoise(
+            half, mask=prepared.bad, center=analysis.center, validity=validity,
+            engine="bm3d")[None])[0], np.float64)
+        network = poisson_deviance(by_network[good], rest[good])
+        classical = poisson_deviance(by_classical[good], rest[good])
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
         if classical < network:
             return "classical", f"{reason}; but the classical mode won the {scores}"
-        return method, f"{reason}; {scores}"
+        self.blend = held_out_blend(by_network, by_classical, rest, good)
+        if self.blend.first_only:
+            return method, f"{reason}; {scores}"
+        weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
+        return method, (f"{reason}; {scores}; mixed with the classical mode by intensity band "
+                        f"(edges {list(self.blend.edges)} x mean, network weights {weights}: "
+                        "held-out squared error)")
+
+    def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray) -> np.ndarray:
+        """The network's frames mixed with the classical mode's by :attr:`blend`."""
+        origin = self.model_origin
+        classical = self._classical(analysis, engine="bm3d")
+        self.model_origin = f"{origin}, mixed with classical (bm3d)"
+        good = analysis.prepared.good
+        mixed = np.empty_like(np.asarray(denoised, np.float32))
+        for i, (net, cla) in enumerate(zip(denoised, classical, strict=True)):
+            net, cla = np.asarray(net, np.float64), np.asarray(cla, np.float64)
+            level = 0.5 * (net + cla)
+            mean_level = float(level[good].mean()) if good.any() else 1.0
+            mixed[i] = self.blend.mix(net, cla, level, mean_level)
+        return mixed
 
     def _training_seconds(self, analysis: ScanAnalysis, method: str, start: float) -> float:
         cfg = self.config
@@ -476,6 +514,8 @@ class ScanDenoiser:
         }
         if self.training is not None:
             record["training"] = self.training.as_dict()
+        if self.blend is not None and method not in ("classical", "classical-nlm"):
+            record["classical_mix"] = self.blend.summary()
         return record
 
 

@@ -146,24 +146,34 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
 
     A pixel is *hot* when its scan sum exceeds five times the third largest of its eight
     neighbours by a margin no Poisson fluctuation reaches, so clusters of up to three hot
-    pixels are found too; Bragg spots span more pixels than that and are not hot. A pixel is
-    *dead* when it reads zero through the scan while its neighbours average 15 counts or more
-    (a chance of e^-15).
+    pixels are found too; Bragg spots span more pixels than that and are not hot. Only
+    neighbours that hold data count: a pixel on the edge of the beamstop or a gap with fewer
+    than three of them is compared with the largest (a corner of a pixelated circle next to
+    the direct beam is not hot), and one with none is not tested. A pixel is *dead* when it
+    reads zero through the scan while each of its nearest neighbours that hold data (at least
+    two of the four) has 15 counts or more (a chance below e^-15).
     """
     total = np.asarray(frames, np.float64).sum(axis=0)
     total = np.where(bad, 0.0, total)
     footprint = np.ones((3, 3), bool)
     footprint[1, 1] = False
     neighbour_third = ndimage.rank_filter(total, rank=-3, footprint=footprint, mode="constant")
+    neighbour_max = ndimage.maximum_filter(total, footprint=footprint, mode="constant")
+    n_good = ndimage.convolve((~bad).astype(np.int64), footprint.astype(np.int64),
+                              mode="constant")
+    reference = np.where(n_good >= 3, neighbour_third, neighbour_max)
     n_frames = frames.shape[0]
-    hot = total > 5.0 * neighbour_third + 20.0 * np.sqrt(n_frames) + 5.0
+    hot = (n_good > 0) & (total > 5.0 * reference + 20.0 * np.sqrt(n_frames) + 5.0)
     # Hot pixels are left out of the neighbourhood of the dead-pixel test: a hot cluster
-    # would otherwise make the empty pixels around it look dead.
-    good = (~bad & ~hot).astype(np.float64)
-    kernel = np.ones((5, 5))
-    kernel[2, 2] = 0
-    neighbour_sum = ndimage.convolve(total * good, kernel, mode="constant")
-    neighbour_n = ndimage.convolve(good, kernel, mode="constant")
-    neighbour_mean = neighbour_sum / np.maximum(neighbour_n, 1)
-    dead = (total == 0) & (neighbour_mean >= 15.0) & (neighbour_n >= 12)
+    # would otherwise make the empty pixels around it look dead. The test asks the least of
+    # the four nearest neighbours that hold data (not their mean), so that the empty pixel
+    # of a steep curve (a SAXS curve by the beamstop) is not taken for a dead one.
+    usable = ~bad & ~hot
+    padded = np.pad(np.where(usable, total, np.inf), 1, constant_values=np.inf)
+    h, w = total.shape
+    cross = np.stack([padded[0:h, 1:w + 1], padded[2:h + 2, 1:w + 1],
+                      padded[1:h + 1, 0:w], padded[1:h + 1, 2:w + 2]])
+    n_cross = np.isfinite(cross).sum(axis=0)
+    least = np.where(n_cross > 0, np.min(cross, axis=0), 0.0)
+    dead = (total == 0) & (n_cross >= 2) & (least >= 15.0)
     return (hot | dead) & ~bad

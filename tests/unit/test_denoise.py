@@ -189,6 +189,25 @@ def test_a_cluster_of_hot_pixels_is_found():
     assert found.sum() == 3
 
 
+def test_the_edge_of_a_beamstop_next_to_the_direct_beam_is_not_hot():
+    from bluesky_symdenoise.denoise.preprocess import find_defects
+
+    rows, cols = np.indices((64, 64))
+    radius = np.hypot(rows - 31.6, cols - 32.3)
+    beamstop = radius < 8
+    # A SAXS-like curve that falls tenfold within 2 px of the beamstop's pixelated edge.
+    rate = 400.0 * np.exp(-(radius - 8) * 1.2) + 0.5
+    frames = np.random.default_rng(1).poisson(rate, size=(3, 64, 64)).astype(float)
+    frames[:, beamstop] = 0
+    frames[:, 50, 50] = 200.0  # one true hot pixel
+    frames[:, 5, 40] = 200.0  # ... and one next to a module gap
+    bad = beamstop.copy()
+    bad[:, 41:44] = True
+    found = find_defects(frames, bad)
+    assert found[50, 50] and found[5, 40]
+    assert found.sum() == 2
+
+
 def test_fine_tuning_defaults_to_60_s_on_cpu_and_20_s_on_gpu():
     config = DenoiseConfig()
     assert config.budget_s is None

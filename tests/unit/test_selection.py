@@ -1,0 +1,50 @@
+"""Choosing and mixing denoisers on a held-out binomial split (no ground truth)."""
+
+import numpy as np
+
+from bluesky_symdenoise.denoise.selection import binomial_split, held_out_blend
+
+
+def _scene():
+    """A dim half and a bright half, with two estimates each good on one of them."""
+    rows, cols = np.indices((128, 128))
+    truth = np.where(cols < 64, 0.5, 200.0) * (1 + 0.2 * np.sin(rows / 7.0))
+    rng = np.random.default_rng(3)
+    frame = rng.poisson(truth).astype(np.float64)
+    half, rest = binomial_split(frame, seed=1)
+    target = 0.5 * truth
+    noise = rng.normal(size=truth.shape)
+    # "first": exact on the dim half, 10 % noisy on the bright half; "second" the reverse.
+    first = target + np.where(cols < 64, 0.0, 0.1 * target * noise)
+    second = target + np.where(cols < 64, 0.5 * target * noise, 0.0)
+    return truth, half, rest, first, second
+
+
+def test_binomial_halves_are_independent_with_half_the_expectation():
+    truth, half, rest, *_ = _scene()
+    assert abs(half.mean() / (0.5 * truth.mean()) - 1) < 0.01
+    assert abs(np.corrcoef((half - rest).ravel(), (half + rest).ravel())[0, 1]) < 0.05
+
+
+def test_held_out_blend_weights_each_estimate_where_it_is_better():
+    truth, half, rest, first, second = _scene()
+    good = np.ones(truth.shape, bool)
+    blend = held_out_blend(first, second, rest, good, edges=(1.0,))  # mean ~ 50
+    dim, bright = blend.weights
+    assert dim == 1.0  # first is exact there (and the weight snaps to 1)
+    assert bright < 0.1  # second is exact there
+    mixed = blend.mix(first, second, 0.5 * (first + second), 0.5 * (first + second).mean())
+    error = np.mean((mixed - 0.5 * truth) ** 2)
+    assert error < 0.1 * min(np.mean((first - 0.5 * truth) ** 2),
+                             np.mean((second - 0.5 * truth) ** 2))
+    assert blend.summary()["pixels"] == [64 * 128, 64 * 128]
+
+
+def test_two_equally_good_independent_estimates_are_averaged():
+    rng = np.random.default_rng(5)
+    truth = np.full((128, 128), 20.0)
+    half, rest = binomial_split(rng.poisson(truth).astype(np.float64), seed=2)
+    first = 10.0 + rng.normal(0, 1.0, truth.shape)
+    second = 10.0 + rng.normal(0, 1.0, truth.shape)
+    blend = held_out_blend(first, second, rest, np.ones(truth.shape, bool), edges=())
+    assert 0.35 < blend.weights[0] < 0.65
