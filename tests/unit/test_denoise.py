@@ -64,6 +64,32 @@ def test_denoise_beats_raw_without_bias(scan):
     assert prov["symmetry"]["fraction_paired"] > 0.5 and prov["model_hash"]
 
 
+def test_a_held_out_mix_with_the_classical_mode_follows_its_band_weights(scan):
+    from bluesky_symdenoise.denoise.selection import BlendWeights
+
+    scene, frames = scan
+    denoiser = ScanDenoiser(method="symmetry", budget_s=10)
+    analysis = denoiser.analyse(frames, mask=scene.mask, center=scene.geometry.center)
+    denoiser.fit(analysis, method="symmetry", seconds=1.0)
+    method, reason = denoiser._check_against_classical(analysis, "symmetry", "asked")
+    assert "held-out deviance" in reason
+    network = denoiser.predict(analysis, method="symmetry")
+    classical = denoiser._classical(analysis, engine="bm3d")
+    # Network alone below 4x the mean level, classical alone above: each pixel takes one.
+    denoiser.blend = BlendWeights(edges=(4.0,), weights=(1.0, 0.0), pixels=(0, 0))
+    mixed = denoiser._mix_with_classical(analysis, network)
+    good = analysis.prepared.good
+    level = 0.5 * (network[1] + classical[1])
+    bright = good & (level > 4.0 * level[good].mean())
+    assert bright.any() and (good & ~bright).any()
+    np.testing.assert_allclose(mixed[1][bright], classical[1][bright], rtol=1e-5)
+    np.testing.assert_allclose(mixed[1][good & ~bright], network[1][good & ~bright],
+                               rtol=1e-5)
+    assert "mixed with classical" in denoiser.model_origin
+    record = denoiser.provenance(analysis, "symmetry", reason, 0.0)
+    assert record["classical_mix"]["weights"] == [1.0, 0.0]
+
+
 def test_single_frame_in_single_frame_out(scan):
     scene, frames = scan
     out = denoise(frames[0], mask=scene.mask, method="thinning", budget_s=3)
