@@ -19,12 +19,13 @@ scale where the raw data are precise enough to prove the network wrong:
   local arc is isotropic, the arc's mean is used, with one pass (its mean is noisier).
 * **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
   test: a one-sided satellite, a spot of a second phase) or a local excess over its
-  surroundings off the rings, measured over the radial background (a spot of any kind: the network's smoothness prior shrinks
-  weak ones most, whether they have a partner or not), the denoised frame is scaled so that
-  its counts, summed at the spot scale (a Gaussian of :data:`FEATURE_SIGMA_PX`), equal the
-  raw frame's: the spot keeps the network's shape and low noise, and the raw integrated
-  intensity, not one pulled towards an empty partner or the background. Spots whose partner
-  passed the 180° test are held only for a denoiser that did not average partners.
+  surroundings off the rings, measured over the radial background (a spot of any kind: the
+  network's smoothness prior shrinks weak ones most, whether they have a partner or not),
+  the denoised frame is scaled so that its counts, summed at the spot scale (a Gaussian of
+  :data:`FEATURE_SIGMA_PX`), equal the raw frame's: the spot keeps the network's shape and
+  low noise, and the raw integrated intensity, not one pulled towards an empty partner or
+  the background. Spots whose partner passed the 180° test are held only for a denoiser that
+  did not average partners.
 
 Everything else is left as the network made it.
 """
