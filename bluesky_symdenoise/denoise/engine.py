@@ -403,8 +403,6 @@ class ScanDenoiser:
         where both are about as good, their average is better than either. The scores and
         weights are recorded in the reason.
         """
-        from .classical import classical_denoise
-
         self.blend = None
         prepared = analysis.prepared
         if not prepared.integer_counts:
@@ -414,14 +412,11 @@ class ScanDenoiser:
         neighbours = neighbour_mean(frames, index) if self.config.use_neighbour_frames else None
         # The neighbours are halved like the frame, so the network sees one level.
         halved = None if neighbours is None else 0.5 * neighbours
-        validity = analysis.symmetry.valid if analysis.symmetry is not None else None
         half, rest = binomial_split(frames[index], seed=1)
         half = half.astype(np.float32)
         by_network = np.asarray(self.denoise_frame(analysis, method=method, frame=half,
                                                    neighbours=halved), np.float64)
-        by_classical = np.asarray(self._hold_to_raw(analysis, half[None], classical_denoise(
-            half, mask=prepared.bad, center=analysis.center, validity=validity,
-            engine="bm3d")[None])[0], np.float64)
+        by_classical = self._classical_frames(analysis, half[None])[0].astype(np.float64)
         network = poisson_deviance(by_network[good], rest[good])
         classical = poisson_deviance(by_classical[good], rest[good])
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
@@ -437,17 +432,12 @@ class ScanDenoiser:
 
     def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray) -> np.ndarray:
         """The network's frames mixed with the classical mode's by :attr:`blend`."""
-        origin = self.model_origin
-        classical = self._classical(analysis, engine="bm3d")
-        self.model_origin = f"{origin}, mixed with classical (bm3d)"
+        classical = self._classical_frames(analysis, analysis.prepared.frames)
+        self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
         good = analysis.prepared.good
-        mixed = np.empty_like(np.asarray(denoised, np.float32))
-        for i, (net, cla) in enumerate(zip(denoised, classical, strict=True)):
-            net, cla = np.asarray(net, np.float64), np.asarray(cla, np.float64)
-            level = 0.5 * (net + cla)
-            mean_level = float(level[good].mean()) if good.any() else 1.0
-            mixed[i] = self.blend.mix(net, cla, level, mean_level)
-        return mixed
+        return np.stack([self.blend.mix(net, cla, good)
+                         for net, cla in zip(denoised, classical, strict=True)]
+                        ).astype(np.float32)
 
     def _training_seconds(self, analysis: ScanAnalysis, method: str, start: float) -> float:
         cfg = self.config
@@ -465,15 +455,22 @@ class ScanDenoiser:
         return max(0.0, remaining)
 
     def _classical(self, analysis: ScanAnalysis, engine: str) -> np.ndarray:
+        """The scan's frames denoised by the classical mode (the method that ran)."""
+        self.model_origin = f"classical ({engine})"
+        return self._classical_frames(analysis, analysis.prepared.frames, engine)
+
+    def _classical_frames(self, analysis: ScanAnalysis, frames: np.ndarray,
+                          engine: str = "bm3d") -> np.ndarray:
+        """Frames of the scan's detector denoised by the classical mode, held to their raw
+        counts like the network's."""
         from .classical import classical_denoise
 
-        prepared = analysis.prepared
         validity = analysis.symmetry.valid if analysis.symmetry is not None else None
-        self.model_origin = f"classical ({engine})"
-        out = np.stack([classical_denoise(frame, mask=prepared.bad, center=analysis.center,
-                                          validity=validity, engine=engine)
-                        for frame in prepared.frames])
-        return self._hold_to_raw(analysis, prepared.frames, out).astype(np.float32)
+        out = np.stack([classical_denoise(frame, mask=analysis.prepared.bad,
+                                          center=analysis.center, validity=validity,
+                                          engine=engine)
+                        for frame in frames])
+        return self._hold_to_raw(analysis, frames, out).astype(np.float32)
 
     def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
         """Keep each frame's total counts and zero the pixels the user masked."""

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import xlogy
 
 __all__ = ["BLEND_BAND_EDGES", "BLEND_SNAP", "BlendWeights", "binomial_split", "held_out_blend",
-           "held_out_deviance", "poisson_deviance"]
+           "held_out_deviance", "intensity_bands", "poisson_deviance"]
 
 #: Intensity bands of :func:`held_out_blend`, in multiples of the frame's mean counts.
 BLEND_BAND_EDGES: tuple[float, ...] = (4.0, 32.0)
@@ -86,20 +86,27 @@ class BlendWeights:
         """Whether the first estimate is used alone everywhere."""
         return all(w >= 1.0 for w in self.weights)
 
-    def band(self, level: np.ndarray, mean_level: float) -> np.ndarray:
-        """Band index of each pixel from its expected counts."""
-        return np.digitize(level / max(mean_level, 1e-12), self.edges)
-
-    def mix(self, first: np.ndarray, second: np.ndarray, level: np.ndarray,
-            mean_level: float) -> np.ndarray:
-        """``w·first + (1 - w)·second`` with each pixel's band weight."""
-        w = np.asarray(self.weights, np.float64)[self.band(level, mean_level)]
+    def mix(self, first: np.ndarray, second: np.ndarray, good: np.ndarray) -> np.ndarray:
+        """``w·first + (1 - w)·second`` with each pixel's band weight (bands as in
+        :func:`held_out_blend`, from these two estimates)."""
+        first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
+        w = np.asarray(self.weights, np.float64)[intensity_bands(first, second, good,
+                                                                 self.edges)]
         return w * first + (1.0 - w) * second
 
     def summary(self) -> dict:
         """JSON-safe description for provenance."""
         return {"band_edges_x_mean": list(self.edges),
                 "weights": [round(w, 3) for w in self.weights], "pixels": list(self.pixels)}
+
+
+def intensity_bands(first: np.ndarray, second: np.ndarray, good: np.ndarray,
+                    edges: tuple[float, ...]) -> np.ndarray:
+    """Band index of each pixel: the two estimates' mean against ``edges`` × its mean over
+    ``good`` (scale-free, so a half frame and the whole frame band alike)."""
+    level = 0.5 * (np.asarray(first, np.float64) + np.asarray(second, np.float64))
+    mean_level = float(level[good].mean()) if good.any() else 1.0
+    return np.digitize(level / max(mean_level, 1e-12), edges)
 
 
 def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
@@ -131,9 +138,7 @@ def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
         1 is within the split's noise, and the second estimate need not be computed).
     """
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
-    level = 0.5 * (first + second)
-    mean_level = float(level[good].mean()) if good.any() else 1.0
-    bands = np.digitize(level / max(mean_level, 1e-12), edges)
+    bands = intensity_bands(first, second, good, edges)
     weights, pixels = [], []
     for band in range(len(edges) + 1):
         on = good & (bands == band)

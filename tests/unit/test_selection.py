@@ -33,7 +33,7 @@ def test_held_out_blend_weights_each_estimate_where_it_is_better():
     dim, bright = blend.weights
     assert dim == 1.0  # first is exact there (and the weight snaps to 1)
     assert bright < 0.1  # second is exact there
-    mixed = blend.mix(first, second, 0.5 * (first + second), 0.5 * (first + second).mean())
+    mixed = blend.mix(first, second, good)
     error = np.mean((mixed - 0.5 * truth) ** 2)
     assert error < 0.1 * min(np.mean((first - 0.5 * truth) ** 2),
                              np.mean((second - 0.5 * truth) ** 2))
