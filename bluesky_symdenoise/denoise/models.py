@@ -13,15 +13,20 @@ import torch
 from .channels import N_CHANNELS
 from .network import RateUNet
 
-__all__ = ["BASE_MODEL_NAME", "base_model_path", "load_base_model", "model_hash", "new_model",
-           "save_model"]
+__all__ = ["BASE_MODEL_NAME", "BASE_MODEL_NAMES", "base_model_path", "load_base_model",
+           "model_hash", "new_model", "save_model"]
 
-BASE_MODEL_NAME = "base_v2"
+#: The shipped pre-trained models, by network width (channels at full resolution): the
+#: default network, and a narrower one that the live plugin fine-tunes on a CPU (30-40 %
+#: less forward time at 256², see ``bench/throughput.py``).
+BASE_MODEL_NAMES: dict[int, str] = {16: "base_v2", 12: "live_w12_v1"}
+BASE_MODEL_NAME = BASE_MODEL_NAMES[16]
 
 
-def base_model_path() -> Path:
-    """Where the shipped base model's weights live (may not exist in a source checkout)."""
-    return Path(str(resources.files("bluesky_symdenoise") / "models" / f"{BASE_MODEL_NAME}.pt"))
+def base_model_path(width: int = 16) -> Path:
+    """Where the shipped base model of this width lives (may not exist in a checkout)."""
+    name = BASE_MODEL_NAMES.get(width, f"base_w{width}")
+    return Path(str(resources.files("bluesky_symdenoise") / "models" / f"{name}.pt"))
 
 
 def new_model(width: int = 16, depth: int = 3, in_channels: int = N_CHANNELS,
@@ -54,9 +59,9 @@ def load_base_model(width: int = 16, depth: int = 3) -> tuple[RateUNet | None, s
     Returns ``(model, why)``; ``model`` is None (and ``why`` says so) when no matching weights
     are installed. The model is shared: deep-copy it before training it.
     """
-    path = base_model_path()
+    path = base_model_path(width)
     if not path.exists():
-        return None, f"no pre-trained weights at {path}"
+        return None, f"no pre-trained weights for width={width} at {path}"
     saved = torch.load(path, map_location="cpu", weights_only=True)
     config = saved["config"]
     if (config["width"], config["depth"], config["in_channels"]) != (width, depth, N_CHANNELS):
@@ -64,4 +69,4 @@ def load_base_model(width: int = 16, depth: int = 3) -> tuple[RateUNet | None, s
     model = RateUNet(**config)
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    return model, f"pre-trained {BASE_MODEL_NAME} ({model_hash(model)})"
+    return model, f"pre-trained {path.stem} ({model_hash(model)})"

@@ -145,7 +145,7 @@ def pretrain(steps: int, out: Path, *, seed: int = 0, width: int = 16, depth: in
             "batch_size": batch_size, "patch": patch,
             "validation_psnr_db": {"before": round(before, 2), "after": round(after, 2)},
             "trained_by": f"python -m bluesky_symdenoise.denoise.pretrain --steps {steps} "
-                          f"--seed {seed}",
+                          f"--seed {seed}" + (f" --width {width}" if width != 16 else ""),
             "torch_version": torch.__version__}
     save_model(model, out, card)
     print(f"saved {out}: {steps} steps, validation PSNR {before:.2f} -> {after:.2f} dB")
@@ -155,13 +155,17 @@ def pretrain(steps: int, out: Path, *, seed: int = 0, width: int = 16, depth: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--out", type=Path, default=base_model_path())
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: the package's model file for --width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--width", type=int, default=16,
+                        help="channels at full resolution (16: base model, 12: live CPU model)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pretrain(args.steps, args.out, seed=args.seed)
+    out = args.out or base_model_path(args.width)
+    pretrain(args.steps, out, seed=args.seed, width=args.width)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,23 @@ def test_batched_inference_equals_frame_by_frame():
     single = np.stack([predict_rates(model, [x], [lv], device=CPU, batch_size=1)[0]
                        for x, lv in zip(inputs, levels, strict=True)])
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_live_cpu_settings_pick_the_narrow_shipped_network_unless_asked():
+    """Live on a CPU: one pass per frame through the narrower shipped network, unless the
+    caller set either; no narrow network without its pre-trained weights."""
+    from bluesky_symdenoise.denoise.models import BASE_MODEL_NAMES, load_base_model
+    from bluesky_symdenoise.stream.scan import LIVE_CPU_WIDTH, live_cpu_settings
+
+    assert live_cpu_settings({}) == {"test_time_flips": 1, "width": LIVE_CPU_WIDTH}
+    assert live_cpu_settings({"width": 16, "test_time_flips": 2}) == {}
+    assert live_cpu_settings({"use_pretrained": False}) == {"test_time_flips": 1}
+    assert live_cpu_settings({"depth": 2}) == {"test_time_flips": 1}
+    model, why = load_base_model(LIVE_CPU_WIDTH, 3)
+    assert model is not None and model.width == LIVE_CPU_WIDTH
+    assert BASE_MODEL_NAMES[LIVE_CPU_WIDTH] in why
+    # Half the multiply-adds of the default width (channels squared): that is the point.
+    default, _ = load_base_model(16, 3)
+    n_live = sum(p.numel() for p in model.parameters())
+    n_default = sum(p.numel() for p in default.parameters())
+    assert n_live < 0.6 * n_default
