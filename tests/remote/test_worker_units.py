@@ -65,3 +65,20 @@ def test_serve_needs_a_transport(capsys):
 def test_replay_needs_runs(tmp_path, capsys):
     assert main(["replay", "--catalog", str(tmp_path)]) == 2
     assert "nothing to replay" in capsys.readouterr().err
+
+
+def test_full_network_flag_asks_for_the_default_network_on_a_cpu():
+    """replay/serve take the live CPU settings unless --full-network asks for width 16 and
+    test-time averaging; the settings then leave the caller's choice alone."""
+    import argparse
+
+    from bluesky_symdenoise.cli import _add_denoiser_arguments, _denoiser_options
+    from bluesky_symdenoise.stream.scan import live_cpu_settings
+
+    parser = argparse.ArgumentParser()
+    _add_denoiser_arguments(parser)
+    plain = _denoiser_options(parser.parse_args([]))
+    full = _denoiser_options(parser.parse_args(["--full-network"]))
+    assert plain["config"] is None
+    assert full["config"] == {"width": 16, "test_time_flips": 4}
+    assert live_cpu_settings(full["config"]) == {}
