@@ -82,7 +82,7 @@ def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
     To keep pace (>= 10 frames/s at 256² on 2 cores, see ``bench/throughput.py``) a frame
     gets one forward pass, not an average over flips (twice the time for a few 0.1 dB),
     through the narrower shipped network (:data:`LIVE_CPU_WIDTH`: 30-40 % less forward time
-    than the default width, 0.3-0.7 dB lower on some scenes), when its pre-trained weights
+    than the default width, up to 1 dB lower on some scenes), when its pre-trained weights
     are installed. A GPU keeps the defaults.
     """
     settings: dict[str, Any] = {}
