@@ -27,29 +27,21 @@ import event_model
 import numpy as np
 
 from bluesky_symdenoise.stream.publisher import DerivedRunPublisher
+from bluesky_symdenoise.stream.scan import default_npt, denoised_data_keys, integrated_data_keys
 
 
 def _streams(shape: int, npt: int) -> dict[str, tuple[dict, dict]]:
     """``{stream: (data_keys, one event's data)}`` as the live plugin declares and fills them."""
     rng = np.random.default_rng(0)
-    key, source = "det_img", "symdenoise"
-    denoised_keys = {
-        f"{key}_denoised": {"source": source, "dtype": "array", "shape": [shape, shape]},
-        f"{key}_denoised_by": {"source": source, "dtype": "string", "shape": []},
-        f"{key}_flags": {"source": source, "dtype": "string", "shape": []},
-        "raw_seq_num": {"source": source, "dtype": "integer", "shape": []},
-        "frames_dropped": {"source": source, "dtype": "integer", "shape": []}}
+    key = "det_img"
     denoised = {f"{key}_denoised": rng.random((shape, shape), dtype=np.float32),
                 f"{key}_denoised_by": "network:symmetry", f"{key}_flags": "",
                 "raw_seq_num": 1, "frames_dropped": 0}
-    curves = ("q", f"{key}_iq_raw", f"{key}_iq_raw_sigma", f"{key}_iq_denoised",
-              f"{key}_iq_denoised_sigma")
-    integrated_keys = {name: {"source": source, "dtype": "array", "shape": [npt]}
-                       for name in curves}
-    integrated_keys["raw_seq_num"] = {"source": source, "dtype": "integer", "shape": []}
-    integrated = {name: rng.random(npt) for name in curves}
+    integrated_keys = integrated_data_keys(key, npt)
+    integrated = {name: rng.random(npt) for name in integrated_keys if name != "raw_seq_num"}
     integrated["raw_seq_num"] = 1
-    return {"denoised": (denoised_keys, denoised), "integrated": (integrated_keys, integrated)}
+    return {"denoised": (denoised_data_keys(key, (shape, shape)), denoised),
+            "integrated": (integrated_keys, integrated)}
 
 
 def _ms_per_event(compose, events: int) -> float:
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--npt", type=int, default=None,
                         help="I(q) points (default: the plugin's, shape // 2)")
     args = parser.parse_args(argv)
-    npt = args.npt or max(16, min(500, args.shape // 2))
+    npt = args.npt or default_npt((args.shape, args.shape))
     command = "python -m bench.documents " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"`{command}` ({args.shape}x{args.shape} frames, I(q) of {npt} points)\n")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .denoise.config import DenoiseConfig
+
 __all__ = ["main"]
 
 
@@ -52,9 +54,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     counts=args.counts, budget_s=args.budget, size=args.size, seed=args.seed)
 
 
-#: ``--full-network``: the default network and test-time averaging, where the plugin on a CPU
-#: would take the narrower live network and one pass per frame (``live_cpu_settings``).
-FULL_NETWORK_CONFIG = {"width": 16, "test_time_flips": 4}
+#: ``--full-network``: the configuration's default network and test-time averaging, where the
+#: plugin on a CPU would take the narrower live network and one pass per frame
+#: (``live_cpu_settings``).
+FULL_NETWORK_CONFIG = {name: DenoiseConfig.model_fields[name].default
+                       for name in ("width", "test_time_flips")}
 
 
 def _denoiser_options(args: argparse.Namespace) -> dict:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..denoise.classical import classical_denoise
+from ..denoise.device import select_device
 from ..denoise.engine import ScanAnalysis, ScanDenoiser, uses_partners
 from ..denoise.models import load_base_model
 from ..denoise.selection import held_out_deviance
@@ -92,6 +93,40 @@ def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
             and load_base_model(LIVE_CPU_WIDTH, asked.get("depth", 3))[0] is not None):
         settings["width"] = LIVE_CPU_WIDTH
     return settings
+
+
+def default_npt(shape: tuple[int, ...]) -> int:
+    """I(q) points of the ``integrated`` stream when ``npt`` is not given."""
+    return max(16, min(500, max(shape) // 2))
+
+
+def denoised_data_keys(key: str, shape: tuple[int, ...]) -> dict[str, dict]:
+    """Data keys of the derived run's ``denoised`` stream for the field ``key``."""
+    source = "symdenoise"
+    return {
+        f"{key}_denoised": {"source": source, "dtype": "array", "shape": list(shape),
+                            "dtype_numpy": "<f4", "units": "counts"},
+        f"{key}_denoised_by": {"source": source, "dtype": "string", "shape": []},
+        f"{key}_flags": {"source": source, "dtype": "string", "shape": []},
+        "raw_seq_num": {"source": source, "dtype": "integer", "shape": []},
+        "frames_dropped": {"source": source, "dtype": "integer", "shape": []},
+    }
+
+
+def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
+                         ) -> dict[str, dict]:
+    """Data keys of the derived run's ``integrated`` stream: q and the raw and denoised I(q)
+    with their errors (and the sector's I(q) ``with_sector``), ``npt`` points each."""
+    units = {"q": "nm^-1", f"{key}_iq_raw": "counts/pixel",
+             f"{key}_iq_raw_sigma": "counts/pixel", f"{key}_iq_denoised": "counts/pixel",
+             f"{key}_iq_denoised_sigma": "counts/pixel"}
+    if with_sector:
+        for which in ("raw", "denoised"):
+            units[f"{key}_iq_sector_{which}"] = "counts/pixel"
+    keys = {name: {"source": "symdenoise", "dtype": "array", "shape": [npt],
+                   "dtype_numpy": "<f8", "units": unit} for name, unit in units.items()}
+    keys["raw_seq_num"] = {"source": "symdenoise", "dtype": "integer", "shape": []}
+    return keys
 
 
 def _versions() -> dict[str, str]:
@@ -289,11 +324,9 @@ class LiveScan:
         overrides.setdefault("device", opts.device)
         method = opts.method
         try:
+            if select_device(overrides["device"]).type == "cpu":
+                overrides = {**live_cpu_settings(overrides), **overrides}
             self.denoiser = ScanDenoiser(**overrides)
-            if self.denoiser.device.type == "cpu":
-                for name, value in live_cpu_settings(overrides).items():
-                    overrides[name] = value
-                    setattr(self.denoiser.config, name, value)
             self.denoiser.inference_fault = self.fault_hooks.get("inference")
             frames = np.stack([f for _, f, _, _ in self.held
                                if f.shape == self.shape and _numeric(f)])
@@ -366,33 +399,14 @@ class LiveScan:
         return json.loads(json.dumps(record, default=str))
 
     def _declare_streams(self) -> None:
-        key, shape = self.field, list(self.shape)
-        source = "symdenoise"
-        self.publisher.add_stream("denoised", {
-            f"{key}_denoised": {"source": source, "dtype": "array", "shape": shape,
-                                "dtype_numpy": "<f4", "units": "counts"},
-            f"{key}_denoised_by": {"source": source, "dtype": "string", "shape": []},
-            f"{key}_flags": {"source": source, "dtype": "string", "shape": []},
-            "raw_seq_num": {"source": source, "dtype": "integer", "shape": []},
-            "frames_dropped": {"source": source, "dtype": "integer", "shape": []},
-        }, object_keys={"symdenoise": [f"{key}_denoised", f"{key}_denoised_by",
-                                       f"{key}_flags", "raw_seq_num", "frames_dropped"]})
+        keys = denoised_data_keys(self.field, self.shape)
+        self.publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
         if self.geometry is not None:
-            npt = self.options.npt or max(16, min(500, max(self.shape) // 2))
-            self._npt = npt
-            keys = {"q": {"units": "nm^-1"},
-                    f"{key}_iq_raw": {"units": "counts/pixel"},
-                    f"{key}_iq_raw_sigma": {"units": "counts/pixel"},
-                    f"{key}_iq_denoised": {"units": "counts/pixel"},
-                    f"{key}_iq_denoised_sigma": {"units": "counts/pixel"}}
-            if self.options.sector is not None:
-                for which in ("raw", "denoised"):
-                    keys[f"{key}_iq_sector_{which}"] = {"units": "counts/pixel"}
-            data_keys = {name: {"source": source, "dtype": "array", "shape": [npt],
-                                "dtype_numpy": "<f8", **extra} for name, extra in keys.items()}
-            data_keys["raw_seq_num"] = {"source": source, "dtype": "integer", "shape": []}
-            self.publisher.add_stream("integrated", data_keys,
-                                      object_keys={"symdenoise": sorted(data_keys)})
+            self._npt = self.options.npt or default_npt(self.shape)
+            keys = integrated_data_keys(self.field, self._npt,
+                                        with_sector=self.options.sector is not None)
+            self.publisher.add_stream("integrated", keys,
+                                      object_keys={"symdenoise": sorted(keys)})
 
     # -- training (trainer thread) -----------------------------------------------------------
     def _train(self) -> None:
