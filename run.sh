@@ -20,13 +20,24 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
 fi
 cmd=${1:-test}
 shift || true
-# The NATS transport test needs a real nats-server (Debian package); install it when we can.
-if [ "$cmd" = test ] && ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) \
-            >/dev/null 2>&1 || echo "run.sh: could not install nats-server; the NATS test will skip" >&2
-    else
-        echo "run.sh: nats-server missing (apt-get install nats-server); the NATS test will skip" >&2
+# System packages the tests use (Debian): nats-server for the NATS transport test; Xvfb and
+# the X libraries of Qt's xcb platform for the live-view window tests. Installed when we can.
+SYSTEM_PACKAGES="nats-server xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0
+    libxcb-render-util0 libxkbcommon-x11-0"
+if [ "$cmd" = test ]; then
+    missing=""
+    for pkg in $SYSTEM_PACKAGES; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+    done
+    if [ -n "$missing" ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                $missing) >/dev/null 2>&1 \
+                || echo "run.sh: could not install$missing; tests that need them skip" >&2
+        else
+            echo "run.sh: missing$missing (apt-get install$missing); tests that need them" \
+                "skip or fall back (Qt offscreen)" >&2
+        fi
     fi
 fi
 case "$cmd" in

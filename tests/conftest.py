@@ -30,3 +30,40 @@ def no_thread_left_behind():
             return
         time.sleep(0.05)
     pytest.fail(f"threads left running: {left}")
+
+
+@pytest.fixture(scope="session")
+def qt_display():
+    """Environment for a subprocess that opens Qt windows: a private Xvfb X server (local
+    socket only) when Xvfb is installed, else Qt's ``offscreen`` platform. Skips when no Qt
+    binding is installed."""
+    import importlib.util
+    import os
+    import select
+    import shutil
+    import subprocess
+
+    if importlib.util.find_spec("PyQt5") is None:
+        pytest.skip("PyQt5 is not installed (pip install -e '.[test]')")
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        yield {"QT_QPA_PLATFORM": "offscreen", "DISPLAY": ""}
+        return
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0",
+                               "1600x1000x24", "-nolisten", "tcp"], pass_fds=(write_fd,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], 20)
+        number = os.read(read_fd, 32).decode().strip() if ready else ""
+        if not number:
+            pytest.fail("Xvfb did not report a display within 20 s")
+        yield {"DISPLAY": f":{number}", "QT_QPA_PLATFORM": "xcb"}
+    finally:
+        os.close(read_fd)
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()

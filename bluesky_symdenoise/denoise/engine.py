@@ -43,7 +43,8 @@ from .targets import (
 )
 from .training import TrainingLog, fit
 
-__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "uses_partners"]
+__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "symmetry_usage", "uses_partners",
+           "violation_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,9 @@ class ScanDenoiser:
                                 "of paired pixels: features without a partner are common, so "
                                 "symmetry-free targets")
         return "symmetry", (f"beam centre known, {100 * sym.fraction_paired:.0f} % of pixels "
-                            f"paired, symmetry rejected on {100 * sym.fraction_violated:.2f} %")
+                            "paired, 180° symmetry violated on "
+                            f"{100 * sym.fraction_violated:.2f} % of them (at most "
+                            f"{100 * self.config.max_symmetry_violation:g} % allowed)")
 
     # -- network ----------------------------------------------------------------------------
     def _start_model(self) -> torch.nn.Module:
@@ -502,6 +505,7 @@ class ScanDenoiser:
             "beam_center": list(analysis.center) if analysis.center is not None else None,
             "symmetry": analysis.symmetry.summary() if analysis.symmetry else None,
             "isotropy": analysis.isotropy.summary() if analysis.isotropy else None,
+            "symmetry_usage": symmetry_usage(analysis, method, self.config)["text"],
             "raw_consistency": (analysis.consistency.summary() if analysis.consistency
                                 else "off"),
             "notes": analysis.notes,
@@ -526,10 +530,93 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
 def uses_partners(analysis: ScanAnalysis, method: str) -> bool:
     """Whether ``method`` averages 180° partners anywhere on this scan (then the raw
     consistency leaves spots with a partner alone, see :mod:`.consistency`)."""
-    if method == "noise2sr":
+    if method in _NO_DENOISER or method == "noise2sr":
         return False
     context = _context_for(analysis, method)
     return bool(context.symmetric is not None and context.symmetric.any())
+
+
+#: Methods that serve frames without any denoiser (the live plugin's last resort).
+_NO_DENOISER = ("passthrough", "none")
+#: Bits of :func:`violation_map`.
+VIOLATION_BITS = {1: "180° symmetry rejected (partners not used there)",
+                  2: "azimuthal isotropy rejected (ring and arc means not used there)",
+                  4: "spot held to its raw intensity (no usable 180° partner)"}
+
+
+def violation_map(analysis: ScanAnalysis, method: str) -> np.ndarray | None:
+    """Where the scan broke the symmetries the engine tests, as a ``uint8`` bit map
+    (:data:`VIOLATION_BITS`), or None when nothing was tested (no beam centre)."""
+    if analysis.symmetry is None:
+        return None
+    out = analysis.symmetry.violation.astype(np.uint8)
+    if analysis.isotropy is not None:
+        out |= analysis.isotropy.violation.astype(np.uint8) << 1
+    if analysis.consistency is not None:
+        spots = analysis.consistency.spots(partners_used=uses_partners(analysis, method))
+        out |= spots.astype(np.uint8) << 2
+    return out
+
+
+def symmetry_usage(analysis: ScanAnalysis, method: str,
+                   config: DenoiseConfig | None = None) -> dict[str, Any]:
+    """Which symmetries ``method`` relies on for this scan, and why, in numbers and words.
+
+    What a view or a provenance record says about symmetry comes from here, so it always
+    agrees with what the engine did. JSON-safe.
+
+    Returns
+    -------
+    dict
+        ``rotation_180`` and ``azimuthal``, each ``{"tested", "used", "fraction_violated",
+        "text"}`` (``rotation_180`` adds ``fraction_paired``), and ``text``, one line for
+        both.
+    """
+    limit = (config or DenoiseConfig()).max_symmetry_violation
+    sym, iso = analysis.symmetry, analysis.isotropy
+    partners = uses_partners(analysis, method)
+    rings = (method not in _NO_DENOISER and not method.startswith("classical")
+             and method not in ("thinning", "noise2sr")
+             and _context_for(analysis, method).rings is not None)
+    if sym is None:
+        why = ("no beam centre" if analysis.center is None else "not tested")
+        rotation = {"tested": False, "used": False, "fraction_paired": None,
+                    "fraction_violated": None, "text": f"180° symmetry not used: {why}"}
+        azimuthal = {"tested": False, "used": False, "fraction_violated": None,
+                     "text": f"ring symmetry not used: {why}"}
+    else:
+        paired, violated = 100 * sym.fraction_paired, 100 * sym.fraction_violated
+        if partners and violated == 0:
+            text = (f"180° symmetry used on every paired pixel ({paired:.0f} % of pixels "
+                    "paired; the local test found no violation)")
+        elif partners:
+            text = (f"180° symmetry used, except on {violated:.2f} % of paired pixels where "
+                    f"the local test rejected it ({paired:.0f} % of pixels paired)")
+        elif method == "thinning" and sym.fraction_violated > limit:
+            text = (f"180° symmetry not used: rejected on {violated:.2f} % of paired pixels "
+                    f"(more than {100 * limit:g} %), so symmetry-free targets")
+        else:
+            text = (f"180° symmetry not used by method {method!r} (local test: rejected on "
+                    f"{violated:.2f} % of paired pixels)")
+        rotation = {"tested": True, "used": partners,
+                    "fraction_paired": round(sym.fraction_paired, 4),
+                    "fraction_violated": round(sym.fraction_violated, 5), "text": text}
+        iso_violated = iso.fraction_violated if iso is not None else None
+        if iso_violated is None:
+            iso_text = "ring symmetry not tested"
+        elif rings:
+            iso_text = (f"ring symmetry used (ring and arc means), except on "
+                        f"{100 * iso_violated:.2f} % of pixels where the local test rejected "
+                        "it")
+        else:
+            iso_text = (f"ring symmetry not used by method {method!r} (local test: rejected "
+                        f"on {100 * iso_violated:.2f} % of pixels)")
+        azimuthal = {"tested": iso is not None, "used": bool(rings),
+                     "fraction_violated": (round(iso_violated, 5) if iso_violated is not None
+                                           else None), "text": iso_text}
+    rotation["limit"] = limit
+    return {"method": method, "rotation_180": rotation, "azimuthal": azimuthal,
+            "text": f"{rotation['text']}; {azimuthal['text']}"}
 
 
 def _padded(shape: tuple[int, int], multiple: int) -> tuple[int, int]:

@@ -32,7 +32,13 @@ import numpy as np
 
 from ..denoise.classical import classical_denoise
 from ..denoise.device import select_device
-from ..denoise.engine import ScanAnalysis, ScanDenoiser, uses_partners
+from ..denoise.engine import (
+    VIOLATION_BITS,
+    ScanAnalysis,
+    ScanDenoiser,
+    symmetry_usage,
+    violation_map,
+)
 from ..denoise.models import load_base_model
 from ..denoise.selection import held_out_deviance
 from ..integrate.azimuthal import AzimuthalIntegration
@@ -126,6 +132,22 @@ def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
     keys = {name: {"source": "symdenoise", "dtype": "array", "shape": [npt],
                    "dtype_numpy": "<f8", "units": unit} for name, unit in units.items()}
     keys["raw_seq_num"] = {"source": "symdenoise", "dtype": "integer", "shape": []}
+    return keys
+
+
+def symmetry_data_keys(shape: tuple[int, ...] | None) -> dict[str, dict]:
+    """Data keys of the derived run's ``symmetry`` stream (one event per scan): the engine's
+    report as JSON, and its violation bit map when a beam centre allowed the tests."""
+    keys = {"symmetry_report": {
+        "source": "symdenoise", "dtype": "string", "shape": [],
+        "description": "JSON: which symmetries the method used (rotation_180, azimuthal), "
+                       "where they were rejected, and why; see engine.symmetry_usage"}}
+    if shape is not None:
+        bits = ", ".join(f"{bit} {text}" for bit, text in VIOLATION_BITS.items())
+        keys["symmetry_violation"] = {
+            "source": "symdenoise", "dtype": "array", "shape": list(shape),
+            "dtype_numpy": "|u1",
+            "description": f"bits: {bits}; local tests on the warm-up frames' sum"}
     return keys
 
 
@@ -401,12 +423,28 @@ class LiveScan:
     def _declare_streams(self) -> None:
         keys = denoised_data_keys(self.field, self.shape)
         self.publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
+        self._publish_symmetry()
         if self.geometry is not None:
             self._npt = self.options.npt or default_npt(self.shape)
             keys = integrated_data_keys(self.field, self._npt,
                                         with_sector=self.options.sector is not None)
             self.publisher.add_stream("integrated", keys,
                                       object_keys={"symdenoise": sorted(keys)})
+
+    def _publish_symmetry(self) -> None:
+        """The ``symmetry`` stream: once per scan, at warm-up, what the engine found and used
+        (a live view outlines the map; a catalog keeps it with the derived frames)."""
+        if self.analysis is None:
+            return
+        violation = violation_map(self.analysis, self.method)
+        usage = symmetry_usage(self.analysis, self.method,
+                               self.denoiser.config if self.denoiser else None)
+        keys = symmetry_data_keys(None if violation is None else violation.shape)
+        self.publisher.add_stream("symmetry", keys, object_keys={"symdenoise": sorted(keys)})
+        values: dict[str, Any] = {"symmetry_report": json.dumps(usage)}
+        if violation is not None:
+            values["symmetry_violation"] = violation
+        self.publisher.add_event("symmetry", values)
 
     # -- training (trainer thread) -----------------------------------------------------------
     def _train(self) -> None:
@@ -667,15 +705,6 @@ class LiveScan:
             "frames_dropped": summary["dropped"], "frames_invalid": summary["invalid"],
             "frames_unreadable": summary["unreadable"],
             "provenance": json.dumps(summary, default=str)}
-        violation = self.violation_map()
-        if violation is not None:
-            data_keys["symmetry_violation"] = {
-                "source": "symdenoise", "dtype": "array", "shape": list(violation.shape),
-                "dtype_numpy": "|u1",
-                "description": "bits: 1 180° symmetry rejected, 2 azimuthal isotropy "
-                               "rejected, 4 spot held to its raw intensity (no usable 180° "
-                               "partner); local tests on the warm-up frames' sum"}
-            values["symmetry_violation"] = violation
         self.publisher.add_stream("summary", data_keys)
         self.publisher.add_event("summary", values)
         exit_status = (raw_stop or {}).get("exit_status", "fail")
@@ -688,21 +717,6 @@ class LiveScan:
                 f"symdenoise: {summary['dropped']} frames dropped (queue full)")
         self.publisher.finish(exit_status=exit_status, reason=text)
         self.source.close()
-
-    def violation_map(self) -> np.ndarray | None:
-        """Where the scan broke symmetry (uint8 bit map, see the ``summary`` stream), or None
-        when it was not tested (no beam centre, or no frames analysed)."""
-        analysis = self.analysis
-        if analysis is None or analysis.symmetry is None:
-            return None
-        out = analysis.symmetry.violation.astype(np.uint8)
-        if analysis.isotropy is not None:
-            out |= analysis.isotropy.violation.astype(np.uint8) << 1
-        if analysis.consistency is not None:
-            spots = analysis.consistency.spots(
-                partners_used=uses_partners(analysis, self.method))
-            out |= spots.astype(np.uint8) << 2
-        return out
 
     def summary(self) -> dict[str, Any]:
         record: dict[str, Any] = {k: int(self.counts[k]) for k in

@@ -7,17 +7,31 @@ apart by ``original_run_uid`` in their start document and joined to their raw ru
 The figure (about 14 × 8 in) shows
 
 * the latest raw frame and its denoised frame side by side, one colour scale (sqrt or log),
-  masked pixels grey, with the outline of the region where 180° symmetry is violated;
+  masked pixels grey, outlined where the engine rejected 180° symmetry (the derived run's
+  ``symmetry`` stream: the engine's own map, not a check of the view's);
 * I(q) waterfalls (q in nm⁻¹ across, frame number down) of the raw and the denoised frames,
   flagged frames marked;
 * the latest raw and denoised I(q) with their 1σ bands;
-* a text panel: method, which denoiser served the frame, symmetry summary, flags, drops.
+* a text panel: method and why, which denoiser served the frame, which symmetries the engine
+  used (from the same ``symmetry`` stream), flags, drops.
 
-Threads: raw documents arrive on the RunEngine's thread and derived ones on the SymDenoise
-worker. Under a Qt backend the bluesky ``QtAwareCallback`` machinery moves every document to
-the Qt main thread. Otherwise documents only update state under a short lock (never blocking
-the RunEngine behind a draw), and drawing happens on the thread of the derived document that
-triggers it (every ``every`` denoised frames, and at the derived stop), under a second lock.
+Where it draws (:attr:`LiveDenoiseView.mode`):
+
+``"window"``
+    An interactive matplotlib backend (QtAgg, TkAgg, GTK, macOS, WebAgg, nbAgg/ipympl):
+    one window, drawn on the main thread only. Under Qt, bluesky's teleporter
+    (``QtAwareCallback``) moves every document to the Qt main thread, and bluesky runs the Qt
+    event loop while ``RE(...)`` waits, so the window follows the scan as it runs. Under other
+    GUI toolkits documents are taken on their own threads and a GUI timer draws on the main
+    thread whenever its event loop runs (between commands in IPython, or in ``plt.pause``).
+    Updates are throttled by wall time (``interval_s``): every frame at slow rates, the latest
+    one at most once per interval at fast ones.
+``"files"``
+    ``out_dir`` given: PNG snapshots every ``every`` denoised frames and at the derived stop,
+    drawn on a private Agg figure by the thread that delivers the derived document.
+``"off"``
+    A non-interactive backend (Agg) and no ``out_dir``: nothing is drawn until
+    :meth:`LiveDenoiseView.snapshot`.
 
 Nothing raises into the caller: problems are recorded in :attr:`LiveDenoiseView.errors`.
 """
@@ -27,7 +41,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import textwrap
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +60,34 @@ logger = logging.getLogger(__name__)
 _MAX_RAW_FRAMES = 128
 #: Scans whose derived run may still be running, beside the current one.
 _MAX_OPEN_SCANS = 4
+#: Bits of the derived run's ``symmetry_violation`` map the outline draws, with their colour
+#: and legend (see :data:`bluesky_symdenoise.denoise.engine.VIOLATION_BITS`).
+_OUTLINES = ((1, "red", "180° symmetry rejected (engine's local test)"),)
+#: Bit of the map for spots the engine kept at their raw intensity (counted, not outlined).
+_SPOTS_KEPT = 4
+#: Backends that draw to files or memory only (matplotlib's own list, when it has one).
+_NON_INTERACTIVE = ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template",
+                    "module://matplotlib_inline.backend_inline")
+
+
+def _interactive_backend(backend: str | None = None) -> bool:
+    """Whether ``backend`` (default: matplotlib's current one) shows windows.
+
+    Every interactive backend counts, Agg-based ones included (QtAgg, TkAgg, GTK4Agg,
+    WebAgg, nbAgg, ipympl's widget); Agg, the file backends and Jupyter's inline backend do
+    not.
+    """
+    import matplotlib
+
+    name = (backend or matplotlib.get_backend()).lower()
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+
+        if name in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+            return False
+    except ImportError:  # matplotlib < 3.9: the list above
+        pass
+    return name not in _NON_INTERACTIVE
 
 
 @dataclass
@@ -57,7 +101,6 @@ class _Scan:
     provenance: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     raw_frames: OrderedDict = field(default_factory=OrderedDict)  # seq_num -> {key: frame}
-    raw_sum: dict = field(default_factory=dict)  # key -> running sum (symmetry check)
     raw_count: int = 0
     latest_denoised: np.ndarray | None = None
     latest_seq: int | None = None
@@ -65,6 +108,8 @@ class _Scan:
     denoised_seen: int = 0
     flags: dict = field(default_factory=dict)  # raw_seq_num -> flag text (non-empty only)
     dropped: int = 0
+    violation: np.ndarray | None = None  # the engine's bit map (``symmetry`` stream)
+    symmetry: dict = field(default_factory=dict)  # the engine's report (``symmetry`` stream)
     iq_seq: list = field(default_factory=list)
     iq_q: list = field(default_factory=list)
     iq_raw: list = field(default_factory=list)
@@ -88,39 +133,64 @@ class LiveDenoiseView(QtAwareCallback):
         Raw data key of the frames; ``None`` uses the one the derived run names
         (``start["symdenoise"]["field"]``).
     out_dir
-        Headless mode: write ``live_<scan_id>_<seq>.png`` every ``every`` denoised frames
-        and ``live_<scan_id>_final.png`` at the derived stop.
+        Write ``live_<scan_id>_<nnnn>.png`` every ``every`` denoised frames and
+        ``live_<scan_id>_final.png`` at the derived stop, instead of drawing a window.
     every
-        Draw every this many denoised frames. A draw takes ~0.7 s of the thread that
-        delivers the derived document (the SymDenoise worker), so keep it sparse.
+        Draw every this many denoised frames; default 1 in a window (then ``interval_s``
+        sets the pace) and 10 for PNG files (a PNG takes about a second of the thread that
+        delivers the derived document, the SymDenoise worker).
+    interval_s
+        In a window, at most one redraw per this many seconds of wall time; a frame that
+        arrives sooner is drawn by a GUI timer when the interval has passed, so the window
+        always ends on the latest frame.
     scale
         ``"sqrt"`` or ``"log"`` colour scaling of the frames and waterfalls.
     mask
         Bool array, True on bad pixels, drawn grey. Without it, the raw start's ``mask``
         (``.npy`` path) is used, else pixels the denoiser zeroed (it zeroes bad pixels).
     symmetry_map
-        Outline where 180° symmetry is violated, from the view's own check on the sum of
-        the raw frames seen (the derived run publishes only summary numbers).
+        Outline where the engine rejected 180° symmetry (and kept spots at their raw
+        intensity), from the derived run's ``symmetry`` stream.
     figsize, dpi
-        Figure size in inches and PNG resolution.
+        Figure size in inches and resolution.
+    use_teleporter
+        Move documents to the Qt main thread (bluesky's ``QtAwareCallback``); default: when
+        the backend is a Qt one.
 
     Examples
     --------
+    In IPython, ``%matplotlib qt`` first (the shipped profile does it when there is a
+    display):
+
+    >>> view = LiveDenoiseView()                 # doctest: +SKIP
+    >>> RE.subscribe(view)                       # doctest: +SKIP
+    >>> sd.subscribe(view)                       # doctest: +SKIP
+
+    Headless, PNG files:
+
     >>> view = LiveDenoiseView(out_dir="snapshots", every=5)   # doctest: +SKIP
-    >>> RE.subscribe(view)                                      # doctest: +SKIP
-    >>> sd.subscribe(view)                                      # doctest: +SKIP
     """
 
     def __init__(self, field: str | None = None, out_dir: str | Path | None = None,
-                 every: int = 10, *, scale: str = "sqrt", mask: np.ndarray | None = None,
-                 symmetry_map: bool = True, figsize: tuple[float, float] = (14.0, 8.0),
-                 dpi: int = 100, use_teleporter: bool | None = None) -> None:
+                 every: int | None = None, *, interval_s: float = 1.0, scale: str = "sqrt",
+                 mask: np.ndarray | None = None, symmetry_map: bool = True,
+                 figsize: tuple[float, float] = (14.0, 8.0), dpi: int = 100,
+                 use_teleporter: bool | None = None) -> None:
         if scale not in ("sqrt", "log"):
             raise ValueError(f"scale must be 'sqrt' or 'log', got {scale!r}")
+        if interval_s < 0:
+            raise ValueError(f"interval_s must be >= 0, got {interval_s!r}")
         super().__init__(use_teleporter=use_teleporter)
         self.field = field
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.mode = "files"
+        else:
+            self.mode = "window" if _interactive_backend() else "off"
+        if every is None:
+            every = 10 if self.mode == "files" else 1
         self.every = max(1, int(every))
+        self.interval_s = float(interval_s)
         self.scale = scale
         self.mask = None if mask is None else np.asarray(mask, bool)
         self.symmetry_map = symmetry_map
@@ -132,10 +202,22 @@ class LiveDenoiseView(QtAwareCallback):
         self._run_of: dict[str, tuple[str, str]] = {}  # run start uid -> (raw uid, kind)
         self._streams: dict[str, tuple[str, str, str]] = {}  # descriptor -> (raw, kind, name)
         self._figure = None
+        self._panels: _Panels | None = None
+        self._timer = None
+        self._dirty = False
+        self._last_draw = -np.inf
+        self._window_closed = False
         #: Problems met, as messages (never raised into the caller).
         self.errors: list[str] = []
         #: Paths of the PNGs written.
         self.written: list[Path] = []
+        #: How many times the figure was redrawn (window or file).
+        self.draws = 0
+        if self.mode == "off":
+            logger.info("live view: backend %r shows no window and no out_dir was given: "
+                        "nothing is drawn until snapshot()", _backend())
+        elif self.mode == "window" and _on_main_thread():
+            self._open_window()
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -162,9 +244,26 @@ class LiveDenoiseView(QtAwareCallback):
             scan = self._find(scan_id)
             return dict(scan.flags) if scan is not None else {}
 
+    def finished(self, scan_id: Any = None) -> bool:
+        """Whether the derived run of the current scan (or ``scan_id``) has stopped and been
+        taken in (in a Qt window: on the main thread)."""
+        with self._state_lock:
+            scan = self._find(scan_id)
+            return scan is not None and scan.derived_stopped
+
+    def violation(self, scan_id: Any = None) -> np.ndarray | None:
+        """The engine's symmetry-violation bit map of the current scan (or ``scan_id``), as
+        the derived run published it; ``None`` before it arrives or when nothing was tested."""
+        with self._state_lock:
+            scan = self._find(scan_id)
+            return None if scan is None or scan.violation is None else scan.violation.copy()
+
     def snapshot(self, path: str | Path | None = None, scan_id: Any = None) -> Path | None:
         """Draw the current scan (or ``scan_id``) now; write a PNG when ``path`` is given.
-        Returns the path written, or ``None``. Never raises."""
+
+        In a window, call it from the main thread. Returns the path written, or ``None``.
+        Never raises.
+        """
         try:
             with self._state_lock:
                 scan = self._find(scan_id)
@@ -178,7 +277,7 @@ class LiveDenoiseView(QtAwareCallback):
 
     @property
     def figure(self):
-        """The matplotlib figure (created at the first draw)."""
+        """The matplotlib figure (in a window: the one pyplot shows)."""
         return self._figure
 
     # -- documents ---------------------------------------------------------------------------
@@ -202,6 +301,7 @@ class LiveDenoiseView(QtAwareCallback):
                 self._current = doc["uid"]
                 self._run_of[doc["uid"]] = (doc["uid"], "raw")
                 self._forget_old()
+                self._window_closed = False  # a new scan opens a closed window again
                 return
             scan = self._scans.get(raw_uid)
             if scan is None:  # the view hears only the derived run
@@ -249,7 +349,7 @@ class LiveDenoiseView(QtAwareCallback):
         if kind == "raw":
             self._raw_event(raw_uid, doc)
             return
-        draw = None
+        changed = False
         with self._state_lock:
             scan = self._scans.get(raw_uid)
             if scan is None:
@@ -257,17 +357,24 @@ class LiveDenoiseView(QtAwareCallback):
             data = doc.get("data") or {}
             if stream == "denoised":
                 self._denoised_event(scan, data)
-                if scan.denoised_seen % self.every == 0 and self._should_draw():
-                    draw = (_freeze(scan), f"{scan.denoised_seen:04d}")
+                changed = scan.denoised_seen % self.every == 0
             elif stream == "integrated":
                 self._integrated_event(scan, data)
+                changed = self.mode == "window"  # a PNG is drawn at its denoised frame
+            elif stream == "symmetry":
+                self._symmetry_event(scan, data)
+                changed = True
             elif stream == "summary":
                 try:
                     scan.summary = json.loads(data.get("provenance") or "{}")
                 except (TypeError, ValueError):
                     scan.summary = {}
-        if draw is not None:
-            self._draw_scan(*draw)
+            frozen = _freeze(scan) if changed and self.mode == "files" \
+                and stream == "denoised" else None
+        if frozen is not None:
+            self._draw_file(frozen, f"{frozen['n_denoised']:04d}")
+        elif changed and self.mode == "window":
+            self._window_changed(final=False)
 
     def stop(self, doc: dict) -> None:
         run = self._run_of.get(doc.get("run_start"))
@@ -280,8 +387,10 @@ class LiveDenoiseView(QtAwareCallback):
             scan.derived_stopped = True
             scan.exit_status = doc.get("exit_status")
             frozen = _freeze(scan)
-        if self._should_draw():
-            self._draw_scan(frozen, "final")
+        if self.mode == "files":
+            self._draw_file(frozen, "final")
+        elif self.mode == "window":
+            self._window_changed(final=True)
 
     # -- state -------------------------------------------------------------------------------
     def _find(self, scan_id: Any) -> _Scan | None:
@@ -309,13 +418,6 @@ class LiveDenoiseView(QtAwareCallback):
             while len(scan.raw_frames) > _MAX_RAW_FRAMES:
                 scan.raw_frames.popitem(last=False)
             scan.raw_count += 1
-            if self.symmetry_map:
-                for key, frame in frames.items():
-                    total = scan.raw_sum.get(key)
-                    if total is None or total.shape != frame.shape:
-                        scan.raw_sum[key] = np.nan_to_num(frame.astype(np.float64))
-                    else:
-                        total += np.nan_to_num(frame)
 
     def _field(self, scan: _Scan) -> str | None:
         return self.field or scan.provenance.get("field")
@@ -361,28 +463,95 @@ class LiveDenoiseView(QtAwareCallback):
             rows.append(np.asarray(value, float) if value is not None
                         else np.full(np.shape(q), np.nan))
 
+    @staticmethod
+    def _symmetry_event(scan: _Scan, data: dict) -> None:
+        violation = data.get("symmetry_violation")
+        if violation is not None and np.ndim(violation) == 2:
+            scan.violation = np.asarray(violation, np.uint8)
+        try:
+            report = json.loads(data.get("symmetry_report") or "{}")
+        except (TypeError, ValueError):
+            report = {}
+        scan.symmetry = report if isinstance(report, dict) else {}
+
     # -- drawing -----------------------------------------------------------------------------
-    def _should_draw(self) -> bool:
-        import matplotlib
-
-        return self.out_dir is not None or "agg" not in matplotlib.get_backend().lower()
-
-    def _draw_scan(self, frozen: dict, suffix: str) -> None:
-        path = None
-        if self.out_dir is not None:
-            path = self.out_dir / f"live_{_safe(frozen['label'])}_{suffix}.png"
+    def _draw_file(self, frozen: dict, suffix: str) -> None:
+        path = self.out_dir / f"live_{_safe(frozen['label'])}_{suffix}.png"
         try:
             self._draw(frozen, path)
         except Exception as exc:  # noqa: BLE001
             self._record(f"drawing failed: {exc!r}")
 
-    def _new_figure(self):
-        import matplotlib
+    def _window_changed(self, *, final: bool) -> None:
+        """Something to show changed: draw now on the main thread when the interval allows
+        (always for the final state); otherwise the GUI timer draws it soon."""
+        self._dirty = True
+        if not _on_main_thread():
+            return  # never draw a GUI figure off the main thread: the timer will
+        if final or time.monotonic() - self._last_draw >= self.interval_s:
+            self._draw_window()
 
-        if self.out_dir is None and "agg" not in matplotlib.get_backend().lower():
-            import matplotlib.pyplot as plt
+    def _on_timer(self) -> None:
+        if self._dirty and time.monotonic() - self._last_draw >= self.interval_s:
+            self._draw_window()
 
-            return plt.figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
+    def _draw_window(self) -> None:
+        try:
+            if self._window_closed:
+                self._dirty = False
+                return
+            if self._figure is None:
+                self._open_window()
+            with self._state_lock:
+                scan = self._find(None)
+                frozen = _freeze(scan) if scan is not None else None
+            self._dirty = False
+            self._last_draw = time.monotonic()
+            if frozen is not None:
+                self._draw(frozen, None)
+        except Exception as exc:  # noqa: BLE001
+            self._record(f"drawing failed: {exc!r}")
+
+    def _open_window(self) -> None:
+        """The pyplot figure, shown, with a GUI timer for updates from other threads."""
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
+        figure.canvas.manager.set_window_title("symdenoise: raw vs denoised")
+        figure.text(0.5, 0.5, "waiting for a scan", ha="center", va="center", fontsize=14)
+        figure.canvas.mpl_connect("close_event", self._on_close)
+        figure.canvas.manager.show()
+        timer = figure.canvas.new_timer(interval=max(50, int(1000 * self.interval_s / 2)))
+        timer.add_callback(self._on_timer)
+        timer.start()
+        self._figure, self._panels, self._timer = figure, None, timer
+
+    def _on_close(self, _event: Any) -> None:
+        """The user closed the window: stop drawing until the next scan starts."""
+        if self._timer is not None:
+            self._timer.stop()
+        self._figure = self._panels = self._timer = None
+        self._window_closed = True
+
+    def _draw(self, frozen: dict, path: Path | None) -> Path | None:
+        with self._draw_lock:
+            if self._figure is None:
+                self._figure = self._agg_figure()
+            if self._panels is None or not self._panels.fits(frozen, self):
+                self._panels = _Panels(self._figure, frozen, self)
+            else:
+                self._panels.update(frozen, self)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._figure.savefig(path, dpi=self.dpi)
+                self.written.append(path)
+            else:
+                self._figure.canvas.draw_idle()
+            self.draws += 1
+            return path
+
+    def _agg_figure(self):
+        """A figure of its own (not pyplot's), for files and snapshots."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -390,20 +559,15 @@ class LiveDenoiseView(QtAwareCallback):
         FigureCanvasAgg(figure)
         return figure
 
-    def _draw(self, frozen: dict, path: Path | None) -> Path | None:
-        with self._draw_lock:
-            if self._figure is None:
-                self._figure = self._new_figure()
-            figure = self._figure
-            figure.clear()
-            _render(figure, frozen, self)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                figure.savefig(path, dpi=self.dpi)
-                self.written.append(path)
-            else:
-                figure.canvas.draw_idle()
-            return path
+
+def _backend() -> str:
+    import matplotlib
+
+    return matplotlib.get_backend()
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _safe(label: str) -> str:
@@ -434,15 +598,12 @@ def _freeze(scan: _Scan) -> dict:
         raw = frames.get(field_name) if field_name else next(iter(frames.values()))
         if raw is None and len(frames) == 1:
             raw = next(iter(frames.values()))
-    raw_sum = scan.raw_sum.get(field_name) if field_name else None
-    if raw_sum is None and len(scan.raw_sum) == 1:
-        raw_sum = next(iter(scan.raw_sum.values()))
     return {
         "label": scan.label, "raw": raw, "denoised": scan.latest_denoised,
         "seq": scan.latest_seq, "by": scan.latest_by, "n_denoised": scan.denoised_seen,
-        "raw_sum": None if raw_sum is None else raw_sum.copy(),
         "raw_count": scan.raw_count, "raw_start": scan.raw_start,
         "provenance": copy.deepcopy(scan.provenance), "summary": copy.deepcopy(scan.summary),
+        "symmetry": copy.deepcopy(scan.symmetry), "violation": scan.violation,
         "flags": dict(scan.flags), "dropped": scan.dropped,
         "iq_seq": np.asarray(scan.iq_seq, int), "iq_q": _common_q(scan.iq_q),
         "iq_raw": _stack_rows(scan.iq_raw), "iq_den": _stack_rows(scan.iq_den),
@@ -470,209 +631,299 @@ def _display_mask(frozen: dict, view: LiveDenoiseView, shape: tuple[int, ...]) -
     return np.zeros(shape, bool)
 
 
-def _norm(scale: str, values: np.ndarray):
-    from matplotlib.colors import LogNorm, PowerNorm
-
+def _limits(scale: str, values: np.ndarray) -> tuple[float, float]:
+    """Colour limits of ``values`` for a sqrt or log scale."""
     finite = values[np.isfinite(values)]
     positive = finite[finite > 0]
     if positive.size == 0:
-        return PowerNorm(0.5, vmin=0.0, vmax=1.0)
+        return (1e-3, 1.0) if scale == "log" else (0.0, 1.0)
     vmax = float(np.percentile(positive, 99.5))
     if scale == "log":
         vmin = float(max(np.percentile(positive, 1.0), vmax * 1e-4))
-        return LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10))
-    return PowerNorm(0.5, vmin=0.0, vmax=max(vmax, 1e-9))
+        return vmin, max(vmax, vmin * 10)
+    return 0.0, max(vmax, 1e-9)
 
 
-def _symmetry_text(frozen: dict) -> tuple[str, float | None]:
-    symmetry = (frozen["summary"].get("symmetry")
-                or (frozen["provenance"].get("engine") or {}).get("symmetry"))
-    if not symmetry:
-        return "symmetry: no report (no geometry or not analysed)", None
-    if isinstance(symmetry, str):
-        return f"symmetry: {symmetry}", None
-    violated = symmetry.get("fraction_violated")
-    text = (f"180° symmetry violated on {100 * violated:.2f} % of paired pixels\n"
-            "  (engine, on the warm-up frames)"
-            if isinstance(violated, int | float) else "symmetry: no violation figure")
-    paired = symmetry.get("fraction_paired")
-    chi2 = symmetry.get("chi2_per_pair")
-    extra = []
-    if isinstance(paired, int | float):
-        extra.append(f"paired {100 * paired:.0f} %")
-    if isinstance(chi2, int | float):
-        extra.append(f"χ²/pair {chi2:.2f}")
-    return text + (f"\n  {', '.join(extra)}" if extra else ""), violated
+def _norm(scale: str, values: np.ndarray):
+    from matplotlib.colors import LogNorm, PowerNorm
+
+    vmin, vmax = _limits(scale, values)
+    return LogNorm(vmin=vmin, vmax=vmax) if scale == "log" else PowerNorm(0.5, vmin, vmax)
 
 
-def _violation_map(frozen: dict, mask: np.ndarray) -> np.ndarray | None:
-    """The view's own local 180° check on Σ raw frames (what the engine does at warm-up)."""
-    total = frozen["raw_sum"]
-    engine = frozen["provenance"].get("engine") or {}
-    center = engine.get("beam_center") or (frozen["provenance"].get("geometry") or {}).get(
-        "beam_center")
-    if total is None or center is None or total.shape != mask.shape:
-        return None
-    from ..physics.symmetry import symmetry_validity
-
-    return symmetry_validity(total, (float(center[0]), float(center[1])), mask).violation
+def _layout_key(frozen: dict) -> tuple:
+    """What fixes the figure's layout: a change rebuilds it, anything else updates it."""
+    raw, den = frozen["raw"], frozen["denoised"]
+    reference = den if den is not None else raw
+    shape = None if reference is None else np.shape(reference)
+    q = frozen["iq_q"]
+    has_iq = bool(frozen["iq_seq"].size and q.size and np.all(np.isfinite(q)))
+    return (shape, raw is not None and np.shape(raw) == shape,
+            den is not None and np.shape(den) == shape, has_iq)
 
 
-def _render(figure, frozen: dict, view: LiveDenoiseView) -> None:
-    import matplotlib
+class _Panels:
+    """The figure's axes and artists: built once per layout, then updated in place.
 
-    grid = figure.add_gridspec(2, 3, width_ratios=[1, 1, 1.15])
-    ax_raw, ax_den = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1])
-    ax_iq = figure.add_subplot(grid[0, 2])
-    ax_wr, ax_wd = figure.add_subplot(grid[1, 0]), figure.add_subplot(grid[1, 1])
-    ax_text = figure.add_subplot(grid[1, 2])
-    prov = frozen["provenance"]
-    key = view.field or prov.get("field") or "?"
-    status = (f"  [derived run {frozen['exit_status']}]" if frozen["stopped"]
-              else "  [live]")
-    figure.suptitle(f"Scan {frozen['label']}: {key}, raw vs denoised "
-                    f"(method {prov.get('method', '?')}){status}", fontsize=14)
+    Rebuilding the whole figure (and solving its constrained layout) costs several times a
+    redraw of artists whose data changed, so a live window only rebuilds when the layout
+    changes (the first frame, the first I(q), a new frame shape).
+    """
+
+    def __init__(self, figure, frozen: dict, view: LiveDenoiseView) -> None:
+        import matplotlib
+        from matplotlib.ticker import MaxNLocator
+
+        figure.clear()
+        figure.set_layout_engine("constrained")
+        self.key = _layout_key(frozen)
+        shape, has_raw, has_den, has_iq = self.key
+        grid = figure.add_gridspec(2, 3, width_ratios=[1, 1, 1.15])
+        self.ax_raw, self.ax_den = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1])
+        self.ax_iq = figure.add_subplot(grid[0, 2])
+        self.ax_wr, self.ax_wd = figure.add_subplot(grid[1, 0]), figure.add_subplot(grid[1, 1])
+        self.ax_text = figure.add_subplot(grid[1, 2])
+        self.ax_text.set_axis_off()
+        self.ax_text.set_title("Provenance and symmetry", fontsize=11, loc="left")
+        self.suptitle = figure.suptitle("", fontsize=14)
+        self.scale = view.scale
+        self.images: dict[str, Any] = {}
+        self.outlines: list[Any] = []
+        self.outline_of: Any = None
+        self.text_box = None
+        cmap = matplotlib.colormaps["viridis"].copy()
+        cmap.set_bad("0.6")
+        self.frame_norm = _norm(view.scale, np.zeros(0))
+        if shape is None:
+            for ax in (self.ax_raw, self.ax_den):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "waiting for frames", ha="center", va="center",
+                        transform=ax.transAxes)
+        else:
+            blank = np.ma.masked_all(shape)
+            for ax, which, present in ((self.ax_raw, "raw", has_raw),
+                                       (self.ax_den, "denoised", has_den)):
+                ax.set_xlabel("column (px)")
+                ax.set_ylabel("row (px)")
+                if not present:
+                    ax.set_axis_off()
+                    ax.text(0.5, 0.5, "raw frame not received\n(subscribe the view to the "
+                            "RunEngine;\nframes must be inline in events)" if which == "raw"
+                            else "no denoised frame yet", ha="center", va="center",
+                            transform=ax.transAxes, fontsize=10)
+                    continue
+                self.images[which] = ax.imshow(blank, cmap=cmap, norm=self.frame_norm,
+                                               origin="upper", interpolation="nearest")
+            if self.images:
+                bar = figure.colorbar(next(iter(self.images.values())),
+                                      ax=[self.ax_raw, self.ax_den], shrink=0.9, pad=0.02)
+                bar.set_label(f"counts / pixel ({view.scale} scale, grey: masked)")
+        self.has_iq = has_iq
+        if has_iq:
+            wcmap = matplotlib.colormaps["magma"].copy()
+            wcmap.set_bad("0.6")
+            self.iq_norm = _norm(view.scale, np.zeros(0))
+            self.waterfalls, self.flag_marks = {}, {}
+            for ax, which, title in ((self.ax_wr, "raw", "I(q) waterfall, raw"),
+                                     (self.ax_wd, "denoised", "I(q) waterfall, denoised")):
+                self.waterfalls[which] = ax.imshow(np.ma.masked_all((1, 2)), aspect="auto",
+                                                   cmap=wcmap, norm=self.iq_norm,
+                                                   interpolation="nearest")
+                ax.set_title(title, fontsize=11)
+                ax.set_xlabel("q (nm$^{-1}$)")
+                ax.set_ylabel("frame (raw seq_num)")
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+                (self.flag_marks[which],) = ax.plot([], [], ">", color="red", markersize=7,
+                                                    clip_on=False, label="frame flagged")
+                self.flag_marks[which].set_in_layout(False)  # an empty line has no extent
+            bar = figure.colorbar(self.waterfalls["raw"], ax=[self.ax_wr, self.ax_wd],
+                                  shrink=0.9, pad=0.02)
+            bar.set_label(f"I(q) (counts / pixel, {view.scale} scale)")
+            (self.line_raw,) = self.ax_iq.plot([], [], color="0.45", lw=1.2, label="raw")
+            (self.line_den,) = self.ax_iq.plot([], [], color="C3", lw=1.8, label="denoised")
+            self.bands: list[Any] = []
+            if view.scale == "log":
+                self.ax_iq.set_yscale("log")
+            self.ax_iq.set_xlabel("q (nm$^{-1}$)")
+            self.ax_iq.set_ylabel("I(q) (counts / pixel)")
+            self.ax_iq.grid(alpha=0.3)
+            self.ax_iq.legend(fontsize=9)
+        else:
+            for ax in (self.ax_wr, self.ax_wd, self.ax_iq):
+                ax.set_axis_off()
+            self.iq_reason = self.ax_iq.text(0.5, 0.5, "", ha="center", va="center",
+                                             transform=self.ax_iq.transAxes, fontsize=10,
+                                             wrap=True)
+        self.update(frozen, view)
+        # Solve the layout once, then freeze it: updates only move data.
+        figure.get_layout_engine().execute(figure)
+        figure.set_layout_engine("none")
+
+    def fits(self, frozen: dict, view: LiveDenoiseView) -> bool:
+        return _layout_key(frozen) == self.key
+
+    def update(self, frozen: dict, view: LiveDenoiseView) -> None:
+        prov = frozen["provenance"]
+        key = view.field or prov.get("field") or "?"
+        status = (f"  [derived run {frozen['exit_status']}]" if frozen["stopped"]
+                  else "  [live]")
+        self.suptitle.set_text(f"Scan {frozen['label']}: {key}, raw vs denoised "
+                               f"(method {prov.get('method', '?')}){status}")
+        self._update_frames(frozen, view)
+        if self.has_iq:
+            self._update_iq(frozen)
+        else:
+            self.iq_reason.set_text(
+                "no I(q): the derived run has no 'integrated' stream (no geometry?)"
+                if frozen["has_derived"] else "waiting for the derived run")
+        if self.text_box is not None:
+            self.text_box.remove()
+        self.text_box = _text_panel(self.ax_text, frozen, prov, self.outline_shown)
 
     # -- frames --
-    raw, den = frozen["raw"], frozen["denoised"]
-    shape = (den if den is not None else raw).shape if (den is not None or raw is not None) \
-        else None
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.6")
-    seq = frozen["seq"]
-    violation = None
-    if shape is not None:
+    @property
+    def outline_shown(self) -> list[str]:
+        return [label for _, _, label in self.outline_legend]
+
+    def _update_frames(self, frozen: dict, view: LiveDenoiseView) -> None:
+        self.outline_legend: list[tuple[int, str, str]] = []
+        shape = self.key[0]
+        if shape is None:
+            return
         mask = _display_mask(frozen, view, shape)
-        frozen["display_mask"] = mask
-        if view.symmetry_map:
-            try:
-                violation = _violation_map(frozen, mask)
-            except Exception as exc:  # noqa: BLE001
-                view._record(f"symmetry map failed: {exc!r}")
-        reference = den if den is not None else raw
-        norm = _norm(view.scale, np.where(mask, np.nan, np.asarray(reference, float)))
-        image = None
-        for ax, frame, title in ((ax_raw, raw, f"raw frame {seq}"),
-                                 (ax_den, den, f"denoised ({frozen['by'] or '?'})")):
-            ax.set_title(title, fontsize=11)
-            ax.set_xlabel("column (px)")
-            ax.set_ylabel("row (px)")
-            if frame is None or np.shape(frame) != shape:
-                ax.set_axis_off()
-                ax.text(0.5, 0.5, "raw frame not received\n(subscribe the view to the "
-                        "RunEngine;\nframes must be inline in events)" if ax is ax_raw
-                        else "no denoised frame yet", ha="center", va="center",
-                        transform=ax.transAxes, fontsize=10)
-                continue
-            values = np.asarray(frame, float)
+        reference = frozen["denoised"] if frozen["denoised"] is not None else frozen["raw"]
+        vmin, vmax = _limits(view.scale, np.where(mask, np.nan, np.asarray(reference, float)))
+        self.frame_norm.vmin, self.frame_norm.vmax = vmin, vmax
+        titles = {"raw": f"raw frame {frozen['seq']}",
+                  "denoised": f"denoised ({frozen['by'] or '?'})"}
+        for which, image in self.images.items():
+            values = np.asarray(frozen[which], float)
             if view.scale == "log":  # zero counts: the lowest colour, not "masked" grey
-                values = np.maximum(values, norm.vmin)
-            shown = np.ma.masked_array(values, mask | ~np.isfinite(values))
-            image = ax.imshow(shown, cmap=cmap, norm=norm, origin="upper",
-                              interpolation="nearest")
-            if violation is not None and violation.any():
-                ax.contour(violation.astype(float), levels=[0.5], colors="red",
-                           linewidths=1.0)
-        if image is not None:
-            bar = figure.colorbar(image, ax=[ax_raw, ax_den], shrink=0.9, pad=0.02)
-            bar.set_label(f"counts / pixel ({view.scale} scale, grey: masked)")
-        if violation is not None and violation.any():
+                values = np.maximum(values, vmin)
+            image.set_data(np.ma.masked_array(values, mask | ~np.isfinite(values)))
+            image.axes.set_title(titles[which], fontsize=11)
+        violation = frozen["violation"] if view.symmetry_map else None
+        if violation is not None and np.shape(violation) != shape:
+            violation = None
+        if violation is not self.outline_of:  # the map comes once per scan
+            for artist in self.outlines:
+                artist.remove()
+            self.outlines = []
+            self.outline_of = violation
+            if violation is not None:
+                for bit, colour, _label in _OUTLINES:
+                    region = (np.asarray(violation) & bit).astype(bool)
+                    if not region.any():
+                        continue
+                    for image in self.images.values():
+                        self.outlines.append(image.axes.contour(
+                            region.astype(float), levels=[0.5], colors=colour,
+                            linewidths=1.0))
+            if "denoised" in self.images:
+                legend = self.images["denoised"].axes.get_legend()
+                if legend is not None:
+                    legend.remove()
+        if violation is not None:
+            self.outline_legend = [o for o in _OUTLINES
+                                   if (np.asarray(violation) & o[0]).any()]
+        if self.outline_legend and "denoised" in self.images:
             from matplotlib.lines import Line2D
 
-            ax_den.legend(handles=[Line2D([], [], color="red", lw=1.0,
-                                          label="180° symmetry violated")],
-                          loc="lower right", fontsize=8, framealpha=0.8)
-    else:
-        for ax in (ax_raw, ax_den):
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, "waiting for frames", ha="center", va="center",
-                    transform=ax.transAxes)
+            self.images["denoised"].axes.legend(
+                handles=[Line2D([], [], color=c, lw=1.0, label=label)
+                         for _, c, label in self.outline_legend],
+                loc="lower right", fontsize=8, framealpha=0.8)
 
-    # -- waterfalls --
-    q, seqs = frozen["iq_q"], frozen["iq_seq"]
-    if seqs.size and q.size and np.all(np.isfinite(q)):
+    # -- I(q) --
+    def _update_iq(self, frozen: dict) -> None:
+        q, seqs = frozen["iq_q"], frozen["iq_seq"]
+        if not (seqs.size and q.size and np.all(np.isfinite(q))):
+            return
         rows = np.concatenate([frozen["iq_raw"].ravel(), frozen["iq_den"].ravel()])
-        wnorm = _norm(view.scale, rows)
+        self.iq_norm.vmin, self.iq_norm.vmax = _limits(self.scale, rows)
         extent = [float(q[0]), float(q[-1]), float(seqs.max()) + 0.5, float(seqs.min()) - 0.5]
-        wcmap = matplotlib.colormaps["magma"].copy()
-        wcmap.set_bad("0.6")
         order = np.argsort(seqs, kind="stable")
-        flagged = sorted(s for s in frozen["flags"] if s in set(seqs.tolist()))
-        picture = None
-        for ax, rows_, title in ((ax_wr, frozen["iq_raw"], "I(q) waterfall, raw"),
-                                 (ax_wd, frozen["iq_den"], "I(q) waterfall, denoised")):
-            data = np.ma.masked_invalid(rows_[order][:, : q.size])
-            picture = ax.imshow(data, aspect="auto", extent=extent, cmap=wcmap, norm=wnorm,
-                                interpolation="nearest")
-            ax.set_title(title, fontsize=11)
-            ax.set_xlabel("q (nm$^{-1}$)")
-            ax.set_ylabel("frame (raw seq_num)")
-            if flagged:
-                ax.plot(np.full(len(flagged), q[0]), flagged, ">", color="red",
-                        markersize=7, clip_on=False, label="frame flagged")
-                ax.legend(loc="lower right", fontsize=8, framealpha=0.8)
-        bar = figure.colorbar(picture, ax=[ax_wr, ax_wd], shrink=0.9, pad=0.02)
-        bar.set_label(f"I(q) (counts / pixel, {view.scale} scale)")
-
+        present = set(seqs.tolist())
+        flagged = sorted(s for s in frozen["flags"] if s in present)
+        for which, rows_ in (("raw", frozen["iq_raw"]), ("denoised", frozen["iq_den"])):
+            picture = self.waterfalls[which]
+            picture.set_data(np.ma.masked_invalid(rows_[order][:, : q.size]))
+            picture.set_extent(extent)
+            self.flag_marks[which].set_data(np.full(len(flagged), q[0]), flagged)
+            if flagged and picture.axes.get_legend() is None:
+                picture.axes.legend(loc="lower right", fontsize=8, framealpha=0.8)
         last = int(np.argmax(seqs))
-        for rows_, sig, colour, label in (
-                (frozen["iq_raw"], frozen["iq_raw_sigma"], "0.45", "raw"),
-                (frozen["iq_den"], frozen["iq_den_sigma"], "C3", "denoised")):
+        for band in self.bands:
+            band.remove()
+        self.bands = []
+        for line, rows_, sig in ((self.line_raw, frozen["iq_raw"], frozen["iq_raw_sigma"]),
+                                 (self.line_den, frozen["iq_den"], frozen["iq_den_sigma"])):
             y = rows_[last, : q.size]
             s = sig[last, : q.size] if sig.size else np.full_like(y, np.nan)
-            ax_iq.plot(q, y, color=colour, lw=1.2 if label == "raw" else 1.8, label=label)
+            line.set_data(q, y)
             ok = np.isfinite(y) & np.isfinite(s)
             if ok.any():
-                ax_iq.fill_between(q, np.where(ok, y - s, np.nan), np.where(ok, y + s, np.nan),
-                                   color=colour, alpha=0.2, lw=0)
-        if view.scale == "log":
-            ax_iq.set_yscale("log")
-        ax_iq.set_title(f"I(q), frame {int(seqs[last])} (bands: 1σ)", fontsize=11)
-        ax_iq.set_xlabel("q (nm$^{-1}$)")
-        ax_iq.set_ylabel("I(q) (counts / pixel)")
-        ax_iq.grid(alpha=0.3)
-        ax_iq.legend(fontsize=9)
+                self.bands.append(self.ax_iq.fill_between(
+                    q, np.where(ok, y - s, np.nan), np.where(ok, y + s, np.nan),
+                    color=line.get_color(), alpha=0.2, lw=0))
+        self.ax_iq.relim()
+        self.ax_iq.autoscale_view()
+        self.ax_iq.set_title(f"I(q), frame {int(seqs[last])} (bands: 1σ)", fontsize=11)
+
+
+def _symmetry_lines(frozen: dict) -> tuple[list[str], str]:
+    """What the engine says it did with symmetry, and a colour for it."""
+    report = frozen["symmetry"]
+    if not report:  # a derived run without a ``symmetry`` stream (older, or no analysis)
+        engine = frozen["provenance"].get("engine") or {}
+        text = engine.get("symmetry_usage")
+        if not text:
+            return ["symmetry: no report (no geometry, or the scan was not analysed)"], "black"
+        return [part.strip() for part in str(text).split(";")], "black"
+    rotation = report.get("rotation_180") or {}
+    azimuthal = report.get("azimuthal") or {}
+    lines = [str(rotation.get("text", "180° symmetry: no report")),
+             str(azimuthal.get("text", "ring symmetry: no report"))]
+    violation = frozen["violation"]
+    if violation is not None:
+        kept = int((np.asarray(violation) & _SPOTS_KEPT).astype(bool).sum())
+        if kept:
+            lines.append(f"{kept} px of spots kept at their raw intensity")
+    violated = rotation.get("fraction_violated") or 0.0
+    if rotation.get("used"):
+        colour = "darkgreen" if violated <= rotation.get("limit", 0.05) else "darkorange"
+    elif rotation.get("tested"):
+        colour = "darkred"
     else:
-        reason = ("no I(q): the derived run has no 'integrated' stream (no geometry?)"
-                  if frozen["has_derived"] else "waiting for the derived run")
-        for ax in (ax_wr, ax_wd, ax_iq):
-            ax.set_axis_off()
-        ax_iq.text(0.5, 0.5, reason, ha="center", va="center", transform=ax_iq.transAxes,
-                   fontsize=10, wrap=True)
-
-    # -- text panel --
-    _text_panel(ax_text, frozen, prov, violation)
+        colour = "black"
+    return lines, colour
 
 
-def _text_panel(ax, frozen: dict, prov: dict, violation: np.ndarray | None) -> None:
-    """Provenance lines, a symmetry badge and the flags, stacked top-down."""
+def _text_panel(ax, frozen: dict, prov: dict, outlines: list[str]):
+    """Provenance lines, what the engine did with symmetry, and the flags, top-down."""
     from matplotlib.offsetbox import AnchoredOffsetbox, TextArea, VPacker
 
-    ax.set_axis_off()
-    ax.set_title("Provenance and symmetry", fontsize=11, loc="left")
+    width = 54
     style = {"family": "monospace", "fontsize": 9.5}
     general = [f"frames denoised: {frozen['n_denoised']}   raw frames seen: "
                f"{frozen['raw_count']}",
-               f"method: {prov.get('method', '?')}",
-               f"  {str(prov.get('reason', ''))[:60]}",
-               f"latest served by: {frozen['by'] or '?'}"]
+               f"method: {prov.get('method', '?')}"]
+    general += textwrap.wrap(f"why: {prov.get('reason', '')}", width,
+                             subsequent_indent="  ")[:3]
+    general.append(f"latest served by: {frozen['by'] or '?'}")
     network = frozen["summary"].get("network")
     if network:
-        general.append(f"network: {str(network)[:58]}")
+        general += textwrap.wrap(f"network: {network}", width, subsequent_indent="  ")[:2]
     if frozen["dropped"]:
         general.append(f"frames dropped (queue full): {frozen['dropped']}")
     for warning in (prov.get("warnings") or [])[:2]:
-        general.append(f"warning: {str(warning)[:58]}")
-    sym_text, violated = _symmetry_text(frozen)
-    if violation is not None:
-        paired = max(int((~frozen["display_mask"]).sum()), 1) if "display_mask" in frozen \
-            else max(violation.size, 1)
-        sym_text += (f"\nred outline: the view's own check on Σ of {frozen['raw_count']}"
-                     f"\n  raw frames: {100 * violation.sum() / paired:.2f} % of unmasked"
-                     " pixels")
-    broken = isinstance(violated, int | float) and violated > 0.01
-    badge = TextArea(sym_text, textprops={**style, "color": "darkred" if broken
-                                          else "darkgreen", "fontweight": "bold"})
+        general.append(f"warning: {str(warning)[:width - 9]}")
+    lines, colour = _symmetry_lines(frozen)
+    symmetry = [wrapped for line in lines
+                for wrapped in textwrap.wrap(line, width, subsequent_indent="  ")]
+    symmetry += [f"outline: {label}" for label in outlines] or (
+        ["outline: none (no symmetry violation found)"] if frozen["violation"] is not None
+        else [])
     flags = frozen["flags"]
     if flags:
         last_seq = max(flags)
@@ -680,10 +931,14 @@ def _text_panel(ax, frozen: dict, prov: dict, violation: np.ndarray | None) -> N
                      f"  frame {last_seq}: {flags[last_seq][:52]}")
     else:
         flag_text = "flagged frames: none"
-    children = [TextArea("\n".join(general), textprops=style), badge,
+    children = [TextArea("\n".join(general), textprops=style),
+                TextArea("\n".join(symmetry), textprops={**style, "color": colour,
+                                                         "fontweight": "bold"}),
                 TextArea(flag_text, textprops={**style, "color": "red" if flags
                                                else "black"})]
     box = AnchoredOffsetbox(loc="upper left", child=VPacker(children=children, pad=0, sep=8),
                             frameon=False, bbox_to_anchor=(0, 1), bbox_transform=ax.transAxes,
                             borderpad=0)
+    box.set_in_layout(False)  # the panel's axes set its place; its text does not move others
     ax.add_artist(box)
+    return box

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from bluesky import plans as bp
@@ -59,12 +61,20 @@ def test_derived_run_links_validates_and_denoises(RE, detector, frames, scene, c
 
     (stop,) = derived.of("stop")
     assert stop["exit_status"] == "success"
-    assert stop["num_events"] == {"denoised": N_FRAMES, "integrated": N_FRAMES, "summary": 1}
-    # Every derived run says where the scan broke symmetry: a map and the scores.
-    summary = derived.stream("summary")[0]["data"]
-    violation = np.asarray(summary["symmetry_violation"])
+    assert stop["num_events"] == {"denoised": N_FRAMES, "integrated": N_FRAMES, "summary": 1,
+                                  "symmetry": 1}
+    # Every derived run says, at warm-up, where the scan broke symmetry (a map) and what the
+    # engine used; the summary keeps the scores.
+    (symmetry,) = derived.stream("symmetry")
+    violation = np.asarray(symmetry["data"]["symmetry_violation"])
     assert violation.shape == scene.mask.shape and violation.max() <= 7
-    scores = __import__("json").loads(summary["provenance"])
+    usage = json.loads(symmetry["data"]["symmetry_report"])
+    assert usage["method"] == start["symdenoise"]["method"]
+    assert usage["rotation_180"]["tested"] and usage["azimuthal"]["tested"]
+    order = [d["descriptor"] for n, d in derived.docs if n == "event"]
+    assert order[0] == symmetry["descriptor"]  # published before the first frame
+    summary = derived.stream("summary")[0]["data"]
+    scores = json.loads(summary["provenance"])
     assert 0 <= scores["symmetry"]["fraction_violated"] <= 1
     assert 0 <= scores["isotropy"]["fraction_violated"] <= 1
 
@@ -104,9 +114,12 @@ def test_no_geometry_warns_and_skips_iq(RE, detector, collector, derived):
     assert any("no geometry" in w for w in start["symdenoise"]["warnings"])
     assert len(derived.stream("denoised")) == 2
     assert derived.stream("integrated") == []
+    (symmetry,) = derived.stream("symmetry")
+    assert "symmetry_violation" not in symmetry["data"]
+    usage = json.loads(symmetry["data"]["symmetry_report"])
+    assert not usage["rotation_180"]["used"] and "no beam centre" in usage["text"]
     summary = derived.stream("summary")[0]["data"]
-    assert "symmetry_violation" not in summary
-    assert "not tested" in __import__("json").loads(summary["provenance"])["symmetry"]
+    assert "not tested" in json.loads(summary["provenance"])["symmetry"]
     derived.validate()
 
 
@@ -119,7 +132,7 @@ def test_network_trains_during_the_scan_and_is_checked(RE, frames, scene, collec
                     method="symmetry", min_training_steps=1,
                     config={"batch_size": 4, "patch_size": 64, "test_time_flips": 1})
     run_scan(RE, det, collector, derived, sd, num=24)
-    summary = __import__("json").loads(derived.stream("summary")[0]["data"]["provenance"])
+    summary = json.loads(derived.stream("summary")[0]["data"]["provenance"])
     assert summary["training"]["steps"] >= 1, summary
     # The pre-trained base, fine-tuned, beats NLM on the held-out split and takes over.
     assert summary["network"].startswith("network used: held-out deviance"), summary

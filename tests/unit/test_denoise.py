@@ -243,3 +243,28 @@ def test_fine_tuning_defaults_to_60_s_on_cpu_and_20_s_on_gpu():
     denoiser = ScanDenoiser(device="cpu")
     analysis = denoiser.analyse(frames, mask=scene.mask, bad_pixels="mask")
     assert denoiser._training_seconds(analysis, "thinning", time.perf_counter()) == 60
+
+
+def test_symmetry_usage_says_what_each_method_used(scan):
+    from bluesky_symdenoise.denoise.engine import symmetry_usage, violation_map
+
+    scene, frames = scan
+    denoiser = ScanDenoiser()
+    analysis = denoiser.analyse(frames, mask=scene.mask, center=scene.geometry.center)
+    used = symmetry_usage(analysis, "symmetry", denoiser.config)
+    assert used["rotation_180"]["used"] and used["azimuthal"]["used"]
+    assert used["rotation_180"]["text"].startswith("180° symmetry used")
+    assert used["rotation_180"]["fraction_violated"] == pytest.approx(
+        analysis.symmetry.fraction_violated, abs=1e-5)
+    free = symmetry_usage(analysis, "thinning", denoiser.config)
+    assert not free["rotation_180"]["used"] and not free["azimuthal"]["used"]
+    assert "not used" in free["text"]
+    assert not symmetry_usage(analysis, "passthrough")["rotation_180"]["used"]
+    # the map is the analysis' own: 180° bit where the local test rejected symmetry
+    bits = violation_map(analysis, "symmetry")
+    assert np.array_equal((bits & 1).astype(bool), analysis.symmetry.violation)
+    # no beam centre: nothing tested, and it says why
+    blind = denoiser.analyse(frames, mask=scene.mask)
+    assert violation_map(blind, "thinning") is None
+    report = symmetry_usage(blind, "thinning")
+    assert not report["rotation_180"]["tested"] and "no beam centre" in report["text"]

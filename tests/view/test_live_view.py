@@ -124,3 +124,26 @@ def test_odd_documents_never_raise(scene, tmp_path):
     assert LiveDenoiseView().snapshot(tmp_path / "none.png") is None
     assert view.snapshot("/proc/forbidden/x.png") is None
     assert view.errors  # the failed write was recorded, not raised
+
+
+@pytest.mark.parametrize(("backend", "interactive"), [
+    ("QtAgg", True), ("qt5agg", True), ("TkAgg", True), ("GTK4Agg", True), ("WebAgg", True),
+    ("nbAgg", True), ("module://ipympl.backend_nbagg", True), ("agg", False),
+    ("pdf", False), ("svg", False), ("module://matplotlib_inline.backend_inline", False)])
+def test_every_interactive_backend_is_a_window(backend, interactive):
+    """Agg-based GUI backends (QtAgg, TkAgg, ...) draw windows; only Agg & co. are headless."""
+    from bluesky_symdenoise.view.live import _interactive_backend
+
+    assert _interactive_backend(backend) is interactive
+
+
+def test_without_a_gui_or_out_dir_nothing_is_drawn_until_asked(RE, detector, scene, tmp_path):
+    view = LiveDenoiseView()
+    assert view.mode == "off"
+    run_scans(RE, detector, scene, view, [3])
+    assert view.figure is None and view.draws == 0 and view.finished()
+    assert view.snapshot(tmp_path / "now.png") == tmp_path / "now.png"
+    assert view.draws == 1 and view.errors == []
+    # the derived run's symmetry map reached the view (one-sided lattice: features marked)
+    violation = view.violation()
+    assert violation is not None and violation.shape == SHAPE and (violation & 1).any()

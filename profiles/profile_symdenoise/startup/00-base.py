@@ -1,8 +1,10 @@
-"""symdenoise profile, 00: RunEngine, plans, headless detection, BestEffortCallback.
+"""symdenoise profile, 00: RunEngine, plans, GUI or headless, BestEffortCallback.
 
 Environment:
     SYMDENOISE_HEADLESS   1/0: force headless (Agg, PNG snapshots) or not; default: headless
-                          when there is no DISPLAY / WAYLAND_DISPLAY (or on macOS never).
+                          when there is no DISPLAY / WAYLAND_DISPLAY (on macOS never).
+                          Not headless: ``%matplotlib qt`` when a Qt binding is installed,
+                          so the live view is a window that follows each scan.
 """
 
 import os
@@ -24,6 +26,22 @@ else:
                                     or os.environ.get("WAYLAND_DISPLAY")))
 if SYMDENOISE_HEADLESS:
     matplotlib.use("Agg")
+else:
+    # The live view's window follows a scan while RE(...) runs only under Qt: bluesky runs
+    # Qt's event loop while it waits, and IPython's Qt input hook keeps the window alive
+    # between commands. ``%matplotlib qt`` is what a user would type.
+    import importlib.util
+
+    from IPython import get_ipython
+
+    _shell = get_ipython()
+    if _shell is not None and any(importlib.util.find_spec(name) for name in
+                                  ("PyQt6", "PySide6", "PyQt5", "PySide2")):
+        _shell.run_line_magic("matplotlib", "qt")
+    else:
+        print("symdenoise: no Qt binding (pip install 'bluesky-symdenoise[gui]'): the live "
+              f"view uses backend {matplotlib.get_backend()!r} and updates between "
+              "commands, not during a scan")
 
 import bluesky.plan_stubs as bps  # noqa: E402, F401 - for the session
 import bluesky.plans as bp  # noqa: E402, F401 - for the session

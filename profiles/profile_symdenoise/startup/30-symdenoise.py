@@ -2,8 +2,9 @@
 
 ``sd`` (SymDenoise) takes the geometry from the PONI and mask files the IOC wrote (PVs
 ``det:PoniPath``, ``det:MaskPath``); derived runs go to the catalog. ``view``
-(LiveDenoiseView) draws raw vs denoised and the I(q) waterfalls: a window, or PNG files in
-``SYMDENOISE_SNAPSHOTS`` (default ``<catalog>/../snapshots``) when headless.
+(LiveDenoiseView) draws raw vs denoised and the I(q) waterfalls: a Qt window that follows
+each scan (at most one redraw a second), or, headless, PNG files every 10 frames in
+``SYMDENOISE_SNAPSHOTS`` (default ``<catalog>/../snapshots``).
 
 Environment:
     SYMDENOISE_BUDGET     seconds of per-scan network fine-tuning (default 30)
@@ -23,7 +24,7 @@ sd.subscribe(tiled_writer)  # noqa: F821
 SYMDENOISE_SNAPSHOTS = (Path(os.environ.get("SYMDENOISE_SNAPSHOTS")
                              or SYMDENOISE_CATALOG_DIR.parent / "snapshots")  # noqa: F821
                         if SYMDENOISE_HEADLESS else None)  # noqa: F821
-view = LiveDenoiseView(f"{det.name}_image", out_dir=SYMDENOISE_SNAPSHOTS, every=10)  # noqa: F821
+view = LiveDenoiseView(f"{det.name}_image", out_dir=SYMDENOISE_SNAPSHOTS)  # noqa: F821
 sd.subscribe(view)
 RE.subscribe(view)  # noqa: F821
 RE.subscribe(sd)  # noqa: F821
