@@ -73,7 +73,7 @@ def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str,
     a_t, h_t, p_t = metrics._peak_stats(q, i_true, lo, hi)
     a_e, h_e, p_e = metrics._peak_stats(q, i_est, lo, hi)
     if not (abs(a_t) > 1e-12 and h_t > 1e-12 and hi - lo >= 2):
-        return {k: math.nan for k in ("area", "height", "breadth", "position")}
+        return dict.fromkeys(("area", "height", "breadth", "position"), math.nan)
     breadth_t = a_t / h_t
     breadth_e = a_e / h_e if h_e > 0 else math.nan
     return {"area": a_e / a_t - 1.0, "height": h_e / h_t - 1.0,
@@ -133,7 +133,7 @@ def score_scan(scan: BenchScan, found: dict[str, Estimate], npt_factors) -> dict
                         sector=sec, unit=unit)["err"]
         rows[name] = {"full": full, "sector": sector, "errors": errors,
                       "psnr": metrics.psnr(estimate.frame, scan.truth, scan.scored)}
-    for name, row in rows.items():
+    for row in rows.values():
         raw_errors = rows["raw"]["errors"]
         ratios = {key: row["errors"][key] / raw_errors[key] for key in raw_errors}
         worst = max(ratios, key=ratios.get)
@@ -159,9 +159,9 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
         def m(get, rows=rows):
             return _mean([get(r) for r in rows])
 
-        ratio_full = _mean([r["full"]["err"] / q["full"]["err"] for r, q in zip(rows, raws)])
+        ratio_full = _mean([r["full"]["err"] / q["full"]["err"] for r, q in zip(rows, raws, strict=True)])
         ratio_sec = _mean([r["sector"]["err"] / q["sector"]["err"]
-                           for r, q in zip(rows, raws)])
+                           for r, q in zip(rows, raws, strict=True)])
         worst = max(rows, key=lambda r: r["worst_ratio"])
         peak = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}"
                           for k in ("area", "height", "breadth", "position"))
@@ -169,7 +169,7 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
             paired = "—"
         else:
             paired = " / ".join(
-                f"{_mean([r['full'][k] - q['full'][k] for r, q in zip(rows, raws)]):+.1%}"
+                f"{_mean([r['full'][k] - q['full'][k] for r, q in zip(rows, raws, strict=True)]):+.1%}"
                 for k in ("area", "height", "breadth", "position"))
         lines.append(
             f"| {kind} | {counts:g} | {name} | {m(lambda r: r['full']['err']):.2%} | "
