@@ -159,9 +159,9 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
         def m(get, rows=rows):
             return _mean([get(r) for r in rows])
 
-        ratio_full = _mean([r["full"]["err"] / q["full"]["err"] for r, q in zip(rows, raws, strict=True)])
-        ratio_sec = _mean([r["sector"]["err"] / q["sector"]["err"]
-                           for r, q in zip(rows, raws, strict=True)])
+        pairs = list(zip(rows, raws, strict=True))
+        ratio_full = _mean([r["full"]["err"] / q["full"]["err"] for r, q in pairs])
+        ratio_sec = _mean([r["sector"]["err"] / q["sector"]["err"] for r, q in pairs])
         worst = max(rows, key=lambda r: r["worst_ratio"])
         peak = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}"
                           for k in ("area", "height", "breadth", "position"))
@@ -169,7 +169,7 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
             paired = "—"
         else:
             paired = " / ".join(
-                f"{_mean([r['full'][k] - q['full'][k] for r, q in zip(rows, raws, strict=True)]):+.1%}"
+                f"{_mean([r['full'][k] - q['full'][k] for r, q in pairs]):+.1%}"
                 for k in ("area", "height", "breadth", "position"))
         lines.append(
             f"| {kind} | {counts:g} | {name} | {m(lambda r: r['full']['err']):.2%} | "
