@@ -11,12 +11,20 @@ scale where the raw data are precise enough to prove the network wrong:
   radius, so that its ring mean equals the raw frame's. The raw ring mean over hundreds of
   pixels is the Poisson-limited, unbiased estimate of I(q) (DESIGN.md §2): the network keeps
   its pixel-level noise reduction and texture, the full-ring I(q) keeps the raw area, height
-  and position of every ring. The ring means are taken in 1-pixel radial bins (the
-  resolution of an azimuthal integration with one q bin per pixel) and the scaling is
-  repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
+  and position of every ring. The ring means are matched coarse to fine, in radial bins of
+  :data:`RING_BINS_PX` (4, 2, 1 and 0.5 px): each pixel's value is shared between the two
+  nearest bins, so a bin of width w holds the profile only at the scale of a 2w-wide
+  triangle, and 1 px bins alone left a ring about 1 px wide broadened in I(q) (a generic
+  centre's bilinear 180° partner broadens it in the network's output; ``bench/iq_ablation.py``:
+  height −4 %, integral breadth +5 % against raw). Half-pixel bins hold the profile at the
+  resolution of an integration with two q bins per pixel; the coarser bins first hold radii
+  where the fine bins have too few pixels or counts to be held (the detector's corners, low
+  counts), which the fine bins alone would leave to the network. At each scale the scaling
+  is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
   leaves the peak a few per cent low; the repeats converge to the raw means (a
   multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
-  local arc is isotropic, the arc's mean is used, with one pass (its mean is noisier).
+  local arc is isotropic, the arc's mean is used, in 1 px bins with one pass (its mean is
+  noisier).
 * **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
   test: a one-sided satellite, a spot of a second phase) or a local excess over its
   surroundings off the rings, measured over the radial background (a spot of any kind: the
@@ -48,7 +56,7 @@ from .channels import ARC_SECTORS
 __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
            "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "RING_BIN_PX",
-           "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess",
+           "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess",
            "radial_background"]
 
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
@@ -68,8 +76,10 @@ FEATURE_GROW_PX = 2
 FEATURE_SIGMA_PX = 2.0
 #: Scaling passes towards the raw spot counts (``bench/bias.py``, one-sided feature).
 FEATURE_MATCH_PASSES = 2
-#: Radial bin width (px) of the ring means the denoised frame is held to.
+#: Radial bin width (px) of the ring and arc profiles that decide where rings are held.
 RING_BIN_PX = 1.0
+#: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
+RING_BINS_PX: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
 #: Scaling passes towards the raw ring means (``bench/bias.py``: one pass left the strongest
 #: ring's height ~1-3 % low at 0.1 counts/pixel; four bring it within ~0.5 %).
 RING_MATCH_PASSES = 4
@@ -98,6 +108,9 @@ class RawConsistency:
     rings, arcs
         Whole-ring and arc (:data:`ARC_SECTORS` sectors) profiles about the beam centre in
         :data:`RING_BIN_PX` bins, or None (no centre, or no symmetric ring or arc).
+    ring_levels
+        Whole-ring profiles in :data:`RING_BINS_PX` bins, coarse to fine, that the ring
+        pixels are held to in turn (empty: ``rings`` alone).
     ring_pixels, arc_pixels
         Bool ``(H, W)``: pixels where the scan's sum is isotropic over the whole ring, or only
         over the local arc (a textured ring); the raw-to-denoised ratios are measured there.
@@ -123,6 +136,7 @@ class RawConsistency:
     arc_pixels: np.ndarray | None = None
     ring_scope: np.ndarray | None = None
     partnered_spots: np.ndarray | None = None
+    ring_levels: tuple[RingProfile, ...] = ()
     #: Spot sums for the two spot sets (partners used or not), built once per scan.
     _spot_sums: dict = field(init=False, repr=False, compare=False)
 
@@ -185,6 +199,8 @@ class RawConsistency:
                                                                            good))
                  & ~(ring_pixels | arc_pixels))
         return cls(good=good, rings=rings if ring_pixels.any() else None,
+                   ring_levels=tuple(ring_profile(shape, center, 1, width)
+                                     for width in RING_BINS_PX) if ring_pixels.any() else (),
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~test.valid)) & good,
                    partnered_spots=spots & test.valid & good,
@@ -200,6 +216,7 @@ class RawConsistency:
         return {"ring_pixels_fraction": round(float(self.ring_pixels.sum()) / n_good, 4),
                 "arc_pixels_fraction": round(n_arc / n_good, 4),
                 "ring_bin_px": RING_BIN_PX,
+                "ring_bins_px": list(RING_BINS_PX),
                 "ring_match_passes": RING_MATCH_PASSES,
                 "arc_match_passes": ARC_MATCH_PASSES,
                 "feature_pixels_fraction": round(float(self.features.sum()) / n_good, 5),
@@ -233,8 +250,9 @@ class RawConsistency:
         raw = np.where(good, raw, 0.0).astype(np.float64)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
         if self.rings is not None:
-            out = _match_means(self.rings, self.ring_pixels, self._scope(True), raw, out,
-                               RING_MATCH_PASSES)
+            for profile in self.ring_levels or (self.rings,):
+                out = _match_means(profile, self.ring_pixels, self._scope(True), raw, out,
+                                   RING_MATCH_PASSES)
         if self.arcs is not None:
             out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
                                ARC_MATCH_PASSES)

@@ -137,7 +137,8 @@ class AzimuthalIntegration:
                   sector: tuple[float, float] | None = None,
                   error_model: ErrorModel = None,
                   variance: np.ndarray | None = None,
-                  radial_range: tuple[float, float] | None = None) -> IntegrationResult:
+                  radial_range: tuple[float, float] | None = None,
+                  unit: str = "q_nm^-1") -> IntegrationResult:
         """Azimuthally integrate one frame into I(q).
 
         Parameters
@@ -154,7 +155,10 @@ class AzimuthalIntegration:
         variance
             Per-pixel variance to propagate instead of an error model (for denoised frames).
         radial_range
-            Optional ``(q_min, q_max)`` in nm^-1.
+            Optional ``(min, max)`` of the radial axis, in ``unit``.
+        unit
+            pyFAI radial unit: ``"q_nm^-1"`` (default) or e.g. ``"2th_deg"``; the result's
+            ``q_nm`` then holds the bin centres in that unit.
 
         Returns
         -------
@@ -162,7 +166,7 @@ class AzimuthalIntegration:
         """
         image, variance = self._check(image, variance, error_model)
         result = self.geometry.integrator().integrate1d(
-            image, int(npt), unit="q_nm^-1", mask=self._mask_i8,
+            image, int(npt), unit=unit, mask=self._mask_i8,
             correctSolidAngle=self.correct_solid_angle, error_model=error_model,
             variance=variance, azimuth_range=self._sector(sector),
             radial_range=radial_range, method=self.method)

@@ -298,7 +298,7 @@ class RingProfile:
         return (self._gather @ profile).reshape(self.shape), support.copy()
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def ring_profile(shape: tuple[int, int], center: tuple[float, float],
                  sectors: int = 1, bin_width: float = 0.5) -> RingProfile:
     """Cached :class:`RingProfile` for a detector shape, beam centre, sector count and radial

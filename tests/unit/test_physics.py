@@ -195,7 +195,7 @@ def test_satellites_are_weak_and_present(scenes):
     assert sat < spots
 
 
-@pytest.mark.parametrize("kind", ["powder", "textured"])
+@pytest.mark.parametrize("kind", ["powder", "textured", "sharp_textured"])
 def test_rings_land_where_pyfai_integrates_them(scenes, kind):
     scene = scenes[kind]
     result = scene.geometry.integrator().integrate1d(
@@ -203,6 +203,23 @@ def test_rings_land_where_pyfai_integrates_them(scenes, kind):
     q, intensity = np.asarray(result.radial), np.asarray(result.intensity)
     bin_width = q[1] - q[0]
     assert abs(q[np.argmax(intensity)] - scene.info["q_strongest_nm"]) <= 2 * bin_width
+
+
+def test_sharp_textured_rings_are_about_a_pixel_wide_and_symmetric():
+    widths = [make_scene("sharp_textured", seed=seed).info["ring_fwhm_px"]
+              for seed in range(6)]
+    assert all(0.8 <= w <= 1.5 for w in widths) and np.ptp(widths) > 0.1
+    # Integer 2·centre: exact partners, so the expectation is exactly 180°-symmetric.
+    exact = make_scene("sharp_textured", seed=3, center=(127.5, 130.0))
+    assert symmetry_error(exact) < 1e-6
+    # Mild texture: the strongest ring varies by well under a factor 2 around the ring.
+    scene = make_scene("sharp_textured", seed=3)
+    ring = scene.regions["strongest_ring"]
+    cake = scene.geometry.integrator().integrate2d(
+        scene.expectation, 100, 36, unit="q_nm^-1", mask=scene.mask.astype(np.int8))
+    column = np.asarray(cake.intensity)[:, np.argmax(np.asarray(cake.intensity).sum(0))]
+    low, high = np.percentile(column[column > 0], [10, 90])  # past gaps and the arm
+    assert ring.any() and 1.05 < high / low < 1.6
 
 
 def test_powder_512_normalised():

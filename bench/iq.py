@@ -1,0 +1,237 @@
+"""I(q) of denoised frames against the raw frames' I(q): never worse, and unbiased?
+
+Azimuthal integration of a raw frame is already the Poisson-limited estimate of a ring's
+I(q) (DESIGN.md §2); a denoised frame is only worth integrating if its I(q) is no worse, on
+every scene, count level, binning and sector, and if the strongest peak keeps its position,
+area, height and width. For each scene and count level, ``--seeds`` fresh scans of
+``--frames`` frames are simulated; the middle frame of each is scored against the noise-free
+truth, for
+
+* ``raw``: the frame itself (pyFAI Poisson error model for its sigmas);
+* ``ours``: ``denoise_scan(frames, mask=..., center=..., budget_s=--budget)`` (``method="auto"``,
+  what ``denoise(...)`` returns), sigmas as the package computes them today (the denoised
+  rate taken as a Poisson variance, ``stream/scan.py``);
+* ``classical``: 180° average + Anscombe + BM3D (``classical_denoise``), the best classical
+  method of the package, with the same sigma rule as ours.
+
+Columns (means over seeds; the ratio is the estimate's error over raw's, per scan, then
+averaged):
+
+* I(q) relative RMS error (:func:`bench.metrics.iq_relative_error`) on the full ring and on a
+  30° sector, q axis, one bin per pixel of radius (:func:`bench.metrics.default_npt`);
+* ``worst ratio``: the largest ratio to raw over every binning in ``--npt-factors`` × the
+  default, the ``q_nm^-1`` and ``2th_deg`` axes, full ring and sector;
+* the strongest peak of the truth's full-ring I(q), against the truth: area, height,
+  integral breadth (area / height) as relative biases, position shift as a fraction of
+  the truth's integral breadth (:func:`peak_bias`), then ours − raw on the same frames;
+* 1σ coverage: fraction of bins whose error is within the reported sigma (0.68 for an
+  honest Gaussian sigma);
+* PSNR of the frame (dB), for reference.
+
+    python -m bench.iq --scenes sharp_textured --counts 1 0.25 --seeds 2 --budget 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bluesky_symdenoise import denoise_scan
+from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+from . import metrics
+from .quality import BenchScan, make_scan, run_method
+
+SCENES = ("sharp_textured", "textured", "powder", "insitu_drift", "saxs", "lattice")
+COUNTS = (0.1, 0.25, 1.0, 10.0)
+METHODS = ("raw", "ours", "classical")
+UNITS = ("q_nm^-1", "2th_deg")
+#: Bins whose truth is below this fraction of the truth's maximum are not scored.
+THRESHOLD = 1e-3
+
+
+@dataclasses.dataclass
+class Estimate:
+    """One method's frame and the per-pixel variance its I(q) sigma propagates (None: the
+    pyFAI Poisson model of raw counts)."""
+
+    frame: np.ndarray
+    variance: np.ndarray | None
+
+
+def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str, float]:
+    """The strongest peak of ``i_true`` in ``i_est``: relative biases of area, height and
+    integral breadth (area / height), and the position shift in units of the truth's
+    integral breadth. Window and background as :func:`bench.metrics.ring_bias`."""
+    _, lo, hi = metrics._peak_window(i_true)
+    a_t, h_t, p_t = metrics._peak_stats(q, i_true, lo, hi)
+    a_e, h_e, p_e = metrics._peak_stats(q, i_est, lo, hi)
+    if not (abs(a_t) > 1e-12 and h_t > 1e-12 and hi - lo >= 2):
+        return dict.fromkeys(("area", "height", "breadth", "position"), math.nan)
+    breadth_t = a_t / h_t
+    breadth_e = a_e / h_e if h_e > 0 else math.nan
+    return {"area": a_e / a_t - 1.0, "height": h_e / h_t - 1.0,
+            "breadth": breadth_e / breadth_t - 1.0, "position": (p_e - p_t) / breadth_t}
+
+
+def profile_scores(integ: AzimuthalIntegration, estimate: Estimate, truth: np.ndarray, *,
+                   npt: int, sector=None, unit: str = "q_nm^-1") -> dict[str, float]:
+    """I(q) error, peak biases and 1σ coverage of one estimate for one binning."""
+    ref = integ.integrate(truth, npt=npt, sector=sector, unit=unit)
+    if estimate.variance is None:
+        est = integ.integrate(estimate.frame, npt=npt, sector=sector, unit=unit,
+                              error_model="poisson")
+    else:
+        est = integ.integrate(estimate.frame, npt=npt, sector=sector, unit=unit,
+                              variance=estimate.variance)
+    keep = ref.intensity > THRESHOLD * ref.intensity.max()
+    diff = est.intensity[keep] - ref.intensity[keep]
+    scores = {"err": float(np.sqrt(np.mean((diff / ref.intensity[keep]) ** 2))),
+              "coverage": float(np.mean(np.abs(diff) <= est.sigma[keep]))}
+    scores.update(peak_bias(ref.q_nm, est.intensity, ref.intensity))
+    return scores
+
+
+def estimates(scan: BenchScan, budget: float) -> tuple[dict[str, Estimate], str, float]:
+    """Raw, ours and the classical estimate of the scan's middle frame."""
+    raw = scan.frames[scan.index].astype(np.float64)
+    start = time.perf_counter()
+    result = denoise_scan(scan.frames, mask=scan.mask, center=scan.geometry.center,
+                          budget_s=budget, bad_pixels="mask")
+    seconds = time.perf_counter() - start
+    ours = result.denoised[scan.index].astype(np.float64)
+    classical, _ = run_method("sym180+bm3d", scan, budget)
+    return ({"raw": Estimate(raw, None),
+             "ours": Estimate(ours, np.maximum(ours, 0.0)),
+             "classical": Estimate(classical, np.maximum(classical, 0.0))},
+            result.method, seconds)
+
+
+def score_scan(scan: BenchScan, found: dict[str, Estimate], npt_factors) -> dict[str, dict]:
+    """All columns for every method on one scan (``found``: method -> estimate)."""
+    invalid = ~scan.scored
+    integ = AzimuthalIntegration(scan.geometry, invalid)
+    npt0 = metrics.default_npt(scan.geometry)
+    rows: dict[str, dict] = {}
+    for name, estimate in found.items():
+        full = profile_scores(integ, estimate, scan.truth, npt=npt0)
+        sector = profile_scores(integ, estimate, scan.truth, npt=npt0,
+                                sector=metrics.SECTOR_30)
+        errors = {}
+        for factor in npt_factors:
+            for unit in UNITS:
+                for sec in (None, metrics.SECTOR_30):
+                    key = (factor, unit, sec is not None)
+                    errors[key] = profile_scores(
+                        integ, estimate, scan.truth, npt=max(16, round(factor * npt0)),
+                        sector=sec, unit=unit)["err"]
+        rows[name] = {"full": full, "sector": sector, "errors": errors,
+                      "psnr": metrics.psnr(estimate.frame, scan.truth, scan.scored)}
+    for row in rows.values():
+        raw_errors = rows["raw"]["errors"]
+        ratios = {key: row["errors"][key] / raw_errors[key] for key in raw_errors}
+        worst = max(ratios, key=ratios.get)
+        row["worst_ratio"] = ratios[worst]
+        row["worst_where"] = (f"{worst[0]:g}x npt, {worst[1].split('_')[0]}, "
+                              f"{'sector' if worst[2] else 'full'}")
+    return rows
+
+
+def _mean(values) -> float:
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(values)) if values else math.nan
+
+
+def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
+                methods: tuple[str, ...]) -> list[str]:
+    """Markdown rows of one scene and count level (means over the seeds)."""
+    lines = []
+    for name in methods:
+        rows = [seed_rows[name] for seed_rows in per_seed]
+        raws = [seed_rows["raw"] for seed_rows in per_seed]
+
+        def m(get, rows=rows):
+            return _mean([get(r) for r in rows])
+
+        pairs = list(zip(rows, raws, strict=True))
+        ratio_full = _mean([r["full"]["err"] / q["full"]["err"] for r, q in pairs])
+        ratio_sec = _mean([r["sector"]["err"] / q["sector"]["err"] for r, q in pairs])
+        worst = max(rows, key=lambda r: r["worst_ratio"])
+        peak = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}"
+                          for k in ("area", "height", "breadth", "position"))
+        if name == "raw":
+            paired = "—"
+        else:
+            paired = " / ".join(
+                f"{_mean([r['full'][k] - q['full'][k] for r, q in pairs]):+.1%}"
+                for k in ("area", "height", "breadth", "position"))
+        lines.append(
+            f"| {kind} | {counts:g} | {name} | {m(lambda r: r['full']['err']):.2%} | "
+            f"{ratio_full:.2f} | {m(lambda r: r['sector']['err']):.2%} | {ratio_sec:.2f} | "
+            f"{worst['worst_ratio']:.2f} ({worst['worst_where']}) | {peak} | {paired} | "
+            f"{m(lambda r: r['full']['coverage']):.2f} / "
+            f"{m(lambda r: r['sector']['coverage']):.2f} | {m(lambda r: r['psnr']):.2f} |")
+    return lines
+
+
+HEADER = ("| scene | c/px | method | I(q) err full | / raw | I(q) err 30° | / raw | "
+          "worst / raw (where) | peak area / height / breadth / position vs truth | "
+          "same, minus raw (paired) | 1σ coverage full / 30° | PSNR dB |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES))
+    parser.add_argument("--counts", nargs="+", type=float, default=list(COUNTS))
+    parser.add_argument("--seeds", type=int, default=1, help="scans per scene and count")
+    parser.add_argument("--seed", type=int, default=1, help="first seed")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="seconds of the whole denoise call per scan")
+    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--npt-factors", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/iq.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = (f"python -m bench.iq --scenes {' '.join(args.scenes)} --counts "
+               f"{' '.join(f'{c:g}' for c in args.counts)} --seeds {args.seeds} --seed "
+               f"{args.seed} --budget {args.budget:g} --frames {args.frames} --size "
+               f"{args.size} --npt-factors {' '.join(f'{f:g}' for f in args.npt_factors)}")
+    lines = [f"`{command}`", "", HEADER, "|---" * 12 + "|"]
+    print("\n".join(lines), flush=True)
+    notes = []
+    for i, kind in enumerate(args.scenes):
+        for j, counts in enumerate(args.counts):
+            per_seed = []
+            for k in range(args.seeds):
+                seed = args.seed + 1000 * k + 100 * i + j
+                scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
+                                 seed=seed)
+                found, method, seconds = estimates(scan, args.budget)
+                per_seed.append(score_scan(scan, found, args.npt_factors))
+                notes.append(f"{kind} {counts:g} seed {seed}: ours ran {method} in "
+                             f"{seconds:.0f} s")
+            rows = format_cell(kind, counts, per_seed, METHODS)
+            print("\n".join(rows), flush=True)
+            lines += rows
+    lines += ["", "Peak columns: area, height and integral breadth as relative biases, "
+              "position as a shift in units of the truth's integral breadth; the strongest "
+              "peak of the truth's full-ring I(q) (q axis, default binning). '/ raw' is the "
+              "error over raw's on the same frame, averaged over seeds; 'worst' is the "
+              "largest such ratio over the binnings (npt factors × q, 2θ × full, 30°) of any "
+              "seed.", "", *(f"- {n}" for n in notes)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(f"- {n}" for n in notes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
