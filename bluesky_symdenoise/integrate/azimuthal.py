@@ -62,9 +62,10 @@ class CakeResult:
     chi_deg
         Azimuthal bin centres in degrees (pyFAI convention), length ``npt_azim``.
     intensity
-        Array of shape ``(npt_azim, npt_rad)``; empty bins are 0.
+        Array of shape ``(npt_azim, npt_rad)``; NaN where no unmasked pixel falls (gaps,
+        beamstop, beyond the detector's corners), so an empty bin never reads as zero counts.
     sigma
-        Same shape, or None without an error model.
+        Same shape (NaN in empty bins), or None without an error model.
     """
 
     q_nm: np.ndarray
@@ -200,10 +201,12 @@ class AzimuthalIntegration:
             image, int(npt_rad), int(npt_azim), unit="q_nm^-1", mask=self._mask_i8,
             correctSolidAngle=self.correct_solid_angle, error_model=error_model,
             variance=variance, method=self.method)
+        empty = np.asarray(result.count) <= 0
         sigma = None
         if error_model is not None or variance is not None:
-            sigma = np.asarray(result.sigma, dtype=np.float64)
+            sigma = np.where(empty, np.nan, np.asarray(result.sigma, dtype=np.float64))
         return CakeResult(q_nm=np.asarray(result.radial, dtype=np.float64),
                           chi_deg=np.asarray(result.azimuthal, dtype=np.float64),
-                          intensity=np.asarray(result.intensity, dtype=np.float64),
+                          intensity=np.where(empty, np.nan,
+                                             np.asarray(result.intensity, dtype=np.float64)),
                           sigma=sigma)

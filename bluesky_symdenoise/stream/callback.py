@@ -58,6 +58,11 @@ class SymDenoise(event_model.DocumentRouter):
         Frames held before the scan is analysed and training starts.
     npt, sector
         I(q) bins, and an optional ``(chi_min, chi_max)`` sector in degrees integrated too.
+    cake
+        Also publish a ``cake`` stream: raw and denoised frames regrouped on a (chi, q) grid
+        (pyFAI ``integrate2d``) for texture analysis. ``True``: ``npt`` q bins × 72 chi bins
+        of 5°; or ``(npt_rad, npt_azim)``. Off by default: it adds two 2-D integrations and
+        two arrays to every frame (``bench/cake.py`` measures the cost).
     min_training_steps
         Fewer fine-tuning steps than this within the budget: the network is not used.
     config
@@ -75,12 +80,14 @@ class SymDenoise(event_model.DocumentRouter):
                  mask: np.ndarray | str | Path | None = None, method: str = "auto",
                  device: str = "auto", budget_s: float | None = None, max_queue: int = 64,
                  lossless: bool = False, warmup_frames: int = 4, npt: int | None = None,
-                 sector: tuple[float, float] | None = None, min_training_steps: int = 10,
+                 sector: tuple[float, float] | None = None,
+                 cake: bool | tuple[int, int] = False, min_training_steps: int = 10,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.options = LiveOptions(field=field, poni=poni, center=center, mask=mask,
                                    method=method, device=device, budget_s=budget_s,
                                    warmup_frames=warmup_frames, npt=npt, sector=sector,
+                                   cake=cake,
                                    min_training_steps=min_training_steps,
                                    config=dict(config or {}))
         self._queue = FrameQueue(max_queue, lossless=lossless)

@@ -79,8 +79,20 @@ class LiveOptions:
     warmup_frames: int = 4
     npt: int | None = None
     sector: tuple[float, float] | None = None
+    cake: bool | tuple[int, int] = False
     min_training_steps: int = 10
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cake = self.cake
+        if not (isinstance(cake, bool) or (
+                isinstance(cake, tuple | list) and len(cake) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                        for n in cake))):
+            raise ValueError(f"cake must be True/False or (npt_rad, npt_azim) positive "
+                             f"integers, got {cake!r}")
+        if isinstance(cake, list):
+            self.cake = tuple(cake)
 
 
 def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +144,29 @@ def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
     keys = {name: {"source": "symdenoise", "dtype": "array", "shape": [npt],
                    "dtype_numpy": "<f8", "units": unit} for name, unit in units.items()}
     keys["raw_seq_num"] = {"source": "symdenoise", "dtype": "integer", "shape": []}
+    return keys
+
+
+#: Azimuthal bins of the ``cake`` stream when ``cake=True`` (5° each).
+CAKE_AZIMUTHAL_BINS = 72
+
+
+def cake_data_keys(key: str, npt_rad: int, npt_azim: int) -> dict[str, dict]:
+    """Data keys of the derived run's ``cake`` stream: the raw and denoised frames regrouped
+    on a (chi, q) grid by pyFAI's ``integrate2d``, ``npt_azim`` × ``npt_rad`` bins."""
+    source = "symdenoise"
+    binning = (f"pyFAI integrate2d, {npt_azim} chi bins of {360 / npt_azim:g}° "
+               f"(pyFAI's chi convention, -180..180°) x {npt_rad} q bins; NaN: no unmasked "
+               "pixel in the bin")
+    keys = {"q": {"source": source, "dtype": "array", "shape": [npt_rad],
+                  "dtype_numpy": "<f8", "units": "nm^-1"},
+            "chi": {"source": source, "dtype": "array", "shape": [npt_azim],
+                    "dtype_numpy": "<f8", "units": "deg"}}
+    for which in ("raw", "denoised"):
+        keys[f"{key}_cake_{which}"] = {
+            "source": source, "dtype": "array", "shape": [npt_azim, npt_rad],
+            "dtype_numpy": "<f4", "units": "counts/pixel", "description": binning}
+    keys["raw_seq_num"] = {"source": source, "dtype": "integer", "shape": []}
     return keys
 
 
@@ -430,6 +465,12 @@ class LiveScan:
                                         with_sector=self.options.sector is not None)
             self.publisher.add_stream("integrated", keys,
                                       object_keys={"symdenoise": sorted(keys)})
+            cake = self.options.cake
+            if cake:
+                self._cake_bins = ((int(cake[0]), int(cake[1])) if isinstance(cake, tuple)
+                                   else (self._npt, CAKE_AZIMUTHAL_BINS))
+                keys = cake_data_keys(self.field, *self._cake_bins)
+                self.publisher.add_stream("cake", keys, object_keys={"symdenoise": sorted(keys)})
 
     def _publish_symmetry(self) -> None:
         """The ``symmetry`` stream: once per scan, at warm-up, what the engine found and used
@@ -609,6 +650,8 @@ class LiveScan:
             "frames_dropped": int(self.counts["dropped"])})
         if self.publisher.has_stream("integrated"):
             self._integrate(seq_num, data, denoised, bad)
+        if self.publisher.has_stream("cake"):
+            self._integrate_cake(seq_num, data, denoised, bad)
         self.counts["published"] += 1
         self.latencies.append(time.perf_counter() - received)
 
@@ -669,6 +712,26 @@ class LiveScan:
                 self._warn(f"integration failed: {exc}")
         values["raw_seq_num"] = int(seq_num)
         self.publisher.add_event("integrated", values)
+
+    def _integrate_cake(self, seq_num: int, data: np.ndarray | None, denoised: np.ndarray,
+                        bad: np.ndarray | None) -> None:
+        key, (npt_rad, npt_azim) = self.field, self._cake_bins
+        values: dict[str, Any] = {
+            "q": np.full(npt_rad, np.nan), "chi": np.full(npt_azim, np.nan),
+            f"{key}_cake_raw": np.full((npt_azim, npt_rad), np.nan, np.float32),
+            f"{key}_cake_denoised": np.full((npt_azim, npt_rad), np.nan, np.float32)}
+        if data is not None:
+            try:
+                ai = integrator_for(self.geometry, bad)
+                raw = ai.cake(data, npt_rad, npt_azim)
+                den = ai.cake(denoised, npt_rad, npt_azim)
+                values.update({"q": raw.q_nm, "chi": raw.chi_deg,
+                               f"{key}_cake_raw": raw.intensity.astype(np.float32),
+                               f"{key}_cake_denoised": den.intensity.astype(np.float32)})
+            except Exception as exc:  # noqa: BLE001
+                self._warn(f"cake integration failed: {exc}")
+        values["raw_seq_num"] = int(seq_num)
+        self.publisher.add_event("cake", values)
 
     # -- end ---------------------------------------------------------------------------------
     def finish(self, raw_stop: dict | None, *, reason: str | None = None) -> None:

@@ -170,3 +170,32 @@ def test_flush_publishes_frames_held_for_warm_up(RE, frames, scene, derived):
     sd.close()
     assert derived.of("stop")[0]["num_events"]["denoised"] == 2
     derived.validate()
+
+
+def test_cake_stream_regroups_raw_and_denoised_frames(RE, detector, scene, collector, derived):
+    sd = SymDenoise(field="det_img", center=scene.geometry.center, mask=scene.mask,
+                    budget_s=0, cake=(40, 36))
+    run_scan(RE, detector, collector, derived, sd, num=3)
+    (descriptor,) = [d for d in derived.of("descriptor") if d["name"] == "cake"]
+    keys = descriptor["data_keys"]
+    assert keys["det_img_cake_denoised"]["shape"] == [36, 40]
+    assert keys["chi"]["units"] == "deg" and keys["q"]["units"] == "nm^-1"
+    assert "36 chi bins of 10°" in keys["det_img_cake_raw"]["description"]
+    cakes = derived.stream("cake")
+    assert [e["data"]["raw_seq_num"] for e in cakes] == [1, 2, 3]
+    data = cakes[-1]["data"]
+    raw, den = np.asarray(data["det_img_cake_raw"]), np.asarray(data["det_img_cake_denoised"])
+    assert raw.shape == den.shape == (36, 40)
+    # empty bins (gaps, beamstop) are NaN in both, never zero counts
+    assert np.isnan(raw).any() and np.array_equal(np.isnan(raw), np.isnan(den))
+    # the denoised cake holds the same counts per bin on average as the raw one
+    ok = np.isfinite(raw)
+    assert np.nanmean(den[ok]) == pytest.approx(np.nanmean(raw[ok]), rel=0.05)
+    assert np.all(np.diff(data["chi"]) > 0) and np.all(np.diff(data["q"]) > 0)
+    derived.validate()
+
+
+@pytest.mark.parametrize("cake", [(0, 36), (10,), "yes", (1.5, 2)])
+def test_a_bad_cake_binning_fails_at_construction(cake):
+    with pytest.raises(ValueError, match="cake must be"):
+        SymDenoise(cake=cake)

@@ -74,9 +74,17 @@ def test_variance_passthrough_and_errors(scene):
 
 def test_cake(scene):
     geometry, truth, mask = scene
-    cake = AzimuthalIntegration(geometry, mask).cake(truth, 60, 36)
+    integration = AzimuthalIntegration(geometry, mask)
+    cake = integration.cake(truth, 60, 36)
     assert cake.intensity.shape == (36, 60)
     assert cake.chi_deg.shape == (36,) and cake.q_nm.shape == (60,)
+    # bins no unmasked pixel reaches are NaN, not zero counts; the rest average to I(q)
+    empty = np.isnan(cake.intensity)
+    assert empty.any() and not empty.all()
+    iq = integration.integrate(truth, npt=60)
+    full = np.isfinite(cake.intensity).all(axis=0) & (iq.intensity > 0)
+    assert np.allclose(np.nanmean(cake.intensity[:, full], axis=0), iq.intensity[full],
+                       rtol=0.1)
 
 
 def test_image_metrics(scene):
