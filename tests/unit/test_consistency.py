@@ -200,3 +200,27 @@ def test_auto_avoids_symmetry_where_many_features_lack_a_partner(kind, expected)
     assert method == expected, reason
     record = denoiser.provenance(analysis, method, reason, 0.0)
     assert 0 <= record["raw_consistency"]["feature_pixels_fraction"] <= 1
+
+
+def test_fine_ring_bins_do_not_put_raw_noise_back_into_a_right_answer():
+    """An ideal denoiser (the truth) held to one noisy frame: 0.5 px ring bins held outright
+    copy the raw ring means' noise into the frame; shrunk by their own Poisson noise they
+    leave a right answer (nearly) alone, and still correct a real broadening."""
+    from bluesky_symdenoise.denoise.consistency import _match_means
+
+    scene = scenes.make_scene("powder", shape=(160, 160), seed=2)
+    good = scene.usable
+    truth = np.where(good, scene.scaled(1.0), 0.0)
+    raw = np.where(good, np.random.default_rng(0).poisson(truth), 0.0).astype(np.float64)
+    fine = ring_profile(good.shape, scene.geometry.center, 1, 0.5)
+
+    def error(image):
+        return float(np.mean((image - truth)[good] ** 2))
+
+    outright = _match_means(fine, good, good, raw, truth, 4)
+    shrunk = _match_means(fine, good, good, raw, truth, 4, shrink=True)
+    assert error(shrunk) < 0.25 * error(outright), (error(shrunk), error(outright))
+    # a real error the raw data can prove (every ring 20 % too low) is still corrected
+    low = 0.8 * truth
+    fixed = _match_means(fine, good, good, raw, low, 4, shrink=True)
+    assert error(fixed) < 0.3 * error(low)
