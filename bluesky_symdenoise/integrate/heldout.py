@@ -47,6 +47,9 @@ DOSE_FACTOR = 1.5
 RATIO_FLOOR = 0.05
 #: A block of q bins falls back to raw when the denoised half is worse beyond this z.
 Z_ALARM = 3.0
+#: Quantile over blocks of the normalised frame-to-frame scatter that measures the check's
+#: noise (a low one: blocks where the denoiser is worse scatter more, and may be many).
+NOISE_QUANTILE = 0.25
 #: q bins per block of the check.
 BLOCK = 6
 
@@ -223,8 +226,8 @@ def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndar
     if frames >= 2:
         per_frame = np.stack([by_block(d) for d in diff_f])
         scatter = per_frame.var(axis=0, ddof=1) / np.maximum(sums["var2"], 1e-300)
-        kappa = float(np.median(scatter[sums["var2"] > 0])) / chi2.median(frames - 1) * (
-            frames - 1)
+        kappa = float(np.quantile(scatter[sums["var2"] > 0], NOISE_QUANTILE)
+                      / chi2.ppf(NOISE_QUANTILE, frames - 1) * (frames - 1))
         rho = 0.0
     else:
         e = diff[valid] / var[valid]
