@@ -32,7 +32,7 @@ THRESHOLD = 1e-3
 
 
 def _err(estimate, truth, keep):
-    return float(np.sqrt(np.mean(((estimate - truth) / truth)[keep] ** 2)))
+    return float(np.sqrt(np.mean(((estimate[keep] - truth[keep]) / truth[keep]) ** 2)))
 
 
 def one_scan(kind: str, counts: float, seed: int, frames: int, blur: float) -> dict:

@@ -426,10 +426,10 @@ class ScanDenoiser:
         held_out_iq`): calibrated sigmas and the q ranges that fall back to raw.
 
         Each of up to ``max_frames`` frames (default: the scan's analysed frames) is split
-        in two; one half is denoised as the frames served are (``serve(half, index)``,
+        in two; each half is denoised as the frames served are (``serve(half, index)``,
         default :meth:`serve_frames` with the neighbours thinned like the frame) and its
-        I(q) scored against the other half's raw I(q), for the full ring (None) and each
-        sector in ``sectors``. Once per scan: it costs one denoising pass per frame split.
+        I(q) scored against the other half's, raw and denoised, for the full ring (None)
+        and each sector in ``sectors``. Once per scan: two denoising passes per frame.
         """
         frames = analysis.prepared.frames if frames is None else np.asarray(frames)
         if len(frames) > max_frames:  # spread over the scan

@@ -3,29 +3,34 @@ fall back to raw.
 
 A frame of Poisson counts splits into two independent halves A and B with the same
 expectation (binomial thinning, p = 0.5, :func:`~bluesky_symdenoise.denoise.selection.
-binomial_split`). The denoiser sees A; B's raw I(q) is unbiased and independent of it, and
-its variance is known, so per q bin
+binomial_split`). The denoiser sees each half alone. A raw half's I(q) is unbiased,
+independent of the other half's denoised I(q), and its variance V is known, so per q bin
 
-    E[(I_den(A) - I_raw(B))²] = MSE(I_den(A)) + Var(I_raw(B))
-    E[(I_den(A) - I_raw(B))² - (I_raw(A) - I_raw(B))²] = MSE(I_den(A)) - Var(I_raw(A))
+    E[(I_den(A) - I_raw(B))²] = MSE_half + V                       (1)
+    E[(I_den(A) - I_den(B))²] / 2 = Var_half                          (2)
+    E[(I_den(A) - I_raw(B))² - (I_raw(A) - I_raw(B))²] = MSE_half - V  (3)
 
-The first gives the denoised I(q)'s mean squared error at half dose (bias included), the
-second whether it is worse than raw's. Both are single-bin χ²-like numbers, so they are
-pooled: over the frames split (independent replicates) and over blocks of ``block``
-neighbouring q bins (the ratio also over the blocks on either side).
+(and the same with A and B swapped): (1) is the denoised I(q)'s mean squared error at half
+dose, bias included; (2) its variance alone (the two halves share the bias and not the
+noise), so MSE_half - Var_half is the squared bias; (3) says whether it is worse than raw.
+All are single-bin χ²-like numbers, so they are pooled: over the frames split (independent
+replicates) and over blocks of ``block`` neighbouring q bins (the sigma's ratio over centred
+windows of q bins, bin by bin).
 
-Sigma: ``ratio`` = pooled MSE(I_den(A)) / pooled Var(I_raw(A)) (the raw variance of a half
-frame at the denoised rate), floored at :data:`RATIO_FLOOR`. From half to full dose raw's
-variance halves; the denoised error halves too where it is variance (the ratio carries
-over) but stays where it is bias (the ratio doubles). Neither is known from one split, so
-the full frame's denoised sigma is ``sqrt(DOSE_FACTOR * ratio)`` times the raw Poisson
-sigma at the denoised rate, :data:`DOSE_FACTOR` = 1.5: bias and variance in equal parts at
-half dose (1σ coverage on the bench: 0.42-0.82 with a factor of 1, 0.60-0.94 with 2).
+Sigma: from half to full dose the variance halves and the bias is taken to stay (a
+denoiser's bias shrinks with dose, if anything), so in units of raw's full-dose variance
 
-Fallback: the block sums S of the second line are tested against their own noise,
-measured on the same scan (the frame-to-frame scatter of the block sums, normalised and
-pooled over blocks by its median); a block whose z = S / noise exceeds ``z_alarm`` falls
-back to raw (the denoised I(q) and its sigma replaced by raw's there).
+    ratio = (2 * MSE_half - Var_half) / V      (V: a raw half's variance at the denoised rate)
+
+with the squared bias MSE_half - Var_half pooled wider (:data:`BIAS_BLOCKS` blocks: it is
+as noisy as raw) and taken as 0 where that pool is negative (a conservative clip), floored
+at :data:`RATIO_FLOOR`, and the denoised sigma is ``sqrt(ratio)`` times raw's
+Poisson sigma at the denoised rate.
+
+Fallback: the block sums S of (3) are tested against their own noise, measured on the same
+scan (the frame-to-frame scatter of the block sums, normalised, pooled over blocks by a low
+quantile); a block whose z = S / noise exceeds ``z_alarm`` falls back to raw (the denoised
+I(q) and its sigma replaced by raw's there).
 """
 
 from __future__ import annotations
@@ -34,22 +39,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 from scipy.stats import chi2
 
 from ..denoise.selection import binomial_split
 from .azimuthal import AzimuthalIntegration, IntegrationResult
 
-__all__ = ["DOSE_FACTOR", "IqCheck", "RATIO_FLOOR", "Z_ALARM", "held_out_iq"]
+__all__ = ["IqCheck", "RATIO_FLOOR", "Z_ALARM", "held_out_iq"]
 
-#: Full-dose MSE ratio over the half-dose one (see the module docstring).
-DOSE_FACTOR = 1.5
-#: Smallest MSE ratio (denoised over raw) a sigma is given: below it the split cannot tell.
-RATIO_FLOOR = 0.05
+#: Smallest MSE ratio (denoised over raw) a sigma is given.
+RATIO_FLOOR = 0.02
 #: A block of q bins falls back to raw when the denoised half is worse beyond this z.
 Z_ALARM = 3.0
 #: Quantile over blocks of the normalised frame-to-frame scatter that measures the check's
 #: noise (a low one: blocks where the denoiser is worse scatter more, and may be many).
 NOISE_QUANTILE = 0.25
+#: Width, in blocks, of the centred window that pools the squared bias of the sigma's ratio.
+BIAS_BLOCKS = 7
 #: q bins per block of the check.
 BLOCK = 6
 
@@ -63,7 +69,7 @@ class IqCheck:
     q_nm
         Bin centres (the profile's radial axis).
     ratio
-        Per bin: the denoised I(q)'s mean squared error over raw's variance, at half dose
+        Per bin: the denoised I(q)'s mean squared error over raw's variance, at full dose
         (pooled, floored; NaN on empty bins).
     fallback
         Per bin: True where the denoised I(q) is worse than raw beyond the check's noise.
@@ -104,8 +110,7 @@ class IqCheck:
         if len(raw.intensity) != len(self.ratio) or denoised.sigma is None:
             raise ValueError("apply() needs the check's binning and the denoised rate's sigma")
         intensity = np.where(self.fallback, raw.intensity, denoised.intensity)
-        sigma = np.where(self.fallback, raw.sigma,
-                         np.sqrt(DOSE_FACTOR * self.ratio) * denoised.sigma)
+        sigma = np.where(self.fallback, raw.sigma, np.sqrt(self.ratio) * denoised.sigma)
         return intensity, sigma
 
     def ranges(self) -> list[tuple[float, float]]:
@@ -171,18 +176,21 @@ def held_out_iq(denoise: Callable[[np.ndarray, int], np.ndarray],
     totals: list[list[np.ndarray] | None] = [None] * len(sectors)
     q: list[np.ndarray] = [np.empty(0)] * len(sectors)
     for index, frame in enumerate(frames):
-        half, rest = binomial_split(frame, seed + index)
-        estimate = np.asarray(denoise(half.astype(np.float32), index), np.float64)
+        halves = binomial_split(frame, seed + index)
+        estimates = [np.asarray(denoise(h.astype(np.float32), index), np.float64)
+                     for h in halves]
         for which, sector in enumerate(sectors):
-            den = integration.integrate(estimate, npt=npt, sector=sector, unit=unit,
-                                        variance=np.maximum(estimate, 0.0))
-            i_a = integration.integrate(half, npt=npt, sector=sector, unit=unit).intensity
-            i_b = integration.integrate(rest, npt=npt, sector=sector, unit=unit).intensity
-            v = den.sigma ** 2  # a raw half's variance at the denoised rate
-            u = (den.intensity - i_b) ** 2
-            terms = [u - v, v, u - (i_a - i_b) ** 2]
+            den = [integration.integrate(e, npt=npt, sector=sector, unit=unit,
+                                         variance=np.maximum(e, 0.0)) for e in estimates]
+            i_a, i_b = (integration.integrate(h, npt=npt, sector=sector, unit=unit).intensity
+                        for h in halves)
+            # A raw half's variance at the denoised rate; (1) both ways; (2); (3).
+            v = 0.5 * (den[0].sigma ** 2 + den[1].sigma ** 2)
+            u = 0.5 * ((den[0].intensity - i_b) ** 2 + (den[1].intensity - i_a) ** 2)
+            spread = 0.5 * (den[0].intensity - den[1].intensity) ** 2
+            terms = [u - v, v, u - (i_a - i_b) ** 2, spread]
             if totals[which] is None:
-                q[which], totals[which] = den.q_nm, [[t] for t in terms]
+                q[which], totals[which] = den[0].q_nm, [[t] for t in terms]
             else:
                 for kept, term in zip(totals[which], terms, strict=True):
                     kept.append(term)
@@ -190,12 +198,12 @@ def held_out_iq(denoise: Callable[[np.ndarray, int], np.ndarray],
                     z_alarm=z_alarm) for which in range(len(sectors))]
 
 
-def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray, *,
-            block: int, z_alarm: float) -> IqCheck:
-    """Pool one profile's per-frame, per-bin terms (``(frames, npt)`` each) by blocks of q
-    bins."""
+def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
+            spread_f: np.ndarray, *, block: int, z_alarm: float) -> IqCheck:
+    """Pool one profile's per-frame, per-bin terms (``(frames, npt)`` each; see the module
+    docstring) by blocks of q bins."""
     frames = len(mse_f)
-    mse, var, diff = mse_f.sum(0), var_f.sum(0), diff_f.sum(0)
+    mse, var, diff, spread = mse_f.sum(0), var_f.sum(0), diff_f.sum(0), spread_f.sum(0)
     valid = var > 0
     blocks = np.full(len(q), -1)
     blocks[valid] = np.arange(int(valid.sum())) // block
@@ -210,12 +218,20 @@ def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndar
         return np.bincount(blocks[valid], weights=values[valid], minlength=n_blocks)
 
     sums = {name: by_block(values) for name, values in
-            (("mse", mse), ("var", var), ("diff", diff), ("var2", (var / frames) ** 2))}
-    # Sigma: the ratio pooled over each block and its neighbours.
-    kernel = np.ones(3)
-    pooled = (np.convolve(sums["mse"], kernel, "same")
-              / np.maximum(np.convolve(sums["var"], kernel, "same"), 1e-300))
-    ratio[valid] = np.maximum(pooled, RATIO_FLOOR)[blocks[valid]]
+            (("diff", diff), ("var2", (var / frames) ** 2))}
+    # Sigma: the full-dose ratio, bin by bin, from each bin's terms over its variance
+    # (equal weights: every bin's sigma is calibrated, not only the strongest bins'). The
+    # variance part (2) is precise and pooled over 3 blocks' width; the bias part
+    # (1) - (2) is as noisy as raw, so it is pooled over BIAS_BLOCKS blocks' width and taken
+    # as 0 where that pool is negative.
+    def mean_over(values: np.ndarray, width: int) -> np.ndarray:  # centred, over valid bins
+        ones = np.ones_like(values)
+        return (uniform_filter1d(values, width, mode="constant")
+                / uniform_filter1d(ones, width, mode="constant"))
+
+    variance = mean_over(spread[valid] / var[valid], 3 * block)
+    bias = mean_over((mse[valid] - spread[valid]) / var[valid], BIAS_BLOCKS * block)
+    ratio[valid] = np.maximum(variance + 2.0 * np.maximum(bias, 0.0), RATIO_FLOOR)
     # Fallback: each block's summed difference against its noise, measured on this scan.
     # The noise of one frame's block sum scales as kappa * sum(var_k**2) (a difference of
     # squares of errors whose variance is var_k); kappa is the median over blocks of the
