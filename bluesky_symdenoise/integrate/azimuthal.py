@@ -12,7 +12,7 @@ pixel's variance is its expectation, estimated by the counts around it (a Gaussi
 scale). Not pyFAI's own ``"poisson"`` model, which takes max(1, counts) and so overstates
 the error of sparse frames (its 1σ bars covered 0.76-0.96 of the bins on the bench instead
 of 0.68); and not the bare counts, which are unbiased too but so noisy in a sector's sparse
-bins (a bin of no counts gets a zero sigma) that their bars covered only 0.58-0.61 there
+bins (a bin of no counts gets a zero sigma) that their bars covered only 0.58-0.64 there
 at 0.25 counts/pixel. A denoised frame is not Poisson: pass its variance map with ``variance=``
 (e.g. from an ensemble of seeds) or leave ``error_model=None`` and get no sigma. pyFAI's
 ``"azimuthal"`` model estimates the variance from the spread within each ring.
