@@ -8,11 +8,12 @@ area, height and width. For each scene and count level, ``--seeds`` fresh scans 
 truth, for
 
 * ``raw``: the frame itself (pyFAI Poisson error model for its sigmas);
-* ``ours``: ``denoise_scan(frames, mask=..., center=..., budget_s=--budget)`` (``method="auto"``,
-  what ``denoise(...)`` returns), sigmas as the package computes them today (the denoised
-  rate taken as a Poisson variance, ``stream/scan.py``);
+* ``ours``: ``ScanDenoiser(budget_s=--budget).run(frames, mask=..., center=...)``
+  (``method="auto"``, what ``denoise(...)`` returns); its I(q) sigma and fall-back to raw
+  from the engine's held-out check (``ScanDenoiser.iq_check``, ``integrate/heldout.py``) on
+  the scan's frames, as the live plugin publishes them;
 * ``classical``: 180° average + Anscombe + BM3D (``classical_denoise``), the best classical
-  method of the package, with the same sigma rule as ours.
+  method of the package, with the same held-out check (``held_out_iq``) on its own output.
 
 Columns (means over seeds; the ratio is the estimate's error over raw's, per scan, then
 averaged):
@@ -25,7 +26,11 @@ averaged):
   integral breadth (area / height) as relative biases, position shift as a fraction of
   the truth's integral breadth (:func:`peak_bias`), then ours − raw on the same frames;
 * 1σ coverage: fraction of bins whose error is within the reported sigma (0.68 for an
-  honest Gaussian sigma);
+  honest Gaussian sigma), full ring and 30° sector, with the published sigmas (raw: Poisson
+  from the counts around each pixel; denoised: the held-out check's, raw's where it fell
+  back) and, for the denoised, the previous rule (Poisson at the denoised rate);
+* fall-back: fraction of scored bins where the check put raw's I(q) in place of the
+  denoised one (full / 30°), and the published I(q)'s error over raw's after it;
 * PSNR of the frame (dB), for reference.
 
     python -m bench.iq --scenes sharp_textured --counts 1 0.25 --seeds 2 --budget 30
@@ -42,8 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bluesky_symdenoise import denoise_scan
+from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+from bluesky_symdenoise.integrate.heldout import IqCheck, held_out_iq
 
 from . import metrics
 from .quality import BenchScan, make_scan, run_method
@@ -63,6 +69,8 @@ class Estimate:
 
     frame: np.ndarray
     variance: np.ndarray | None
+    #: Held-out checks (full ring, 30° sector) at the default binning, or None (raw).
+    checks: list[IqCheck] | None = None
 
 
 def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str, float]:
@@ -81,8 +89,11 @@ def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str,
 
 
 def profile_scores(integ: AzimuthalIntegration, estimate: Estimate, truth: np.ndarray, *,
-                   npt: int, sector=None, unit: str = "q_nm^-1") -> dict[str, float]:
-    """I(q) error, peak biases and 1σ coverage of one estimate for one binning."""
+                   npt: int, sector=None, unit: str = "q_nm^-1", raw: np.ndarray | None = None,
+                   check: IqCheck | None = None) -> dict[str, float]:
+    """I(q) error, peak biases and 1σ coverage of one estimate for one binning; with the
+    held-out ``check`` of that binning (and the ``raw`` frame), the published I(q) and
+    sigma too (raw's where the check fell back)."""
     ref = integ.integrate(truth, npt=npt, sector=sector, unit=unit)
     if estimate.variance is None:
         est = integ.integrate(estimate.frame, npt=npt, sector=sector, unit=unit,
@@ -93,23 +104,47 @@ def profile_scores(integ: AzimuthalIntegration, estimate: Estimate, truth: np.nd
     keep = ref.intensity > THRESHOLD * ref.intensity.max()
     diff = est.intensity[keep] - ref.intensity[keep]
     scores = {"err": float(np.sqrt(np.mean((diff / ref.intensity[keep]) ** 2))),
-              "coverage": float(np.mean(np.abs(diff) <= est.sigma[keep]))}
+              "coverage": float(np.mean(np.abs(diff) <= est.sigma[keep])),
+              "coverage_rate": math.nan, "fallback": math.nan, "err_published": math.nan}
+    if check is not None and raw is not None:
+        raw_iq = integ.integrate(raw, npt=npt, sector=sector, unit=unit, error_model="poisson")
+        published, sigma = check.apply(raw_iq, est)
+        error = published[keep] - ref.intensity[keep]
+        scores.update(
+            coverage_rate=scores["coverage"],
+            coverage=float(np.mean(np.abs(error) <= sigma[keep])),
+            fallback=float(np.mean(check.fallback[keep])),
+            err_published=float(np.sqrt(np.mean((error / ref.intensity[keep]) ** 2))))
     scores.update(peak_bias(ref.q_nm, est.intensity, ref.intensity))
     return scores
 
 
 def estimates(scan: BenchScan, budget: float) -> tuple[dict[str, Estimate], str, float]:
-    """Raw, ours and the classical estimate of the scan's middle frame."""
+    """Raw, ours and the classical estimate of the scan's middle frame, the latter two with
+    their held-out I(q) checks (full ring and 30° sector, default binning)."""
     raw = scan.frames[scan.index].astype(np.float64)
     start = time.perf_counter()
-    result = denoise_scan(scan.frames, mask=scan.mask, center=scan.geometry.center,
-                          budget_s=budget, bad_pixels="mask")
+    denoiser = ScanDenoiser(budget_s=budget)
+    result = denoiser.run(scan.frames, mask=scan.mask, center=scan.geometry.center,
+                          bad_pixels="mask")
     seconds = time.perf_counter() - start
+    integ = AzimuthalIntegration(scan.geometry, ~scan.scored)
+    npt0 = metrics.default_npt(scan.geometry)
+    sectors = (None, metrics.SECTOR_30)
+    ours_checks = denoiser.iq_check(result.analysis, method=result.method, integration=integ,
+                                    npt=npt0, sectors=sectors)
     ours = result.denoised[scan.index].astype(np.float64)
     classical, _ = run_method("sym180+bm3d", scan, budget)
+
+    def by_classical(half: np.ndarray, _: int) -> np.ndarray:
+        return run_method("sym180+bm3d", dataclasses.replace(
+            scan, frames=np.stack([half] * len(scan.frames))), budget)[0]
+
+    classical_checks = held_out_iq(by_classical, list(scan.frames.astype(np.float64)), integ,
+                                   npt=npt0, sectors=sectors)
     return ({"raw": Estimate(raw, None),
-             "ours": Estimate(ours, np.maximum(ours, 0.0)),
-             "classical": Estimate(classical, np.maximum(classical, 0.0))},
+             "ours": Estimate(ours, np.maximum(ours, 0.0), ours_checks),
+             "classical": Estimate(classical, np.maximum(classical, 0.0), classical_checks)},
             result.method, seconds)
 
 
@@ -119,10 +154,12 @@ def score_scan(scan: BenchScan, found: dict[str, Estimate], npt_factors) -> dict
     integ = AzimuthalIntegration(scan.geometry, invalid)
     npt0 = metrics.default_npt(scan.geometry)
     rows: dict[str, dict] = {}
+    raw = found["raw"].frame
     for name, estimate in found.items():
-        full = profile_scores(integ, estimate, scan.truth, npt=npt0)
+        checks = estimate.checks or (None, None)
+        full = profile_scores(integ, estimate, scan.truth, npt=npt0, raw=raw, check=checks[0])
         sector = profile_scores(integ, estimate, scan.truth, npt=npt0,
-                                sector=metrics.SECTOR_30)
+                                sector=metrics.SECTOR_30, raw=raw, check=checks[1])
         errors = {}
         for factor in npt_factors:
             for unit in UNITS:
@@ -171,18 +208,30 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
             paired = " / ".join(
                 f"{_mean([r['full'][k] - q['full'][k] for r, q in pairs]):+.1%}"
                 for k in ("area", "height", "breadth", "position"))
+        def fmt(value, spec):
+            return "—" if math.isnan(value) else format(value, spec)
+
+        published = " / ".join(
+            fmt(_mean([r[w]["err_published"] / q[w]["err"] for r, q in pairs]), ".2f")
+            for w in ("full", "sector"))
         lines.append(
             f"| {kind} | {counts:g} | {name} | {m(lambda r: r['full']['err']):.2%} | "
             f"{ratio_full:.2f} | {m(lambda r: r['sector']['err']):.2%} | {ratio_sec:.2f} | "
             f"{worst['worst_ratio']:.2f} ({worst['worst_where']}) | {peak} | {paired} | "
             f"{m(lambda r: r['full']['coverage']):.2f} / "
-            f"{m(lambda r: r['sector']['coverage']):.2f} | {m(lambda r: r['psnr']):.2f} |")
+            f"{m(lambda r: r['sector']['coverage']):.2f} | "
+            f"{fmt(m(lambda r: r['full']['coverage_rate']), '.2f')} / "
+            f"{fmt(m(lambda r: r['sector']['coverage_rate']), '.2f')} | "
+            f"{fmt(m(lambda r: r['full']['fallback']), '.2f')} / "
+            f"{fmt(m(lambda r: r['sector']['fallback']), '.2f')} | {published} | "
+            f"{m(lambda r: r['psnr']):.2f} |")
     return lines
 
 
 HEADER = ("| scene | c/px | method | I(q) err full | / raw | I(q) err 30° | / raw | "
           "worst / raw (where) | peak area / height / breadth / position vs truth | "
-          "same, minus raw (paired) | 1σ coverage full / 30° | PSNR dB |")
+          "same, minus raw (paired) | 1σ coverage full / 30° | before: Poisson at the "
+          "denoised rate | fall-back full / 30° | published / raw full / 30° | PSNR dB |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{' '.join(f'{c:g}' for c in args.counts)} --seeds {args.seeds} --seed "
                f"{args.seed} --budget {args.budget:g} --frames {args.frames} --size "
                f"{args.size} --npt-factors {' '.join(f'{f:g}' for f in args.npt_factors)}")
-    lines = [f"`{command}`", "", HEADER, "|---" * 12 + "|"]
+    lines = [f"`{command}`", "", HEADER, "|---" * 15 + "|"]
     print("\n".join(lines), flush=True)
     notes = []
     for i, kind in enumerate(args.scenes):
@@ -221,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = format_cell(kind, counts, per_seed, METHODS)
             print("\n".join(rows), flush=True)
             lines += rows
-    lines += ["", "Peak columns: area, height and integral breadth as relative biases, "
+    lines += ["", "Coverage: raw's sigma is Poisson from the counts around each pixel; the "
+              "denoised sigma is the held-out check's (integrate/heldout.py), raw's where it "
+              "fell back; 'before' is the old rule (Poisson at the denoised rate). "
+              "Fall-back: fraction of scored bins where the check published raw's I(q); "
+              "'published / raw': the published I(q)'s error over raw's after it.",
+              "", "Peak columns: area, height and integral breadth as relative biases, "
               "position as a shift in units of the truth's integral breadth; the strongest "
               "peak of the truth's full-ring I(q) (q axis, default binning). '/ raw' is the "
               "error over raw's on the same frame, averaged over seeds; 'worst' is the "

@@ -76,7 +76,7 @@ def _documents(shape: int, frames: int, seed: int = 0):
         yield "event", _event(desc["integrated"], seq, {
             "q": q, f"{key}_iq_raw": iq, f"{key}_iq_raw_sigma": 0.05 + 0 * q,
             f"{key}_iq_denoised": iq, f"{key}_iq_denoised_sigma": 0.03 + 0 * q,
-            "raw_seq_num": seq}), True
+            f"{key}_iq_fallback": np.zeros(npt, bool), "raw_seq_num": seq}), True
 
 
 def _event(bundle, seq: int, data: dict) -> dict:

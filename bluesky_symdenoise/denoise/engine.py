@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..integrate.azimuthal import AzimuthalIntegration
+from ..integrate.heldout import IqCheck, held_out_iq
 from ..physics.geometry import DetectorGeometry, GeometryError
 from ..physics.symmetry import SymmetryReport, refine_center
 from .channels import ChannelContext, input_channels
@@ -43,8 +45,8 @@ from .targets import (
 )
 from .training import TrainingLog, fit
 
-__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "symmetry_usage", "uses_partners",
-           "violation_map"]
+__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "keep_total_counts",
+           "symmetry_usage", "uses_partners", "violation_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +395,55 @@ class ScanDenoiser:
         return DenoiseResult(denoised=result_array, method=method, reason=reason,
                              provenance=provenance, analysis=analysis)
 
+    def serve_frames(self, analysis: ScanAnalysis, *, method: str,
+                     frames: Sequence[np.ndarray],
+                     neighbours: Sequence[np.ndarray | None]) -> np.ndarray:
+        """Frames of the scan's detector denoised as :meth:`run` serves its own: the method
+        that ran (network, mixed with the classical mode where :attr:`blend` says so, or
+        the classical mode), each frame's total counts kept."""
+        frames = np.stack([np.asarray(f, np.float32) for f in frames])
+        if method in ("classical", "classical-nlm"):
+            out = self._classical_frames(analysis, frames,
+                                         "nlm" if method.endswith("nlm") else "bm3d")
+        elif method in _NO_DENOISER:
+            out = frames.copy()
+        else:
+            out = self.denoise_frames(analysis, method=method, frames=frames,
+                                      neighbours=neighbours)
+            if self.blend is not None and not self.blend.first_only:
+                classical = self._classical_frames(analysis, frames)
+                out = np.stack([self.blend.mix(n, c, analysis.prepared.good)
+                                for n, c in zip(out, classical, strict=True)])
+        return keep_total_counts(out, frames, analysis.prepared.good,
+                                 self.config.preserve_total_counts)
+
+    def iq_check(self, analysis: ScanAnalysis, *, method: str,
+                 integration: AzimuthalIntegration, npt: int,
+                 sectors: Sequence[tuple[float, float] | None] = (None,),
+                 serve: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 frames: np.ndarray | None = None, max_frames: int = 4) -> list[IqCheck]:
+        """Held-out check of this scan's denoised I(q) (:func:`~..integrate.heldout.
+        held_out_iq`): calibrated sigmas and the q ranges that fall back to raw.
+
+        Each of up to ``max_frames`` frames (default: the scan's analysed frames) is split
+        in two; each half is denoised as the frames served are (``serve(half, index)``,
+        default :meth:`serve_frames` with the neighbours thinned like the frame) and its
+        I(q) scored against the other half's, raw and denoised, for the full ring (None)
+        and each sector in ``sectors``. Once per scan: two denoising passes per frame.
+        """
+        frames = analysis.prepared.frames if frames is None else np.asarray(frames)
+        if len(frames) > max_frames:  # spread over the scan
+            frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+
+        def by_engine(half: np.ndarray, index: int) -> np.ndarray:
+            near = (0.5 * neighbour_mean(frames, index)
+                    if self.config.use_neighbour_frames and len(frames) > 1 else None)
+            return self.serve_frames(analysis, method=method, frames=[half],
+                                     neighbours=[near])[0]
+
+        return held_out_iq(serve or by_engine, list(frames), integration, npt=npt,
+                           sectors=sectors)
+
     def _check_against_classical(self, analysis: ScanAnalysis, method: str,
                                  reason: str) -> tuple[str, str]:
         """Keep the network only if it beats the classical mode on a held-out split, and
@@ -477,13 +528,8 @@ class ScanDenoiser:
 
     def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
         """Keep each frame's total counts and zero the pixels the user masked."""
-        denoised = np.asarray(denoised, np.float32).copy()
-        good = prepared.good
-        if self.config.preserve_total_counts:
-            for raw, out in zip(prepared.frames, denoised, strict=True):
-                raw_total, out_total = float(raw[good].sum()), float(out[good].sum())
-                if raw_total >= 50 and out_total > 0:
-                    out *= np.float32(raw_total / out_total)
+        denoised = keep_total_counts(denoised, prepared.frames, prepared.good,
+                                     self.config.preserve_total_counts)
         denoised[:, prepared.user_mask] = 0.0
         return denoised
 
@@ -518,6 +564,19 @@ class ScanDenoiser:
         if self.blend is not None and method not in ("classical", "classical-nlm"):
             record["classical_mix"] = self.blend.summary()
         return record
+
+
+def keep_total_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray,
+                      preserve: bool = True) -> np.ndarray:
+    """Denoised frames (a float32 copy) scaled to their raw frames' total counts over
+    ``good`` (frames of fewer than 50 counts are left alone)."""
+    denoised = np.asarray(denoised, np.float32).copy()
+    if preserve:
+        for raw, out in zip(frames, denoised, strict=True):
+            raw_total, out_total = float(raw[good].sum()), float(out[good].sum())
+            if raw_total >= 50 and out_total > 0:
+                out *= np.float32(raw_total / out_total)
+    return denoised
 
 
 def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:

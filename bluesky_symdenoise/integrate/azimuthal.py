@@ -6,8 +6,14 @@ look-up tables per integrator.
 
 Error models
 ------------
-``error_model="poisson"`` propagates Poisson variances (variance = counts): only meaningful
-for raw counts. A denoised frame is not Poisson: pass its variance map with ``variance=``
+``error_model="poisson"`` propagates Poisson variances: only meaningful for raw counts. Each
+pixel's variance is its expectation, estimated by the counts around it (a Gaussian of
+:data:`POISSON_SMOOTH_PX` over valid pixels; unbiased where the rate is smooth on that
+scale). Not pyFAI's own ``"poisson"`` model, which takes max(1, counts) and so overstates
+the error of sparse frames (its 1σ bars covered 0.76-0.96 of the bins on the bench instead
+of 0.68); and not the bare counts, which are unbiased too but so noisy in a sector's sparse
+bins (a bin of no counts gets a zero sigma) that their bars covered only 0.58-0.64 there
+at 0.25 counts/pixel. A denoised frame is not Poisson: pass its variance map with ``variance=``
 (e.g. from an ensemble of seeds) or leave ``error_model=None`` and get no sigma. pyFAI's
 ``"azimuthal"`` model estimates the variance from the spread within each ring.
 """
@@ -23,6 +29,8 @@ from bluesky_symdenoise.physics.geometry import DetectorGeometry
 
 __all__ = ["AzimuthalIntegration", "IntegrationResult", "CakeResult", "IntegrationError"]
 
+#: Width (pixels) of the Gaussian that estimates each pixel's Poisson variance.
+POISSON_SMOOTH_PX = 0.7
 ErrorModel = Literal["poisson", "azimuthal"] | None
 #: Split pixels by bounding box, CSR sparse matrix, Cython engine: fast and correct on CPU.
 DEFAULT_METHOD = ("bbox", "csr", "cython")
@@ -124,6 +132,23 @@ class AzimuthalIntegration:
                     f"variance shape {variance.shape} does not match image {image.shape}")
         return image, variance
 
+    def poisson_variance(self, image: np.ndarray) -> np.ndarray:
+        """Per-pixel Poisson variance of a frame of counts (what ``error_model="poisson"``
+        propagates): the counts around each pixel, Gaussian-weighted over valid pixels."""
+        from scipy.ndimage import gaussian_filter
+
+        valid = ~self.mask
+        counts = np.where(valid, np.maximum(np.asarray(image, np.float64), 0.0), 0.0)
+        weight = gaussian_filter(valid.astype(np.float64), POISSON_SMOOTH_PX, mode="constant")
+        smooth = gaussian_filter(counts, POISSON_SMOOTH_PX, mode="constant")
+        return np.where(valid, smooth / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+
+    def _poisson(self, image: np.ndarray, variance: np.ndarray | None,
+                 error_model: ErrorModel) -> tuple[np.ndarray, np.ndarray | None, ErrorModel]:
+        if error_model == "poisson":
+            return image, self.poisson_variance(image), None
+        return image, variance, error_model
+
     @staticmethod
     def _sector(sector: tuple[float, float] | None) -> tuple[float, float] | None:
         if sector is None:
@@ -166,6 +191,7 @@ class AzimuthalIntegration:
         IntegrationResult
         """
         image, variance = self._check(image, variance, error_model)
+        image, variance, error_model = self._poisson(image, variance, error_model)
         result = self.geometry.integrator().integrate1d(
             image, int(npt), unit=unit, mask=self._mask_i8,
             correctSolidAngle=self.correct_solid_angle, error_model=error_model,
@@ -197,6 +223,7 @@ class AzimuthalIntegration:
         CakeResult
         """
         image, variance = self._check(image, variance, error_model)
+        image, variance, error_model = self._poisson(image, variance, error_model)
         result = self.geometry.integrator().integrate2d(
             image, int(npt_rad), int(npt_azim), unit="q_nm^-1", mask=self._mask_i8,
             correctSolidAngle=self.correct_solid_angle, error_model=error_model,
@@ -210,3 +237,4 @@ class AzimuthalIntegration:
                           intensity=np.where(empty, np.nan,
                                              np.asarray(result.intensity, dtype=np.float64)),
                           sigma=sigma)
+

@@ -41,7 +41,8 @@ from ..denoise.engine import (
 )
 from ..denoise.models import load_base_model
 from ..denoise.selection import held_out_deviance
-from ..integrate.azimuthal import AzimuthalIntegration
+from ..integrate.azimuthal import AzimuthalIntegration, IntegrationResult
+from ..integrate.heldout import IqCheck
 from ..physics.geometry import DetectorGeometry
 from .frames import FrameSource
 from .publisher import DerivedRunPublisher
@@ -134,15 +135,21 @@ def denoised_data_keys(key: str, shape: tuple[int, ...]) -> dict[str, dict]:
 def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
                          ) -> dict[str, dict]:
     """Data keys of the derived run's ``integrated`` stream: q and the raw and denoised I(q)
-    with their errors (and the sector's I(q) ``with_sector``), ``npt`` points each."""
+    with their errors and where the denoised one fell back to raw (and the same for the
+    sector ``with_sector``), ``npt`` points each."""
     units = {"q": "nm^-1", f"{key}_iq_raw": "counts/pixel",
              f"{key}_iq_raw_sigma": "counts/pixel", f"{key}_iq_denoised": "counts/pixel",
              f"{key}_iq_denoised_sigma": "counts/pixel"}
     if with_sector:
-        for which in ("raw", "denoised"):
+        for which in ("raw", "raw_sigma", "denoised", "denoised_sigma"):
             units[f"{key}_iq_sector_{which}"] = "counts/pixel"
     keys = {name: {"source": "symdenoise", "dtype": "array", "shape": [npt],
                    "dtype_numpy": "<f8", "units": unit} for name, unit in units.items()}
+    for prefix in ("iq", "iq_sector") if with_sector else ("iq",):
+        keys[f"{key}_{prefix}_fallback"] = {
+            "source": "symdenoise", "dtype": "array", "shape": [npt], "dtype_numpy": "|b1",
+            "description": "True where the held-out I(q) check found the denoised I(q) worse "
+                           "than raw: the denoised I(q) and sigma are raw's there"}
     keys["raw_seq_num"] = {"source": "symdenoise", "dtype": "integer", "shape": []}
     return keys
 
@@ -262,6 +269,9 @@ class LiveScan:
         self.latencies: list[float] = []
         self.stopped = False
         self._streamed: dict[str, set[str]] = {}
+        #: Held-out I(q) checks (full ring, then the sector) per serving mode (``by``).
+        self.iq_checks: dict[str, list[IqCheck]] = {}
+        self.iq_seconds = 0.0
 
     # -- documents ---------------------------------------------------------------------------
     def handle(self, name: str, doc: dict, received: float, *, backlog: int = 0) -> None:
@@ -416,6 +426,7 @@ class LiveScan:
             self._trainer.start()
         else:
             self.network_note = f"no network: {self.reason}"
+        self._check_iq(self._interim_by())
         held, self.held = self.held, []
         for seq_num, frame, timestamp, received in held:
             self._serve(seq_num, frame, timestamp, received)
@@ -445,9 +456,12 @@ class LiveScan:
             "geometry": self.geometry.as_metadata() if self.geometry else None,
             "geometry_source": self.geometry_source, "warnings": list(self.warnings),
             "notes": notes, "versions": _versions(),
-            "iq_sigma": "raw: pyFAI Poisson error model; denoised: Poisson variance of the "
-                        "denoised rate (the error of one raw frame at that rate; an upper "
-                        "bound, denoised pixels are correlated)",
+            "iq_sigma": "raw: Poisson, each pixel's variance the counts around it (0.7 px "
+                        "Gaussian); denoised: calibrated per q block on held-out binomial "
+                        "splits of the warm-up frames, once per serving mode "
+                        "(integrate.heldout); where the denoised I(q) is worse than raw "
+                        "beyond the check's noise it falls back to raw (<field>_iq_fallback), "
+                        "see the summary's iq_check",
         }
         if self.denoiser is not None and self.analysis is not None:
             engine = self.denoiser.provenance(self.analysis, self.method, self.reason, 0.0)
@@ -549,12 +563,69 @@ class LiveScan:
             name = "NLM"
             ref = held_out_deviance(lambda x: self._classical(x, prepared.bad), frame, good, 1)
         if net < ref:
+            self._check_iq(f"network:{self.method}")
             self.network_ready = True
             self.network_note = (f"network used: held-out deviance {net:.4f} < {name} "
                                  f"{ref:.4f}")
         else:
             self.network_note = (f"fine-tuned network not used: held-out deviance {net:.4f} "
                                  f">= {name} {ref:.4f} (budget too short?)")
+
+    # -- the held-out I(q) check --------------------------------------------------------------
+    def _interim_by(self) -> str:
+        """``denoised_by`` of the frames served before the network is ready."""
+        if self.method == "passthrough":
+            return "none (passthrough)"
+        if self.interim is not None:
+            return self._interim_name()
+        engine = "classical-bm3d" if self.method == "classical" else "classical-nlm"
+        return engine + (" (interim)" if self.method in _NETWORK_METHODS else "")
+
+    def _check_iq(self, by: str) -> None:
+        """Calibrate the denoised I(q)'s sigma and find where it falls back to raw, for the
+        serving mode ``by``, on held-out splits of the warm-up frames (the engine's
+        :meth:`~..denoise.engine.ScanDenoiser.iq_check`; once per mode and scan)."""
+        if (self.geometry is None or self.analysis is None or self.method == "passthrough"
+                or not self.analysis.prepared.integer_counts):
+            return
+        prepared = self.analysis.prepared
+        frames, bad = prepared.frames, prepared.bad
+        engine = (self.denoiser if by.startswith("network:") and by == f"network:{self.method}"
+                  else self.interim)
+
+        def serve(half: np.ndarray, index: int) -> np.ndarray:
+            previous = 0.5 * frames[index - 1] if index > 0 else None
+            if engine is not None:
+                out = engine.denoise_frame(self.analysis, method=self.method, frame=half,
+                                           neighbours=previous)
+            else:
+                out = self._classical(half, bad)
+            return self._finish(out, half, bad)
+
+        try:
+            sectors = [None] if self.options.sector is None else [None, self.options.sector]
+            start = time.perf_counter()
+            checks = self.denoiser.iq_check(
+                self.analysis, method=self.method, integration=integrator_for(self.geometry,
+                                                                              bad),
+                npt=self._npt, sectors=sectors, serve=serve)
+            self.iq_seconds += time.perf_counter() - start
+            self.iq_checks[by] = checks
+        except Exception as exc:  # noqa: BLE001 - sigmas then stay the Poisson upper bound
+            self._warn(f"held-out I(q) check failed for {by} ({exc}): denoised sigma is the "
+                       "Poisson error at the denoised rate, no fallback")
+
+    def _published_iq(self, by: str, which: int, raw: IntegrationResult,
+                      den: IntegrationResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Denoised I(q), its sigma and the fallback flags of profile ``which`` (0: full
+        ring, 1: sector), as the held-out check for ``by`` says."""
+        checks = self.iq_checks.get(by)
+        if checks is not None and len(checks) > which:
+            check = checks[which]
+            if len(check.q_nm) == len(raw.q_nm) and np.allclose(check.q_nm, raw.q_nm):
+                intensity, sigma = check.apply(raw, den)
+                return intensity, sigma, check.fallback.copy()
+        return den.intensity, den.sigma, np.zeros(len(raw.q_nm), bool)
 
     # -- serving -----------------------------------------------------------------------------
     def _classical(self, frame: np.ndarray, bad: np.ndarray) -> np.ndarray:
@@ -649,7 +720,7 @@ class LiveScan:
             f"{key}_flags": "; ".join(flags), "raw_seq_num": int(seq_num),
             "frames_dropped": int(self.counts["dropped"])})
         if self.publisher.has_stream("integrated"):
-            self._integrate(seq_num, data, denoised, bad)
+            self._integrate(seq_num, data, denoised, bad, by)
         if self.publisher.has_stream("cake"):
             self._integrate_cake(seq_num, data, denoised, bad)
         self.counts["published"] += 1
@@ -686,28 +757,32 @@ class LiveScan:
         return out
 
     def _integrate(self, seq_num: int, data: np.ndarray | None, denoised: np.ndarray,
-                   bad: np.ndarray | None) -> None:
+                   bad: np.ndarray | None, by: str = "none") -> None:
         key, npt = self.field, self._npt
         nan = np.full(npt, np.nan)
-        values = {"q": nan, f"{key}_iq_raw": nan, f"{key}_iq_raw_sigma": nan,
-                  f"{key}_iq_denoised": nan, f"{key}_iq_denoised_sigma": nan}
         sector = self.options.sector
-        if sector is not None:
-            values[f"{key}_iq_sector_raw"] = values[f"{key}_iq_sector_denoised"] = nan
+        prefixes = ("iq",) if sector is None else ("iq", "iq_sector")
+        values: dict[str, Any] = {"q": nan}
+        for prefix in prefixes:
+            for which in ("raw", "raw_sigma", "denoised", "denoised_sigma"):
+                values[f"{key}_{prefix}_{which}"] = nan
+            values[f"{key}_{prefix}_fallback"] = np.zeros(npt, bool)
         if data is not None:
             try:
                 ai = integrator_for(self.geometry, bad)
-                raw = ai.integrate(data, npt=npt, error_model="poisson")
-                den = ai.integrate(denoised, npt=npt, variance=np.maximum(denoised, 0))
-                values.update({"q": raw.q_nm, f"{key}_iq_raw": raw.intensity,
-                               f"{key}_iq_raw_sigma": raw.sigma,
-                               f"{key}_iq_denoised": den.intensity,
-                               f"{key}_iq_denoised_sigma": den.sigma})
-                if sector is not None:
-                    values[f"{key}_iq_sector_raw"] = ai.integrate(
-                        data, npt=npt, sector=sector).intensity
-                    values[f"{key}_iq_sector_denoised"] = ai.integrate(
-                        denoised, npt=npt, sector=sector).intensity
+                for which, (prefix, sec) in enumerate(zip(prefixes, (None, sector),
+                                                          strict=False)):
+                    raw = ai.integrate(data, npt=npt, sector=sec, error_model="poisson")
+                    # Raw's error at the denoised rate; the check scales it (IqCheck.apply).
+                    den = ai.integrate(denoised, npt=npt, sector=sec,
+                                       variance=np.maximum(denoised, 0))
+                    intensity, sigma, fallback = self._published_iq(by, which, raw, den)
+                    values.update({"q": raw.q_nm if which == 0 else values["q"],
+                                   f"{key}_{prefix}_raw": raw.intensity,
+                                   f"{key}_{prefix}_raw_sigma": raw.sigma,
+                                   f"{key}_{prefix}_denoised": intensity,
+                                   f"{key}_{prefix}_denoised_sigma": sigma,
+                                   f"{key}_{prefix}_fallback": fallback})
             except Exception as exc:  # noqa: BLE001
                 self._warn(f"integration failed: {exc}")
         values["raw_seq_num"] = int(seq_num)
@@ -790,6 +865,11 @@ class LiveScan:
         record["method"] = self.method
         record["network"] = self.network_note
         record["batches"] = {str(size): n for size, n in sorted(self.batches.items())}
+        record["iq_check"] = {
+            by: dict(zip(("full", "sector"), (c.summary() for c in checks), strict=False))
+            for by, checks in self.iq_checks.items()}
+        if self.iq_checks:
+            record["iq_check_seconds"] = round(self.iq_seconds, 2)
         record["warnings"] = list(self.warnings)
         if self.denoiser is not None:
             training = self.denoiser.training
