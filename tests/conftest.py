@@ -32,11 +32,11 @@ def no_thread_left_behind():
     pytest.fail(f"threads left running: {left}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def qt_display():
     """Environment for a subprocess that opens Qt windows: a private Xvfb X server (local
-    socket only) when Xvfb is installed, else Qt's ``offscreen`` platform. Skips when no Qt
-    binding is installed."""
+    socket only, no reset between clients) when Xvfb is installed, else Qt's ``offscreen``
+    platform. Skips when no Qt binding is installed."""
     import importlib.util
     import os
     import select
@@ -51,7 +51,8 @@ def qt_display():
         return
     read_fd, write_fd = os.pipe()
     server = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0",
-                               "1600x1000x24", "-nolisten", "tcp"], pass_fds=(write_fd,),
+                               "1600x1000x24", "-nolisten", "tcp", "-noreset"],
+                              pass_fds=(write_fd,),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write_fd)
     try:

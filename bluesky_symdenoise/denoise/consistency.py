@@ -19,11 +19,12 @@ scale where the raw data are precise enough to prove the network wrong:
   height −4 %, integral breadth +5 % against raw). Half-pixel bins hold the profile at the
   resolution of an integration with two q bins per pixel; the coarser bins first hold radii
   where the fine bins have too few pixels or counts to be held (the detector's corners, low
-  counts), which the fine bins alone would leave to the network. Bins finer than
-  :data:`RING_BIN_PX` hold few counts each: their corrections are shrunk by their own
-  Poisson noise (only a deviation the raw data can prove is corrected), so holding them does
-  not put the raw noise back into the frame (held outright, the 0.5 px bins cost ~1 dB of
-  PSNR on isotropic powder in ``bench/heldout.py``). At each scale the scaling
+  counts), which the fine bins alone would leave to the network. Only the
+  :data:`RING_BIN_PX` bins are held outright; at the other scales each bin's correction is
+  shrunk by its own Poisson noise (only a deviation the raw data can prove is corrected), so
+  the extra scales do not put the raw noise back into the frame (held outright, the 4 to
+  0.5 px bins cost ~1 dB of PSNR on isotropic powder and lattices in ``bench/heldout.py``,
+  ``bench/results/heldout-ringhold.md``). At each scale the scaling
   is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
   leaves the peak a few per cent low; the repeats converge to the raw means (a
   multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
@@ -257,7 +258,7 @@ class RawConsistency:
             for profile in self.ring_levels or (self.rings,):
                 out = _match_means(profile, self.ring_pixels, self._scope(True), raw, out,
                                    RING_MATCH_PASSES,
-                                   shrink=profile.bin_width < RING_BIN_PX)
+                                   shrink=profile.bin_width != RING_BIN_PX)
         if self.arcs is not None:
             out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
                                ARC_MATCH_PASSES)
