@@ -482,48 +482,40 @@ def textured_powder(*, shape: tuple[int, int] = (256, 256),
                     detector: str = "Pilatus1M", pixel_size: float | None = None,
                     distance: float | None = None, wavelength: float | None = None,
                     beamstop_radius: float = 8.0, arm_angle_deg: float | None = None,
-                    calibrant: str = "CeO2") -> Scene:
+                    calibrant: str = "CeO2", fwhm_px: tuple[float, float] = (2.4, 3.2),
+                    texture_strength: tuple[float, float] = (0.5, 0.95),
+                    kind: str = "textured") -> Scene:
     """Powder rings with a per-ring azimuthal texture that is 180°-symmetric.
 
     Each ring is modulated by ``(1-s) + s·exp(κ(cos 2(χ-χ0) - 1))`` with its own ``s``,
-    ``κ`` and ``χ0``. Parameters as :func:`isotropic_powder`.
+    ``κ`` and ``χ0``. Parameters as :func:`isotropic_powder`, and the ranges each scene's
+    ring FWHM (px) and each ring's texture strength ``s`` are drawn from; ``kind`` names
+    the scene.
 
     Returns
     -------
     Scene
         Regions: ``"strongest_ring"`` (highest azimuthal mean).
     """
-    return _powder_scene("textured", True, shape=shape, center=center, seed=seed,
-                         detector=detector, pixel_size=pixel_size, distance=distance,
-                         wavelength=wavelength, beamstop_radius=beamstop_radius,
-                         arm_angle_deg=arm_angle_deg, calibrant=calibrant)
-
-
-def sharp_textured_powder(*, shape: tuple[int, int] = (256, 256),
-                          center: tuple[float, float] | None = None, seed: int = 0,
-                          detector: str = "Pilatus1M", pixel_size: float | None = None,
-                          distance: float | None = None, wavelength: float | None = None,
-                          beamstop_radius: float = 8.0, arm_angle_deg: float | None = None,
-                          calibrant: str = "CeO2",
-                          fwhm_px: tuple[float, float] = (0.8, 1.5),
-                          texture_strength: tuple[float, float] = (0.1, 0.3)) -> Scene:
-    """Sharp (about one pixel wide), mildly textured powder rings: a high-resolution setting.
-
-    As :func:`textured_powder`, but each scene's ring FWHM is drawn from ``fwhm_px`` (px) and
-    each ring's texture strength from ``texture_strength``. Rings this sharp are where any
-    resampling or radial smoothing of a denoiser shows in I(q) (a ring narrower than the
-    bilinear kernel of a generic beam centre's 180° partner is broadened by it).
-
-    Returns
-    -------
-    Scene
-        Regions: ``"strongest_ring"`` (highest azimuthal mean).
-    """
-    return _powder_scene("sharp_textured", True, shape=shape, center=center, seed=seed,
+    return _powder_scene(kind, True, shape=shape, center=center, seed=seed,
                          detector=detector, pixel_size=pixel_size, distance=distance,
                          wavelength=wavelength, beamstop_radius=beamstop_radius,
                          arm_angle_deg=arm_angle_deg, calibrant=calibrant,
                          fwhm_px=tuple(fwhm_px), texture_strength=tuple(texture_strength))
+
+
+def sharp_textured_powder(*, fwhm_px: tuple[float, float] = (0.8, 1.5),
+                          texture_strength: tuple[float, float] = (0.1, 0.3),
+                          **options: Any) -> Scene:
+    """Sharp (about one pixel wide), mildly textured powder rings: a high-resolution setting.
+
+    :func:`textured_powder` with rings 0.8-1.5 px wide and textures of strength 0.1-0.3
+    (other parameters as there). Rings this sharp are where any resampling or radial
+    smoothing of a denoiser shows in I(q) (a ring narrower than the bilinear kernel of a
+    generic beam centre's 180° partner is broadened by it).
+    """
+    return textured_powder(fwhm_px=fwhm_px, texture_strength=texture_strength,
+                           kind="sharp_textured", **options)
 
 
 # ---------------------------------------------------------------------------------------
