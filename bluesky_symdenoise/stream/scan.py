@@ -36,6 +36,7 @@ from ..denoise.engine import (
     VIOLATION_BITS,
     ScanAnalysis,
     ScanDenoiser,
+    keep_total_counts,
     symmetry_usage,
     violation_map,
 )
@@ -747,12 +748,9 @@ class LiveScan:
                 engine + interim)
 
     def _finish(self, denoised: np.ndarray, data: np.ndarray, bad: np.ndarray) -> np.ndarray:
-        """Keep the frame's total counts (as the engine does) and zero bad pixels."""
-        out = np.nan_to_num(np.asarray(denoised, np.float32)).copy()
-        good = ~bad
-        raw_total, out_total = float(data[good].sum()), float(out[good].sum())
-        if raw_total >= 50 and out_total > 0:
-            out *= np.float32(raw_total / out_total)
+        """Keep the frame's total counts (the engine's rule) and zero bad pixels."""
+        out = keep_total_counts(np.nan_to_num(np.asarray(denoised, np.float32))[None],
+                                data[None], ~bad)[0]
         out[bad] = 0.0
         return out
 
