@@ -23,6 +23,18 @@ def _integrated(derived, key="det_img"):
             for name in events[0]["data"]} if events else {}
 
 
+def _scan_with_fast_mode(fast_mode, RE, frames, scene, collector, derived, monkeypatch):
+    """A live scan whose classical fast mode is ``fast_mode``; returns the ``integrated``
+    stream as arrays and the summary's held-out check of that mode."""
+    monkeypatch.setattr(live_scan, "classical_denoise", fast_mode)
+    det = DirectImage(func=frames, name="det")
+    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
+                    sector=SECTOR)
+    run_scan(RE, det, collector, derived, sd, num=6)
+    summary = json.loads(derived.stream("summary")[0]["data"]["provenance"])
+    return _integrated(derived), summary["iq_check"]["classical-nlm"]
+
+
 def test_a_denoiser_that_broadens_rings_falls_back_to_raw(RE, frames, scene, collector,
                                                           derived, monkeypatch):
     """The classical fast mode made to blur (3 px): the rings' q range falls back."""
@@ -31,12 +43,8 @@ def test_a_denoiser_that_broadens_rings_falls_back_to_raw(RE, frames, scene, col
     def blurred(frame, **kwargs):
         return gaussian_filter(classical(frame, **kwargs), 3.0)
 
-    monkeypatch.setattr(live_scan, "classical_denoise", blurred)
-    det = DirectImage(func=frames, name="det")
-    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
-                    sector=SECTOR)
-    run_scan(RE, det, collector, derived, sd, num=6)
-    data = _integrated(derived)
+    data, check = _scan_with_fast_mode(blurred, RE, frames, scene, collector, derived,
+                                       monkeypatch)
     fallback = data["det_img_iq_fallback"]
     assert fallback.dtype == bool and fallback.shape == data["q"].shape
     assert fallback[0].any(), "a blurring denoiser must fall back somewhere"
@@ -52,8 +60,6 @@ def test_a_denoiser_that_broadens_rings_falls_back_to_raw(RE, frames, scene, col
         frames.truth, npt=len(data["q"][0]))
     ring = int(np.argmax(truth.intensity[4:])) + 4  # past the beamstop
     assert fallback[0][max(ring - 2, 0):ring + 3].any()
-    summary = json.loads(derived.stream("summary")[0]["data"]["provenance"])
-    check = summary["iq_check"]["classical-nlm"]
     assert check["full"]["fallback_fraction"] > 0 and check["full"]["fallback_q_ranges_nm^-1"]
     assert "sector" in check
     assert "det_img_iq_sector_fallback" in data and "det_img_iq_sector_denoised_sigma" in data
@@ -73,14 +79,8 @@ def test_a_denoiser_that_does_not_hurt_does_not_fall_back(RE, frames, scene, col
     def ideal(frame, **_):
         return truth * float(frame[good].sum()) / float(truth[good].sum())
 
-    monkeypatch.setattr(live_scan, "classical_denoise", ideal)
-    det = DirectImage(func=frames, name="det")
-    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
-                    sector=SECTOR)
-    run_scan(RE, det, collector, derived, sd, num=6)
-    data = _integrated(derived)
-    summary = json.loads(derived.stream("summary")[0]["data"]["provenance"])
-    check = summary["iq_check"]["classical-nlm"]
+    data, check = _scan_with_fast_mode(ideal, RE, frames, scene, collector, derived,
+                                       monkeypatch)
     assert check["full"]["frames_split"] == 4
     assert not data["det_img_iq_fallback"].any(), check
     assert not data["det_img_iq_sector_fallback"].any(), check
