@@ -23,6 +23,10 @@ import numpy as np
 __all__ = ["FrameSource", "FrameSourceError", "image_keys", "to_frame"]
 
 
+#: Waits (s) before the retries of a failed read of an event's referenced frames.
+_REFILL_WAITS_S = (0.02, 0.1, 0.3)
+
+
 class FrameSourceError(ValueError):
     """A frame could not be read (missing handler, file, dataset or wrong layout)."""
 
@@ -133,16 +137,29 @@ class FrameSource:
         if not wanted:
             return
         if any(not event.get("filled", {}).get(k, True) for k in wanted):
-            try:
-                _, event = self._filler("event", event)
-            except Exception:  # noqa: BLE001
-                # A cached handler may hold a stale view of a file still being written
-                # (AD_HDF5 without SWMR): reopen once.
-                self._filler.clear_handler_cache()
-                _, event = self._filler("event", event)
+            event = self._fill(event)
         for key in wanted:
             yield key, int(event["seq_num"]), to_frame(event["data"][key]), \
                 float(event["timestamps"].get(key, event["time"]))
+
+    def _fill(self, event: dict) -> dict:
+        """The event with its references read. A file still being written (AD_HDF5 without
+        SWMR) can be caught mid-update, e.g. resized but not yet flushed ("chunks do not add
+        up to shape"), or a cached handler can hold a stale view of it: then the handlers are
+        reopened and the read is tried again after a short wait (on the worker's time,
+        never the RunEngine's); the last failure is raised."""
+        import time
+
+        waits = iter(_REFILL_WAITS_S)
+        while True:
+            try:
+                return self._filler("event", event)[1]
+            except Exception:  # noqa: BLE001 - retried, then raised
+                wait = next(waits, None)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+                self._filler.clear_handler_cache()
 
     def _stream_frames(self, datum: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
         import time
