@@ -690,6 +690,7 @@ class _Panels:
         self.images: dict[str, Any] = {}
         self.outlines: list[Any] = []
         self.outline_of: Any = None
+        self.outline_legend: list[tuple[int, str, str]] = []
         self.text_box = None
         cmap = matplotlib.colormaps["viridis"].copy()
         cmap.set_bad("0.6")
@@ -786,7 +787,6 @@ class _Panels:
         return [label for _, _, label in self.outline_legend]
 
     def _update_frames(self, frozen: dict, view: LiveDenoiseView) -> None:
-        self.outline_legend: list[tuple[int, str, str]] = []
         shape = self.key[0]
         if shape is None:
             return
@@ -805,34 +805,33 @@ class _Panels:
         violation = frozen["violation"] if view.symmetry_map else None
         if violation is not None and np.shape(violation) != shape:
             violation = None
-        if violation is not self.outline_of:  # the map comes once per scan
-            for artist in self.outlines:
-                artist.remove()
-            self.outlines = []
-            self.outline_of = violation
-            if violation is not None:
-                for bit, colour, _label in _OUTLINES:
-                    region = (np.asarray(violation) & bit).astype(bool)
-                    if not region.any():
-                        continue
-                    for image in self.images.values():
-                        self.outlines.append(image.axes.contour(
-                            region.astype(float), levels=[0.5], colors=colour,
-                            linewidths=1.0))
-            if "denoised" in self.images:
-                legend = self.images["denoised"].axes.get_legend()
-                if legend is not None:
-                    legend.remove()
-        if violation is not None:
-            self.outline_legend = [o for o in _OUTLINES
-                                   if (np.asarray(violation) & o[0]).any()]
-        if self.outline_legend and "denoised" in self.images:
-            from matplotlib.lines import Line2D
+        if violation is not self.outline_of:  # the map comes once per scan: redraw then
+            self._draw_outlines(violation)
 
-            self.images["denoised"].axes.legend(
-                handles=[Line2D([], [], color=c, lw=1.0, label=label)
-                         for _, c, label in self.outline_legend],
-                loc="lower right", fontsize=8, framealpha=0.8)
+    def _draw_outlines(self, violation: np.ndarray | None) -> None:
+        """Contours of the map's outlined bits on both frames, and their legend."""
+        from matplotlib.lines import Line2D
+
+        for artist in self.outlines:
+            artist.remove()
+        self.outlines, self.outline_of, self.outline_legend = [], violation, []
+        if violation is not None:
+            for bit, colour, label in _OUTLINES:
+                region = (np.asarray(violation) & bit).astype(bool)
+                if not region.any():
+                    continue
+                self.outline_legend.append((bit, colour, label))
+                for image in self.images.values():
+                    self.outlines.append(image.axes.contour(
+                        region.astype(float), levels=[0.5], colors=colour, linewidths=1.0))
+        if "denoised" in self.images:
+            axes = self.images["denoised"].axes
+            if axes.get_legend() is not None:
+                axes.get_legend().remove()
+            if self.outline_legend:
+                axes.legend(handles=[Line2D([], [], color=c, lw=1.0, label=label)
+                                     for _, c, label in self.outline_legend],
+                            loc="lower right", fontsize=8, framealpha=0.8)
 
     # -- I(q) --
     def _update_iq(self, frozen: dict) -> None:
