@@ -110,11 +110,16 @@ def profile_scores(integ: AzimuthalIntegration, estimate: Estimate, truth: np.nd
         raw_iq = integ.integrate(raw, npt=npt, sector=sector, unit=unit, error_model="poisson")
         published, sigma = check.apply(raw_iq, est)
         error = published[keep] - ref.intensity[keep]
+        # The bins that weigh most in the relative error, with truth, raw and estimate.
+        largest = np.argsort(-np.abs(diff / ref.intensity[keep]))[:2]
         scores.update(
             coverage_rate=scores["coverage"],
             coverage=float(np.mean(np.abs(error) <= sigma[keep])),
             fallback=float(np.mean(check.fallback[keep])),
-            err_published=float(np.sqrt(np.mean((error / ref.intensity[keep]) ** 2))))
+            err_published=float(np.sqrt(np.mean((error / ref.intensity[keep]) ** 2))),
+            largest=[(float(ref.q_nm[keep][k]), float(ref.intensity[keep][k]),
+                      float(raw_iq.intensity[keep][k]), float(est.intensity[keep][k]))
+                     for k in largest])
     scores.update(peak_bias(ref.q_nm, est.intensity, ref.intensity))
     return scores
 
@@ -136,7 +141,7 @@ def estimates(scan: BenchScan, budget: float) -> tuple[dict[str, Estimate], str,
     ours = result.denoised[scan.index].astype(np.float64)
     classical, _ = run_method("sym180+bm3d", scan, budget)
 
-    def by_classical(half: np.ndarray, _: int) -> np.ndarray:
+    def by_classical(half: np.ndarray, _: int, __: int) -> np.ndarray:
         return run_method("sym180+bm3d", dataclasses.replace(
             scan, frames=np.stack([half] * len(scan.frames))), budget)[0]
 
@@ -265,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                                  seed=seed)
                 found, method, seconds = estimates(scan, args.budget)
                 per_seed.append(score_scan(scan, found, args.npt_factors))
+                largest = "; ".join(
+                    f"q {q:.2f}: truth {t:.3f}, raw {r:.3f}, ours {o:.3f}"
+                    for q, t, r, o in per_seed[-1]["ours"]["full"]["largest"])
                 notes.append(f"{kind} {counts:g} seed {seed}: ours ran {method} in "
-                             f"{seconds:.0f} s")
+                             f"{seconds:.0f} s; its largest full-ring errors: {largest}")
             rows = format_cell(kind, counts, per_seed, METHODS)
             print("\n".join(rows), flush=True)
             lines += rows

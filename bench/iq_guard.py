@@ -44,10 +44,10 @@ def one_scan(kind: str, counts: float, seed: int, frames: int, blur: float) -> d
     raw_frames = [np.where(good, f, 0).astype(np.float64) for f in scan.frames]
     weight = gaussian_filter(good.astype(np.float64), blur)
 
-    def as_good_as_raw(half, _):
+    def as_good_as_raw(half, _, __):
         return np.where(good, rng.poisson(0.5 * scan.truth), 0.0)
 
-    def blurred(half, _):
+    def blurred(half, _, __):
         return np.where(good, gaussian_filter(half, blur) / np.maximum(weight, 1e-6), 0.0)
 
     sectors = (None, metrics.SECTOR_30)

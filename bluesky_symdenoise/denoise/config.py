@@ -35,6 +35,12 @@ class DenoiseConfig(BaseModel):
         Hold the network's frames to the raw counts where these can prove it wrong: ring
         means rescaled to the raw ones, features without a 180° partner given back their
         raw intensity (see :mod:`~bluesky_symdenoise.denoise.consistency`).
+    pool_neighbour_rings
+        Where a frame's ring means agree with its neighbouring frames' within the noise,
+        hold its rings to the means pooled over them (so its full-ring I(q) rests on two or
+        three frames' counts; the live path pools with the previous frame); where a ring
+        appeared, vanished or moved, to the frame's own (see
+        :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`).
     feature_z_threshold
         Level of the spot-scale 180° test that marks a feature without a partner.
     inference_batch
@@ -67,6 +73,7 @@ class DenoiseConfig(BaseModel):
     noise2sr_passes: int = Field(default=8, ge=1)
     preserve_total_counts: bool = True
     keep_raw_consistency: bool = True
+    pool_neighbour_rings: bool = True
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True

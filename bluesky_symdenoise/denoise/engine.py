@@ -39,6 +39,7 @@ from .targets import (
     SubsamplingPairs,
     SupervisedPairs,
     ThinningPairs,
+    neighbour_frames,
     neighbour_mean,
     random_cell_keep,
     subsampled_channels,
@@ -290,18 +291,26 @@ class ScanDenoiser:
                                      partners_used=uses_partners(analysis, method))
         return self.denoise_frames(
             analysis, method=method, frames=frames,
-            neighbours=[neighbour_mean(frames, index) for index in range(len(frames))])
+            neighbours=[neighbour_mean(frames, index) for index in range(len(frames))],
+            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
 
-    @staticmethod
-    def _hold_to_raw(analysis: ScanAnalysis, frames: np.ndarray, rates: np.ndarray, *,
-                     partners_used: bool = True) -> np.ndarray:
+    def _hold_to_raw(self, analysis: ScanAnalysis, frames: np.ndarray, rates: np.ndarray, *,
+                     partners_used: bool = True,
+                     ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                     ) -> np.ndarray:
         """Denoised frames (network or classical) held to the raw counts (see
         :mod:`.consistency`): the physics does not depend on which denoiser won.
-        ``partners_used``: whether the denoiser averaged 180° partners."""
+        ``partners_used``: whether the denoiser averaged 180° partners. ``ring_neighbours``:
+        per frame, its neighbouring raw frames, whose ring means are pooled with the
+        frame's where the rings did not change (``config.pool_neighbour_rings``)."""
         if analysis.consistency is None:
             return rates
-        return np.stack([analysis.consistency.apply(frame, rate, partners_used=partners_used)
-                         for frame, rate in zip(frames, rates, strict=True)])
+        if ring_neighbours is None or not self.config.pool_neighbour_rings:
+            ring_neighbours = [()] * len(frames)
+        return np.stack([analysis.consistency.apply(frame, rate, partners_used=partners_used,
+                                                    neighbours=near)
+                         for frame, rate, near
+                         in zip(frames, rates, ring_neighbours, strict=True)])
 
     def denoise_frame(self, analysis: ScanAnalysis, *, method: str, frame: np.ndarray,
                       neighbours: np.ndarray | None = None) -> np.ndarray:
@@ -320,7 +329,9 @@ class ScanDenoiser:
     def denoise_frames(self, analysis: ScanAnalysis, *, method: str,
                        frames: Sequence[np.ndarray],
                        neighbours: Sequence[np.ndarray | None],
-                       flips: int | None = None) -> np.ndarray:
+                       flips: int | None = None,
+                       ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                       ) -> np.ndarray:
         """Expected counts of frames of the scan, in one call (the live path's batches).
 
         A live worker that has fallen behind passes the frames waiting together, with one
@@ -335,6 +346,10 @@ class ScanDenoiser:
             For each frame, the mean of its neighbouring frames available, or None.
         flips
             Test-time flips (default: the configuration's ``test_time_flips``).
+        ring_neighbours
+            For each frame, its neighbouring raw frames one by one, for the pooling of the
+            ring means (:meth:`~.consistency.RawConsistency.apply`); default: each frame's
+            ``neighbours`` as one frame (the live path's previous frame).
 
         Returns
         -------
@@ -359,7 +374,8 @@ class ScanDenoiser:
                               mixed_precision=self.config.mixed_precision, events=self.events,
                               fault=self.inference_fault)
         return self._hold_to_raw(analysis, frames, rates,
-                                 partners_used=uses_partners(analysis, method))
+                                 partners_used=uses_partners(analysis, method),
+                                 ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -397,21 +413,28 @@ class ScanDenoiser:
 
     def serve_frames(self, analysis: ScanAnalysis, *, method: str,
                      frames: Sequence[np.ndarray],
-                     neighbours: Sequence[np.ndarray | None]) -> np.ndarray:
+                     neighbours: Sequence[np.ndarray | None],
+                     ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                     ) -> np.ndarray:
         """Frames of the scan's detector denoised as :meth:`run` serves its own: the method
         that ran (network, mixed with the classical mode where :attr:`blend` says so, or
         the classical mode), each frame's total counts kept."""
         frames = np.stack([np.asarray(f, np.float32) for f in frames])
         if method in ("classical", "classical-nlm"):
             out = self._classical_frames(analysis, frames,
-                                         "nlm" if method.endswith("nlm") else "bm3d")
+                                         "nlm" if method.endswith("nlm") else "bm3d",
+                                         ring_neighbours=_ring_neighbours(
+                                             neighbours, ring_neighbours))
         elif method in _NO_DENOISER:
             out = frames.copy()
         else:
             out = self.denoise_frames(analysis, method=method, frames=frames,
-                                      neighbours=neighbours)
+                                      neighbours=neighbours,
+                                      ring_neighbours=ring_neighbours)
             if self.blend is not None and not self.blend.first_only:
-                classical = self._classical_frames(analysis, frames)
+                classical = self._classical_frames(
+                    analysis, frames,
+                    ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
                 out = np.stack([self.blend.mix(n, c, analysis.prepared.good)
                                 for n, c in zip(out, classical, strict=True)])
         return keep_total_counts(out, frames, analysis.prepared.good,
@@ -420,14 +443,15 @@ class ScanDenoiser:
     def iq_check(self, analysis: ScanAnalysis, *, method: str,
                  integration: AzimuthalIntegration, npt: int,
                  sectors: Sequence[tuple[float, float] | None] = (None,),
-                 serve: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 serve: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
                  frames: np.ndarray | None = None, max_frames: int = 4) -> list[IqCheck]:
         """Held-out check of this scan's denoised I(q) (:func:`~..integrate.heldout.
         held_out_iq`): calibrated sigmas and the q ranges that fall back to raw.
 
         Each of up to ``max_frames`` frames (default: the scan's analysed frames) is split
-        in two; each half is denoised as the frames served are (``serve(half, index)``,
-        default :meth:`serve_frames` with the neighbours thinned like the frame) and its
+        in two; each half is denoised as the frames served are (``serve(half, index,
+        which)``, default :meth:`serve_frames` with the neighbours thinned like the frame,
+        half ``which`` of each: see :func:`~..integrate.heldout.held_out_iq`) and its
         I(q) scored against the other half's, raw and denoised, for the full ring (None)
         and each sector in ``sectors``. Once per scan: two denoising passes per frame.
         """
@@ -435,11 +459,11 @@ class ScanDenoiser:
         if len(frames) > max_frames:  # spread over the scan
             frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
 
-        def by_engine(half: np.ndarray, index: int) -> np.ndarray:
-            near = (0.5 * neighbour_mean(frames, index)
-                    if self.config.use_neighbour_frames and len(frames) > 1 else None)
+        def by_engine(half: np.ndarray, index: int, which: int) -> np.ndarray:
+            halves = thinned_neighbours(frames, index, seed=index, which=which)
+            near = np.mean(halves, axis=0).astype(np.float32) if halves else None
             return self.serve_frames(analysis, method=method, frames=[half],
-                                     neighbours=[near])[0]
+                                     neighbours=[near], ring_neighbours=[halves])[0]
 
         return held_out_iq(serve or by_engine, list(frames), integration, npt=npt,
                            sectors=sectors)
@@ -463,14 +487,16 @@ class ScanDenoiser:
             return method, reason + "; held-out check skipped (non-integer counts)"
         frames, good = prepared.frames, prepared.good
         index = len(frames) // 2
-        neighbours = neighbour_mean(frames, index) if self.config.use_neighbour_frames else None
-        # The neighbours are halved like the frame, so the network sees one level.
-        halved = None if neighbours is None else 0.5 * neighbours
+        # The neighbours are thinned like the frame, so both denoisers see one dose.
+        halves = thinned_neighbours(frames, index, seed=1, which=0)
+        halved = np.mean(halves, axis=0).astype(np.float32) if halves else None
         half, rest = binomial_split(frames[index], seed=1)
         half = half.astype(np.float32)
-        by_network = np.asarray(self.denoise_frame(analysis, method=method, frame=half,
-                                                   neighbours=halved), np.float64)
-        by_classical = self._classical_frames(analysis, half[None])[0].astype(np.float64)
+        by_network = np.asarray(self.denoise_frames(
+            analysis, method=method, frames=[half], neighbours=[halved],
+            ring_neighbours=[halves])[0], np.float64)
+        by_classical = self._classical_frames(analysis, half[None], ring_neighbours=[halves]
+                                              )[0].astype(np.float64)
         network = poisson_deviance(by_network[good], rest[good])
         classical = poisson_deviance(by_classical[good], rest[good])
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
@@ -486,7 +512,10 @@ class ScanDenoiser:
 
     def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray) -> np.ndarray:
         """The network's frames mixed with the classical mode's by :attr:`blend`."""
-        classical = self._classical_frames(analysis, analysis.prepared.frames)
+        frames = analysis.prepared.frames
+        classical = self._classical_frames(
+            analysis, frames,
+            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
         self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
         good = analysis.prepared.good
         return np.stack([self.blend.mix(net, cla, good)
@@ -511,10 +540,15 @@ class ScanDenoiser:
     def _classical(self, analysis: ScanAnalysis, engine: str) -> np.ndarray:
         """The scan's frames denoised by the classical mode (the method that ran)."""
         self.model_origin = f"classical ({engine})"
-        return self._classical_frames(analysis, analysis.prepared.frames, engine)
+        frames = analysis.prepared.frames
+        return self._classical_frames(
+            analysis, frames, engine,
+            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
 
     def _classical_frames(self, analysis: ScanAnalysis, frames: np.ndarray,
-                          engine: str = "bm3d") -> np.ndarray:
+                          engine: str = "bm3d", *,
+                          ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                          ) -> np.ndarray:
         """Frames of the scan's detector denoised by the classical mode, held to their raw
         counts like the network's."""
         from .classical import classical_denoise
@@ -524,7 +558,8 @@ class ScanDenoiser:
                                           center=analysis.center, validity=validity,
                                           engine=engine)
                         for frame in frames])
-        return self._hold_to_raw(analysis, frames, out).astype(np.float32)
+        return self._hold_to_raw(analysis, frames, out,
+                                 ring_neighbours=ring_neighbours).astype(np.float32)
 
     def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
         """Keep each frame's total counts and zero the pixels the user masked."""
@@ -680,6 +715,27 @@ def symmetry_usage(analysis: ScanAnalysis, method: str,
 
 def _padded(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
     return tuple(-(-s // multiple) * multiple for s in shape)
+
+
+def thinned_neighbours(frames: np.ndarray, index: int, *, seed: int,
+                       which: int = 0) -> list[np.ndarray]:
+    """The neighbours of ``frames[index]`` at half dose, for a held-out check of a split
+    frame: half ``which`` (0 or 1) of a binomial split of each neighbouring frame,
+    independent of the frame's own split (the frame's half ``which`` takes its neighbours'
+    halves ``which``, so the two denoised halves share no counts)."""
+    picks = [i for i in (index - 1, index + 1) if 0 <= i < len(frames)]
+    return [binomial_split(frames[i], seed=seed + 7919 * (i + 1))[which].astype(np.float32)
+            for i in picks]
+
+
+def _ring_neighbours(neighbours: Sequence[np.ndarray | None],
+                     ring_neighbours: Sequence[Sequence[np.ndarray]] | None
+                     ) -> Sequence[Sequence[np.ndarray]]:
+    """Per frame, the raw neighbours its ring means are pooled with: as given, or each
+    frame's ``neighbours`` taken as one frame."""
+    if ring_neighbours is not None:
+        return ring_neighbours
+    return [[] if near is None else [near] for near in neighbours]
 
 
 def _resolve_center(shape: tuple[int, int], center: tuple[float, float] | None,

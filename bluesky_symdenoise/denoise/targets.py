@@ -53,6 +53,12 @@ def neighbour_mean(frames: np.ndarray, index: int) -> np.ndarray | None:
     return np.mean([frames[i] for i in picks], axis=0)
 
 
+def neighbour_frames(frames: np.ndarray, index: int) -> list[np.ndarray]:
+    """Frames ``index-1`` and ``index+1`` that exist (those :func:`neighbour_mean`
+    averages)."""
+    return [frames[i] for i in (index - 1, index + 1) if 0 <= i < len(frames)]
+
+
 def random_crop_origin(shape: tuple[int, int], patch: int, rng: np.random.Generator
                        ) -> tuple[int, int]:
     return (int(rng.integers(0, max(shape[0] - patch, 0) + 1)),

@@ -863,7 +863,8 @@ def crystal_lattice_one_sided(*, shape: tuple[int, int] = (256, 256),
 # ---------------------------------------------------------------------------------------
 # In situ series
 # ---------------------------------------------------------------------------------------
-_DEFAULT_AMOUNT = {"ring_drift": 0.7, "lattice_expansion": 0.002, "phase_appearing": 0.6}
+_DEFAULT_AMOUNT = {"ring_drift": 0.7, "lattice_expansion": 0.002, "phase_appearing": 0.6,
+                   "phase_flash": 0.6}
 _SECOND_PHASE = "LaB6"
 
 
@@ -895,7 +896,9 @@ def insitu_series(kind: str = "powder", *, n_frames: int = 8, change: str = "rin
         ``"lattice_expansion"``: real-space lattice grows by ``amount`` per frame (default
         0.002, i.e. 0.2 %), so rings/spots move inwards; ``"phase_appearing"``: rings of a
         second phase (LaB6) fade in linearly from 0 to ``amount`` × the strongest ring
-        (default 0.6).
+        (default 0.6); ``"phase_flash"``: the same rings at ``amount`` in frame
+        ``n_frames // 2`` only (a transient: they appear abruptly at that frame and vanish
+        at the next; ``info["flash_frame"]``).
     amount
         Size of the change, see ``change``.
     shape, center, seed, detector, pixel_size, distance, wavelength, beamstop_radius,
@@ -934,7 +937,7 @@ def insitu_series(kind: str = "powder", *, n_frames: int = 8, change: str = "rin
         reference_radius = float(radii[on][np.argmax(lattice.intensity[on])])
     second = (_powder_model(setup, rng, calibrant=_SECOND_PHASE, textured=False,
                             strongest_amplitude=1.0)
-              if change == "phase_appearing" else None)
+              if change in ("phase_appearing", "phase_flash") else None)
 
     if second is not None:
         visible = second.amplitude >= 0.2 * second.amplitude.max()
@@ -961,7 +964,10 @@ def insitu_series(kind: str = "powder", *, n_frames: int = 8, change: str = "rin
             image = _render_lattice(setup, lattice, layout)
             frame_regions = _lattice_regions(setup, layout)
         if second is not None:
-            weight = amount * (n / (n_frames - 1) if n_frames > 1 else 1.0)
+            if change == "phase_flash":
+                weight = amount if n == n_frames // 2 else 0.0
+            else:
+                weight = amount * (n / (n_frames - 1) if n_frames > 1 else 1.0)
             image = image + _render_rings(setup, second, weight=weight)
             frame_regions["new_phase_rings"] = new_phase_region
         frames.append((image + background) * setup.maps.polarisation * setup.maps.solid_angle)
@@ -982,6 +988,8 @@ def insitu_series(kind: str = "powder", *, n_frames: int = 8, change: str = "rin
         info["reference_radius_px"] = reference_radius
     if second is not None:
         info["second_phase"] = _SECOND_PHASE
+    if change == "phase_flash":
+        info["flash_frame"] = n_frames // 2
     return SceneSeries(name=f"insitu_{kind}_{change}", expectations=stack, mask=setup.mask,
                        geometry=setup.geometry, defects=setup.defects, regions=regions,
                        info=info)

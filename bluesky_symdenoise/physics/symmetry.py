@@ -291,11 +291,20 @@ class RingProfile:
 
     def mean(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean read back at every pixel, and about how many good pixels lie behind it."""
+        profile, _ = self.bin_means(image, good)
+        return self.read_back(profile), self._scatter_for(np.asarray(good, bool))[2].copy()
+
+    def bin_means(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The profile itself: each bin's mean over ``good`` pixels, and its weight (about
+        how many pixels it rests on)."""
         good = np.asarray(good, bool)
-        scatter, weights, support = self._scatter_for(good)
+        scatter, weights, _ = self._scatter_for(good)
         sums = scatter @ np.asarray(image, np.float64)[good]
-        profile = sums / np.maximum(weights, 1e-12)
-        return (self._gather @ profile).reshape(self.shape), support.copy()
+        return sums / np.maximum(weights, 1e-12), weights.copy()
+
+    def read_back(self, profile: np.ndarray) -> np.ndarray:
+        """A profile (one value per bin, as :meth:`bin_means`) read back at every pixel."""
+        return (self._gather @ np.asarray(profile, np.float64)).reshape(self.shape)
 
 
 @functools.lru_cache(maxsize=16)

@@ -41,7 +41,7 @@ from ..denoise.engine import (
     violation_map,
 )
 from ..denoise.models import load_base_model
-from ..denoise.selection import held_out_deviance
+from ..denoise.selection import binomial_split, held_out_deviance
 from ..integrate.azimuthal import AzimuthalIntegration, IntegrationResult
 from ..integrate.heldout import IqCheck
 from ..physics.geometry import DetectorGeometry
@@ -594,8 +594,11 @@ class LiveScan:
         engine = (self.denoiser if by.startswith("network:") and by == f"network:{self.method}"
                   else self.interim)
 
-        def serve(half: np.ndarray, index: int) -> np.ndarray:
-            previous = 0.5 * frames[index - 1] if index > 0 else None
+        def serve(half: np.ndarray, index: int, which: int) -> np.ndarray:
+            # The previous frame at half dose (a binomial half, independent of the split;
+            # half ``which`` to half ``which``), as the frames served see theirs.
+            previous = (binomial_split(frames[index - 1], seed=7919 * index)[which]
+                        .astype(np.float32) if index > 0 else None)
             if engine is not None:
                 out = engine.denoise_frame(self.analysis, method=self.method, frame=half,
                                            neighbours=previous)

@@ -268,3 +268,45 @@ def test_symmetry_usage_says_what_each_method_used(scan):
     assert violation_map(blind, "thinning") is None
     report = symmetry_usage(blind, "thinning")
     assert not report["rotation_180"]["tested"] and "no beam centre" in report["text"]
+
+
+def test_rings_rest_on_the_neighbouring_frames_except_where_the_sample_changed():
+    """Offline, a frame's rings are held to ring means pooled with its neighbours' where
+    these agree: on static frames the full-ring I(q) beats the frame's own raw counts; the
+    rings of a phase present in one frame only stay in that frame."""
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+    series = scenes.insitu_series("powder", n_frames=5, change="phase_flash",
+                                  shape=(112, 112), seed=6)
+    frames = series.expose(2.0, np.random.default_rng(6))
+    truth = series.scaled(2.0)
+    k = series.info["flash_frame"]
+    integ = AzimuthalIntegration(series.geometry, series.mask | series.defects.bad)
+
+    # Bins whose rings are whole on the detector (the corners' few pixels are held to raw's
+    # own mean, which no pooling of a handful of pixels beats by much).
+    qmap = series.geometry.q_map()
+    q_whole = min(qmap[0].min(), qmap[-1].min(), qmap[:, 0].min(), qmap[:, -1].min())
+    whole = integ.integrate(truth[0], npt=60).q_nm < q_whole
+
+    def iq(image):
+        return integ.integrate(image, npt=60).intensity[whole]
+
+    served = {pooled: ScanDenoiser(method="classical", pool_neighbour_rings=pooled).run(
+        frames, mask=series.mask, center=series.geometry.center, bad_pixels="mask").denoised
+        for pooled in (True, False)}
+
+    def error(images, j):
+        return float(np.mean((iq(images[j]) - iq(truth[j])) ** 2))
+
+    static = (0, 4)  # not next to the flash
+    pooled = np.mean([error(served[True], j) for j in static])
+    alone = np.mean([error(served[False], j) for j in static])
+    raw = np.mean([error(frames, j) for j in static])
+    assert pooled < 0.8 * min(alone, raw)
+    new = iq(truth[k]) - iq(truth[k - 1])
+    rings = new > 0.2 * new.max()
+    kept = (iq(served[True][k]) - iq(truth[k - 1]))[rings].sum() / new[rings].sum()
+    ghost = (iq(served[True][k - 1]) - iq(truth[k - 1]))[rings].sum() / new[rings].sum()
+    assert kept > 0.9
+    assert abs(ghost) < 0.1

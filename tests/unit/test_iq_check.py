@@ -56,7 +56,7 @@ def test_denoised_sigma_is_calibrated(scene):
     def average_with_a_twin(frame, scale):
         return 0.5 * (frame + np.where(mask, 0, rng.poisson(scale * truth)))
 
-    checks = held_out_iq(lambda half, _: average_with_a_twin(half, 0.5),
+    checks = held_out_iq(lambda half, _, __: average_with_a_twin(half, 0.5),
                          _frames(truth, mask, 4, seed=5), integ, npt=NPT,
                          sectors=(None, SECTOR))
     for check in checks:
@@ -83,13 +83,13 @@ def test_a_biased_denoiser_keeps_its_error_at_full_dose(scene):
     integ = AzimuthalIntegration(geometry, mask)
     frames = _frames(truth, mask, 4, seed=21)
 
-    def biased(frame, _):
+    def biased(frame, _, __):
         return 1.1 * truth * frame.sum() / truth[~mask].sum()
 
     (check,) = held_out_iq(biased, frames, integ, npt=NPT)
     ref = integ.integrate(truth, npt=NPT)
     raw = integ.integrate(frames[0], npt=NPT, error_model="poisson")
-    served = biased(frames[0], 0)
+    served = biased(frames[0], 0, 0)
     den = integ.integrate(served, npt=NPT, variance=served)
     _, sigma = check.apply(raw, den)
     keep = ref.intensity > 0
@@ -104,7 +104,7 @@ def test_a_denoiser_that_broadens_rings_falls_back_there(scene):
     integ = AzimuthalIntegration(geometry, mask)
     good = (~mask).astype(float)
 
-    def blurred(half, _):  # an over-smoothing denoiser: rings 3 px wider
+    def blurred(half, _, __):  # an over-smoothing denoiser: rings 3 px wider
         out = gaussian_filter(half, 3.0) / np.maximum(gaussian_filter(good, 3.0), 1e-6)
         return np.where(mask, 0, out)
 
@@ -118,7 +118,7 @@ def test_a_denoiser_that_broadens_rings_falls_back_there(scene):
     assert check.ranges() and check.summary()["fallback_fraction"] > 0
     frame = _frames(truth, mask, 1, seed=1)[0]
     raw = integ.integrate(frame, npt=NPT, error_model="poisson")
-    served = blurred(frame, 0)
+    served = blurred(frame, 0, 0)
     den = integ.integrate(served, npt=NPT, variance=served)
     intensity, sigma = check.apply(raw, den)
     assert np.array_equal(intensity[check.fallback], raw.intensity[check.fallback])
@@ -134,7 +134,7 @@ def test_no_fall_back_at_the_boundary_beyond_the_false_alarm_rate(scene):
     rng = np.random.default_rng(13)
     flagged = []
     for scan in range(8):
-        checks = held_out_iq(lambda half, _: np.where(mask, 0, rng.poisson(0.5 * truth)),
+        checks = held_out_iq(lambda half, _, __: np.where(mask, 0, rng.poisson(0.5 * truth)),
                              _frames(truth, mask, 4, seed=100 + scan), integ, npt=NPT,
                              sectors=(None, SECTOR))
         flagged += [c.fallback[np.isfinite(c.ratio)].mean() for c in checks]

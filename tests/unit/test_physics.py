@@ -263,3 +263,14 @@ def test_phase_appearing_fades_in():
     region = series.regions[-1]["new_phase_rings"]
     level = [frame[region].mean() for frame in series.expectations]
     assert np.all(np.diff(level) > 0)
+
+
+def test_phase_flash_is_in_one_frame_only():
+    series = insitu_series("powder", n_frames=5, change="phase_flash")
+    k = series.info["flash_frame"]
+    assert k == 2
+    region = series.regions[k]["new_phase_rings"]
+    level = np.array([frame[region].mean() for frame in series.expectations])
+    others = np.delete(level, k)
+    np.testing.assert_allclose(others, others[0], rtol=1e-9)
+    assert level[k] > 1.5 * others[0]
