@@ -32,8 +32,8 @@ scale where the raw data are precise enough to prove the network wrong:
   noisier); then, since the arcs do not hold the whole ring's mean (the arcs' held bins
   and the texture between them do not add up to it), the whole ring's mean over all the
   good pixels at those radii, the one an integrator takes, is held as on isotropic rings
-  (same scales and rule). Without it a textured ring came out up to 15 % broader and 11 %
-  lower in the full-ring I(q) at 0.25 counts/pixel (``bench/iq.py``, ``textured``). At
+  (same scales and rule). Without it a textured ring came out 11 % broader and 14 % lower
+  than raw's in the full-ring I(q) at 0.25 counts/pixel (``bench/iq.py``, README). At
   radii that are neither (the spots of a lattice) the whole ring's mean is held at every
   scale shrunk by its noise: held outright, a radius's few spots put their noise into the
   background between them.
@@ -232,13 +232,12 @@ class RawConsistency:
         # Rings are held by their means; a spot on a ring is found by the 180° test. The
         # excess is measured over the radial background (a SAXS curve falls by orders of
         # magnitude within a box's surroundings next to the beamstop).
-        # Textured radii: most good pixels pass the arc test (a textured ring); the whole
-        # ring's mean is held there as on isotropic rings. At the other radii off the
-        # isotropic rings (spots of a lattice), only as far as the raw data prove it wrong.
-        # So are the radii with too few good pixels for the isotropy tests to decide (the
-        # detector's corners): the raw mean there is raw's I(q), which no denoiser can
-        # beat with so few pixels, and a 2-D denoiser is biased there (its neighbourhood
-        # lies on one side, at smaller radii).
+        # Textured radii (most good pixels pass the arc test) have their whole ring's mean
+        # held as on isotropic rings, and so do the radii with too few good pixels for the
+        # isotropy tests to decide (the detector's corners): the raw mean there is raw's
+        # I(q), which no denoiser beats with so few pixels, and a 2-D denoiser is biased
+        # there (its neighbourhood lies on one side). At the other radii off the isotropic
+        # rings (a lattice's spots), only as far as the raw data prove it wrong.
         arc_coverage, ring_support = rings.mean(arc_pixels.astype(np.float64), good)
         whole_ring_scope = good & ~ring_scope & ((arc_coverage >= 0.5)
                                                  | (ring_support < SPARSE_RING_PIXELS))
@@ -361,7 +360,8 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
     exceeds :data:`POOL_SINGLE_Z`; changed bins, grown by the window, do not take that
     neighbour. Each bin's target is the mean of the frame's and the agreeing neighbours'
     means. A change smaller than the test can see is smaller than the noise of one
-    frame's mean, so pooling it moves a bin by less than the noise the pooling removes.
+    frame's mean, so pooling it adds a bias below that noise; on a steady drift the bias
+    is systematic (README: the demo's drifting rings).
 
     Parameters
     ----------
