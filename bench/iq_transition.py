@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     static_rows["phase_appearing"].append(
                         score_static(integ, npt, truth, raw, found, range(args.frames)))
         for name in ["raw", *names]:
-            def m(key, name=name):
+            def m(key, name=name, flash_rows=flash_rows):
                 return float(np.mean([r[name][key] for r in flash_rows]))
             flash_lines.append(
                 f"| {counts:g} | {name} | {m('kept'):.3f} | {m('ghost_before'):+.3f} "

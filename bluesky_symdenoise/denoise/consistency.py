@@ -224,7 +224,7 @@ class RawConsistency:
                                      bin_width=RING_BIN_PX, z_threshold=isotropy_z_threshold)
         arc_pixels = arc_test.valid & good & ~ring_scope
         arcs = ring_profile(shape, center, ARC_SECTORS, RING_BIN_PX)
-        _, arc_support = arcs.mean(np.zeros(shape), arc_pixels)
+        arc_support = arcs.support(arc_pixels)
         if not (good & ~ring_scope & (arc_support >= MIN_RING_PIXELS)).any():
             arcs = None  # no arc has enough isotropic pixels to be held to its mean
         test = symmetry_validity(scan_sum, center, ~good, windows=FEATURE_WINDOWS,
@@ -308,13 +308,13 @@ class RawConsistency:
         good = self.good
         raw = np.where(good, raw, 0.0).astype(np.float64)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
-        near = {"neighbours": [np.where(good, n, 0.0).astype(np.float64)
-                               for n in neighbours]}
+        neighbours = [np.where(good, n, 0.0).astype(np.float64) for n in neighbours]
         if self.rings is not None:
             for profile in self.ring_levels or (self.rings,):
                 out = _match_means(profile, self.ring_pixels, self._scope(True), raw, out,
                                    RING_MATCH_PASSES,
-                                   shrink=profile.bin_width != RING_BIN_PX, **near)
+                                   shrink=profile.bin_width != RING_BIN_PX,
+                                   neighbours=neighbours)
         if self.arcs is not None:
             out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
                                ARC_MATCH_PASSES)
@@ -330,7 +330,7 @@ class RawConsistency:
             for profile in self.ring_levels:
                 out = _match_means(profile, scope, scope, raw, out, RING_MATCH_PASSES,
                                    shrink=not (outright and profile.bin_width == RING_BIN_PX),
-                                   sparse=outright, **near)
+                                   sparse=outright, neighbours=neighbours)
         spot_sums = self._spot_sums[bool(partners_used)]
         if spot_sums.index.size:
             out = spot_sums.match(raw, out)
@@ -419,9 +419,9 @@ def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarra
     alone, and one the denoiser got wrong by more is corrected. Fine bins hold few counts:
     scaling them to the raw means outright would put their noise back into the frame.
     """
-    _, n_pixels = profile.mean(raw, measured_on)
-    index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if shrink and not sparse
-                                                 else 1.0)))
+    strict = shrink and not sparse  # the minimum pixels and counts apply
+    n_pixels = profile.support(measured_on)
+    index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
     if index.size == 0:
         return out
     target, dose, _ = pooled_ring_means(profile, measured_on, raw, neighbours)
@@ -434,7 +434,7 @@ def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarra
         counts = den_at * n_at
         # Held outright: bins with enough expected counts; the others (sparse corners, low
         # counts) are shrunk, so that a bin with a count or two is not set to it.
-        enough = (counts >= (MIN_RING_COUNTS if shrink and not sparse else 1.0)) & (den_at > 0)
+        enough = (counts >= (MIN_RING_COUNTS if strict else 1.0)) & (den_at > 0)
         ratio = raw_at[enough] / den_at[enough]
         shrunk = shrink | (counts[enough] < MIN_RING_COUNTS)
         excess = (ratio - 1.0) ** 2

@@ -292,7 +292,7 @@ class ScanDenoiser:
         return self.denoise_frames(
             analysis, method=method, frames=frames,
             neighbours=[neighbour_mean(frames, index) for index in range(len(frames))],
-            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
+            ring_neighbours=_each_frames_neighbours(frames))
 
     def _hold_to_raw(self, analysis: ScanAnalysis, frames: np.ndarray, rates: np.ndarray, *,
                      partners_used: bool = True,
@@ -515,7 +515,7 @@ class ScanDenoiser:
         frames = analysis.prepared.frames
         classical = self._classical_frames(
             analysis, frames,
-            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
+            ring_neighbours=_each_frames_neighbours(frames))
         self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
         good = analysis.prepared.good
         return np.stack([self.blend.mix(net, cla, good)
@@ -543,7 +543,7 @@ class ScanDenoiser:
         frames = analysis.prepared.frames
         return self._classical_frames(
             analysis, frames, engine,
-            ring_neighbours=[neighbour_frames(frames, index) for index in range(len(frames))])
+            ring_neighbours=_each_frames_neighbours(frames))
 
     def _classical_frames(self, analysis: ScanAnalysis, frames: np.ndarray,
                           engine: str = "bm3d", *,
@@ -726,6 +726,11 @@ def thinned_neighbours(frames: np.ndarray, index: int, *, seed: int,
     picks = [i for i in (index - 1, index + 1) if 0 <= i < len(frames)]
     return [binomial_split(frames[i], seed=seed + 7919 * (i + 1))[which].astype(np.float32)
             for i in picks]
+
+
+def _each_frames_neighbours(frames: np.ndarray) -> list[list[np.ndarray]]:
+    """For each frame of a scan, its neighbouring frames one by one (offline: both)."""
+    return [neighbour_frames(frames, index) for index in range(len(frames))]
 
 
 def _ring_neighbours(neighbours: Sequence[np.ndarray | None],

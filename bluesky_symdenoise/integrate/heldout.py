@@ -57,8 +57,8 @@ Z_ALARM = 3.0
 NOISE_QUANTILE = 0.25
 #: A negative pooled squared bias (its noise) may take the ratio down to this fraction of
 #: the variance part, not below. Clipping the pool at 0 instead kept its positive noise and
-#: not its negative, and overstated the sigmas where the denoiser's variance is far below
-#: raw's (1σ coverage 0.85-0.96 in 30° sectors, ``bench/iq.py``).
+#: not its negative, and so overstated the sigmas most where the denoiser's variance is
+#: far below raw's.
 BIAS_FLOOR = 0.5
 #: Width, in blocks, of the centred window that pools the squared bias of the sigma's ratio.
 BIAS_BLOCKS = 7

@@ -292,7 +292,11 @@ class RingProfile:
     def mean(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean read back at every pixel, and about how many good pixels lie behind it."""
         profile, _ = self.bin_means(image, good)
-        return self.read_back(profile), self._scatter_for(np.asarray(good, bool))[2].copy()
+        return self.read_back(profile), self.support(good)
+
+    def support(self, good: np.ndarray) -> np.ndarray:
+        """About how many ``good`` pixels lie behind the profile read back at each pixel."""
+        return self._scatter_for(np.asarray(good, bool))[2].copy()
 
     def bin_means(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The profile itself: each bin's mean over ``good`` pixels, and its weight (about

@@ -38,10 +38,11 @@ from ..denoise.engine import (
     ScanDenoiser,
     keep_total_counts,
     symmetry_usage,
+    thinned_neighbours,
     violation_map,
 )
 from ..denoise.models import load_base_model
-from ..denoise.selection import binomial_split, held_out_deviance
+from ..denoise.selection import held_out_deviance
 from ..integrate.azimuthal import AzimuthalIntegration, IntegrationResult
 from ..integrate.heldout import IqCheck
 from ..physics.geometry import DetectorGeometry
@@ -595,10 +596,10 @@ class LiveScan:
                   else self.interim)
 
         def serve(half: np.ndarray, index: int, which: int) -> np.ndarray:
-            # The previous frame at half dose (a binomial half, independent of the split;
-            # half ``which`` to half ``which``), as the frames served see theirs.
-            previous = (binomial_split(frames[index - 1], seed=7919 * index)[which]
-                        .astype(np.float32) if index > 0 else None)
+            # The previous frame at half dose (half ``which`` of its own split), as the
+            # frames served see theirs: live, a frame's only neighbour is the previous one.
+            halves = thinned_neighbours(frames[:index + 1], index, seed=index, which=which)
+            previous = halves[0] if halves else None
             if engine is not None:
                 out = engine.denoise_frame(self.analysis, method=self.method, frame=half,
                                            neighbours=previous)
