@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
-from bluesky_symdenoise.physics.scenes import make_scene
+from bluesky_symdenoise.simulate.scenes import make_scene
 from bluesky_symdenoise.stream.scan import CAKE_AZIMUTHAL_BINS, default_npt
 
 

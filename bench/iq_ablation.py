@@ -33,7 +33,7 @@ from bluesky_symdenoise.denoise.channels import ChannelContext
 from bluesky_symdenoise.denoise.classical import bm3d_poisson, classical_denoise
 from bluesky_symdenoise.denoise.consistency import RawConsistency
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
-from bluesky_symdenoise.physics import scenes
+from bluesky_symdenoise.simulate import scenes
 
 from .iq import Estimate, score_scan
 from .quality import BenchScan

@@ -2,7 +2,7 @@
 
 A frame's rings are held to the raw ring means pooled with its neighbouring frames' where
 these agree within the noise, and to its own where a ring appeared, vanished or moved
-(``consistency.pooled_ring_means``). Two in situ series (``physics.scenes.insitu_series``)
+(``consistency.pooled_ring_means``). Two in situ series (``simulate.scenes.insitu_series``)
 test both sides of that rule, each at ``--counts`` per pixel, ``--seeds`` scans of
 ``--frames`` frames, the scan denoised by ``ScanDenoiser(budget_s=--budget).run``:
 
@@ -34,7 +34,7 @@ import torch
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.denoise.targets import neighbour_frames, neighbour_mean
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
-from bluesky_symdenoise.physics.scenes import insitu_series
+from bluesky_symdenoise.simulate.scenes import insitu_series
 
 from . import metrics
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bluesky_symdenoise.geometry import DetectorGeometry
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
 
 __all__ = [
     "psnr",

@@ -28,7 +28,7 @@ import numpy as np
 def _detector(shape: int, exposure: float, seed: int):
     from ophyd.sim import DirectImage
 
-    from bluesky_symdenoise.physics.scenes import make_scene
+    from bluesky_symdenoise.simulate.scenes import make_scene
 
     scene = make_scene("powder", shape=(shape, shape), seed=seed)
     rng = np.random.default_rng(seed)

@@ -41,9 +41,9 @@ from bluesky_symdenoise.denoise.classical import (
 )
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.denoise.preprocess import find_defects
+from bluesky_symdenoise.denoise.symmetry import symmetry_validity
 from bluesky_symdenoise.denoise.zero_shot import zs_noise2noise
-from bluesky_symdenoise.physics import scenes
-from bluesky_symdenoise.physics.symmetry import symmetry_validity
+from bluesky_symdenoise.simulate import scenes
 
 from . import metrics
 

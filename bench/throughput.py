@@ -63,7 +63,7 @@ def _live(device: str, shape: int, frames: int, budget: float, counts: float,
 
     from bench.metrics import psnr
     from bluesky_symdenoise import SymDenoise
-    from bluesky_symdenoise.physics.scenes import make_scene
+    from bluesky_symdenoise.simulate.scenes import make_scene
 
     scene = make_scene(scene_kind, shape=(shape, shape), seed=seed)
     rng = np.random.default_rng(seed)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rate", type=float, nargs="*", default=[10.0],
                         help="detector frame rates (frames/s) to test in live mode")
     parser.add_argument("--scene", default="powder",
-                        help="simulated scene kind (physics.scenes.make_scene)")
+                        help="simulated scene kind (simulate.scenes.make_scene)")
     parser.add_argument("--width", type=int, default=None,
                         help="live network width (default: the plugin's choice)")
     args = parser.parse_args(argv)

@@ -115,8 +115,8 @@ def _import_scene_source():
 def _metrics(collect: _Collect, *, scene: str, size: int, seed: int, cps: float,
              poni: Path, mask_path: Path) -> dict[str, Any]:
     """PSNR and I(q) error of raw and denoised frames against the simulator's truth."""
+    from .geometry import DetectorGeometry
     from .integrate.azimuthal import AzimuthalIntegration
-    from .physics.geometry import DetectorGeometry
 
     SceneSource = _import_scene_source()
     source = SceneSource(scene, shape=(size, size), seed=seed, counts_per_second=cps,

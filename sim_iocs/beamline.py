@@ -2,7 +2,7 @@
 
 PV prefixes under the IOC prefix ``P``::
 
-    P det:       the detector (:mod:`sim_iocs.detector`): det:cam1:..., det:image1:...,
+    P det:       the detector (:mod:`sim_iocs.xray_detector`): det:cam1:..., det:image1:...,
                  det:PoniPath, det:BeamCenterX_RBV, ...
     P sample:    the furnace (:mod:`sim_iocs.sample_environment`): sample:Temperature, ...
     P shutter:   the shutter (:mod:`sim_iocs.shutter`): shutter:Cmd, shutter:Status_RBV
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from caproto.server import PVGroup, SubGroup
 
-from sim_iocs.detector import XrayDetectorIOC, add_detector_arguments, scene_source_from_args
 from sim_iocs.sample_environment import SampleEnvironmentIOC, add_sample_arguments
 from sim_iocs.scene_source import SceneSource
 from sim_iocs.shutter import ShutterIOC, add_shutter_arguments
+from sim_iocs.xray_detector import XrayDetectorIOC, add_detector_arguments, scene_source_from_args
 
 __all__ = ["BeamlineIOC"]
 

@@ -2,7 +2,7 @@
 
 A static scene (``powder``, ``textured``, ``saxs``, ``lattice``, ``lattice_one_sided``) gives
 the same expectation at every temperature. An in situ scene (``insitu``, ``insitu_lattice``)
-precomputes an :func:`~bluesky_symdenoise.physics.scenes.insitu_series` spanning the
+precomputes an :func:`~bluesky_symdenoise.simulate.scenes.insitu_series` spanning the
 temperature range and interpolates between its states, so a frame taken at temperature T
 shows the sample as it is at T (rings drifting, lattice expanding, a phase appearing).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bluesky_symdenoise.physics.noise import expose
-from bluesky_symdenoise.physics.scenes import SCENES, insitu_series, make_scene
+from bluesky_symdenoise.simulate.noise import expose
+from bluesky_symdenoise.simulate.scenes import SCENES, insitu_series, make_scene
 
 __all__ = ["INSITU_CHANGES", "SCENE_CHOICES", "SceneSource"]
 

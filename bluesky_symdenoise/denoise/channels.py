@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..physics.symmetry import (
+from .symmetry import (
     PartnerMap,
     RingProfile,
     SymmetryReport,

@@ -293,7 +293,7 @@ def symmetry_average(counts: np.ndarray, center: tuple[float, float],
     n_copies : numpy.ndarray
         float64 frame, 2 where paired, 1 elsewhere.
     """
-    from bluesky_symdenoise.physics.symmetry import rotate180
+    from .symmetry import rotate180
 
     counts = _as_image(counts)
     mask = _as_mask(mask, counts.shape)

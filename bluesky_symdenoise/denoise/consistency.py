@@ -7,7 +7,7 @@ are visible in the raw counts once enough pixels are summed. Two corrections, ea
 scale where the raw data are precise enough to prove the network wrong:
 
 * **rings**: on pixels that lie on azimuthally symmetric rings or arcs (the isotropy tests of
-  :mod:`~bluesky_symdenoise.physics.symmetry`), the denoised frame is scaled, radius by
+  :mod:`~bluesky_symdenoise.denoise.symmetry`), the denoised frame is scaled, radius by
   radius, so that its ring mean equals the raw frame's. The raw ring mean over hundreds of
   pixels is the Poisson-limited, unbiased estimate of I(q) (DESIGN.md §2): the network keeps
   its pixel-level noise reduction and texture, the full-ring I(q) keeps the raw area, height
@@ -64,13 +64,13 @@ from scipy import ndimage, sparse
 from scipy.ndimage import uniform_filter1d
 from scipy.stats import chi2
 
-from ..physics.symmetry import (
+from .channels import ARC_SECTORS
+from .symmetry import (
     RingProfile,
     isotropy_validity,
     ring_profile,
     symmetry_validity,
 )
-from .channels import ARC_SECTORS
 
 __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
            "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",

@@ -17,10 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..geometry import DetectorGeometry, GeometryError
 from ..integrate.azimuthal import AzimuthalIntegration
 from ..integrate.heldout import IqCheck, held_out_iq
-from ..physics.geometry import DetectorGeometry, GeometryError
-from ..physics.symmetry import SymmetryReport, refine_center
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
 from .consistency import RawConsistency
@@ -34,6 +33,7 @@ from .selection import (
     held_out_blend,
     poisson_deviance,
 )
+from .symmetry import SymmetryReport, refine_center
 from .targets import (
     SUBSAMPLING_CHANNELS,
     SubsamplingPairs,

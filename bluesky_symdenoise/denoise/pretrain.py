@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..physics import scenes
+from ..simulate import scenes
 from .channels import ChannelContext, input_channels
 from .inference import predict_rates
 from .models import base_model_path, new_model, save_model

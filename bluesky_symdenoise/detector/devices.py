@@ -152,7 +152,7 @@ class SimXrayDetector(SingleTrigger, DetectorBase):
 
     def geometry(self):
         """The detector geometry from the PONI file the IOC wrote."""
-        from bluesky_symdenoise.physics.geometry import DetectorGeometry
+        from bluesky_symdenoise.geometry import DetectorGeometry
 
         return DetectorGeometry.from_poni(self.poni_path.get())
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
+from bluesky_symdenoise.geometry import DetectorGeometry
 
 __all__ = ["AzimuthalIntegration", "IntegrationResult", "CakeResult", "IntegrationError"]
 

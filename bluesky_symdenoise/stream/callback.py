@@ -1,7 +1,7 @@
 """``SymDenoise``: the live plugin a beamline subscribes to its RunEngine.
 
 On the RunEngine's thread it only deep-copies documents and enqueues them (bounded for
-frames, see :class:`~bluesky_symdenoise.stream.worker.FrameQueue`); it never blocks in live
+frames, see :class:`~bluesky_symdenoise.stream.background.FrameQueue`); it never blocks in live
 mode and never raises. A worker thread denoises the frames and publishes a derived run, linked
 to the raw one by ``original_run_uid``, to every callback given to :meth:`SymDenoise.subscribe`.
 """
@@ -20,9 +20,9 @@ from typing import Any
 import event_model
 import numpy as np
 
+from .background import DenoiseWorker, FrameQueue
 from .frames import image_keys
 from .scan import FRAME_DOCUMENTS, START_KEYS, LiveOptions, LiveScan
-from .worker import DenoiseWorker, FrameQueue
 
 __all__ = ["START_KEYS", "SymDenoise"]
 

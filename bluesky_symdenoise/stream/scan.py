@@ -43,12 +43,12 @@ from ..denoise.engine import (
 )
 from ..denoise.models import load_base_model
 from ..denoise.selection import held_out_deviance
+from ..geometry import DetectorGeometry
 from ..integrate.azimuthal import AzimuthalIntegration, IntegrationResult
 from ..integrate.heldout import IqCheck
-from ..physics.geometry import DetectorGeometry
+from .background import lower_thread_priority
 from .frames import FrameSource
 from .publisher import DerivedRunPublisher
-from .worker import lower_thread_priority
 
 __all__ = ["LiveOptions", "LiveScan", "START_KEYS"]
 

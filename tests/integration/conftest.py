@@ -9,7 +9,7 @@ import event_model
 import numpy as np
 import pytest
 
-from bluesky_symdenoise.physics.scenes import make_scene
+from bluesky_symdenoise.simulate.scenes import make_scene
 
 SHAPE = (64, 64)
 COUNTS = 2.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from caproto.sync import client as ca_client
 
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
+from bluesky_symdenoise.geometry import DetectorGeometry
 
 from .conftest import COUNTS_PER_SECOND, SHAPE
 

@@ -10,7 +10,7 @@ import event_model
 import numpy as np
 import pytest
 
-from bluesky_symdenoise.physics.scenes import make_scene
+from bluesky_symdenoise.simulate.scenes import make_scene
 
 from .conftest import wait_for
 

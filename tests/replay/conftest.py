@@ -20,7 +20,7 @@ def raw_catalog(tmp_path_factory):
     from tiled.client import from_uri
     from tiled.server import SimpleTiledServer
 
-    from bluesky_symdenoise.physics.scenes import make_scene
+    from bluesky_symdenoise.simulate.scenes import make_scene
 
     scene = make_scene("powder", shape=SHAPE, seed=3)
     rng = np.random.default_rng(0)

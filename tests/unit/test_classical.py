@@ -21,11 +21,11 @@ from bluesky_symdenoise.denoise.classical import (
     nlm_poisson,
     symmetry_average,
 )
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
+from bluesky_symdenoise.geometry import DetectorGeometry
 
 
 def _standin_rotate180(image, center, mask=None):
-    """Bilinear 180° partner, used only while physics.symmetry is not available."""
+    """Bilinear 180° partner, used only while denoise.symmetry is not available."""
     image = np.asarray(image, dtype=np.float64)
     rows, cols = np.indices(image.shape, dtype=np.float64)
     pr, pc = 2 * center[0] - rows, 2 * center[1] - cols
@@ -42,11 +42,11 @@ def _standin_rotate180(image, center, mask=None):
 @pytest.fixture
 def rotate180(monkeypatch):
     try:
-        from bluesky_symdenoise.physics.symmetry import rotate180 as real
+        from bluesky_symdenoise.denoise.symmetry import rotate180 as real
     except ImportError:
-        module = types.ModuleType("bluesky_symdenoise.physics.symmetry")
+        module = types.ModuleType("bluesky_symdenoise.denoise.symmetry")
         module.rotate180 = _standin_rotate180
-        monkeypatch.setitem(sys.modules, "bluesky_symdenoise.physics.symmetry", module)
+        monkeypatch.setitem(sys.modules, "bluesky_symdenoise.denoise.symmetry", module)
         return _standin_rotate180
     return real
 

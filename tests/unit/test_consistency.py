@@ -12,8 +12,8 @@ from bluesky_symdenoise.denoise.consistency import (
     pooled_ring_means,
     radial_background,
 )
-from bluesky_symdenoise.physics import scenes
-from bluesky_symdenoise.physics.symmetry import ring_profile, rotate180
+from bluesky_symdenoise.denoise.symmetry import ring_profile, rotate180
+from bluesky_symdenoise.simulate import scenes
 
 
 def _scan(kind, counts, seed):

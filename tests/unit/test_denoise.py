@@ -10,7 +10,7 @@ from bluesky_symdenoise import DenoiseConfig, InputError, ScanDenoiser, denoise,
 from bluesky_symdenoise.denoise.channels import ChannelContext
 from bluesky_symdenoise.denoise.device import select_device
 from bluesky_symdenoise.denoise.targets import ThinningPairs
-from bluesky_symdenoise.physics import scenes
+from bluesky_symdenoise.simulate import scenes
 
 
 def psnr(estimate, truth, valid):

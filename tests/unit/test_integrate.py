@@ -15,8 +15,8 @@ from bench.metrics import (
     ring_bias,
     ssim,
 )
+from bluesky_symdenoise.geometry import DetectorGeometry
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration, IntegrationError
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
 
 Q_RING = 1.0
 

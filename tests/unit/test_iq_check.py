@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from bluesky_symdenoise.geometry import DetectorGeometry
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 from bluesky_symdenoise.integrate.heldout import held_out_iq
-from bluesky_symdenoise.physics.geometry import DetectorGeometry
 
 SECTOR = (-15.0, 15.0)
 NPT = 90

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from bluesky_symdenoise.physics import scenes
-from bluesky_symdenoise.physics.symmetry import (
+from bluesky_symdenoise.denoise.symmetry import (
     RingEquivalence,
     mirror,
     refine_center,
     rotation180,
     symmetry_validity,
 )
+from bluesky_symdenoise.simulate import scenes
 
 GENERIC = (60.37, 71.81)
 
@@ -89,7 +89,7 @@ def test_broken_symmetry_is_flagged_and_symmetric_scenes_are_not():
 
 
 def test_ring_profile_reproduces_a_radial_pattern_at_a_generic_centre():
-    from bluesky_symdenoise.physics.symmetry import ring_profile
+    from bluesky_symdenoise.denoise.symmetry import ring_profile
 
     rows, cols = np.indices((128, 140), dtype=float)
     radius = np.hypot(rows - GENERIC[0], cols - GENERIC[1])
@@ -106,7 +106,7 @@ def test_ring_profile_reproduces_a_radial_pattern_at_a_generic_centre():
 
 def test_isotropy_test_flags_texture_and_spots_not_rings():
     from bluesky_symdenoise.denoise.preprocess import prepare_frames
-    from bluesky_symdenoise.physics.symmetry import isotropy_validity
+    from bluesky_symdenoise.denoise.symmetry import isotropy_validity
 
     fractions = {}
     for kind in ("powder", "textured", "lattice"):

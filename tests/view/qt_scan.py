@@ -32,7 +32,7 @@ def main(scene_kind: str, out: Path) -> None:
     from bluesky import plans as bp
     from ophyd.sim import DirectImage
 
-    from bluesky_symdenoise.physics.scenes import make_scene
+    from bluesky_symdenoise.simulate.scenes import make_scene
     from bluesky_symdenoise.stream.callback import SymDenoise
     from bluesky_symdenoise.view.live import LiveDenoiseView
 

@@ -8,7 +8,7 @@ from bluesky import plans as bp
 from event_model import compose_run
 from ophyd.sim import DirectImage
 
-from bluesky_symdenoise.physics.scenes import make_scene
+from bluesky_symdenoise.simulate.scenes import make_scene
 from bluesky_symdenoise.stream.callback import SymDenoise
 from bluesky_symdenoise.view.live import LiveDenoiseView
 

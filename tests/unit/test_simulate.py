@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from bluesky_symdenoise.physics.detector import (
+from bluesky_symdenoise.simulate.defects import (
     DetectorDefects,
     beamstop_mask,
     detector_mask,
     make_defects,
 )
-from bluesky_symdenoise.physics.noise import binomial_thin, expose
-from bluesky_symdenoise.physics.scenes import (
+from bluesky_symdenoise.simulate.noise import binomial_thin, expose
+from bluesky_symdenoise.simulate.scenes import (
     SCENES,
     Scene,
     SceneSeries,

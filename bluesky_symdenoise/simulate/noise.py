@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detector import DetectorDefects
+from .defects import DetectorDefects
 
 __all__ = ["binomial_thin", "expose"]
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .detector import (
+from ..geometry import DetectorGeometry
+from .defects import (
     DetectorDefects,
     beamstop_mask,
     default_gap_offset,
@@ -35,7 +36,6 @@ from .detector import (
     make_defects,
     pyfai_detector_mask,
 )
-from .geometry import DetectorGeometry
 from .noise import expose as _expose
 
 __all__ = [

@@ -26,7 +26,7 @@ Frames come from :class:`~sim_iocs.scene_source.SceneSource`: Poisson counts of 
 expectation times ``CountsPerSecond * AcquireTime``, with hot and dead pixels, gaps and
 beamstop reading 0. Acquisition really takes ``AcquireTime`` (wall clock).
 
-Run alone: ``python -m sim_iocs.detector --prefix bsd:det: --scene powder --shape 256``.
+Run alone: ``python -m sim_iocs.xray_detector --prefix bsd:det: --scene powder --shape 256``.
 The beamline IOC (:mod:`sim_iocs.beamline`) composes it with a sample environment whose
 temperature drives in situ scenes, and a shutter.
 """
