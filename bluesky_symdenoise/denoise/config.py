@@ -6,12 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["METHODS", "DenoiseConfig", "Method"]
+__all__ = ["DEVICES", "DEVICE_PATTERN", "METHODS", "DenoiseConfig", "Method"]
 
 Method = Literal["auto", "symmetry", "thinning", "noise2sr", "supervised", "classical",
                  "classical-nlm"]
 METHODS: tuple[str, ...] = ("auto", "symmetry", "thinning", "noise2sr", "supervised",
                             "classical", "classical-nlm")
+#: Devices by name; ``"cuda:N"`` picks one GPU of several (:data:`DEVICE_PATTERN`).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class DenoiseConfig(BaseModel):
@@ -55,7 +58,7 @@ class DenoiseConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
 
     method: Method = "auto"
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     budget_s: float | None = Field(default=None, ge=0)
     refine_center: bool = True
     symmetry_z_threshold: float = Field(default=5.5, gt=0)
