@@ -6,7 +6,7 @@ Per frame the live plugin integrates the raw and the denoised frame into I(q) (p
 ``SymDenoise(cake=True)`` it also regroups both on a (chi, q) grid (``integrate2d``, 72 chi
 bins). Both are timed here on a simulated textured-powder frame, as the plugin calls them
 (:class:`~bluesky_symdenoise.integrate.azimuthal.AzimuthalIntegration`), median of
-``--repeats``. Timings only, no assertions. The figures in README came from:
+``--repeats``. Timings only, no assertions. ``bench/results/cake.md`` came from:
 
     python -m bench.cake --shapes 256 1024 --repeats 10
 """

@@ -11,9 +11,10 @@ each are composed:
 * ``DerivedRunPublisher``: the schema on the first event of a stream, the data keys on the
   later ones (what the plugin does).
 
-Timings only, no assertions. The figures in README came from:
+Timings only, no assertions. ``bench/results/documents.md`` came from:
 
     python -m bench.documents --shape 256 --events 50
+    python -m bench.documents --shape 1024 --events 20
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=15.0)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/iq-transition.md"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/iq_transition.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ["offline pooled", "offline single", "live pooled", "live single"]

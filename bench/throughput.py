@@ -24,13 +24,15 @@ For each device this machine has (CPU always, CUDA when present), in one process
 is the narrower live model); running once with ``--width 16`` gives the side-by-side
 baseline.
 
-Timings only, no assertions. The figures in README came from:
+Timings only, no assertions. ``bench/results/throughput.md`` came from:
 
     python -m bench.throughput --shape 256 --frames 100 --budget 60 --rate 10 --seed 474001
     python -m bench.throughput --shape 256 --frames 100 --budget 60 --rate 10 --seed 474001 \
         --width 16
+    python -m bench.throughput --shape 256 --frames 100 --budget 60 --rate 10 --seed 474202
     python -m bench.throughput --shape 256 --frames 60 --budget 60 --rate --scene saxs \
         --width 12 --seed 474101    # and --width 16, and --scene lattice_one_sided
+    # and --scene textured, --scene lattice, each with --width 12 and 16, --seed 474303
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ on an Agg canvas of the window's size:
 * ``rebuild``: the figure cleared and built anew at every draw (the view before it kept its
   artists).
 
-Timings only, no assertions. The figures in README came from:
+Timings only, no assertions. ``bench/results/view.md`` came from:
 
     python -m bench.view --shapes 256 1024 --frames 8
 """
