@@ -6,14 +6,14 @@ Every number comes from one run of this script on freshly simulated scans (seede
 against the noise-free expectation, on valid pixels (not masked, not a hot or dead pixel).
 Baselines get the same hot/dead-pixel detection as ours, added to their mask.
 
-    python -m bench.quality                       # the README table (about 40 min, 2 cores)
+    python -m bench.quality                       # every cell (about 40 min, 2 cores)
     python -m bench.quality --counts 1 --scenes powder --budget 20   # one quick cell
 
 Methods: raw; ``sym180`` 180° average; ``gauss`` Gaussian σ=1; ``nlm`` Anscombe+NLM; ``bm3d``
 Anscombe+BM3D; ``sym180+bm3d`` 180° average + Anscombe+BM3D; ``iq-smooth`` Savitzky-Golay
 smoothing of raw I(q) (I(q) columns only); ``zs-n2n`` zero-shot Noise2Noise (Mansour &
 Heckel 2023) with the same time budget; ours: ``symmetry``, ``thinning``, ``noise2sr``
-(see README "Methods").
+(see docs/methods.md).
 """
 
 from __future__ import annotations

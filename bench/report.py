@@ -1,4 +1,4 @@
-"""Render the README's benchmark tables from rows saved by ``python -m bench.quality``.
+"""Render markdown tables from rows saved by ``python -m bench.quality``.
 
     python -m bench.report bench/results/quality-*.json
 
