@@ -6,24 +6,47 @@ prints the gain against the simulator's truth.
 ``denoise`` denoises frames stored in a ``.npy`` file or an HDF5 dataset (``file.h5:/path``).
 ``replay`` denoises archived runs of a Tiled catalog and writes the derived runs back.
 ``serve`` runs the live denoiser out of process on a 0MQ proxy or NATS JetStream.
+
+Each verb imports what it needs when it runs, so ``--help`` and a mistyped option answer
+without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from .denoise.config import DEVICE_PATTERN, DEVICES, METHODS, DenoiseConfig
 
-from .denoise.config import DenoiseConfig
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["main"]
 
 
+def _device(value: str) -> str:
+    """``--device``: a name of :data:`DEVICES` or ``cuda:N``, checked as the config checks it."""
+    if re.fullmatch(DEVICE_PATTERN, value) is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid device {value!r} (choose from {', '.join(map(repr, DEVICES))} "
+            "or 'cuda:N')")
+    return value
+
+
+def _add_method_and_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="auto", choices=METHODS)
+    parser.add_argument("--device", default="auto", type=_device,
+                        metavar="{" + ",".join(DEVICES) + ",cuda:N}")
+
+
 def _load_array(spec: str) -> np.ndarray:
+    import numpy as np
+
     if ":" in spec and not Path(spec).exists():
         path, dataset = spec.split(":", 1)
         import h5py
@@ -34,7 +57,9 @@ def _load_array(spec: str) -> np.ndarray:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from . import denoise_scan
+    import numpy as np
+
+    from .denoise.api import denoise_scan
 
     frames = _load_array(args.frames)
     mask = _load_array(args.mask).astype(bool) if args.mask else None
@@ -74,8 +99,7 @@ def _add_denoiser_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--center", type=float, nargs=2, metavar=("ROW", "COL"),
                         help="beam centre in pixels (else the run's start['beam_center'])")
     parser.add_argument("--mask", help="mask .npy, True on bad pixels (else start['mask'])")
-    parser.add_argument("--method", default="auto")
-    parser.add_argument("--device", default="auto")
+    _add_method_and_device(parser)
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of fine-tuning per run (0: classical fast mode)")
     parser.add_argument("--full-network", action="store_true",
@@ -155,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     den.add_argument("--mask", help="mask .npy or file.h5:/path (True = bad pixel)")
     den.add_argument("--center", type=float, nargs=2, metavar=("ROW", "COL"))
     den.add_argument("--poni", help="pyFAI PONI file")
-    den.add_argument("--method", default="auto")
+    _add_method_and_device(den)
     den.add_argument("--budget", type=float, default=None)
-    den.add_argument("--device", default="auto")
     den.add_argument("--mask-bad", action="store_true",
                      help="mask NaN/negative pixels instead of refusing the input")
     den.set_defaults(func=_cmd_denoise)

@@ -101,24 +101,14 @@ def _psnr(estimate: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
     return 10 * np.log10(float(truth[valid].max()) ** 2 / mse)
 
 
-def _import_scene_source():
-    try:
-        from sim_iocs.scene_source import SceneSource
-    except ImportError:  # installed package: sim_iocs lives beside it in the checkout
-        from .detector.launch import REPO_ROOT
-
-        sys.path.insert(0, str(REPO_ROOT))
-        from sim_iocs.scene_source import SceneSource
-    return SceneSource
-
-
 def _metrics(collect: _Collect, *, scene: str, size: int, seed: int, cps: float,
              poni: Path, mask_path: Path) -> dict[str, Any]:
     """PSNR and I(q) error of raw and denoised frames against the simulator's truth."""
+    from sim_iocs.scene_source import SceneSource
+
     from .geometry import DetectorGeometry
     from .integrate.azimuthal import AzimuthalIntegration
 
-    SceneSource = _import_scene_source()
     source = SceneSource(scene, shape=(size, size), seed=seed, counts_per_second=cps,
                          temperature_range=TEMPERATURE_RANGE)
     mask = np.load(mask_path)

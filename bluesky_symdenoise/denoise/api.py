@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .config import DenoiseConfig
-from .engine import DenoiseResult, ScanDenoiser
+
+if TYPE_CHECKING:  # the engine imports torch: loaded on the first call, not on import
+    from .engine import DenoiseResult
 
 __all__ = ["denoise", "denoise_scan"]
 
@@ -70,8 +72,29 @@ def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
                  config: DenoiseConfig | None = None, **options) -> DenoiseResult:
     """Like :func:`denoise` but returns a :class:`DenoiseResult` with provenance.
 
-    ``options`` are :class:`DenoiseConfig` fields (``method``, ``budget_s``, ``device``, ...).
+    Parameters
+    ----------
+    frames, mask, center, poni, pairs, bad_pixels
+        As for :func:`denoise`.
+    config
+        A :class:`DenoiseConfig`; ``options`` override its fields.
+    **options
+        :class:`DenoiseConfig` fields (``method``, ``budget_s``, ``device``, ...).
+
+    Returns
+    -------
+    DenoiseResult
+        The denoised frames, the method that served them and why, and the provenance.
+
+    Raises
+    ------
+    InputError
+        As for :func:`denoise`.
+    pydantic.ValidationError
+        An unknown option or an invalid value.
     """
+    from .engine import ScanDenoiser
+
     denoiser = ScanDenoiser(config, **options)
     return denoiser.run(frames, mask=mask, center=center, poni=poni, pairs=pairs,
                         bad_pixels=bad_pixels)

@@ -7,7 +7,6 @@ runs (SIGINT, then terminate, then kill).
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -29,8 +28,6 @@ from .loopback import (
 __all__ = ["IOCStartError", "RunningIOC", "random_prefix", "start_beamline_ioc", "start_ioc",
            "wait_for_pv"]
 
-#: The checkout that holds the ``sim_iocs`` package (it is not installed with the wheel).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The PV polled for readiness, relative to the beamline prefix.
 READY_PV = "det:cam1:ArraySizeX_RBV"
 
@@ -141,16 +138,16 @@ def start_ioc(module: str, args: list[str], *, prefix: str, ready_pv: str,
     port = free_loopback_port()
     env = loopback_env()
     env["EPICS_CA_SERVER_PORT"] = env["EPICS_CAS_SERVER_PORT"] = str(port)
-    # sim_iocs lives beside the package in the checkout; make it importable from anywhere.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     log_dir = Path(tmpdir.name) if tmpdir is not None else Path(tempfile.mkdtemp())
     log_path = log_dir / f"{module.rsplit('.', 1)[-1]}-{prefix.rstrip(':')}.log"
     log = open(log_path, "wb")
+    # The IOC imports the module as this interpreter would (the installed package, or the
+    # checkout on PYTHONPATH); run from the log folder, it cannot pick up a stray module
+    # from the caller's working directory.
     argv = [sys.executable, "-m", module, "--prefix", prefix, "--interfaces", "127.0.0.1",
             *args]
-    process = subprocess.Popen(argv, env=env, cwd=str(REPO_ROOT), stdout=log,
+    process = subprocess.Popen(argv, env=env, cwd=str(log_dir), stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     ioc = RunningIOC(prefix=prefix, process=process, args=argv, port=port, poni_dir=poni_dir,
                      log_path=log_path, _log=log, _tmpdir=tmpdir)
