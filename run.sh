@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment (once) and run the demo or the tests.
 #   bash run.sh demo [demo options]    e.g. bash run.sh demo --out out/demo
-#   bash run.sh test [pytest options]
+#   bash run.sh test [pytest options]  e.g. bash run.sh test -m fast (the inner loop)
+# test first runs ruff (package, sim_iocs, bench, tests) and mypy (package, sim_iocs) and
+# fails if either does; SKIP_LINT=1 bash run.sh test ... skips them (inner loop only).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -42,6 +44,11 @@ if [ "$cmd" = test ]; then
 fi
 case "$cmd" in
     demo) exec "$VENV/bin/bluesky-symdenoise" demo "$@" ;;
-    test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    test)
+        if [ "${SKIP_LINT:-0}" != 1 ]; then
+            "$VENV/bin/python" -m ruff check bluesky_symdenoise sim_iocs bench tests
+            "$VENV/bin/python" -m mypy bluesky_symdenoise sim_iocs
+        fi
+        exec "$VENV/bin/python" -m pytest -q "$@" ;;
     *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
 esac

@@ -68,7 +68,7 @@ class DetectorGeometry:
     def from_center(cls, shape: tuple[int, int], center: tuple[float, float],
                     **kwargs: Any) -> DetectorGeometry:
         """Build from a beam centre ``(row, col)``; raise if it is off the detector."""
-        geometry = cls(shape=tuple(shape), center=tuple(center), **kwargs)
+        geometry = cls(shape=shape, center=center, **kwargs)  # __post_init__ normalises
         geometry.check_center_on_detector()
         return geometry
 
@@ -114,14 +114,14 @@ class DetectorGeometry:
         if shape is None:
             if detector.shape is None:
                 raise GeometryError("PONI has no detector shape: pass shape=(rows, cols)")
-            shape = tuple(detector.shape)
+            shape = detector.shape
         if pf.wavelength is None:
             raise GeometryError("PONI has no wavelength")
         rot1, rot2 = float(pf.rot1 or 0.0), float(pf.rot2 or 0.0)
         # Beam centre: where the direct beam hits; equals the PONI for an untilted detector.
         row = (pf.poni1 - pf.dist * np.tan(rot2) / np.cos(rot1)) / pixel1 - 0.5
         col = (pf.poni2 + pf.dist * np.tan(rot1)) / float(detector.pixel2) - 0.5
-        return cls(shape=tuple(shape), center=(float(row), float(col)), pixel_size=pixel1,
+        return cls(shape=shape, center=(float(row), float(col)), pixel_size=pixel1,
                    distance=float(pf.dist), wavelength=float(pf.wavelength),
                    rot1=rot1, rot2=rot2)
 

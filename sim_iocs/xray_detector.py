@@ -271,8 +271,10 @@ class XrayDetectorIOC(PVGroup):
                 break
             await cam.detector_state.write("Readout")
             temperature, beam_on = self.sample_state()
-            self.source.counts_per_second = float(self.counts_per_second.value)
-            frame = self.source.frame(exposure, temperature=temperature, beam_on=beam_on)
+            source = self.source
+            assert source is not None, "attach() a scene before the server starts"
+            source.counts_per_second = float(self.counts_per_second.value)
+            frame = source.frame(exposure, temperature=temperature, beam_on=beam_on)
             taken += 1
             await self.publish_frame(cam, frame)
             await cam.num_images_counter.write(taken)

@@ -5,8 +5,42 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+_HERE = Path(__file__).parent
+
+#: Unit tests over ~2 s each (``pytest tests/unit --durations=0``, 2 CPU cores): marked
+#: ``slow``; every other test under tests/unit is marked ``fast`` (``bash run.sh test -m fast``).
+SLOW_UNIT_TESTS = frozenset({
+    "unit/test_classical.py::test_bm3d_poisson_gains_over_raw",
+    "unit/test_classical.py::test_zs_noise2noise_improves_and_is_deterministic",
+    "unit/test_compute.py::test_batched_inference_equals_frame_by_frame",
+    "unit/test_compute.py::test_gpu_plan_trains_and_predicts_like_float32",
+    "unit/test_denoise.py::test_a_held_out_mix_with_the_classical_mode_follows_its_band_weights",
+    "unit/test_denoise.py::test_auto_records_why",
+    "unit/test_denoise.py::test_denoise_beats_raw_without_bias",
+    "unit/test_denoise.py::test_other_methods_beat_raw[noise2sr]",
+    "unit/test_denoise.py::test_out_of_memory_falls_back_to_smaller_batches",
+    "unit/test_denoise.py::test_rings_rest_on_the_neighbouring_frames_except_where_the_sample_changed",
+    "unit/test_denoise.py::test_single_frame_in_single_frame_out",
+    "unit/test_denoise.py::test_supervised_pairs_train_on_low_high_exposures",
+    "unit/test_iq_check.py::test_no_fall_back_at_the_boundary_beyond_the_false_alarm_rate",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        try:
+            relative = item.path.relative_to(_HERE).as_posix()
+        except ValueError:
+            continue
+        if not relative.startswith("unit/"):
+            continue
+        marker = pytest.mark.slow if f"{relative}::{item.name}" in SLOW_UNIT_TESTS else \
+            pytest.mark.fast
+        item.add_marker(marker)
 
 
 @pytest.fixture

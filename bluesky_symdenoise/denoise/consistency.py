@@ -225,8 +225,8 @@ class RawConsistency:
         arc_pixels = arc_test.valid & good & ~ring_scope
         arcs = ring_profile(shape, center, ARC_SECTORS, RING_BIN_PX)
         arc_support = arcs.support(arc_pixels)
-        if not (good & ~ring_scope & (arc_support >= MIN_RING_PIXELS)).any():
-            arcs = None  # no arc has enough isotropic pixels to be held to its mean
+        # Held only where an arc has enough isotropic pixels to be held to its mean.
+        arcs_held = bool((good & ~ring_scope & (arc_support >= MIN_RING_PIXELS)).any())
         test = symmetry_validity(scan_sum, center, ~good, windows=FEATURE_WINDOWS,
                                  z_threshold=z_threshold)
         # Rings are held by their means; a spot on a ring is found by the 180° test. The
@@ -250,11 +250,11 @@ class RawConsistency:
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~test.valid)) & good,
                    partnered_spots=spots & test.valid & good,
-                   arcs=arcs,
+                   arcs=arcs if arcs_held else None,
                    arc_pixels=arc_pixels, ring_scope=ring_scope,
                    whole_ring_scope=whole_ring_scope)
 
-    def summary(self) -> dict[str, float | list[int]]:
+    def summary(self) -> dict[str, float | list[float]]:
         """JSON-safe description for provenance."""
         n_good = max(int(self.good.sum()), 1)
         n_arc = int(self.arc_pixels.sum()) if self.arc_pixels is not None else 0
@@ -316,6 +316,7 @@ class RawConsistency:
                                    shrink=profile.bin_width != RING_BIN_PX,
                                    neighbours=neighbours)
         if self.arcs is not None:
+            assert self.arc_pixels is not None  # for_scan builds both
             out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
                                ARC_MATCH_PASSES)
         # Then the whole ring's mean off the isotropic rings (over all good pixels, as an

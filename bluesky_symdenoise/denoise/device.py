@@ -10,7 +10,7 @@ from typing import TypeVar
 import torch
 
 __all__ = ["ComputePlan", "OutOfMemory", "autocast", "compute_plan", "is_out_of_memory",
-           "memory_format", "run_with_oom_fallback", "select_device"]
+           "memory_format", "move_model", "run_with_oom_fallback", "select_device"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +81,13 @@ def compute_plan(device: torch.device, mixed_precision: bool = True) -> ComputeP
 def memory_format(plan: ComputePlan) -> torch.memory_format:
     """The tensor memory format a plan's model and inputs use."""
     return torch.channels_last if plan.channels_last else torch.contiguous_format
+
+
+def move_model(model: torch.nn.Module, device: torch.device,
+               plan: ComputePlan) -> torch.nn.Module:
+    """``model`` moved to ``device`` in the plan's memory format (in place; returned)."""
+    # Module.to accepts memory_format at run time; torch's overloads leave it out.
+    return model.to(device, memory_format=memory_format(plan))  # type: ignore[call-overload]
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, memory_format
+from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, move_model
 
 __all__ = ["predict_rates"]
 
@@ -55,7 +55,7 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
     batch_size = batch_size or plan.inference_batch
     multiple = 2 ** getattr(model, "depth", 3)
     results: list[np.ndarray] = []
-    model.to(device, memory_format=memory_format(plan))
+    move_model(model, device, plan)
     model.eval()
     index = 0
     flip_set = _FLIPS[:max(1, min(flips, 4))]
@@ -77,7 +77,7 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
             elif device.type != "cpu":
                 device = torch.device("cpu")
                 plan = compute_plan(device)
-                model.to(device, memory_format=memory_format(plan))
+                move_model(model, device, plan)
                 events.append("out of memory during inference at batch 1: moved to cpu")
             else:
                 raise

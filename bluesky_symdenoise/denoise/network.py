@@ -7,6 +7,8 @@ Nothing is normalised by the image maximum: the absolute scale (which I(q) needs
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -58,11 +60,13 @@ class RateUNet(nn.Module):
             self.upsamplers.append(nn.Conv2d(w_deep, w_skip, 1))
             self.decoders.append(_DoubleConv(2 * w_skip, w_skip))
         self.head = nn.Conv2d(width, 1, 1)
+        bias = self.head.bias
+        assert bias is not None  # Conv2d's default bias=True
         if residual:  # start at the first estimate itself
             nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            nn.init.zeros_(bias)
         else:  # start at the mean level (inputs are normalised to mean 1)
-            nn.init.constant_(self.head.bias, float(_inverse_softplus(torch.tensor(1.0))))
+            nn.init.constant_(bias, float(_inverse_softplus(torch.tensor(1.0))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the normalised rate (≥ 0), shape ``(B, 1, H, W)``."""
@@ -76,8 +80,9 @@ class RateUNet(nn.Module):
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips),
                                            strict=True):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
-            h = _conv_of_concat(decoder[0], upsample(h), skip)
-            for layer in list(decoder)[1:]:
+            block = cast(_DoubleConv, decoder)
+            h = _conv_of_concat(cast(nn.Conv2d, block[0]), upsample(h), skip)
+            for layer in list(block)[1:]:
                 h = layer(h)
         out = self.head(h)
         if self.residual:

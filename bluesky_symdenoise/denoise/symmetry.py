@@ -104,9 +104,15 @@ class PartnerMap:
         return sample.values, sample.valid
 
 
+def _rows_cols(shape: tuple[int, int]) -> tuple[int, int]:
+    """``shape`` as a tuple of two ints (a list or a NumPy shape in; hashable out)."""
+    rows, cols = shape  # ValueError unless a frame shape
+    return int(rows), int(cols)
+
+
 def rotation180(shape: tuple[int, int], center: tuple[float, float]) -> PartnerMap:
     """The 2-fold rotation about the beam centre: ``(r, c) -> (2 r0 - r, 2 c0 - c)``."""
-    return PartnerMap(tuple(shape), (float(center[0]), float(center[1])),
+    return PartnerMap(_rows_cols(shape), (float(center[0]), float(center[1])),
                       ((-1.0, 0.0), (0.0, -1.0)), name="rotation180")
 
 
@@ -120,7 +126,7 @@ def mirror(shape: tuple[int, int], center: tuple[float, float], angle_deg: float
     # Line direction in (row, col) space: (sin θ, cos θ). Reflection: 2 u u^T - I.
     ur, uc = np.sin(theta), np.cos(theta)
     matrix = ((2 * ur * ur - 1.0, 2 * ur * uc), (2 * ur * uc, 2 * uc * uc - 1.0))
-    return PartnerMap(tuple(shape), (float(center[0]), float(center[1])), matrix,
+    return PartnerMap(_rows_cols(shape), (float(center[0]), float(center[1])), matrix,
                       name=f"mirror{angle_deg:g}")
 
 
@@ -316,7 +322,7 @@ def ring_profile(shape: tuple[int, int], center: tuple[float, float],
                  sectors: int = 1, bin_width: float = 0.5) -> RingProfile:
     """Cached :class:`RingProfile` for a detector shape, beam centre, sector count and radial
     bin width (px)."""
-    return RingProfile(tuple(shape), (float(center[0]), float(center[1])),
+    return RingProfile(_rows_cols(shape), (float(center[0]), float(center[1])),
                        bin_width=float(bin_width), sectors=sectors)
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, memory_format
+from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, move_model
 from .targets import Batch
 
 __all__ = ["PairSource", "TrainingLog", "fit", "poisson_loss"]
@@ -78,7 +78,7 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
     if seconds <= 0 or max_steps <= 0:
         return log
     plan = plan or compute_plan(device, mixed_precision)
-    model.to(device, memory_format=memory_format(plan)).train()
+    move_model(model, device, plan).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     # The clock starts after set-up: the first optimiser of a process pays for lazy imports.
     start = time.perf_counter()
@@ -106,7 +106,7 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
             elif device.type != "cpu":
                 device = torch.device("cpu")
                 plan = compute_plan(device)
-                model.to(device, memory_format=memory_format(plan))
+                move_model(model, device, plan)
                 optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
                 log.events.append("out of memory during training at batch 1: moved to cpu")
             else:

@@ -45,7 +45,9 @@ def loopback_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def pin_ca_to_loopback(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+def pin_ca_to_loopback(
+    environ: MutableMapping[str, str] | None = None,
+) -> dict[str, str | None]:
     """Set the loopback CA variables in ``environ`` (default: ``os.environ``).
 
     Call it before the first CA connection of the process. Loopback addresses already in

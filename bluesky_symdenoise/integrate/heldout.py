@@ -113,8 +113,9 @@ class IqCheck:
             The denoised frame's I(q), with the Poisson sigma of the denoised rate
             (``integrate(denoised, variance=denoised)``): raw's error at that rate.
         """
-        if len(raw.intensity) != len(self.ratio) or denoised.sigma is None:
-            raise ValueError("apply() needs the check's binning and the denoised rate's sigma")
+        if len(raw.intensity) != len(self.ratio) or raw.sigma is None or denoised.sigma is None:
+            raise ValueError("apply() needs the check's binning, raw's sigma and the denoised "
+                             "rate's sigma")
         intensity = np.where(self.fallback, raw.intensity, denoised.intensity)
         sigma = np.where(self.fallback, raw.sigma, np.sqrt(self.ratio) * denoised.sigma)
         return intensity, sigma
@@ -181,7 +182,8 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
     """
     if len(frames) == 0:
         raise ValueError("held_out_iq needs at least one frame")
-    totals: list[list[np.ndarray] | None] = [None] * len(sectors)
+    # Per sector, the four terms' per-frame profiles.
+    totals: list[list[list[np.ndarray]]] = [[[], [], [], []] for _ in sectors]
     q: list[np.ndarray] = [np.empty(0)] * len(sectors)
     for index, frame in enumerate(frames):
         halves = binomial_split(frame, seed + index)
@@ -196,15 +198,16 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
             # half's variance is taken out of (1) as measured, (i_a - i_b)² / 2, not as
             # pyFAI propagates it (v, the units of the ratio): a propagated variance a few
             # per cent off would pass for a bias of the denoiser.
-            v = 0.5 * (den[0].sigma ** 2 + den[1].sigma ** 2)
+            sigma_a, sigma_b = den[0].sigma, den[1].sigma
+            assert sigma_a is not None and sigma_b is not None  # variance= was propagated
+            v = 0.5 * (sigma_a ** 2 + sigma_b ** 2)
             u = 0.5 * ((den[0].intensity - i_b) ** 2 + (den[1].intensity - i_a) ** 2)
             spread = 0.5 * (den[0].intensity - den[1].intensity) ** 2
             terms = [u - 0.5 * (i_a - i_b) ** 2, v, u - (i_a - i_b) ** 2, spread]
-            if totals[which] is None:
-                q[which], totals[which] = den[0].q_nm, [[t] for t in terms]
-            else:
-                for kept, term in zip(totals[which], terms, strict=True):
-                    kept.append(term)
+            if index == 0:
+                q[which] = den[0].q_nm
+            for kept, term in zip(totals[which], terms, strict=True):
+                kept.append(term)
     return [_pooled(q[which], *(np.array(t) for t in totals[which]), block=block,
                     z_alarm=z_alarm) for which in range(len(sectors))]
 

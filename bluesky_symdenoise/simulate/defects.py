@@ -63,7 +63,7 @@ def default_gap_offset(shape: tuple[int, int], detector: str = "Pilatus1M",
     full = _full_detector_mask(detector)
     offset = []
     for axis, (size, frac) in enumerate(zip(shape, fraction, strict=True)):
-        line_is_gap = full.all(axis=1 - axis)
+        line_is_gap = np.asarray(full.all(axis=1 - axis))
         starts = _gap_starts(line_is_gap)
         if starts.size == 0:
             offset.append(0)

@@ -45,12 +45,19 @@ import textwrap
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
+
+if TYPE_CHECKING:
+    from event_model.documents import Event, EventPage
+    from matplotlib.artist import Artist
+    from matplotlib.backend_bases import TimerBase
+    from matplotlib.figure import Figure
 
 __all__ = ["LiveDenoiseView"]
 
@@ -96,8 +103,8 @@ class _Scan:
 
     raw_uid: str
     scan_id: Any = None
-    raw_start: dict | None = None
-    derived_start: dict | None = None
+    raw_start: Mapping[str, Any] | None = None
+    derived_start: Mapping[str, Any] | None = None
     provenance: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     raw_frames: OrderedDict = field(default_factory=OrderedDict)  # seq_num -> {key: frame}
@@ -201,9 +208,9 @@ class LiveDenoiseView(QtAwareCallback):
         self._current: str | None = None
         self._run_of: dict[str, tuple[str, str]] = {}  # run start uid -> (raw uid, kind)
         self._streams: dict[str, tuple[str, str, str]] = {}  # descriptor -> (raw, kind, name)
-        self._figure = None
+        self._figure: Figure | None = None
         self._panels: _Panels | None = None
-        self._timer = None
+        self._timer: TimerBase | None = None
         self._dirty = False
         self._last_draw = -np.inf
         self._window_closed = False
@@ -281,7 +288,10 @@ class LiveDenoiseView(QtAwareCallback):
         return self._figure
 
     # -- documents ---------------------------------------------------------------------------
-    def __call__(self, name: str, doc: dict, *, escape: bool = False) -> None:
+    # QtAwareCallback (untyped) already replaced DocumentRouter's signature; a view returns
+    # nothing.
+    def __call__(  # type: ignore[override]
+            self, name: str, doc: dict, *, escape: bool = False) -> None:
         try:
             super().__call__(name, doc, escape=escape)
         except Exception as exc:  # noqa: BLE001 - never raise into the RunEngine/SymDenoise
@@ -292,12 +302,12 @@ class LiveDenoiseView(QtAwareCallback):
         if len(self.errors) < 1000:
             self.errors.append(message)
 
-    def start(self, doc: dict) -> None:
+    def start(self, doc: Mapping[str, Any]) -> None:
         raw_uid = doc.get("original_run_uid")
         with self._state_lock:
             if raw_uid is None:  # a raw run: follow it from now on
-                scan = _Scan(raw_uid=doc["uid"], scan_id=doc.get("scan_id"), raw_start=doc)
-                self._scans[doc["uid"]] = scan
+                self._scans[doc["uid"]] = _Scan(raw_uid=doc["uid"], scan_id=doc.get("scan_id"),
+                                                raw_start=doc)
                 self._current = doc["uid"]
                 self._run_of[doc["uid"]] = (doc["uid"], "raw")
                 self._forget_old()
@@ -329,20 +339,25 @@ class LiveDenoiseView(QtAwareCallback):
             for key in [k for k, v in self._streams.items() if v[0] == uid]:
                 self._streams.pop(key)
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: Mapping[str, Any]) -> None:
         with self._state_lock:
-            run = self._run_of.get(doc.get("run_start"))
+            run = self._run_of.get(doc.get("run_start", ""))
             if run is not None:
                 self._streams[doc["uid"]] = (run[0], run[1], doc.get("name", "primary"))
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> EventPage:
         import event_model
 
         for event in event_model.unpack_event_page(doc):
-            self.event(event)
+            self._take_event(event)
+        return doc  # passed on unchanged, as a DocumentRouter may
 
-    def event(self, doc: dict) -> None:
-        route = self._streams.get(doc.get("descriptor"))
+    def event(self, doc: Event) -> Event:
+        self._take_event(doc)
+        return doc  # passed on unchanged, as a DocumentRouter may
+
+    def _take_event(self, doc: Mapping[str, Any]) -> None:
+        route = self._streams.get(doc.get("descriptor", ""))
         if route is None:
             return
         raw_uid, kind, stream = route
@@ -376,8 +391,8 @@ class LiveDenoiseView(QtAwareCallback):
         elif changed and self.mode == "window":
             self._window_changed(final=False)
 
-    def stop(self, doc: dict) -> None:
-        run = self._run_of.get(doc.get("run_start"))
+    def stop(self, doc: Mapping[str, Any]) -> None:
+        run = self._run_of.get(doc.get("run_start", ""))
         if run is None or run[1] != "derived":
             return
         with self._state_lock:
@@ -401,7 +416,7 @@ class LiveDenoiseView(QtAwareCallback):
                 return scan
         return None
 
-    def _raw_event(self, raw_uid: str, doc: dict) -> None:
+    def _raw_event(self, raw_uid: str, doc: Mapping[str, Any]) -> None:
         frames = {}
         for key, value in (doc.get("data") or {}).items():
             if self.field is not None and key != self.field:
@@ -476,6 +491,7 @@ class LiveDenoiseView(QtAwareCallback):
 
     # -- drawing -----------------------------------------------------------------------------
     def _draw_file(self, frozen: dict, suffix: str) -> None:
+        assert self.out_dir is not None  # files mode
         path = self.out_dir / f"live_{_safe(frozen['label'])}_{suffix}.png"
         try:
             self._draw(frozen, path)
@@ -517,10 +533,12 @@ class LiveDenoiseView(QtAwareCallback):
         import matplotlib.pyplot as plt
 
         figure = plt.figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
-        figure.canvas.manager.set_window_title("symdenoise: raw vs denoised")
+        manager = figure.canvas.manager
+        assert manager is not None  # pyplot's figures have one
+        manager.set_window_title("symdenoise: raw vs denoised")
         figure.text(0.5, 0.5, "waiting for a scan", ha="center", va="center", fontsize=14)
         figure.canvas.mpl_connect("close_event", self._on_close)
-        figure.canvas.manager.show()
+        manager.show()
         timer = figure.canvas.new_timer(interval=max(50, int(1000 * self.interval_s / 2)))
         timer.add_callback(self._on_timer)
         timer.start()
@@ -550,7 +568,7 @@ class LiveDenoiseView(QtAwareCallback):
             self.draws += 1
             return path
 
-    def _agg_figure(self):
+    def _agg_figure(self) -> Figure:
         """A figure of its own (not pyplot's), for files and snapshots."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -930,7 +948,7 @@ def _text_panel(ax, frozen: dict, prov: dict, outlines: list[str]):
                      f"  frame {last_seq}: {flags[last_seq][:52]}")
     else:
         flag_text = "flagged frames: none"
-    children = [TextArea("\n".join(general), textprops=style),
+    children: list[Artist] = [TextArea("\n".join(general), textprops=style),
                 TextArea("\n".join(symmetry), textprops={**style, "color": colour,
                                                          "fontweight": "bold"}),
                 TextArea(flag_text, textprops={**style, "color": "red" if flags
