@@ -35,9 +35,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from event_model.documents import EventPage
 
 __all__ = ["run_demo"]
 
@@ -75,7 +78,7 @@ class _Collect:
             elif name == "event_page":
                 import event_model
 
-                for event in event_model.unpack_event_page(doc):
+                for event in event_model.unpack_event_page(cast("EventPage", doc)):
                     self._event(event)
             elif name == "stop" and self.derived_start is not None \
                     and doc.get("run_start") == self.derived_start["uid"]:
@@ -248,9 +251,11 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
         scan_began = time.perf_counter()
         collect.t0 = scan_began
         try:
-            (raw_uid,) = RE(bp.list_scan([det], temperature, temps),
-                            purpose="symdenoise demo", poni=str(ioc.poni_path),
-                            mask=str(ioc.mask_path))
+            # bluesky's hints name only the (motor, positions) tuple form of list_scan.
+            plan = bp.list_scan([det], temperature, temps)  # type: ignore[arg-type]
+            (raw_uid,) = cast("tuple[str, ...]", RE(plan, purpose="symdenoise demo",
+                                                    poni=str(ioc.poni_path),
+                                                    mask=str(ioc.mask_path)))
         except RunEngineInterrupted:
             raise KeyboardInterrupt from None
         scan_s = time.perf_counter() - scan_began
@@ -262,6 +267,8 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
         drained_s = time.perf_counter() - scan_began
 
         snapshot = view.snapshot(out / "snapshots" / "live_view.png")
+        if ioc.poni_path is None or ioc.mask_path is None:
+            raise RuntimeError("the simulated beamline wrote no PONI or mask file")
         metrics = _metrics(collect, scene=scene, size=size, seed=seed, cps=cps,
                            poni=ioc.poni_path, mask_path=ioc.mask_path)
         catalog = _check_catalog(client, raw_uid)
