@@ -15,16 +15,16 @@ scale where the raw data are precise enough to prove the network wrong:
   :data:`RING_BINS_PX` (4, 2, 1 and 0.5 px): each pixel's value is shared between the two
   nearest bins, so a bin of width w holds the profile only at the scale of a 2w-wide
   triangle, and 1 px bins alone left a ring about 1 px wide broadened in I(q) (a generic
-  centre's bilinear 180° partner broadens it in the network's output; ``bench/iq_ablation.py``:
-  height −4 %, integral breadth +5 % against raw). Half-pixel bins hold the profile at the
+  centre's bilinear 180° partner broadens it in the network's output; ``bench/iq_ablation.py``
+  measures it). Half-pixel bins hold the profile at the
   resolution of an integration with two q bins per pixel; the coarser bins first hold radii
   where the fine bins have too few pixels or counts to be held (the detector's corners, low
   counts), which the fine bins alone would leave to the network. Only the
   :data:`RING_BIN_PX` bins are held outright; at the other scales each bin's correction is
   shrunk by its own Poisson noise (only a deviation the raw data can prove is corrected), so
   the extra scales do not put the raw noise back into the frame (held outright, the 4 to
-  0.5 px bins cost ~1 dB of PSNR on isotropic powder and lattices in ``bench/heldout.py``,
-  ``bench/results/heldout-ringhold.md``). At each scale the scaling
+  0.5 px bins would bring back part of the raw noise the network removed). At each scale
+  the scaling
   is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
   leaves the peak a few per cent low; the repeats converge to the raw means (a
   multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
@@ -32,8 +32,8 @@ scale where the raw data are precise enough to prove the network wrong:
   noisier); then, since the arcs do not hold the whole ring's mean (the arcs' held bins
   and the texture between them do not add up to it), the whole ring's mean over all the
   good pixels at those radii, the one an integrator takes, is held as on isotropic rings
-  (same scales and rule). Without it a textured ring came out 11 % broader and 14 % lower
-  than raw's in the full-ring I(q) at 0.25 counts/pixel (``bench/iq.py``, README). At
+  (same scales and rule); without it a textured ring comes out broader and lower than raw's
+  in the full-ring I(q) (``bench/iq.py``, ``docs/methods.md``). At
   radii that are neither (the spots of a lattice) the whole ring's mean is held at every
   scale shrunk by its noise: held outright, a radius's few spots put their noise into the
   background between them.
@@ -109,8 +109,8 @@ SPARSE_RING_PIXELS = 48.0
 POOL_WINDOW_BINS = 2
 POOL_CHANGE_P = 1e-3
 POOL_SINGLE_Z = 3.5
-#: Scaling passes towards the raw ring means (``bench/bias.py``: one pass left the strongest
-#: ring's height ~1-3 % low at 0.1 counts/pixel; four bring it within ~0.5 %).
+#: Scaling passes towards the raw ring means: one pass leaves a broadened ring's height a
+#: little low, the repeats converge to the raw means (``bench/bias.py`` measures the height).
 RING_MATCH_PASSES = 4
 #: ... and towards the raw arc means of textured rings: one. An arc's mean rests on 16 times
 #: fewer pixels than its ring's, so each further pass brings back more of the raw noise; on
@@ -362,7 +362,7 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
     neighbour. Each bin's target is the mean of the frame's and the agreeing neighbours'
     means. A change smaller than the test can see is smaller than the noise of one
     frame's mean, so pooling it adds a bias below that noise; on a steady drift the bias
-    is systematic (README: the demo's drifting rings).
+    is systematic (``docs/methods.md``: drifting rings).
 
     Parameters
     ----------

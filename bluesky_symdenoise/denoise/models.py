@@ -17,8 +17,8 @@ __all__ = ["BASE_MODEL_NAME", "BASE_MODEL_NAMES", "base_model_path", "load_base_
            "model_hash", "new_model", "save_model"]
 
 #: The shipped pre-trained models, by network width (channels at full resolution): the
-#: default network, and a narrower one that the live plugin fine-tunes on a CPU (30-40 %
-#: less forward time at 256², see ``bench/throughput.py``).
+#: default network, and a narrower one that the live plugin fine-tunes on a CPU (less
+#: forward time per frame; ``bench/throughput.py --width`` compares them).
 BASE_MODEL_NAMES: dict[int, str] = {16: "base_v2", 12: "live_w12_v1"}
 BASE_MODEL_NAME = BASE_MODEL_NAMES[16]
 

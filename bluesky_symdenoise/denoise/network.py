@@ -102,8 +102,8 @@ def _conv_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.
 
     The convolution is linear in its input channels, so it is the sum of two convolutions
     with the two halves of the weights. On a CPU with channels-last tensors the copy that
-    ``torch.cat`` makes costs ~10 % of a forward pass; the sum does not (equal to float
-    rounding, ~1e-6).
+    ``torch.cat`` makes is a noticeable part of a forward pass; the sum does not (equal to
+    float rounding).
     """
     split = a.shape[1]
     return (F.conv2d(a, conv.weight[:, :split], None, conv.stride, conv.padding)

@@ -1,6 +1,6 @@
 """Checking a scan's frames, and finding the bad pixels nobody masked.
 
-Rules (documented in README "Bad input"):
+Rules (documented in ``docs/faults.md``, "Bad input"):
 
 * frames must be ``(H, W)`` or ``(N, H, W)`` real numbers; anything else raises
   :class:`InputError`.
