@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 
-__all__ = ["ComputePlan", "OutOfMemory", "autocast", "compute_plan", "is_out_of_memory",
-           "memory_format", "move_model", "run_with_oom_fallback", "select_device"]
+__all__ = ["ComputePlan", "OutOfMemory", "OutOfMemoryFallback", "autocast", "compute_plan",
+           "is_out_of_memory", "memory_format", "move_model", "select_device"]
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 OutOfMemory = torch.cuda.OutOfMemoryError
 
@@ -95,27 +93,60 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def run_with_oom_fallback(step: Callable[[int, torch.device], T], batch_size: int,
-                          device: torch.device, events: list[str]) -> T:
-    """Run ``step(batch_size, device)``, halving the batch on out-of-memory, then using CPU.
+class OutOfMemoryFallback:
+    """The one rule for running out of memory: halve the batch, then move to the CPU.
 
-    Every fallback is appended to ``events`` (recorded in provenance).
+    Training and inference keep one of these per loop and hand every exception of a step to
+    :meth:`recover`; it re-raises what it cannot survive. Each fallback is appended to
+    ``events`` (recorded in provenance) as ``"out of memory during <what> on <device>:
+    batch <n>"`` or ``"out of memory during <what> at batch 1: moved to cpu"``.
+
+    Parameters
+    ----------
+    what
+        ``"training"`` or ``"inference"``, for the messages.
+    batch_size, device
+        Where the work starts.
+    events
+        List the fallbacks are appended to.
+    on_device_change
+        Called with the new device after a move to the CPU (to move the model, rebuild an
+        optimiser).
+
+    Examples
+    --------
+    >>> fallback = OutOfMemoryFallback("inference", 8, device, events)  # doctest: +SKIP
+    >>> while todo:                                                     # doctest: +SKIP
+    ...     try:
+    ...         step(fallback.batch_size, fallback.device)
+    ...     except Exception as exc:
+    ...         fallback.recover(exc)
     """
-    while True:
-        try:
-            return step(batch_size, device)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if batch_size > 1:
-                events.append(f"out of memory on {device} at batch {batch_size}: "
-                              f"batch {batch_size // 2}")
-                batch_size //= 2
-            elif device.type != "cpu":
-                events.append(f"out of memory on {device} at batch 1: falling back to cpu")
-                device = torch.device("cpu")
-            else:
-                raise
-            logger.warning(events[-1])
+
+    def __init__(self, what: str, batch_size: int, device: torch.device, events: list[str],
+                 on_device_change: Callable[[torch.device], None] | None = None) -> None:
+        self.what = what
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.events = events
+        self._on_device_change = on_device_change
+
+    def recover(self, exc: BaseException) -> None:
+        """Adapt to an out-of-memory error, or re-raise ``exc`` (any other error, or out of
+        memory at batch 1 on the CPU)."""
+        if not is_out_of_memory(exc):
+            raise exc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            self.events.append(f"out of memory during {self.what} on {self.device}: batch "
+                               f"{self.batch_size}")
+        elif self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            if self._on_device_change is not None:
+                self._on_device_change(self.device)
+            self.events.append(f"out of memory during {self.what} at batch 1: moved to cpu")
+        else:
+            raise exc
+        logger.warning("symdenoise: %s", self.events[-1])

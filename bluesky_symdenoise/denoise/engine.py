@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .selection import (
     held_out_blend,
     poisson_deviance,
 )
-from .symmetry import SymmetryReport, refine_center
+from .symmetry import VIOLATION_BITS, SymmetryReport, refine_center
 from .targets import (
     SUBSAMPLING_CHANNELS,
     SubsamplingPairs,
@@ -46,7 +47,8 @@ from .targets import (
 )
 from .training import TrainingLog, fit
 
-__all__ = ["DenoiseResult", "ScanAnalysis", "ScanDenoiser", "keep_total_counts",
+__all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
+           "classical_engine", "keep_total_counts", "scale_to_raw_counts", "scan_geometry",
            "symmetry_usage", "uses_partners", "violation_map"]
 
 logger = logging.getLogger(__name__)
@@ -139,9 +141,6 @@ class ScanDenoiser:
         #: Network weight per intensity band in a mix with the classical mode (``auto``).
         self.blend: BlendWeights | None = None
         self.events: list[str] = []
-        #: Test hooks: called before each training step / inference batch (may raise).
-        self.training_fault = None
-        self.inference_fault = None
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -233,8 +232,10 @@ class ScanDenoiser:
         return self.model_origin.startswith("pre-trained")
 
     def fit(self, analysis: ScanAnalysis, *, method: str, seconds: float,
-            pairs: tuple[np.ndarray, np.ndarray] | None = None) -> TrainingLog:
-        """Fine-tune (or train) the network for this scan for at most ``seconds``."""
+            pairs: tuple[np.ndarray, np.ndarray] | None = None,
+            cancel: threading.Event | None = None) -> TrainingLog:
+        """Fine-tune (or train) the network for this scan for at most ``seconds``, or until
+        ``cancel`` is set (the log then says ``cancelled``)."""
         cfg = self.config
         frames = analysis.prepared.frames
         if method == "noise2sr":
@@ -259,7 +260,7 @@ class ScanDenoiser:
                             learning_rate=cfg.learning_rate if method != "noise2sr"
                             else 1e-3, batch_size=cfg.batch_size, patch=patch,
                             device=self.device, mixed_precision=cfg.mixed_precision,
-                            seed=cfg.seed, fault=self.training_fault)
+                            seed=cfg.seed, cancel=cancel)
         self.events += self.training.events
         self.device = torch.device(self.training.device)
         return self.training
@@ -284,8 +285,7 @@ class ScanDenoiser:
                     levels.append(level)
             rates = predict_rates(self.model, inputs, levels, device=self.device, flips=1,
                                   batch_size=cfg.inference_batch,
-                                  mixed_precision=cfg.mixed_precision, events=self.events,
-                                  fault=self.inference_fault)
+                                  mixed_precision=cfg.mixed_precision, events=self.events)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
             return self._hold_to_raw(analysis, frames, rates,
                                      partners_used=uses_partners(analysis, method))
@@ -371,8 +371,7 @@ class ScanDenoiser:
         rates = predict_rates(self.model, inputs, levels, device=self.device,
                               flips=flips or self.config.test_time_flips,
                               batch_size=self.config.inference_batch,
-                              mixed_precision=self.config.mixed_precision, events=self.events,
-                              fault=self.inference_fault)
+                              mixed_precision=self.config.mixed_precision, events=self.events)
         return self._hold_to_raw(analysis, frames, rates,
                                  partners_used=uses_partners(analysis, method),
                                  ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
@@ -391,8 +390,7 @@ class ScanDenoiser:
                                             have_pairs=pairs is not None)
         prepared = analysis.prepared
         if method in ("classical", "classical-nlm"):
-            denoised = self._classical(analysis, engine="nlm" if method.endswith("nlm")
-                                       else "bm3d")
+            denoised = self._classical(analysis, engine=classical_engine(method))
         else:
             seconds = self._training_seconds(analysis, method, start)
             self.fit(analysis, method=method, seconds=seconds, pairs=pairs)
@@ -421,8 +419,7 @@ class ScanDenoiser:
         the classical mode), each frame's total counts kept."""
         frames = np.stack([np.asarray(f, np.float32) for f in frames])
         if method in ("classical", "classical-nlm"):
-            out = self._classical_frames(analysis, frames,
-                                         "nlm" if method.endswith("nlm") else "bm3d",
+            out = self._classical_frames(analysis, frames, classical_engine(method),
                                          ring_neighbours=_ring_neighbours(
                                              neighbours, ring_neighbours))
         elif method in _NO_DENOISER:
@@ -551,22 +548,37 @@ class ScanDenoiser:
                           ) -> np.ndarray:
         """Frames of the scan's detector denoised by the classical mode, held to their raw
         counts like the network's."""
-        from .classical import classical_denoise
-
-        validity = analysis.symmetry.valid if analysis.symmetry is not None else None
-        out = np.stack([classical_denoise(frame, mask=analysis.prepared.bad,
-                                          center=analysis.center, validity=validity,
-                                          engine=engine)
+        out = np.stack([self.classical_frame(analysis, frame, engine=engine)
                         for frame in frames])
         return self._hold_to_raw(analysis, frames, out,
                                  ring_neighbours=ring_neighbours).astype(np.float32)
 
+    def classical_frame(self, analysis: ScanAnalysis, frame: np.ndarray, *,
+                        engine: Literal["bm3d", "nlm"] = "bm3d",
+                        bad: np.ndarray | None = None) -> np.ndarray:
+        """One frame denoised by the classical mode (180° average where the scan's symmetry
+        test holds, then Anscombe + ``engine``), not held to the raw counts.
+
+        Parameters
+        ----------
+        frame
+            ``(H, W)`` counts with the bad pixels zeroed.
+        engine
+            ``"bm3d"`` or ``"nlm"`` (:func:`classical_engine` of the method).
+        bad
+            The frame's bad pixels (default: the scan's).
+        """
+        from .classical import classical_denoise
+
+        validity = analysis.symmetry.valid if analysis.symmetry is not None else None
+        return classical_denoise(frame, mask=analysis.prepared.bad if bad is None else bad,
+                                 center=analysis.center, validity=validity, engine=engine)
+
     def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
         """Keep each frame's total counts and zero the pixels the user masked."""
-        denoised = keep_total_counts(denoised, prepared.frames, prepared.good,
-                                     self.config.preserve_total_counts)
-        denoised[:, prepared.user_mask] = 0.0
-        return denoised
+        return scale_to_raw_counts(denoised, prepared.frames, prepared.good,
+                                   zeroed=prepared.user_mask,
+                                   preserve=self.config.preserve_total_counts)
 
     def provenance(self, analysis: ScanAnalysis, method: str, reason: str,
                    elapsed: float) -> dict[str, Any]:
@@ -614,6 +626,35 @@ def keep_total_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray
     return denoised
 
 
+def scale_to_raw_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray, *,
+                        zeroed: np.ndarray, preserve: bool = True) -> np.ndarray:
+    """The last step of every denoised frame, offline and live: NaN set to 0, each frame's
+    total counts over ``good`` kept (:func:`keep_total_counts`), ``zeroed`` pixels set to 0.
+
+    Parameters
+    ----------
+    denoised, frames
+        ``(N, H, W)`` denoised frames and the raw counts they came from.
+    good
+        Pixels whose counts are kept.
+    zeroed
+        Pixels set to 0 in the output: offline the user's mask (hot and dead pixels keep
+        the denoiser's estimate), live every bad pixel of the frame.
+    preserve
+        ``DenoiseConfig.preserve_total_counts``.
+    """
+    out = keep_total_counts(np.nan_to_num(np.asarray(denoised, np.float32)), frames, good,
+                            preserve)
+    out[:, zeroed] = 0.0
+    return out
+
+
+def classical_engine(method: str) -> Literal["bm3d", "nlm"]:
+    """The classical denoiser of ``method``: BM3D for ``"classical"``, NLM (about 10 times
+    faster) for ``"classical-nlm"`` and the live interim mode of the network methods."""
+    return "bm3d" if method == "classical" else "nlm"
+
+
 def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     """The scan's channel context, without symmetry for the symmetry-free method."""
     if method == "thinning":
@@ -632,10 +673,6 @@ def uses_partners(analysis: ScanAnalysis, method: str) -> bool:
 
 #: Methods that serve frames without any denoiser (the live plugin's last resort).
 _NO_DENOISER = ("passthrough", "none")
-#: Bits of :func:`violation_map`.
-VIOLATION_BITS = {1: "180° symmetry rejected (partners not used there)",
-                  2: "azimuthal isotropy rejected (ring and arc means not used there)",
-                  4: "spot held to its raw intensity (no usable 180° partner)"}
 
 
 def violation_map(analysis: ScanAnalysis, method: str) -> np.ndarray | None:
@@ -743,6 +780,24 @@ def _ring_neighbours(neighbours: Sequence[np.ndarray | None],
     return [[] if near is None else [near] for near in neighbours]
 
 
+def scan_geometry(shape: tuple[int, int], *, center: tuple[float, float] | None = None,
+                  poni: str | Path | dict | None = None) -> DetectorGeometry | None:
+    """The detector geometry of a scan: from a PONI when given (its own centre, which may
+    lie off the detector), else from a beam centre ``(row, col)`` (which must lie on it;
+    pixel size, distance and wavelength are then defaults); None without either.
+
+    Raises
+    ------
+    GeometryError
+        An unreadable PONI, or a centre off the detector or not finite.
+    """
+    if poni is not None:
+        return DetectorGeometry.from_poni(poni, shape=shape)
+    if center is not None:
+        return DetectorGeometry.from_center(shape, tuple(center))
+    return None
+
+
 def _resolve_center(shape: tuple[int, int], center: tuple[float, float] | None,
                     poni: str | Path | dict | None, notes: list[str]
                     ) -> tuple[float, float] | None:
@@ -753,13 +808,13 @@ def _resolve_center(shape: tuple[int, int], center: tuple[float, float] | None,
         except (TypeError, ValueError) as exc:
             raise InputError(f"center must be (row, col) in pixels, got {center!r}") from exc
         try:
-            geometry = DetectorGeometry.from_center(shape, (row, col))
+            geometry = scan_geometry(shape, center=(row, col))
         except GeometryError as exc:
             raise InputError(str(exc)) from exc
         return geometry.center
     if poni is not None:
         try:
-            geometry = DetectorGeometry.from_poni(poni, shape=shape)
+            geometry = scan_geometry(shape, poni=poni)
             geometry.check_center_on_detector()
         except GeometryError as exc:
             raise InputError(str(exc)) from exc

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, move_model
+from .device import ComputePlan, OutOfMemoryFallback, autocast, compute_plan, move_model
 
 __all__ = ["predict_rates"]
 
@@ -20,7 +20,6 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
                   levels: Sequence[float], *, device: torch.device, flips: int = 2,
                   batch_size: int | None = None, mixed_precision: bool = True,
                   events: list[str] | None = None,
-                  fault: Callable[[int], None] | None = None,
                   plan: ComputePlan | None = None) -> np.ndarray:
     """Expected counts for a list of frames' input channels.
 
@@ -39,8 +38,6 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
         CPU is used.
     events
         Fallbacks are appended here.
-    fault
-        Test hook called before each forward pass.
     plan
         bf16 / channels-last / batch choices; default
         :func:`~bluesky_symdenoise.denoise.device.compute_plan` of ``device``.
@@ -52,35 +49,26 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
     """
     events = events if events is not None else []
     plan = plan or compute_plan(device, mixed_precision)
-    batch_size = batch_size or plan.inference_batch
     multiple = 2 ** getattr(model, "depth", 3)
     results: list[np.ndarray] = []
     move_model(model, device, plan)
     model.eval()
+
+    def move_to(new_device: torch.device) -> None:
+        nonlocal plan
+        plan = compute_plan(new_device)
+        move_model(model, new_device, plan)
+
+    fallback = OutOfMemoryFallback("inference", batch_size or plan.inference_batch, device,
+                                   events, on_device_change=move_to)
     index = 0
     flip_set = _FLIPS[:max(1, min(flips, 4))]
     while index < len(inputs):
-        chunk = np.stack(inputs[index:index + batch_size])
+        chunk = np.stack(inputs[index:index + fallback.batch_size])
         try:
-            if fault is not None:
-                fault(index)
-            rates = _forward(model, chunk, device, flip_set, multiple, plan)
+            rates = _forward(model, chunk, fallback.device, flip_set, multiple, plan)
         except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-                events.append(f"out of memory during inference on {device}: batch "
-                              f"{batch_size}")
-            elif device.type != "cpu":
-                device = torch.device("cpu")
-                plan = compute_plan(device)
-                move_model(model, device, plan)
-                events.append("out of memory during inference at batch 1: moved to cpu")
-            else:
-                raise
+            fallback.recover(exc)
             continue
         for k, rate in enumerate(rates):
             results.append(rate * np.float32(levels[index + k]))

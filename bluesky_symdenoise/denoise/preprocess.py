@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["InputError", "PreparedScan", "find_defects", "prepare_frames"]
+__all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "prepare_frames",
+           "unusable_pixels"]
 
 
 class InputError(ValueError):
@@ -103,17 +104,12 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
                              f"{(height, width)}; mask is (H, W) with True on bad pixels")
         user_mask = user_mask.astype(bool)
     bad = user_mask.copy()
-
-    saturated = np.zeros((height, width), bool)
-    if np.issubdtype(array.dtype, np.integer):
-        saturated = np.any(array == np.iinfo(array.dtype).max, axis=0) & ~bad
-        if saturated.any():
-            notes.append(f"masked {int(saturated.sum())} saturated pixels")
-            bad |= saturated
     data = array.astype(np.float32)
-    nonfinite = np.any(~np.isfinite(data), axis=0) & ~bad
-    negative = np.any(np.where(np.isfinite(data), data, 0) < 0, axis=0) & ~bad
-    for name, where in (("NaN or inf", nonfinite), ("negative", negative)):
+    unusable = unusable_pixels(array, data, bad)
+    if unusable.saturated.any():
+        notes.append(f"masked {int(unusable.saturated.sum())} saturated pixels")
+        bad |= unusable.saturated
+    for name, where in (("NaN or inf", unusable.nonfinite), ("negative", unusable.negative)):
         if where.any():
             if bad_pixels != "mask":
                 raise InputError(
@@ -139,6 +135,47 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
             data[:, defects] = 0.0
     return PreparedScan(frames=data, user_mask=user_mask, bad=bad, defects=defects,
                         single_frame=single, integer_counts=integer_counts, notes=notes)
+
+
+@dataclass(frozen=True)
+class UnusablePixels:
+    """Unmasked pixels that cannot be read as counts in some frame of a stack.
+
+    Attributes
+    ----------
+    saturated
+        At the integer dtype's maximum (a counter there has lost counts).
+    nonfinite
+        NaN or inf.
+    negative
+        Below zero.
+    """
+
+    saturated: np.ndarray
+    nonfinite: np.ndarray
+    negative: np.ndarray
+
+
+def unusable_pixels(raw: np.ndarray, counts: np.ndarray, bad: np.ndarray) -> UnusablePixels:
+    """The pixels outside ``bad`` that cannot hold counts in any frame: the one rule of the
+    scan (:func:`prepare_frames`) and of each live frame.
+
+    Parameters
+    ----------
+    raw
+        ``(N, H, W)`` frames as the detector gave them (saturation needs their dtype).
+    counts
+        The same frames as float32.
+    bad
+        ``(H, W)`` pixels already excluded.
+    """
+    saturated = np.zeros(bad.shape, bool)
+    if np.issubdtype(raw.dtype, np.integer):
+        saturated = np.any(raw == np.iinfo(raw.dtype).max, axis=0) & ~bad
+    finite = np.isfinite(counts)
+    nonfinite = np.any(~finite, axis=0) & ~bad & ~saturated
+    negative = np.any(np.where(finite, counts, 0) < 0, axis=0) & ~bad & ~saturated
+    return UnusablePixels(saturated=saturated, nonfinite=nonfinite, negative=negative)
 
 
 def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage, optimize, sparse
 
 __all__ = [
+    "VIOLATION_BITS",
     "PartnerMap",
     "PartnerSample",
     "RingEquivalence",
@@ -35,6 +36,12 @@ __all__ = [
     "symmetry_chi2",
     "symmetry_validity",
 ]
+
+#: Bits of the symmetry violation map (:func:`~bluesky_symdenoise.denoise.engine.
+#: violation_map`, the live ``symmetry`` stream), and what each means.
+VIOLATION_BITS = {1: "180° symmetry rejected (partners not used there)",
+                  2: "azimuthal isotropy rejected (ring and arc means not used there)",
+                  4: "spot held to its raw intensity (no usable 180° partner)"}
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from .device import ComputePlan, autocast, compute_plan, is_out_of_memory, move_model
+from .device import ComputePlan, OutOfMemoryFallback, autocast, compute_plan, move_model
 from .targets import Batch
 
 __all__ = ["PairSource", "TrainingLog", "fit", "poisson_loss"]
@@ -32,11 +32,17 @@ class TrainingLog:
     device: str = "cpu"
     batch_size: int = 0
     events: list[str] = field(default_factory=list)
+    #: Training stopped early because its ``cancel`` event was set.
+    cancelled: bool = False
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": round(self.seconds, 2),
-                "first_loss": round(self.first_loss, 5), "last_loss": round(self.last_loss, 5),
-                "device": self.device, "batch_size": self.batch_size, "events": self.events}
+        record = {"steps": self.steps, "seconds": round(self.seconds, 2),
+                  "first_loss": round(self.first_loss, 5),
+                  "last_loss": round(self.last_loss, 5), "device": self.device,
+                  "batch_size": self.batch_size, "events": self.events}
+        if self.cancelled:
+            record["cancelled"] = True
+        return record
 
 
 def poisson_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -61,17 +67,31 @@ def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
+def _step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Batch,
+          device: torch.device, plan: ComputePlan) -> torch.Tensor:
+    """One optimiser step on one batch; returns the loss."""
+    tensors = _to_device(batch, device, plan.channels_last)
+    with autocast(device, plan.bf16):
+        output = model(tensors["inputs"])
+    loss = poisson_loss(output, tensors)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss
+
+
 def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps: int,
         learning_rate: float, batch_size: int, patch: int, device: torch.device,
         mixed_precision: bool = True, seed: int = 0,
-        fault: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
         plan: ComputePlan | None = None) -> TrainingLog:
-    """Train ``model`` on batches from ``pairs`` until ``seconds`` or ``max_steps`` run out.
+    """Train ``model`` on batches from ``pairs`` until ``seconds`` or ``max_steps`` run out,
+    or ``cancel`` is set (checked before every step; the log then says ``cancelled``).
 
-    On CUDA out-of-memory the batch is halved, then training moves to the CPU; each
-    fallback is recorded in the log. ``fault`` is a test hook called before every step (it may
-    raise, e.g. ``torch.cuda.OutOfMemoryError``, to exercise the fallback on CPU). ``plan``
-    defaults to :func:`~bluesky_symdenoise.denoise.device.compute_plan` of the device.
+    On CUDA out-of-memory the batch is halved, then training moves to the CPU
+    (:class:`~bluesky_symdenoise.denoise.device.OutOfMemoryFallback`); each fallback is
+    recorded in the log. ``plan`` defaults to
+    :func:`~bluesky_symdenoise.denoise.device.compute_plan` of the device.
     """
     torch.manual_seed(seed)
     log = TrainingLog(device=str(device), batch_size=batch_size)
@@ -80,42 +100,33 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
     plan = plan or compute_plan(device, mixed_precision)
     move_model(model, device, plan).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+
+    def move_to(new_device: torch.device) -> None:
+        nonlocal plan, optimiser
+        plan = compute_plan(new_device)
+        move_model(model, new_device, plan)
+        optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+
+    fallback = OutOfMemoryFallback("training", batch_size, device, log.events,
+                                   on_device_change=move_to)
     # The clock starts after set-up: the first optimiser of a process pays for lazy imports.
     start = time.perf_counter()
     losses: list[float] = []
     while log.steps < max_steps and time.perf_counter() - start < seconds:
+        if cancel is not None and cancel.is_set():
+            log.cancelled = True
+            break
         try:
-            if fault is not None:
-                fault(log.steps)
-            batch = _to_device(pairs.sample(batch_size, patch), device, plan.channels_last)
-            with autocast(device, plan.bf16):
-                output = model(batch["inputs"])
-            loss = poisson_loss(output, batch)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            loss = _step(model, optimiser, pairs.sample(fallback.batch_size, patch),
+                         fallback.device, plan)
         except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-                log.events.append(f"out of memory during training on {device}: batch "
-                                  f"{batch_size}")
-            elif device.type != "cpu":
-                device = torch.device("cpu")
-                plan = compute_plan(device)
-                move_model(model, device, plan)
-                optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
-                log.events.append("out of memory during training at batch 1: moved to cpu")
-            else:
-                raise
+            fallback.recover(exc)
             continue
         value = float(loss.detach())
         if np.isfinite(value):
             losses.append(value)
         log.steps += 1
+    device, batch_size = fallback.device, fallback.batch_size
     model.eval()
     log.seconds = time.perf_counter() - start
     log.device, log.batch_size = str(device), batch_size

@@ -20,6 +20,8 @@ at 0.25 counts/pixel. A denoised frame is not Poisson: pass its variance map wit
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +29,8 @@ import numpy as np
 
 from bluesky_symdenoise.geometry import DetectorGeometry
 
-__all__ = ["AzimuthalIntegration", "IntegrationResult", "CakeResult", "IntegrationError"]
+__all__ = ["AzimuthalIntegration", "IntegrationResult", "CakeResult", "IntegrationError",
+           "integrator_for"]
 
 #: Width (pixels) of the Gaussian that estimates each pixel's Poisson variance.
 POISSON_SMOOTH_PX = 0.7
@@ -238,3 +241,20 @@ class AzimuthalIntegration:
                                              np.asarray(result.intensity, dtype=np.float64)),
                           sigma=sigma)
 
+
+_INTEGRATORS: dict[tuple, AzimuthalIntegration] = {}
+_INTEGRATORS_LOCK = threading.Lock()
+#: Most (geometry, mask) integrators :func:`integrator_for` keeps.
+_MAX_INTEGRATORS = 16
+
+
+def integrator_for(geometry: DetectorGeometry, mask: np.ndarray) -> AzimuthalIntegration:
+    """One :class:`AzimuthalIntegration` per (geometry, mask), cached for the process (the
+    live path integrates every frame of a scan with the same pair). Thread-safe."""
+    key = (geometry, hashlib.sha1(np.packbits(mask)).hexdigest())
+    with _INTEGRATORS_LOCK:
+        if key not in _INTEGRATORS:
+            if len(_INTEGRATORS) > _MAX_INTEGRATORS:
+                _INTEGRATORS.clear()
+            _INTEGRATORS[key] = AzimuthalIntegration(geometry, mask)
+        return _INTEGRATORS[key]

@@ -1,9 +1,10 @@
 """The hand-off between the RunEngine's thread and the denoising worker thread.
 
-:class:`FrameQueue` bounds the number of *frames* waiting, never the small documents that
-organise them (start, descriptor, resource, datum, stop), so a full queue loses frames but
-never the bookkeeping. In live mode a full queue drops the frame and counts it; in lossless
-mode (replay) the producer waits.
+Everything queued is a :class:`QueueItem`: a raw document, or a control record (``flush``,
+``abandon``, ``dropped``). :class:`FrameQueue` bounds the number of *frame documents*
+waiting, never the small documents and records that organise them (start, descriptor,
+resource, datum, stop), so a full queue loses frames but never the bookkeeping. In live mode
+a full queue drops the frame and counts it; in lossless mode (replay) the producer waits.
 
 :class:`DenoiseWorker` is the one thread that consumes the queue and drives the per-run
 :class:`~bluesky_symdenoise.stream.scan.LiveScan` objects.
@@ -16,9 +17,60 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["DenoiseWorker", "FrameQueue", "lower_thread_priority"]
+from event_model.documents import Document
+
+from .frames import FRAME_DOCUMENTS
+
+__all__ = ["DenoiseWorker", "FrameQueue", "QueueItem", "QueueItemKind",
+           "lower_thread_priority"]
+
+#: ``document``: a raw document of the run; ``flush``: publish what warm-ups hold;
+#: ``abandon``: the run never stopped (a new one started, or the plugin closed);
+#: ``dropped``: a frame of the run was dropped (queue full).
+QueueItemKind = Literal["document", "flush", "abandon", "dropped"]
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One item of the :class:`FrameQueue`.
+
+    Attributes
+    ----------
+    kind
+        A raw document or a control record (:data:`QueueItemKind`).
+    run_uid
+        The raw run it belongs to (None for ``flush``, which concerns every run).
+    name, doc
+        The document's name and a deep copy of it (``document`` items only).
+    received
+        ``time.perf_counter()`` when the RunEngine's thread took it (for latencies).
+    """
+
+    kind: QueueItemKind
+    run_uid: str | None
+    name: str | None = None
+    doc: Document | None = None
+    received: float = 0.0
+
+    @classmethod
+    def document(cls, run_uid: str, name: str, doc: Document, received: float
+                 ) -> QueueItem:
+        """A raw document of the run ``run_uid``."""
+        return cls("document", run_uid, name, doc, received)
+
+    @classmethod
+    def control(cls, kind: Literal["flush", "abandon", "dropped"],
+                run_uid: str | None = None) -> QueueItem:
+        """A control record (no document)."""
+        return cls(kind, run_uid)
+
+    @property
+    def is_frame(self) -> bool:
+        """A document that may carry frames: what the queue's bound counts."""
+        return self.kind == "document" and self.name in FRAME_DOCUMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -38,47 +90,73 @@ def lower_thread_priority(niceness: int = 10) -> None:
 
 
 class FrameQueue:
-    """FIFO of ``(kind, payload)`` items with a bound on frame items only."""
+    """FIFO of :class:`QueueItem` with a bound on frame documents only.
+
+    Parameters
+    ----------
+    max_frames
+        Frame documents that may wait at once.
+    lossless
+        ``False``: a frame put into a full queue is dropped (:meth:`put` returns False);
+        ``True``: the producer waits for room.
+
+    Attributes
+    ----------
+    high_water
+        The most frames ever waiting at once (never above ``max_frames``).
+    """
 
     def __init__(self, max_frames: int, lossless: bool = False) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         self.max_frames = int(max_frames)
         self.lossless = bool(lossless)
-        self._items: collections.deque = collections.deque()
+        self._items: collections.deque[QueueItem] = collections.deque()
         self._frames = 0
-        #: The most frames ever waiting at once (never above ``max_frames``).
         self.high_water = 0
         self._unfinished = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
 
-    def put(self, item: Any, *, is_frame: bool) -> bool:
-        """Enqueue; return False when a frame was dropped (live mode, queue full)."""
-        with self._cond:
-            if is_frame:
-                while self._frames >= self.max_frames:
+    def put(self, item: QueueItem, *, on_wait: Callable[[], None] | None = None) -> bool:
+        """Enqueue; return False when a frame was dropped (live mode, queue full).
+
+        ``on_wait`` is called each time the caller has to wait: for the queue's lock (held by
+        another thread at that moment) or for room (lossless mode, queue full).
+        """
+        if not self._cond.acquire(blocking=False):
+            if on_wait is not None:
+                on_wait()
+            self._cond.acquire()
+        try:
+            if item.is_frame:
+                if self._frames >= self.max_frames:
                     if not self.lossless:
                         return False
-                    self._cond.wait(0.1)
+                    if on_wait is not None:
+                        on_wait()
+                    self._cond.wait_for(lambda: self._frames < self.max_frames)
                 self._frames += 1
                 self.high_water = max(self.high_water, self._frames)
-            self._items.append((is_frame, item))
+            self._items.append(item)
             self._unfinished += 1
             self._cond.notify_all()
             return True
+        finally:
+            self._cond.release()
 
-    def get(self, timeout: float) -> Any | None:
+    def get(self, timeout: float) -> QueueItem | None:
         """Next item, or None after ``timeout`` seconds."""
         with self._cond:
             if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
                 return None
-            is_frame, item = self._items.popleft()
-            if is_frame:
+            item = self._items.popleft()
+            if item.is_frame:
                 self._frames -= 1
                 self._cond.notify_all()
             return item
 
     def task_done(self) -> None:
+        """Mark an item taken by :meth:`get` as processed (see :meth:`wait_empty`)."""
         with self._cond:
             self._unfinished -= 1
             self._cond.notify_all()
@@ -106,7 +184,7 @@ class DenoiseWorker:
     worker carries on with the next item.
     """
 
-    def __init__(self, queue: FrameQueue, handle: Callable[[Any], None],
+    def __init__(self, queue: FrameQueue, handle: Callable[[QueueItem], None],
                  on_error: Callable[[BaseException], None], name: str = "symdenoise-worker"
                  ) -> None:
         self.queue = queue
@@ -135,6 +213,7 @@ class DenoiseWorker:
 
     @property
     def alive(self) -> bool:
+        """Whether the thread still runs."""
         return self._thread.is_alive()
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -13,21 +13,22 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import event_model
 import numpy as np
+from event_model.documents import Document
 
-from .background import DenoiseWorker, FrameQueue
-from .frames import image_keys
-from .scan import FRAME_DOCUMENTS, START_KEYS, LiveOptions, LiveScan
+from .background import DenoiseWorker, FrameQueue, QueueItem
+from .frames import FRAME_DOCUMENTS, image_keys
+from .options import LiveOptions
+from .publisher import Emit
+from .scan import START_KEYS, LiveScan
 
 __all__ = ["START_KEYS", "SymDenoise"]
 
 logger = logging.getLogger(__name__)
-
 
 
 class SymDenoise(event_model.DocumentRouter):
@@ -46,7 +47,7 @@ class SymDenoise(event_model.DocumentRouter):
     method
         ``"auto"`` or a :class:`~bluesky_symdenoise.DenoiseConfig` method.
     device
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     budget_s
         Seconds of per-scan fine-tuning (default: the engine's, 60 s on CPU). ``0``: classical
         fast mode only.
@@ -68,6 +69,13 @@ class SymDenoise(event_model.DocumentRouter):
     config
         Further :class:`~bluesky_symdenoise.DenoiseConfig` fields (e.g. ``width=8``).
 
+    Raises
+    ------
+    pydantic.ValidationError
+        A ``ValueError``, at construction: an unknown method, device or ``config`` field, or
+        a value out of range; the message names the valid choices
+        (:class:`~bluesky_symdenoise.stream.options.LiveOptions`).
+
     Examples
     --------
     >>> sd = SymDenoise(center=(511.5, 498.2), mask=mask, budget_s=30)  # doctest: +SKIP
@@ -86,35 +94,35 @@ class SymDenoise(event_model.DocumentRouter):
         super().__init__()
         self.options = LiveOptions(field=field, poni=poni, center=center, mask=mask,
                                    method=method, device=device, budget_s=budget_s,
+                                   max_queue=max_queue, lossless=lossless,
                                    warmup_frames=warmup_frames, npt=npt, sector=sector,
-                                   cake=cake,
-                                   min_training_steps=min_training_steps,
-                                   config=dict(config or {}))
-        self._queue = FrameQueue(max_queue, lossless=lossless)
+                                   cake=cake, min_training_steps=min_training_steps,
+                                   config=config)
+        self._queue = FrameQueue(self.options.max_queue, lossless=self.options.lossless)
         self._worker: DenoiseWorker | None = None
-        self._subscribers: dict[int, Callable[[str, dict], Any]] = {}
+        self._subscribers: dict[int, Emit] = {}
         self._next_token = 0
         self._lock = threading.Lock()
         self._run_uid: str | None = None
         self._image_descriptors: set[str] = set()
-        self._scans: dict[str, LiveScan] = {}
+        self._live_scans_by_run_uid: dict[str, LiveScan] = {}
         self._closed = False
         #: Problems met, as messages (never raised into the RunEngine).
         self.errors: list[str] = []
         #: Frames dropped because the queue was full, over all runs.
         self.dropped = 0
-        #: Seconds spent on the RunEngine's thread, per document (the latest 10 000).
+        #: How many times the RunEngine's thread had to wait in this callback: for the
+        #: queue's lock (held by another thread at that moment) or for room in the queue
+        #: (lossless mode only). Live it stays 0: the callback never blocks.
+        self.re_thread_waits = 0
+        #: Seconds spent on the RunEngine's thread, per document (the latest 10 000), for
+        #: reports; tests assert on :attr:`re_thread_waits`, not on wall time.
         self.re_thread_seconds: collections.deque[float] = collections.deque(maxlen=10_000)
         #: Frame-in to derived-event-out latencies in seconds (the latest 10 000).
         self.latencies: collections.deque[float] = collections.deque(maxlen=10_000)
-        #: Test seam: ``{"training": f, "inference": f}``, each ``f(step)`` called before every
-        #: training step / inference batch of the runs that start afterwards; it may raise
-        #: (e.g. ``torch.cuda.OutOfMemoryError``) to exercise the fallbacks. See
-        #: ``ScanDenoiser.training_fault``.
-        self.fault_hooks: dict[str, Callable[[int], None]] = {}
 
     # -- downstream --------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[str, dict], Any]) -> int:
+    def subscribe(self, callback: Emit) -> int:
         """Send every derived document to ``callback(name, doc)``; returns a token."""
         with self._lock:
             self._next_token += 1
@@ -122,10 +130,11 @@ class SymDenoise(event_model.DocumentRouter):
             return self._next_token
 
     def unsubscribe(self, token: int) -> None:
+        """Stop sending derived documents to the callback of ``token``."""
         with self._lock:
             self._subscribers.pop(token, None)
 
-    def _emit(self, name: str, doc: dict) -> None:
+    def _emit(self, name: str, doc: dict[str, Any]) -> None:
         with self._lock:
             callbacks = list(self._subscribers.values())
         for callback in callbacks:
@@ -139,7 +148,8 @@ class SymDenoise(event_model.DocumentRouter):
         self.errors.append(message)
 
     # -- RunEngine thread --------------------------------------------------------------------
-    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+    def __call__(self, name: str, doc: Document, validate: bool = False
+                 ) -> tuple[str, Document]:
         """Route one raw document; never raises, never blocks (unless ``lossless``)."""
         began = time.perf_counter()
         try:
@@ -152,13 +162,19 @@ class SymDenoise(event_model.DocumentRouter):
         self.re_thread_seconds.append(time.perf_counter() - began)
         return name, doc
 
-    def _route(self, name: str, doc: dict) -> None:
+    def _count_wait(self) -> None:
+        self.re_thread_waits += 1
+
+    def _put(self, item: QueueItem) -> bool:
+        return self._queue.put(item, on_wait=self._count_wait)
+
+    def _route(self, name: str, doc: Document) -> None:
         if self._closed:
             return
         if name == "start":
             self._ensure_worker()
             if self._run_uid is not None:  # the previous run never stopped
-                self._queue.put((self._run_uid, "abandon", None, 0.0), is_frame=False)
+                self._put(QueueItem.control("abandon", self._run_uid))
             self._run_uid = doc["uid"]
         if self._run_uid is None:
             return
@@ -168,13 +184,14 @@ class SymDenoise(event_model.DocumentRouter):
             descriptor = doc.get("descriptor")
             if descriptor not in self._image_descriptors:
                 return
-            item = (self._run_uid, name, copy.deepcopy(doc), time.perf_counter())
-            if not self._queue.put(item, is_frame=True):
+            item = QueueItem.document(self._run_uid, name, copy.deepcopy(doc),
+                                      time.perf_counter())
+            if not self._put(item):
                 self.dropped += 1
-                self._queue.put((self._run_uid, "dropped", None, 0.0), is_frame=False)
+                self._put(QueueItem.control("dropped", self._run_uid))
             return
-        self._queue.put((self._run_uid, name, copy.deepcopy(doc), time.perf_counter()),
-                        is_frame=False)
+        self._put(QueueItem.document(self._run_uid, name, copy.deepcopy(doc),
+                                     time.perf_counter()))
         if name == "stop":
             self._run_uid = None
             self._image_descriptors.clear()
@@ -190,44 +207,44 @@ class SymDenoise(event_model.DocumentRouter):
     def _on_worker_error(self, exc: BaseException) -> None:
         self._record(f"worker error: {exc!r}")
 
-    def _handle(self, item: tuple[str, str, dict | None, float]) -> None:
-        run_uid, name, doc, received = item
-        if name == "flush":  # publish frames still held for warm-up
-            for scan in self._scans.values():
+    def _handle(self, item: QueueItem) -> None:
+        if item.kind == "flush":  # publish frames still held for warm-up
+            for scan in self._live_scans_by_run_uid.values():
                 scan.end_warm_up()
             return
-        if name == "start":
-            self._scans[run_uid] = LiveScan(doc, self.options, self._emit,
-                                            fault_hooks=dict(self.fault_hooks))
+        run_uid, name = item.run_uid, item.name
+        if item.kind == "document" and name == "start":
+            self._live_scans_by_run_uid[run_uid] = LiveScan(item.doc, self.options, self._emit)
             return
-        scan = self._scans.get(run_uid)
+        scan = self._live_scans_by_run_uid.get(run_uid)
         if scan is None:
             return
-        if name == "dropped":
+        if item.kind == "dropped":
             scan.counts["dropped"] += 1
             return
-        if name == "abandon":
-            scan.finish(None, reason="raw run never stopped (a new run started)")
+        if item.kind == "abandon":
+            scan.end_run(None, reason="raw run never stopped (a new run started)")
         else:
             try:
-                scan.handle(name, doc, received, backlog=self._queue.frames_waiting)
+                scan.handle(name, item.doc, item.received,
+                            backlog=self._queue.frames_waiting)
             except Exception as exc:  # noqa: BLE001
                 self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
                 # The derived run goes on (no data lost) but ends with "fail" and why.
                 scan.failure = scan.failure or f"processing a {name} failed: {exc!r}"
                 if name != "stop":
                     return
-                scan.finish(doc)
+                scan.end_run(item.doc)
         if scan.stopped:
             self.latencies.extend(scan.latencies)
-            self._scans.pop(run_uid, None)
+            self._live_scans_by_run_uid.pop(run_uid, None)
 
     # -- life cycle --------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued frame is published (and stopped runs' derived stops are
         out); True if that happened within ``timeout`` seconds."""
         if self._worker is not None and self._worker.alive:
-            self._queue.put((None, "flush", None, 0.0), is_frame=False)
+            self._queue.put(QueueItem.control("flush"))
         return self._queue.wait_empty(timeout)
 
     def status(self) -> dict[str, dict[str, Any]]:
@@ -237,13 +254,8 @@ class SymDenoise(event_model.DocumentRouter):
         A snapshot for a status line or a script that waits for the fine-tuned model; it
         does not lock the worker.
         """
-        out = {}
-        for uid, scan in list(self._scans.items()):
-            out[uid] = {"method": scan.method, "network_ready": bool(scan.network_ready),
-                        "network": scan.network_note,
-                        "published": int(scan.counts["published"]),
-                        "dropped": int(scan.counts["dropped"])}
-        return out
+        return {uid: scan.status()
+                for uid, scan in list(self._live_scans_by_run_uid.items())}
 
     def close(self, timeout: float | None = None) -> bool:
         """Finish open runs (exit status ``fail``), join the worker; True if it ended."""
@@ -251,7 +263,7 @@ class SymDenoise(event_model.DocumentRouter):
             return self._worker is None or not self._worker.alive
         self._closed = True
         if self._run_uid is not None:
-            self._queue.put((self._run_uid, "abandon", None, 0.0), is_frame=False)
+            self._queue.put(QueueItem.control("abandon", self._run_uid))
             self._run_uid = None
         if self._worker is None:
             return True

@@ -20,7 +20,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["FrameSource", "FrameSourceError", "image_keys", "to_frame"]
+__all__ = ["FRAME_DOCUMENTS", "FrameSource", "FrameSourceError", "image_keys", "to_frame"]
+
+#: Documents that may carry (or point to) frames.
+FRAME_DOCUMENTS = ("event", "event_page", "stream_datum")
 
 
 #: Waits (s) before the retries of a failed read of an event's referenced frames.

@@ -10,6 +10,8 @@ import torch
 from bluesky import plans as bp
 from ophyd.sim import DirectImage
 
+from bluesky_symdenoise.denoise import inference, training
+
 from .conftest import waiting_frames
 
 N = 30
@@ -25,15 +27,13 @@ def test_live_mode_drops_and_counts_but_never_blocks(harness, scene, frames):
     sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
                         max_queue=4, warmup_frames=1)
     sd.subscribe(_slow_consumer(0.05))
-    began = time.perf_counter()
     harness.RE(bp.count([DirectImage(func=frames, name="det")], num=N))
-    scan_seconds = time.perf_counter() - began
     (stop,) = harness.finish(timeout=90).values()
     # Bounded memory: never more than max_queue frames waiting.
     assert sd._queue.high_water <= 4
-    # Never blocked: the RunEngine's thread only copies and enqueues, even with the queue full.
-    assert max(sd.re_thread_seconds) < 0.25, max(sd.re_thread_seconds)
-    assert scan_seconds < 0.05 * N, "the scan waited for the slow consumer"
+    # Never blocked: the RunEngine's thread only copies and enqueues, even with the queue
+    # full (it drops instead of waiting for the slow consumer).
+    assert sd.re_thread_waits == 0
     published = len(harness.derived.stream("denoised"))
     summary = harness.derived.stream("summary")[0]["data"]
     assert sd.dropped > 0 and summary["frames_dropped"] == sd.dropped
@@ -54,24 +54,27 @@ def test_lossless_mode_with_a_slow_consumer_loses_nothing(harness, scene, frames
     assert stop["exit_status"] == "success" and "dropped" not in stop["reason"]
 
 
-def _oom_first(calls: int):
-    """A fault hook raising CUDA out-of-memory on its first ``calls`` calls."""
+def _oom_first(calls: int, step):
+    """``step`` (a training step or a forward pass), raising CUDA out-of-memory on its first
+    ``calls`` calls."""
     count = iter(range(10**6))
 
-    def hook(step):
+    def patched(*args, **kwargs):
         if next(count) < calls:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-    return hook
+        return step(*args, **kwargs)
+    return patched
 
 
 @pytest.mark.parametrize("where", ["training", "inference"])
 def test_out_of_memory_halves_the_batch_and_is_recorded(harness, scene, frames, where,
-                                                       training_done):
-    sd = harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask,
-                        method="symmetry", budget_s=2, min_training_steps=1,
-                        config={"batch_size": 4, "patch_size": 32, "test_time_flips": 1,
-                                "inference_batch": 4})
-    sd.fault_hooks[where] = _oom_first(2)
+                                                       training_done, monkeypatch):
+    harness.plugin("det_img", center=scene.geometry.center, mask=scene.mask,
+                   method="symmetry", budget_s=2, min_training_steps=1,
+                   config={"batch_size": 4, "patch_size": 32, "test_time_flips": 1,
+                           "inference_batch": 4})
+    module, name = (training, "_step") if where == "training" else (inference, "_forward")
+    monkeypatch.setattr(module, name, _oom_first(2, getattr(module, name)))
     det = DirectImage(func=waiting_frames(frames, training_done), name="det")
     harness.RE(bp.count([det], num=6))
     (stop,) = harness.finish(timeout=90).values()

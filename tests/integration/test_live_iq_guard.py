@@ -9,7 +9,7 @@ import numpy as np
 from ophyd.sim import DirectImage
 from scipy.ndimage import gaussian_filter
 
-import bluesky_symdenoise.stream.scan as live_scan
+from bluesky_symdenoise.denoise import classical as classical_module
 from bluesky_symdenoise.stream.callback import SymDenoise
 
 from .test_live_inline import run_scan
@@ -26,7 +26,7 @@ def _integrated(derived, key="det_img"):
 def _scan_with_fast_mode(fast_mode, RE, frames, scene, collector, derived, monkeypatch):
     """A live scan whose classical fast mode is ``fast_mode``; returns the ``integrated``
     stream as arrays and the summary's held-out check of that mode."""
-    monkeypatch.setattr(live_scan, "classical_denoise", fast_mode)
+    monkeypatch.setattr(classical_module, "classical_denoise", fast_mode)
     det = DirectImage(func=frames, name="det")
     sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
                     sector=SECTOR)
@@ -38,7 +38,7 @@ def _scan_with_fast_mode(fast_mode, RE, frames, scene, collector, derived, monke
 def test_a_denoiser_that_broadens_rings_falls_back_to_raw(RE, frames, scene, collector,
                                                           derived, monkeypatch):
     """The classical fast mode made to blur (3 px): the rings' q range falls back."""
-    classical = live_scan.classical_denoise
+    classical = classical_module.classical_denoise
 
     def blurred(frame, **kwargs):
         return gaussian_filter(classical(frame, **kwargs), 3.0)

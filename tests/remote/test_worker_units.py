@@ -73,7 +73,7 @@ def test_full_network_flag_asks_for_the_default_network_on_a_cpu():
     import argparse
 
     from bluesky_symdenoise.cli import _add_denoiser_arguments, _denoiser_options
-    from bluesky_symdenoise.stream.scan import live_cpu_settings
+    from bluesky_symdenoise.denoise.live import live_cpu_settings
 
     parser = argparse.ArgumentParser()
     _add_denoiser_arguments(parser)

@@ -174,21 +174,24 @@ def test_device_choice_is_made_in_one_place():
             select_device("cuda")
 
 
-def test_out_of_memory_falls_back_to_smaller_batches(scan):
+def test_out_of_memory_falls_back_to_smaller_batches(scan, monkeypatch):
+    from bluesky_symdenoise.denoise import inference, training
+
     scene, frames = scan
     # batches of 4 frames at inference, as on a GPU (a CPU's own choice is 1)
     denoiser = ScanDenoiser(method="thinning", budget_s=4, batch_size=8, inference_batch=4)
     calls = {"train": 0, "infer": 0}
 
-    def oom_twice(kind):
-        def hook(step):
+    def oom_twice(kind, step):
+        def patched(*args, **kwargs):
             calls[kind] += 1
             if calls[kind] <= 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return hook
+            return step(*args, **kwargs)
+        return patched
 
-    denoiser.training_fault = oom_twice("train")
-    denoiser.inference_fault = oom_twice("infer")
+    monkeypatch.setattr(training, "_step", oom_twice("train", training._step))
+    monkeypatch.setattr(inference, "_forward", oom_twice("infer", inference._forward))
     result = denoiser.run(frames, mask=scene.mask)
     events = result.provenance["events"]
     assert any("training" in e and "batch 4" in e for e in events)

@@ -1,0 +1,525 @@
+"""The engine for a scan whose frames arrive one by one (the live plugin, replay, the bus
+worker): every denoising rule of the live path, behind a small incremental interface.
+
+:class:`LiveDenoiser` wraps :class:`~.engine.ScanDenoiser`:
+
+1. :meth:`~LiveDenoiser.warm_up` analyses the first frames (bad pixels, beam centre, local
+   symmetry) and chooses the method; :meth:`~LiveDenoiser.start_interim` loads the
+   pre-trained base model that serves frames until the per-scan model is ready.
+2. :meth:`~LiveDenoiser.fine_tune` fits the per-scan network (on a thread of the caller's;
+   a :class:`threading.Event` cancels it) and switches it on only if it beats the interim
+   mode on a held-out binomial split of a warm-up frame.
+3. :meth:`~LiveDenoiser.serve` denoises a batch of new frames: per-frame bad pixels, the
+   mode serving now, the total counts kept; it returns each frame with its flags.
+4. :meth:`~LiveDenoiser.check_iq` calibrates the denoised I(q) of a serving mode on held-out
+   splits of the warm-up frames; :meth:`~LiveDenoiser.published_iq` applies it.
+
+The caller keeps the documents; nothing here knows about them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..geometry import DetectorGeometry
+from ..integrate.azimuthal import IntegrationResult, integrator_for
+from ..integrate.heldout import IqCheck
+from .config import DenoiseConfig
+from .device import select_device
+from .engine import (
+    ScanAnalysis,
+    ScanDenoiser,
+    classical_engine,
+    scale_to_raw_counts,
+    symmetry_usage,
+    thinned_neighbours,
+    violation_map,
+)
+from .models import load_base_model, model_hash
+from .preprocess import unusable_pixels
+from .selection import held_out_deviance
+
+__all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
+           "live_cpu_settings"]
+
+logger = logging.getLogger(__name__)
+
+#: Methods that fine-tune a network per scan (served by an interim mode meanwhile).
+NETWORK_METHODS = ("symmetry", "thinning", "noise2sr")
+#: Width of the network the live plugin fine-tunes on a CPU (see :func:`live_cpu_settings`).
+LIVE_CPU_WIDTH = 12
+#: ``denoised_by`` of frames passed through raw because the scan could not be analysed.
+PASSTHROUGH = "none (passthrough)"
+
+
+def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
+    """Denoiser settings the live plugin uses on a CPU, where the caller did not set them.
+
+    To keep pace (>= 10 frames/s at 256² on 2 cores, see ``bench/throughput.py``) a frame
+    gets one forward pass, not an average over flips (twice the time for a few 0.1 dB),
+    through the narrower shipped network (:data:`LIVE_CPU_WIDTH`: 30-40 % less forward time
+    than the default width, up to 1 dB lower on some scenes), when its pre-trained weights
+    are installed. A GPU keeps the defaults.
+    """
+    settings: dict[str, Any] = {}
+    if "test_time_flips" not in asked:
+        settings["test_time_flips"] = 1
+    if ("width" not in asked and asked.get("use_pretrained", True)
+            and load_base_model(LIVE_CPU_WIDTH, asked.get("depth", 3))[0] is not None):
+        settings["width"] = LIVE_CPU_WIDTH
+    return settings
+
+
+@dataclass(frozen=True)
+class ServedFrame:
+    """One frame as :meth:`LiveDenoiser.serve` returns it.
+
+    Attributes
+    ----------
+    denoised
+        Float32 expected counts, total counts kept, 0 on bad pixels; zeros for a skipped
+        frame.
+    denoised_by
+        Which mode made it (``"network:symmetry"``, ``"classical-nlm (interim)"``, ...).
+    flags
+        What happened to this frame (pixels masked, skipped, denoising failed).
+    counts
+        The raw counts with the frame's bad pixels zeroed; None for a skipped frame.
+    bad
+        The frame's bad pixels; None for a skipped frame.
+    failure
+        Why denoising failed (the raw counts were copied), or None.
+    """
+
+    denoised: np.ndarray
+    denoised_by: str
+    flags: tuple[str, ...]
+    counts: np.ndarray | None
+    bad: np.ndarray | None
+    failure: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.counts is None
+
+
+class LiveDenoiser:
+    """The engine's incremental interface for one live scan.
+
+    Parameters
+    ----------
+    config
+        The denoiser's configuration (its ``method`` may be ``"auto"``); on a CPU the live
+        settings (:func:`live_cpu_settings`) fill what ``asked`` does not set.
+    asked
+        The configuration fields the user set (the rest are defaults).
+    budget_s
+        Seconds of fine-tuning; None: the configuration's default for the device; 0:
+        the classical fast mode only.
+    min_training_steps
+        Fewer fine-tuning steps than this within the budget: the network is not used.
+
+    Attributes
+    ----------
+    method, reason
+        The method serving the scan and why (``"none"`` before :meth:`warm_up`).
+    network_ready, network_note
+        Whether the fine-tuned network serves frames now, and why (not).
+    failure
+        The first failure of fine-tuning (the derived run then ends with ``fail``).
+    """
+
+    def __init__(self, config: DenoiseConfig, *, asked: Sequence[str] = (),
+                 budget_s: float | None = None, min_training_steps: int = 10) -> None:
+        self.config = config
+        self.asked = frozenset(asked)
+        self.budget_s = budget_s
+        self.min_training_steps = min_training_steps
+        self.denoiser: ScanDenoiser | None = None
+        #: Pre-trained base model serving frames while the per-scan model trains.
+        self.interim: ScanDenoiser | None = None
+        self.analysis: ScanAnalysis | None = None
+        self.user_mask: np.ndarray | None = None
+        self.shape: tuple[int, int] | None = None
+        self.method = "none"
+        self.reason = ""
+        self.network_ready = False
+        self.network_note = "not trained yet"
+        self.failure: str | None = None
+        #: Held-out I(q) checks (full ring, then each sector) per serving mode.
+        self.iq_checks: dict[str, list[IqCheck]] = {}
+        self.iq_seconds = 0.0
+        self._iq_setup: tuple[DetectorGeometry, int, list] | None = None
+        self._previous: np.ndarray | None = None
+
+    # -- warm-up -----------------------------------------------------------------------------
+    def _new_denoiser(self) -> ScanDenoiser:
+        """A :class:`ScanDenoiser` of the configuration, with the live CPU settings where
+        the user set nothing. Its own method is ``auto``: the live rules
+        (:meth:`_choose_method`) apply the user's."""
+        asked = self.config.model_dump(include=set(self.asked) | {"device"})
+        settings = self.config.model_dump()
+        if select_device(self.config.device).type == "cpu":
+            settings.update(live_cpu_settings(asked))
+        settings.update(asked, method="auto")
+        return ScanDenoiser(**settings)
+
+    def warm_up(self, frames: Sequence[np.ndarray], *, shape: tuple[int, int],
+                mask: np.ndarray | None = None,
+                center: tuple[float, float] | None = None) -> str | None:
+        """Analyse the warm-up frames and choose the method.
+
+        Parameters
+        ----------
+        frames
+            The frames held so far; those not of ``shape`` or not real numbers are left out.
+        shape
+            The scan's frame shape.
+        mask
+            The user's bad-pixel mask, or None.
+        center
+            Beam centre ``(row, col)``, or None (symmetry-free).
+
+        Returns
+        -------
+        str or None
+            A warning when the frames cannot be denoised: they are then passed through raw.
+        """
+        self.shape, self.user_mask = tuple(shape), mask
+        try:
+            self.denoiser = self._new_denoiser()
+            stack = np.stack([f for f in frames if f.shape == self.shape and _numeric(f)])
+            self.analysis = self.denoiser.analyse(stack, mask=mask, center=center,
+                                                  bad_pixels="mask")
+            self.method, self.reason = self._choose_method()
+        except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
+            self.method, self.reason = "passthrough", f"analysis failed: {exc}"
+            return f"frames cannot be denoised ({exc}): raw frames passed through"
+        if self.method not in NETWORK_METHODS:
+            self.network_note = f"no network: {self.reason}"
+        return None
+
+    def _choose_method(self) -> tuple[str, str]:
+        asked = self.config.method
+        if asked == "auto":
+            if self.budget_s is not None and self.budget_s <= 0:
+                return "classical-nlm", "budget 0: classical fast mode only"
+            return self.denoiser.choose_method(self.analysis, budget_s=None, have_pairs=False)
+        if asked == "supervised":
+            return "thinning", "supervised needs paired frames: not live"
+        return asked, f"method={asked!r} asked for"
+
+    def start_interim(self) -> str | None:
+        """Load the pre-trained base model to serve frames until the fine-tuned one is
+        ready (methods ``symmetry`` and ``thinning``); returns a warning if it is unusable.
+        Without one installed the classical fast mode serves meanwhile."""
+        if self.method not in ("symmetry", "thinning"):
+            return None
+        try:
+            interim = self._new_denoiser()
+            if interim.use_pretrained():
+                self.interim = interim
+        except Exception as exc:  # noqa: BLE001
+            return f"pre-trained base model unusable ({exc}): classical interim mode"
+        return None
+
+    @property
+    def wants_training(self) -> bool:
+        """Whether :meth:`fine_tune` has work to do for this scan."""
+        return self.method in NETWORK_METHODS
+
+    @property
+    def interim_mode(self) -> str:
+        """What serves frames until the network is ready, in words (for provenance)."""
+        if self.interim is not None:
+            return "pre-trained base model until the fine-tuned one is ready"
+        return "classical-nlm (Anscombe + NLM) until the network is ready"
+
+    @property
+    def serving(self) -> str:
+        """``denoised_by`` of the frames served now."""
+        return self._mode(self.network_ready)
+
+    def _mode(self, network_ready: bool) -> str:
+        if self.method == "passthrough":
+            return PASSTHROUGH
+        if network_ready:
+            return f"network:{self.method}"
+        if self.interim is not None:
+            return "network:base (interim)"
+        suffix = " (interim)" if self.method in NETWORK_METHODS else ""
+        return f"classical-{classical_engine(self.method)}{suffix}"
+
+    # -- fine-tuning -------------------------------------------------------------------------
+    def fine_tune(self, cancel: threading.Event) -> None:
+        """Fit the per-scan network within the budget (blocking: run it on a thread), then
+        switch it on if it passes the held-out check; ``cancel`` stops it early.
+
+        Never raises: a failure is recorded in :attr:`failure` and :attr:`network_note`, and
+        the interim mode keeps serving.
+        """
+        denoiser = self.denoiser
+        seconds = self.budget_s
+        if seconds is None:
+            seconds = denoiser.config.fine_tune_seconds(denoiser.device.type)
+        try:
+            log = denoiser.fit(self.analysis, method=self.method, seconds=float(seconds),
+                               cancel=cancel)
+        except Exception as exc:  # noqa: BLE001
+            self.network_note = (f"training failed ({type(exc).__name__}: {exc}): "
+                                 "interim mode kept")
+            self.failure = self.failure or f"training failed: {exc!r}"
+            logger.warning("symdenoise: %s", self.network_note)
+            return
+        if log.cancelled:
+            self.network_note = (f"training cut short (stopped at step {log.steps}: the raw "
+                                 "run ended): interim mode kept")
+            return
+        if log.steps < self.min_training_steps:
+            self.network_note = (f"only {log.steps} training steps in {log.seconds:.1f} s "
+                                 f"(< {self.min_training_steps}): interim mode kept")
+            return
+        try:
+            self._validate_network()
+        except Exception as exc:  # noqa: BLE001
+            self.network_note = f"network check failed ({exc}): interim mode kept"
+
+    def _validate_network(self) -> None:
+        """Switch the network on only if it beats the interim mode on a held-out binomial
+        split of the last warm-up frame (:func:`~.selection.held_out_deviance`)."""
+        analysis = self.analysis
+        prepared = analysis.prepared
+        if not prepared.integer_counts:
+            self.network_ready = True
+            self.network_note = "network used (non-integer counts: held-out check skipped)"
+            return
+        frame, good = prepared.frames[-1], prepared.good
+        # The neighbour is thinned like the frame (half of its counts), as in training.
+        previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
+
+        def by_network(x: np.ndarray) -> np.ndarray:
+            return self.denoiser.denoise_frame(analysis, method=self.method, frame=x,
+                                               neighbours=previous)
+
+        net = held_out_deviance(by_network, frame, good, seed=1)
+        if self.interim is not None:
+            name = "base model"
+            ref = held_out_deviance(
+                lambda x: self.interim.denoise_frame(analysis, method=self.method, frame=x,
+                                                     neighbours=previous), frame, good, 1)
+        else:
+            name = "NLM"
+            ref = held_out_deviance(
+                lambda x: self.denoiser.classical_frame(analysis, x, engine="nlm",
+                                                        bad=prepared.bad), frame, good, 1)
+        if net < ref:
+            self.check_iq(f"network:{self.method}")
+            self.network_ready = True
+            self.network_note = (f"network used: held-out deviance {net:.4f} < {name} "
+                                 f"{ref:.4f}")
+        else:
+            self.network_note = (f"fine-tuned network not used: held-out deviance {net:.4f} "
+                                 f">= {name} {ref:.4f} (budget too short?)")
+
+    # -- serving -----------------------------------------------------------------------------
+    def prepare_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """A new frame's counts with its bad pixels zeroed: the scan's (or the user's mask
+        before the analysis), plus this frame's NaN/inf/negative and saturated pixels
+        (:func:`~.preprocess.unusable_pixels`). Returns counts, bad pixels and flags."""
+        if self.analysis is not None:
+            bad = self.analysis.prepared.bad.copy()
+        elif self.user_mask is not None:
+            bad = self.user_mask.copy()
+        else:
+            bad = np.zeros(self.shape, bool)
+        data = np.asarray(frame, np.float32).copy()
+        unusable = unusable_pixels(frame[None], data[None], bad)
+        flags: list[str] = []
+        broken = unusable.nonfinite | unusable.negative
+        if broken.any():
+            flags.append(f"{int(broken.sum())} NaN/inf/negative pixels masked")
+            bad |= broken
+        if unusable.saturated.any():
+            flags.append(f"{int(unusable.saturated.sum())} saturated pixels masked")
+            bad |= unusable.saturated
+        data[bad] = 0.0
+        return data, bad, flags
+
+    def serve(self, frames: Sequence[np.ndarray]) -> list[ServedFrame]:
+        """Denoise new frames of the scan, in order, as one batch.
+
+        One frame gets the configured test-time averaging; a batch of several (a worker
+        behind) one flip each. A frame of another shape, or not of real numbers, is skipped
+        (zeros, flagged). If the denoiser raises, the raw counts are served instead and
+        each frame says why (:attr:`ServedFrame.failure`).
+        """
+        prepared: list[tuple[np.ndarray | None, np.ndarray | None, list[str]]] = []
+        for frame in frames:
+            if frame.shape != self.shape or not _numeric(frame):
+                prepared.append((None, None, [
+                    f"skipped: frame shape {frame.shape} != {self.shape}"
+                    if frame.shape != self.shape else
+                    f"skipped: frame dtype {frame.dtype} is not real numbers"]))
+            else:
+                prepared.append(self.prepare_frame(frame))
+        valid = [(counts, bad) for counts, bad, _ in prepared if counts is not None]
+        outputs, by, failure, flag = [], "none", None, None
+        if valid:
+            flips = None if len(valid) <= 1 else 1
+            counts = [c for c, _ in valid]
+            try:
+                outputs, by = self._denoise(counts, [b for _, b in valid], flips)
+            except Exception as exc:  # noqa: BLE001 - raw is served instead
+                failure = f"denoising failed: {exc!r}"
+                flag = f"denoising failed ({type(exc).__name__}: {exc}): raw copied"
+                outputs, by = [c.copy() for c in counts], "none"
+        results = iter(outputs)
+        served = []
+        for counts, bad, flags in prepared:
+            if counts is None:
+                served.append(ServedFrame(np.zeros(self.shape, np.float32), "none",
+                                          tuple(flags), None, None))
+                continue
+            denoised = scale_to_raw_counts(next(results)[None], counts[None], ~bad,
+                                           zeroed=bad,
+                                           preserve=self.config.preserve_total_counts)[0]
+            served.append(ServedFrame(denoised, by, tuple(flags + [flag] if flag else flags),
+                                      counts, bad, failure))
+        return served
+
+    def _denoise(self, frames: list[np.ndarray], bads: list[np.ndarray],
+                 flips: int | None) -> tuple[list[np.ndarray], str]:
+        """Denoise prepared frames by the mode serving now (the previous frame is each
+        one's neighbour); returns the outputs and who made them."""
+        ready = self.network_ready  # the trainer thread may switch it on meanwhile
+        by = self._mode(ready)
+        if self.method == "passthrough":
+            return [f.copy() for f in frames], by
+        previous, self._previous = self._previous, frames[-1]
+        engine = self.denoiser if ready else self.interim
+        if engine is not None:
+            out = engine.denoise_frames(self.analysis, method=self.method, frames=frames,
+                                        neighbours=[previous, *frames[:-1]], flips=flips)
+            return [np.asarray(o, np.float32) for o in out], by
+        return [self.denoiser.classical_frame(self.analysis, f, bad=b,
+                                              engine=classical_engine(self.method)
+                                              ).astype(np.float32)
+                for f, b in zip(frames, bads, strict=True)], by
+
+    # -- the held-out I(q) check -------------------------------------------------------------
+    def set_iq_integration(self, geometry: DetectorGeometry, npt: int,
+                           sectors: Sequence[tuple[float, float] | None]) -> None:
+        """How :meth:`check_iq` integrates: the scan's geometry, bins and sectors (None:
+        the full ring)."""
+        self._iq_setup = (geometry, int(npt), list(sectors))
+
+    def check_iq(self, by: str) -> str | None:
+        """Calibrate the denoised I(q)'s sigma and find where it falls back to raw, for the
+        serving mode ``by``, on held-out splits of the warm-up frames (the engine's
+        :meth:`~.engine.ScanDenoiser.iq_check`; once per mode and scan). Returns a warning
+        if the check failed (the sigmas then stay the Poisson upper bound)."""
+        analysis = self.analysis
+        if (self._iq_setup is None or analysis is None or self.method == "passthrough"
+                or not analysis.prepared.integer_counts):
+            return None
+        geometry, npt, sectors = self._iq_setup
+        prepared = analysis.prepared
+        frames, bad = prepared.frames, prepared.bad
+        engine = (self.denoiser if by == f"network:{self.method}" else self.interim)
+
+        def serve(half: np.ndarray, index: int, which: int) -> np.ndarray:
+            # The previous frame at half dose (half ``which`` of its own split), as the
+            # frames served see theirs: live, a frame's only neighbour is the previous one.
+            halves = thinned_neighbours(frames[:index + 1], index, seed=index, which=which)
+            previous = halves[0] if halves else None
+            if engine is not None:
+                out = engine.denoise_frame(analysis, method=self.method, frame=half,
+                                           neighbours=previous)
+            else:
+                out = self.denoiser.classical_frame(analysis, half, bad=bad,
+                                                    engine=classical_engine(self.method))
+            return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
+                                       preserve=self.config.preserve_total_counts)[0]
+
+        try:
+            start = time.perf_counter()
+            checks = self.denoiser.iq_check(analysis, method=self.method,
+                                            integration=integrator_for(geometry, bad), npt=npt,
+                                            sectors=sectors, serve=serve)
+            self.iq_seconds += time.perf_counter() - start
+            self.iq_checks[by] = checks
+        except Exception as exc:  # noqa: BLE001
+            return (f"held-out I(q) check failed for {by} ({exc}): denoised sigma is the "
+                    "Poisson error at the denoised rate, no fallback")
+        return None
+
+    def published_iq(self, by: str, which: int, raw: IntegrationResult,
+                     den: IntegrationResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Denoised I(q), its sigma and the fallback flags of profile ``which`` (0: full
+        ring, 1: the sector) of a frame served by ``by``, as its held-out check says."""
+        checks = self.iq_checks.get(by)
+        if checks is not None and len(checks) > which:
+            check = checks[which]
+            if len(check.q_nm) == len(raw.q_nm) and np.allclose(check.q_nm, raw.q_nm):
+                intensity, sigma = check.apply(raw, den)
+                return intensity, sigma, check.fallback.copy()
+        return den.intensity, den.sigma, np.zeros(len(raw.q_nm), bool)
+
+    # -- records -----------------------------------------------------------------------------
+    def symmetry_report(self) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        """What the scan's symmetry tests found and the method uses (JSON-safe), and the
+        violation bit map (None without a beam centre); None before the analysis."""
+        if self.analysis is None:
+            return None
+        usage = symmetry_usage(self.analysis, self.method,
+                               self.denoiser.config if self.denoiser else None)
+        return usage, violation_map(self.analysis, self.method)
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The engine's record of the scan (configuration, device, model, symmetry), or None
+        before the analysis."""
+        if self.denoiser is None or self.analysis is None:
+            return None
+        record = self.denoiser.provenance(self.analysis, self.method, self.reason, 0.0)
+        record.pop("seconds", None)
+        return record
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe record for the end of the scan: method, network, I(q) checks, training,
+        model, fallbacks, symmetry scores."""
+        record: dict[str, Any] = {"method": self.method, "network": self.network_note}
+        record["iq_check"] = {
+            by: dict(zip(("full", "sector"), (c.summary() for c in checks), strict=False))
+            for by, checks in self.iq_checks.items()}
+        if self.iq_checks:
+            record["iq_check_seconds"] = round(self.iq_seconds, 2)
+        if self.denoiser is not None:
+            training = self.denoiser.training
+            record["training"] = training.as_dict() if training is not None else None
+            record["model_hash"] = (model_hash(self.denoiser.model)
+                                    if self.denoiser.model is not None else None)
+            record["model"] = self.denoiser.model_origin
+            # Device/batch fallbacks (out of memory) of training and inference.
+            record["engine_events"] = list(self.denoiser.events) + (
+                list(self.interim.events) if self.interim is not None else [])
+        analysis = self.analysis
+        if analysis is not None and analysis.symmetry is not None:
+            record["symmetry"] = analysis.symmetry.summary()
+            if analysis.isotropy is not None:
+                record["isotropy"] = analysis.isotropy.summary()
+        else:
+            record["symmetry"] = "not tested: no beam centre (or no frame analysed)"
+        return json.loads(json.dumps(record, default=str))
+
+
+def _numeric(frame: np.ndarray) -> bool:
+    """Real numbers (bool, integer or float): what can be read as counts."""
+    return frame.dtype.kind in "biuf"
