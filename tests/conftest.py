@@ -1,5 +1,6 @@
-"""Fixtures shared by every test folder: a real RunEngine, and a check that no symdenoise
-worker or trainer thread outlives its test."""
+"""Fixtures shared by every test folder: a real RunEngine, a small scene and its noisy
+exposures, document collectors for the raw and the derived documents, a Qt display for
+window tests, and a check that no symdenoise worker or trainer thread outlives its test."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import SHAPE, DocumentCollector, FrameMaker
 
 _HERE = Path(__file__).parent
 
@@ -51,6 +54,32 @@ def RE():
     yield engine
     if engine.state != "idle":
         engine.halt()
+
+
+@pytest.fixture(scope="session")
+def scene():
+    """A small isotropic powder pattern with gaps, beamstop and hot/dead pixels."""
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    return make_scene("powder", shape=SHAPE, seed=3)
+
+
+@pytest.fixture
+def frames(scene):
+    """Noisy exposures of ``scene`` (call it for the next frame; ``.truth``: the clean one)."""
+    return FrameMaker(scene)
+
+
+@pytest.fixture
+def collector():
+    """Collects raw documents (subscribe it to the RunEngine)."""
+    return DocumentCollector()
+
+
+@pytest.fixture
+def derived():
+    """Collects derived documents (subscribe it to the plugin)."""
+    return DocumentCollector()
 
 
 @pytest.fixture(autouse=True)

@@ -20,14 +20,7 @@ import pytest
 
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.stream.callback import SymDenoise
-from tests.integration import conftest as shared
-from tests.integration.conftest import DocumentCollector
-
-# The integration fixtures, shared (pytest finds fixtures by module attribute).
-scene = shared.scene
-frames = shared.frames
-collector = shared.collector
-derived = shared.derived
+from tests.helpers import DocumentCollector
 
 
 def _is_loopback(address) -> bool:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bluesky_symdenoise.stream.callback import SymDenoise
-from tests.integration.conftest import DocumentCollector
+from tests.helpers import DocumentCollector
 
 from .conftest import check_derived_runs
 

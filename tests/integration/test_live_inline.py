@@ -10,8 +10,7 @@ from bluesky import plans as bp
 from ophyd.sim import DirectImage
 
 from bluesky_symdenoise.stream.callback import SymDenoise
-
-from .conftest import psnr
+from tests.helpers import psnr
 
 N_FRAMES = 8
 

@@ -8,8 +8,8 @@ from bluesky import plans as bp
 from ophyd.sim import SynSignalWithRegistry
 
 from bluesky_symdenoise.stream.callback import SymDenoise
+from tests.helpers import psnr
 
-from .conftest import psnr
 from .devices import HDF5AreaDetector
 
 

@@ -1,0 +1,61 @@
+"""Helpers shared by the test folders: noisy exposures of a scene, a document collector that
+proves documents were not changed after the fact, and PSNR on valid pixels."""
+
+from __future__ import annotations
+
+import pickle
+
+import event_model
+import numpy as np
+
+#: The small scene of the live-plugin tests (:func:`tests.conftest.scene`) and its dose.
+SHAPE = (64, 64)
+COUNTS = 2.0
+
+
+class FrameMaker:
+    """Noisy exposures of a scene; remembers the clean expectation per frame."""
+
+    def __init__(self, scene, counts: float = COUNTS, seed: int = 0) -> None:
+        self.scene, self.counts = scene, counts
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> np.ndarray:
+        return self.scene.expose(self.counts, self.rng)
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.scene.scaled(self.counts)
+
+
+class DocumentCollector:
+    """Records (name, doc) and a pickle of each doc taken the moment it was received."""
+
+    def __init__(self) -> None:
+        self.docs: list[tuple[str, dict]] = []
+        self.snapshots: list[bytes] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.docs.append((name, doc))
+        self.snapshots.append(pickle.dumps(doc))
+
+    def of(self, name: str) -> list[dict]:
+        return [d for n, d in self.docs if n == name]
+
+    def stream(self, stream: str) -> list[dict]:
+        uids = {d["uid"] for d in self.of("descriptor") if d["name"] == stream}
+        return [d for d in self.of("event") if d["descriptor"] in uids]
+
+    def unchanged(self) -> bool:
+        return all(pickle.dumps(doc) == snap
+                   for (_, doc), snap in zip(self.docs, self.snapshots, strict=True))
+
+    def validate(self) -> None:
+        for name, doc in self.docs:
+            event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+
+
+def psnr(estimate: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
+    """PSNR on valid pixels, peak = max of the truth there."""
+    mse = float(np.mean((np.asarray(estimate, np.float64)[..., valid] - truth[valid]) ** 2))
+    return 10 * np.log10(float(truth[valid].max()) ** 2 / mse)
