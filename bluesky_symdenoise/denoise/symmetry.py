@@ -475,7 +475,16 @@ def symmetry_validity(image: np.ndarray, center: tuple[float, float],
     # the level), which dominates when many frames are summed and would flag sharp rings.
     level = np.where(paired, 0.5 * (image + sample.values), 0.0)
     variance = level * (1.0 + sample.weight_sq) + (interpolation_error * level) ** 2
-    z_max = np.zeros(image.shape)
+    return _windowed_test(diff, variance, paired, good, windows, z_threshold)
+
+
+def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
+                   good: np.ndarray, windows: tuple[int, ...],
+                   z_threshold: float) -> SymmetryReport:
+    """The multi-scale test shared by the 180° and the isotropy tests: for each window, the
+    signed sum of ``diff`` over it in units of its expected standard deviation; a pixel is a
+    violation where any window covering it exceeds ``z_threshold``."""
+    z_max = np.zeros(diff.shape)
     for window in windows:
         d_sum = ndimage.uniform_filter(diff, window, mode="constant") * window * window
         v_sum = ndimage.uniform_filter(variance, window, mode="constant") * window * window
@@ -539,19 +548,4 @@ def isotropy_validity(image: np.ndarray, center: tuple[float, float],
     paired = good & (n_pixels >= min_ring_pixels)
     diff = np.where(paired, image - ring_mean, 0.0)
     variance = np.where(paired, ring_mean + (interpolation_error * ring_mean) ** 2, 0.0)
-    z_max = np.zeros(image.shape)
-    for window in windows:
-        d_sum = ndimage.uniform_filter(diff, window, mode="constant") * window * window
-        v_sum = ndimage.uniform_filter(variance, window, mode="constant") * window * window
-        z = ndimage.maximum_filter(np.abs(d_sum) / np.sqrt(v_sum + 1.0), window,
-                                   mode="constant")
-        z_max = np.maximum(z_max, z)
-    violation = paired & (z_max > z_threshold)
-    valid = paired & ~violation
-    n_good = max(int(good.sum()), 1)
-    n_paired = max(int(paired.sum()), 1)
-    chi2 = float(np.sum(diff ** 2) / max(np.sum(variance), 1e-9))
-    return SymmetryReport(valid=valid, violation=violation, z_max=np.where(paired, z_max, 0.0),
-                          fraction_paired=float(paired.sum() / n_good),
-                          fraction_violated=float(violation.sum() / n_paired),
-                          chi2_per_pair=chi2)
+    return _windowed_test(diff, variance, paired, good, windows, z_threshold)
