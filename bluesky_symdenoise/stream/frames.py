@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from event_model.documents import EventPage
 
 __all__ = ["FRAME_DOCUMENTS", "FrameSource", "FrameSourceError", "image_keys", "to_frame"]
 
@@ -115,7 +118,8 @@ class FrameSource:
             merged.update(keys)
         return merged
 
-    def frames(self, name: str, doc: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
+    def frames(self, name: str, doc: dict[str, Any]
+               ) -> Iterator[tuple[str, int, np.ndarray, float]]:
         """Frames carried by one document: ``(data_key, seq_num, frame, timestamp)``."""
         if name in ("start", "resource", "datum", "datum_page", "stop"):
             self._filler(name, doc)
@@ -127,7 +131,7 @@ class FrameSource:
         elif name == "event_page":
             from event_model import unpack_event_page
 
-            for event in unpack_event_page(doc):
+            for event in unpack_event_page(cast("EventPage", doc)):
                 yield from self._event_frames(event)
         elif name == "stream_resource":
             self._stream_resources[doc["uid"]] = doc
