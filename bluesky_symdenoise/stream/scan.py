@@ -577,13 +577,3 @@ class LiveScan:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
                                    "p95": float(np.percentile(self.latencies, 95))}
         return json.loads(json.dumps(record, default=str))
-
-
-def __getattr__(name: str) -> Any:
-    # Moved to the engine (denoise.live); still importable from here, without importing
-    # torch until asked (bench/ and older scripts import them from this module).
-    if name in ("LIVE_CPU_WIDTH", "live_cpu_settings"):
-        from ..denoise import live
-
-        return getattr(live, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
