@@ -312,8 +312,9 @@ class LiveScan:
         return None, user_mask, "none"
 
     def _warm_up(self) -> DerivedRun:
-        """Let the engine analyse the held frames, emit the derived start and streams, start
-        the fine-tuning, serve the held frames."""
+        """Let the engine analyse the held frames and load what serves them until the
+        network is ready, emit the derived start and streams, start the fine-tuning, serve
+        the held frames."""
         field, shape = self.field, self.shape
         if field is None or shape is None:
             raise RuntimeError("warm-up before any frame of a 2-D field was taken")
@@ -323,6 +324,8 @@ class LiveScan:
         self._warn(engine.warm_up(
             [frame for _, frame, _ in self.held], shape=shape, mask=user_mask,
             center=geometry.center if geometry is not None else None))
+        # Before the start document: its provenance says what serves the interim frames.
+        self._warn(engine.start_interim())
         publisher = DerivedRunPublisher(self._emit, self.raw_start, self._provenance(
             engine, notes, geometry=geometry, geometry_source=geometry_source))
         integration = None
@@ -335,7 +338,6 @@ class LiveScan:
                 else (npt, CAKE_AZIMUTHAL_BINS))
         self.derived = run = DerivedRun(engine, publisher, field, integration)
         self._declare_streams(run, shape)
-        self._warn(engine.start_interim())
         if engine.wants_training:
             run.trainer = threading.Thread(target=self._train, args=(run,),
                                            name="symdenoise-trainer", daemon=True)
