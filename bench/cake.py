@@ -22,7 +22,7 @@ import numpy as np
 
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 from bluesky_symdenoise.simulate.scenes import make_scene
-from bluesky_symdenoise.stream.scan import CAKE_AZIMUTHAL_BINS, default_npt
+from bluesky_symdenoise.stream.publisher import CAKE_AZIMUTHAL_BINS, default_npt
 
 
 def _median_seconds(func, repeats: int) -> float:

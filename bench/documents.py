@@ -27,8 +27,12 @@ import time
 import event_model
 import numpy as np
 
-from bluesky_symdenoise.stream.publisher import DerivedRunPublisher
-from bluesky_symdenoise.stream.scan import default_npt, denoised_data_keys, integrated_data_keys
+from bluesky_symdenoise.stream.publisher import (
+    DerivedRunPublisher,
+    default_npt,
+    denoised_data_keys,
+    integrated_data_keys,
+)
 
 
 def _streams(shape: int, npt: int) -> dict[str, tuple[dict, dict]]:

@@ -133,7 +133,7 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
             _, reason = denoiser._check_against_classical(analysis, "symmetry", "")
             predicted = denoiser.predict(analysis, method="symmetry")
             if denoiser.blend is not None and not denoiser.blend.first_only:
-                predicted = denoiser._mix_with_classical(analysis, predicted)
+                predicted = denoiser._mix_with_classical(analysis, predicted, denoiser.blend)
             found["pipeline (hold + mix + total)"] = denoiser._finish(
                 predicted, analysis.prepared)[scan.index].astype(np.float64)
             print(f"  pipeline: {reason.strip('; ')}", flush=True)

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from event_model import compose_run  # noqa: E402
 
 from bluesky_symdenoise.simulate.scenes import make_scene  # noqa: E402
-from bluesky_symdenoise.stream.scan import (  # noqa: E402
+from bluesky_symdenoise.stream.publisher import (  # noqa: E402
     default_npt,
     denoised_data_keys,
     integrated_data_keys,

@@ -19,7 +19,9 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from .denoise.config import DEVICE_PATTERN, DEVICES, METHODS, DenoiseConfig
 
@@ -86,11 +88,44 @@ FULL_NETWORK_CONFIG = {name: DenoiseConfig.model_fields[name].default
                        for name in ("width", "test_time_flips")}
 
 
-def _denoiser_options(args: argparse.Namespace) -> dict:
-    return {"field": args.field, "poni": args.poni,
-            "center": tuple(args.center) if args.center else None, "mask": args.mask,
-            "method": args.method, "device": args.device, "budget_s": args.budget,
-            "config": dict(FULL_NETWORK_CONFIG) if args.full_network else None}
+class _OptionError(ValueError):
+    """A command-line option the plugin refuses (argparse cannot check it)."""
+
+
+#: The command-line option of each plugin setting (for messages).
+_OPTION_NAMES = {"field": "--field", "poni": "--poni", "center": "--center", "mask": "--mask",
+                 "method": "--method", "device": "--device", "budget_s": "--budget",
+                 "max_queue": "--max-queue", "config": "--full-network"}
+
+
+def _option_problem(exc: ValueError) -> str:
+    """One line naming each refused option and why (pydantic's message is several)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        name = _OPTION_NAMES.get(str(loc[0]), ".".join(map(str, loc))) if loc else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"argument {name}: {message}" if name else message)
+    return "; ".join(problems)
+
+
+def _denoiser_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The plugin's options from the command line, validated as ``SymDenoise`` validates
+    them, so a bad value stops the command here (before any catalog or bus is opened) rather
+    than failing every run."""
+    from .stream.options import LiveOptions
+
+    options = {"field": args.field, "poni": args.poni,
+               "center": tuple(args.center) if args.center else None, "mask": args.mask,
+               "method": args.method, "device": args.device, "budget_s": args.budget,
+               "config": dict(FULL_NETWORK_CONFIG) if args.full_network else None} | extra
+    try:
+        LiveOptions.model_validate(options)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise _OptionError(_option_problem(exc)) from exc
+    return options
 
 
 def _add_denoiser_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +165,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    options = _denoiser_options(args) | {"max_queue": args.max_queue}
+    options = _denoiser_options(args, max_queue=args.max_queue)
 
     def ready() -> None:
         print("bluesky-symdenoise serve: ready", flush=True)
@@ -220,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except _OptionError as exc:  # as argparse words a bad option: one line, status 2
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"bluesky-symdenoise: error: {exc}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ from .targets import (
     random_cell_keep,
     subsampled_channels,
 )
-from .training import TrainingLog, fit
+from .training import PairSource, TrainingLog, fit
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
            "classical_engine", "keep_total_counts", "scale_to_raw_counts", "scan_geometry",
@@ -242,7 +242,7 @@ class ScanDenoiser:
             self.model = new_model(cfg.width, cfg.depth, in_channels=SUBSAMPLING_CHANNELS,
                                    residual=True)
             self.model_origin = "random initialisation (zero-shot)"
-            source = SubsamplingPairs(frames, analysis.context.good, seed=cfg.seed)
+            source: PairSource = SubsamplingPairs(frames, analysis.context.good, seed=cfg.seed)
         else:
             self.model = self._start_model()
             context = _context_for(analysis, method)
@@ -327,7 +327,7 @@ class ScanDenoiser:
                                    neighbours=[neighbours])[0]
 
     def denoise_frames(self, analysis: ScanAnalysis, *, method: str,
-                       frames: Sequence[np.ndarray],
+                       frames: Sequence[np.ndarray] | np.ndarray,
                        neighbours: Sequence[np.ndarray | None],
                        flips: int | None = None,
                        ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
@@ -358,12 +358,12 @@ class ScanDenoiser:
         """
         if self.model is None:
             raise RuntimeError("denoise_frames() before fit(): no model")
-        frames = np.stack([np.asarray(f, np.float32) for f in frames])
+        stack = np.stack([np.asarray(f, np.float32) for f in frames])
         if method == "noise2sr":
-            return self.predict(analysis, method=method, frames=frames)
+            return self.predict(analysis, method=method, frames=stack)
         context = _context_for(analysis, method)
         inputs, levels = [], []
-        for frame, near in zip(frames, neighbours, strict=True):
+        for frame, near in zip(stack, neighbours, strict=True):
             channels, level = input_channels(
                 frame, context, near if self.config.use_neighbour_frames else None)
             inputs.append(channels)
@@ -372,7 +372,7 @@ class ScanDenoiser:
                               flips=flips or self.config.test_time_flips,
                               batch_size=self.config.inference_batch,
                               mixed_precision=self.config.mixed_precision, events=self.events)
-        return self._hold_to_raw(analysis, frames, rates,
+        return self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
                                  ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
 
@@ -401,7 +401,7 @@ class ScanDenoiser:
             else:
                 denoised = self.predict(analysis, method=method)
                 if self.blend is not None and not self.blend.first_only:
-                    denoised = self._mix_with_classical(analysis, denoised)
+                    denoised = self._mix_with_classical(analysis, denoised, self.blend)
         denoised = self._finish(denoised, prepared)
         elapsed = time.perf_counter() - start
         provenance = self.provenance(analysis, method, reason, elapsed)
@@ -417,24 +417,25 @@ class ScanDenoiser:
         """Frames of the scan's detector denoised as :meth:`run` serves its own: the method
         that ran (network, mixed with the classical mode where :attr:`blend` says so, or
         the classical mode), each frame's total counts kept."""
-        frames = np.stack([np.asarray(f, np.float32) for f in frames])
+        stack = np.stack([np.asarray(f, np.float32) for f in frames])
         if method in ("classical", "classical-nlm"):
-            out = self._classical_frames(analysis, frames, classical_engine(method),
+            out = self._classical_frames(analysis, stack, classical_engine(method),
                                          ring_neighbours=_ring_neighbours(
                                              neighbours, ring_neighbours))
         elif method in _NO_DENOISER:
-            out = frames.copy()
+            out = stack.copy()
         else:
-            out = self.denoise_frames(analysis, method=method, frames=frames,
+            out = self.denoise_frames(analysis, method=method, frames=stack,
                                       neighbours=neighbours,
                                       ring_neighbours=ring_neighbours)
-            if self.blend is not None and not self.blend.first_only:
+            blend = self.blend
+            if blend is not None and not blend.first_only:
                 classical = self._classical_frames(
-                    analysis, frames,
+                    analysis, stack,
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
-                out = np.stack([self.blend.mix(n, c, analysis.prepared.good)
+                out = np.stack([blend.mix(n, c, analysis.prepared.good)
                                 for n, c in zip(out, classical, strict=True)])
-        return keep_total_counts(out, frames, analysis.prepared.good,
+        return keep_total_counts(out, stack, analysis.prepared.good,
                                  self.config.preserve_total_counts)
 
     def iq_check(self, analysis: ScanAnalysis, *, method: str,
@@ -507,15 +508,17 @@ class ScanDenoiser:
                         f"(edges {list(self.blend.edges)} x mean, network weights {weights}: "
                         "held-out squared error)")
 
-    def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray) -> np.ndarray:
-        """The network's frames mixed with the classical mode's by :attr:`blend`."""
+    def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray,
+                            blend: BlendWeights) -> np.ndarray:
+        """The network's frames mixed with the classical mode's by ``blend`` (the scan's
+        :attr:`blend`)."""
         frames = analysis.prepared.frames
         classical = self._classical_frames(
             analysis, frames,
             ring_neighbours=_each_frames_neighbours(frames))
         self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
         good = analysis.prepared.good
-        return np.stack([self.blend.mix(net, cla, good)
+        return np.stack([blend.mix(net, cla, good)
                          for net, cla in zip(denoised, classical, strict=True)]
                         ).astype(np.float32)
 
@@ -534,7 +537,8 @@ class ScanDenoiser:
         remaining = cfg.budget_s - (time.perf_counter() - start) - 1.3 * inference - 1.0
         return max(0.0, remaining)
 
-    def _classical(self, analysis: ScanAnalysis, engine: str) -> np.ndarray:
+    def _classical(self, analysis: ScanAnalysis, engine: Literal["bm3d", "nlm"]
+                   ) -> np.ndarray:
         """The scan's frames denoised by the classical mode (the method that ran)."""
         self.model_origin = f"classical ({engine})"
         frames = analysis.prepared.frames
@@ -543,7 +547,7 @@ class ScanDenoiser:
             ring_neighbours=_each_frames_neighbours(frames))
 
     def _classical_frames(self, analysis: ScanAnalysis, frames: np.ndarray,
-                          engine: str = "bm3d", *,
+                          engine: Literal["bm3d", "nlm"] = "bm3d", *,
                           ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
                           ) -> np.ndarray:
         """Frames of the scan's detector denoised by the classical mode, held to their raw
@@ -709,6 +713,8 @@ def symmetry_usage(analysis: ScanAnalysis, method: str,
     rings = (method not in _NO_DENOISER and not method.startswith("classical")
              and method not in ("thinning", "noise2sr")
              and _context_for(analysis, method).rings is not None)
+    rotation: dict[str, Any]
+    azimuthal: dict[str, Any]
     if sym is None:
         why = ("no beam centre" if analysis.center is None else "not tested")
         rotation = {"tested": False, "used": False, "fraction_paired": None,
@@ -750,7 +756,7 @@ def symmetry_usage(analysis: ScanAnalysis, method: str,
             "text": f"{rotation['text']}; {azimuthal['text']}"}
 
 
-def _padded(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
+def _padded(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
     return tuple(-(-s // multiple) * multiple for s in shape)
 
 
@@ -794,7 +800,7 @@ def scan_geometry(shape: tuple[int, int], *, center: tuple[float, float] | None 
     if poni is not None:
         return DetectorGeometry.from_poni(poni, shape=shape)
     if center is not None:
-        return DetectorGeometry.from_center(shape, tuple(center))
+        return DetectorGeometry.from_center(shape, center)
     return None
 
 
@@ -808,13 +814,13 @@ def _resolve_center(shape: tuple[int, int], center: tuple[float, float] | None,
         except (TypeError, ValueError) as exc:
             raise InputError(f"center must be (row, col) in pixels, got {center!r}") from exc
         try:
-            geometry = scan_geometry(shape, center=(row, col))
+            geometry = DetectorGeometry.from_center(shape, (row, col))
         except GeometryError as exc:
             raise InputError(str(exc)) from exc
         return geometry.center
     if poni is not None:
         try:
-            geometry = scan_geometry(shape, poni=poni)
+            geometry = DetectorGeometry.from_poni(poni, shape=shape)
             geometry.check_center_on_detector()
         except GeometryError as exc:
             raise InputError(str(exc)) from exc

@@ -160,6 +160,14 @@ class LiveDenoiser:
         self._iq_setup: tuple[DetectorGeometry, int, list] | None = None
         self._previous: np.ndarray | None = None
 
+    def _analysed(self) -> tuple[ScanDenoiser, ScanAnalysis]:
+        """The scan's denoiser and analysis; a network or classical method is chosen only
+        once both exist (a failed analysis passes frames through)."""
+        if self.denoiser is None or self.analysis is None:
+            raise RuntimeError(f"method {self.method!r}: the scan was not analysed "
+                               "(warm_up() first; it failed or was not called)")
+        return self.denoiser, self.analysis
+
     # -- warm-up -----------------------------------------------------------------------------
     def _new_denoiser(self) -> ScanDenoiser:
         """A :class:`ScanDenoiser` of the configuration, with the live CPU settings where
@@ -193,13 +201,13 @@ class LiveDenoiser:
         str or None
             A warning when the frames cannot be denoised: they are then passed through raw.
         """
-        self.shape, self.user_mask = tuple(shape), mask
+        self.shape, self.user_mask = (shape[0], shape[1]), mask
         try:
-            self.denoiser = self._new_denoiser()
+            self.denoiser = denoiser = self._new_denoiser()
             stack = np.stack([f for f in frames if f.shape == self.shape and _numeric(f)])
-            self.analysis = self.denoiser.analyse(stack, mask=mask, center=center,
-                                                  bad_pixels="mask")
-            self.method, self.reason = self._choose_method()
+            self.analysis = analysis = denoiser.analyse(stack, mask=mask, center=center,
+                                                        bad_pixels="mask")
+            self.method, self.reason = self._choose_method(denoiser, analysis)
         except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
             self.method, self.reason = "passthrough", f"analysis failed: {exc}"
             return f"frames cannot be denoised ({exc}): raw frames passed through"
@@ -207,12 +215,13 @@ class LiveDenoiser:
             self.network_note = f"no network: {self.reason}"
         return None
 
-    def _choose_method(self) -> tuple[str, str]:
+    def _choose_method(self, denoiser: ScanDenoiser, analysis: ScanAnalysis
+                       ) -> tuple[str, str]:
         asked = self.config.method
         if asked == "auto":
             if self.budget_s is not None and self.budget_s <= 0:
                 return "classical-nlm", "budget 0: classical fast mode only"
-            return self.denoiser.choose_method(self.analysis, budget_s=None, have_pairs=False)
+            return denoiser.choose_method(analysis, budget_s=None, have_pairs=False)
         if asked == "supervised":
             return "thinning", "supervised needs paired frames: not live"
         return asked, f"method={asked!r} asked for"
@@ -266,12 +275,12 @@ class LiveDenoiser:
         Never raises: a failure is recorded in :attr:`failure` and :attr:`network_note`, and
         the interim mode keeps serving.
         """
-        denoiser = self.denoiser
-        seconds = self.budget_s
-        if seconds is None:
-            seconds = denoiser.config.fine_tune_seconds(denoiser.device.type)
         try:
-            log = denoiser.fit(self.analysis, method=self.method, seconds=float(seconds),
+            denoiser, analysis = self._analysed()
+            seconds = self.budget_s
+            if seconds is None:
+                seconds = denoiser.config.fine_tune_seconds(denoiser.device.type)
+            log = denoiser.fit(analysis, method=self.method, seconds=float(seconds),
                                cancel=cancel)
         except Exception as exc:  # noqa: BLE001
             self.network_note = (f"training failed ({type(exc).__name__}: {exc}): "
@@ -295,7 +304,7 @@ class LiveDenoiser:
     def _validate_network(self) -> None:
         """Switch the network on only if it beats the interim mode on a held-out binomial
         split of the last warm-up frame (:func:`~.selection.held_out_deviance`)."""
-        analysis = self.analysis
+        denoiser, analysis = self._analysed()
         prepared = analysis.prepared
         if not prepared.integer_counts:
             self.network_ready = True
@@ -306,20 +315,21 @@ class LiveDenoiser:
         previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
 
         def by_network(x: np.ndarray) -> np.ndarray:
-            return self.denoiser.denoise_frame(analysis, method=self.method, frame=x,
-                                               neighbours=previous)
+            return denoiser.denoise_frame(analysis, method=self.method, frame=x,
+                                          neighbours=previous)
 
         net = held_out_deviance(by_network, frame, good, seed=1)
-        if self.interim is not None:
+        interim = self.interim
+        if interim is not None:
             name = "base model"
             ref = held_out_deviance(
-                lambda x: self.interim.denoise_frame(analysis, method=self.method, frame=x,
-                                                     neighbours=previous), frame, good, 1)
+                lambda x: interim.denoise_frame(analysis, method=self.method, frame=x,
+                                                neighbours=previous), frame, good, 1)
         else:
             name = "NLM"
             ref = held_out_deviance(
-                lambda x: self.denoiser.classical_frame(analysis, x, engine="nlm",
-                                                        bad=prepared.bad), frame, good, 1)
+                lambda x: denoiser.classical_frame(analysis, x, engine="nlm",
+                                                   bad=prepared.bad), frame, good, 1)
         if net < ref:
             self.check_iq(f"network:{self.method}")
             self.network_ready = True
@@ -330,6 +340,11 @@ class LiveDenoiser:
                                  f">= {name} {ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------
+    def _shape(self) -> tuple[int, int]:
+        if self.shape is None:
+            raise RuntimeError("frames served before warm_up(): the scan's shape is unknown")
+        return self.shape
+
     def prepare_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """A new frame's counts with its bad pixels zeroed: the scan's (or the user's mask
         before the analysis), plus this frame's NaN/inf/negative and saturated pixels
@@ -339,7 +354,7 @@ class LiveDenoiser:
         elif self.user_mask is not None:
             bad = self.user_mask.copy()
         else:
-            bad = np.zeros(self.shape, bool)
+            bad = np.zeros(self._shape(), bool)
         data = np.asarray(frame, np.float32).copy()
         unusable = unusable_pixels(frame[None], data[None], bad)
         flags: list[str] = []
@@ -361,17 +376,21 @@ class LiveDenoiser:
         (zeros, flagged). If the denoiser raises, the raw counts are served instead and
         each frame says why (:attr:`ServedFrame.failure`).
         """
-        prepared: list[tuple[np.ndarray | None, np.ndarray | None, list[str]]] = []
+        shape = self._shape()
+        #: Per frame: its counts and bad pixels (None: skipped), and its flags.
+        prepared: list[tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]] = []
         for frame in frames:
-            if frame.shape != self.shape or not _numeric(frame):
-                prepared.append((None, None, [
-                    f"skipped: frame shape {frame.shape} != {self.shape}"
-                    if frame.shape != self.shape else
+            if frame.shape != shape or not _numeric(frame):
+                prepared.append((None, [
+                    f"skipped: frame shape {frame.shape} != {shape}"
+                    if frame.shape != shape else
                     f"skipped: frame dtype {frame.dtype} is not real numbers"]))
             else:
-                prepared.append(self.prepare_frame(frame))
-        valid = [(counts, bad) for counts, bad, _ in prepared if counts is not None]
-        outputs, by, failure, flag = [], "none", None, None
+                data, bad, flags = self.prepare_frame(frame)
+                prepared.append(((data, bad), flags))
+        valid = [pair for pair, _ in prepared if pair is not None]
+        outputs: list[np.ndarray] = []
+        by, failure, flag = "none", None, None
         if valid:
             flips = None if len(valid) <= 1 else 1
             counts = [c for c, _ in valid]
@@ -383,16 +402,17 @@ class LiveDenoiser:
                 outputs, by = [c.copy() for c in counts], "none"
         results = iter(outputs)
         served = []
-        for counts, bad, flags in prepared:
-            if counts is None:
-                served.append(ServedFrame(np.zeros(self.shape, np.float32), "none",
+        for pair, flags in prepared:
+            if pair is None:
+                served.append(ServedFrame(np.zeros(shape, np.float32), "none",
                                           tuple(flags), None, None))
                 continue
-            denoised = scale_to_raw_counts(next(results)[None], counts[None], ~bad,
+            raw, bad = pair
+            denoised = scale_to_raw_counts(next(results)[None], raw[None], ~bad,
                                            zeroed=bad,
                                            preserve=self.config.preserve_total_counts)[0]
             served.append(ServedFrame(denoised, by, tuple(flags + [flag] if flag else flags),
-                                      counts, bad, failure))
+                                      raw, bad, failure))
         return served
 
     def _denoise(self, frames: list[np.ndarray], bads: list[np.ndarray],
@@ -403,15 +423,16 @@ class LiveDenoiser:
         by = self._mode(ready)
         if self.method == "passthrough":
             return [f.copy() for f in frames], by
+        denoiser, analysis = self._analysed()
         previous, self._previous = self._previous, frames[-1]
-        engine = self.denoiser if ready else self.interim
+        engine = denoiser if ready else self.interim
         if engine is not None:
-            out = engine.denoise_frames(self.analysis, method=self.method, frames=frames,
+            out = engine.denoise_frames(analysis, method=self.method, frames=frames,
                                         neighbours=[previous, *frames[:-1]], flips=flips)
             return [np.asarray(o, np.float32) for o in out], by
-        return [self.denoiser.classical_frame(self.analysis, f, bad=b,
-                                              engine=classical_engine(self.method)
-                                              ).astype(np.float32)
+        return [denoiser.classical_frame(analysis, f, bad=b,
+                                         engine=classical_engine(self.method)
+                                         ).astype(np.float32)
                 for f, b in zip(frames, bads, strict=True)], by
 
     # -- the held-out I(q) check -------------------------------------------------------------
@@ -426,14 +447,14 @@ class LiveDenoiser:
         serving mode ``by``, on held-out splits of the warm-up frames (the engine's
         :meth:`~.engine.ScanDenoiser.iq_check`; once per mode and scan). Returns a warning
         if the check failed (the sigmas then stay the Poisson upper bound)."""
-        analysis = self.analysis
-        if (self._iq_setup is None or analysis is None or self.method == "passthrough"
-                or not analysis.prepared.integer_counts):
+        denoiser, analysis = self.denoiser, self.analysis
+        if (self._iq_setup is None or denoiser is None or analysis is None
+                or self.method == "passthrough" or not analysis.prepared.integer_counts):
             return None
         geometry, npt, sectors = self._iq_setup
         prepared = analysis.prepared
         frames, bad = prepared.frames, prepared.bad
-        engine = (self.denoiser if by == f"network:{self.method}" else self.interim)
+        engine = (denoiser if by == f"network:{self.method}" else self.interim)
 
         def serve(half: np.ndarray, index: int, which: int) -> np.ndarray:
             # The previous frame at half dose (half ``which`` of its own split), as the
@@ -444,14 +465,14 @@ class LiveDenoiser:
                 out = engine.denoise_frame(analysis, method=self.method, frame=half,
                                            neighbours=previous)
             else:
-                out = self.denoiser.classical_frame(analysis, half, bad=bad,
-                                                    engine=classical_engine(self.method))
+                out = denoiser.classical_frame(analysis, half, bad=bad,
+                                               engine=classical_engine(self.method))
             return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
                                        preserve=self.config.preserve_total_counts)[0]
 
         try:
             start = time.perf_counter()
-            checks = self.denoiser.iq_check(analysis, method=self.method,
+            checks = denoiser.iq_check(analysis, method=self.method,
                                             integration=integrator_for(geometry, bad), npt=npt,
                                             sectors=sectors, serve=serve)
             self.iq_seconds += time.perf_counter() - start
@@ -471,6 +492,8 @@ class LiveDenoiser:
             if len(check.q_nm) == len(raw.q_nm) and np.allclose(check.q_nm, raw.q_nm):
                 intensity, sigma = check.apply(raw, den)
                 return intensity, sigma, check.fallback.copy()
+        if den.sigma is None:
+            raise ValueError("the denoised I(q) has no sigma: integrate it with a variance")
         return den.intensity, den.sigma, np.zeros(len(raw.q_nm), bool)
 
     # -- records -----------------------------------------------------------------------------

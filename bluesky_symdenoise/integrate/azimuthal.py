@@ -251,7 +251,7 @@ _MAX_INTEGRATORS = 16
 def integrator_for(geometry: DetectorGeometry, mask: np.ndarray) -> AzimuthalIntegration:
     """One :class:`AzimuthalIntegration` per (geometry, mask), cached for the process (the
     live path integrates every frame of a scan with the same pair). Thread-safe."""
-    key = (geometry, hashlib.sha1(np.packbits(mask)).hexdigest())
+    key = (geometry, hashlib.sha1(np.packbits(mask).tobytes()).hexdigest())
     with _INTEGRATORS_LOCK:
         if key not in _INTEGRATORS:
             if len(_INTEGRATORS) > _MAX_INTEGRATORS:

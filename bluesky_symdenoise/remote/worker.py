@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import event_model
+from event_model.documents import RunStart
 
 __all__ = ["DerivedRunFilter", "RemoteDenoiser"]
 
@@ -88,7 +89,7 @@ class RemoteDenoiser:
         self._filter = DerivedRunFilter()
         #: The raw run being denoised (SymDenoise follows one run at a time: a new start
         #: closes the previous run's derived run as "fail").
-        self._current: dict | None = None
+        self._current: RunStart | None = None
         self._lock = threading.Lock()
         #: Derived-run documents received and ignored.
         self.ignored = 0
@@ -105,7 +106,7 @@ class RemoteDenoiser:
             return
         with self._lock:
             if name == "start":
-                self._current = doc
+                self._current = cast(RunStart, doc)
                 self.raw_runs += 1
                 logger.info("denoising raw run %s", doc["uid"])
             elif name == "stop" and self._current is not None \
@@ -123,7 +124,7 @@ class RemoteDenoiser:
                 start=start, event_counters={}, poison_pill=[], exit_status="abort",
                 reason=f"bluesky-symdenoise serve stopped before the raw run ended: {reason}")
             logger.warning("closing the derived run of %s: %s", start["uid"], reason)
-            self.denoiser("stop", stop)
+            self.denoiser("stop", dict(stop))
         flushed = self.denoiser.flush(timeout)
         return self.denoiser.close(timeout) and flushed
 

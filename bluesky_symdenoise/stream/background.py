@@ -18,9 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-from event_model.documents import Document
+from typing import Any, Literal
 
 from .frames import FRAME_DOCUMENTS
 
@@ -44,7 +42,8 @@ class QueueItem:
     run_uid
         The raw run it belongs to (None for ``flush``, which concerns every run).
     name, doc
-        The document's name and a deep copy of it (``document`` items only).
+        The document's name and a deep copy of it (``document`` items only), a ``dict`` as
+        event-model's callbacks take it (its name says which document type it is).
     received
         ``time.perf_counter()`` when the RunEngine's thread took it (for latencies).
     """
@@ -52,11 +51,11 @@ class QueueItem:
     kind: QueueItemKind
     run_uid: str | None
     name: str | None = None
-    doc: Document | None = None
+    doc: dict[str, Any] | None = None
     received: float = 0.0
 
     @classmethod
-    def document(cls, run_uid: str, name: str, doc: Document, received: float
+    def document(cls, run_uid: str, name: str, doc: dict[str, Any], received: float
                  ) -> QueueItem:
         """A raw document of the run ``run_uid``."""
         return cls("document", run_uid, name, doc, received)

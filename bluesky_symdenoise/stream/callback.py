@@ -14,11 +14,11 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import event_model
 import numpy as np
-from event_model.documents import Document
+from event_model.documents import RunStart, RunStop
 
 from .background import DenoiseWorker, FrameQueue, QueueItem
 from .frames import FRAME_DOCUMENTS, image_keys
@@ -92,12 +92,14 @@ class SymDenoise(event_model.DocumentRouter):
                  cake: bool | tuple[int, int] = False, min_training_steps: int = 10,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.options = LiveOptions(field=field, poni=poni, center=center, mask=mask,
-                                   method=method, device=device, budget_s=budget_s,
-                                   max_queue=max_queue, lossless=lossless,
-                                   warmup_frames=warmup_frames, npt=npt, sector=sector,
-                                   cake=cake, min_training_steps=min_training_steps,
-                                   config=config)
+        # Validated as given (a str method, the config dict): LiveOptions checks and folds
+        # them into its typed fields.
+        self.options = LiveOptions.model_validate({
+            "field": field, "poni": poni, "center": center, "mask": mask, "method": method,
+            "device": device, "budget_s": budget_s, "max_queue": max_queue,
+            "lossless": lossless, "warmup_frames": warmup_frames, "npt": npt,
+            "sector": sector, "cake": cake, "min_training_steps": min_training_steps,
+            "config": config})
         self._queue = FrameQueue(self.options.max_queue, lossless=self.options.lossless)
         self._worker: DenoiseWorker | None = None
         self._subscribers: dict[int, Emit] = {}
@@ -148,8 +150,7 @@ class SymDenoise(event_model.DocumentRouter):
         self.errors.append(message)
 
     # -- RunEngine thread --------------------------------------------------------------------
-    def __call__(self, name: str, doc: Document, validate: bool = False
-                 ) -> tuple[str, Document]:
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         """Route one raw document; never raises, never blocks (unless ``lossless``)."""
         began = time.perf_counter()
         try:
@@ -168,7 +169,7 @@ class SymDenoise(event_model.DocumentRouter):
     def _put(self, item: QueueItem) -> bool:
         return self._queue.put(item, on_wait=self._count_wait)
 
-    def _route(self, name: str, doc: Document) -> None:
+    def _route(self, name: str, doc: dict[str, Any]) -> None:
         if self._closed:
             return
         if name == "start":
@@ -209,12 +210,14 @@ class SymDenoise(event_model.DocumentRouter):
 
     def _handle(self, item: QueueItem) -> None:
         if item.kind == "flush":  # publish frames still held for warm-up
-            for scan in self._live_scans_by_run_uid.values():
-                scan.end_warm_up()
+            for open_scan in self._live_scans_by_run_uid.values():
+                open_scan.end_warm_up()
             return
-        run_uid, name = item.run_uid, item.name
-        if item.kind == "document" and name == "start":
-            self._live_scans_by_run_uid[run_uid] = LiveScan(item.doc, self.options, self._emit)
+        run_uid = item.run_uid
+        if run_uid is None:
+            raise ValueError(f"a {item.kind!r} record names no run")
+        if item.kind == "document":
+            self._handle_document(run_uid, item)
             return
         scan = self._live_scans_by_run_uid.get(run_uid)
         if scan is None:
@@ -222,19 +225,32 @@ class SymDenoise(event_model.DocumentRouter):
         if item.kind == "dropped":
             scan.counts["dropped"] += 1
             return
-        if item.kind == "abandon":
-            scan.end_run(None, reason="raw run never stopped (a new run started)")
-        else:
-            try:
-                scan.handle(name, item.doc, item.received,
-                            backlog=self._queue.frames_waiting)
-            except Exception as exc:  # noqa: BLE001
-                self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
-                # The derived run goes on (no data lost) but ends with "fail" and why.
-                scan.failure = scan.failure or f"processing a {name} failed: {exc!r}"
-                if name != "stop":
-                    return
-                scan.end_run(item.doc)
+        scan.end_run(None, reason="raw run never stopped (a new run started)")  # abandon
+        self._forget_if_stopped(run_uid, scan)
+
+    def _handle_document(self, run_uid: str, item: QueueItem) -> None:
+        name, doc = item.name, item.doc
+        if name is None or doc is None:
+            raise ValueError(f"run {run_uid[:8]}: a document record without its document")
+        if name == "start":
+            self._live_scans_by_run_uid[run_uid] = LiveScan(cast(RunStart, doc), self.options,
+                                                            self._emit)
+            return
+        scan = self._live_scans_by_run_uid.get(run_uid)
+        if scan is None:
+            return
+        try:
+            scan.handle(name, doc, item.received, backlog=self._queue.frames_waiting)
+        except Exception as exc:  # noqa: BLE001
+            self._record(f"run {run_uid[:8]}: {name} failed: {exc!r}")
+            # The derived run goes on (no data lost) but ends with "fail" and why.
+            scan.failure = scan.failure or f"processing a {name} failed: {exc!r}"
+            if name != "stop":
+                return
+            scan.end_run(cast(RunStop, doc))
+        self._forget_if_stopped(run_uid, scan)
+
+    def _forget_if_stopped(self, run_uid: str, scan: LiveScan) -> None:
         if scan.stopped:
             self.latencies.extend(scan.latencies)
             self._live_scans_by_run_uid.pop(run_uid, None)

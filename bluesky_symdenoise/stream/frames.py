@@ -13,12 +13,17 @@ Everything here runs on the worker thread: the RunEngine thread only copies docu
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from event_model.documents import EventPage
 
 __all__ = ["FRAME_DOCUMENTS", "FrameSource", "FrameSourceError", "image_keys", "to_frame"]
 
@@ -26,12 +31,25 @@ __all__ = ["FRAME_DOCUMENTS", "FrameSource", "FrameSourceError", "image_keys", "
 FRAME_DOCUMENTS = ("event", "event_page", "stream_datum")
 
 
-#: Waits (s) before the retries of a failed read of an event's referenced frames.
-_REFILL_WAITS_S = (0.02, 0.1, 0.3)
+#: Waits (s) before the retries of a read of an event's referenced frames that may succeed
+#: later (a file not visible yet, or caught mid-write): 1.6 s in all, then it fails.
+_REFILL_WAITS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class FrameSourceError(ValueError):
     """A frame could not be read (missing handler, file, dataset or wrong layout)."""
+
+
+def _may_succeed_later(exc: Exception) -> bool:
+    """Whether a failed read of referenced frames may succeed if tried again: the file not
+    visible yet (event-model's ``DataNotAccessible``, or its handler could not open the
+    file), or a file caught mid-write (h5py and dask errors of a dataset being resized). Not
+    event-model's other errors: a spec without a handler, an unknown datum or resource."""
+    from event_model import DataNotAccessible, EventModelError
+
+    if isinstance(exc, EventModelError):
+        return isinstance(exc, DataNotAccessible) or isinstance(exc.__cause__, OSError)
+    return isinstance(exc, OSError | ValueError | KeyError)
 
 
 def _image_shape(shape: Any) -> tuple[int, int] | None:
@@ -94,16 +112,25 @@ class FrameSource:
 
     Feed it every document of a run, in order, on one thread; :meth:`frames` yields what a
     document carries. External references are read when their event (Resource/Datum) or
-    StreamDatum arrives.
+    StreamDatum arrives; a reference that cannot be read raises :class:`FrameSourceError`.
     """
 
     def __init__(self, fields: list[str] | None = None) -> None:
         from event_model import Filler
 
         self._requested = fields
-        self._filler = Filler(_handler_registry(), inplace=False)
+        registry = _handler_registry()
+        self._specs = sorted(registry)
+        # No retries of its own: _fill retries what may succeed later, and only that.
+        self._filler = Filler(registry, inplace=False, retry_intervals=[])
         self._keys: dict[str, dict[str, tuple[int, int]]] = {}  # descriptor uid -> keys
+        #: Descriptor uid -> its keys whose values are Datum ids (``external``, not STREAM).
+        self._external: dict[str, set[str]] = {}
         self._stream_resources: dict[str, dict] = {}
+        #: What an unreadable frame's message names: resource uid -> (spec, path), and
+        #: datum id -> resource uid.
+        self._resources: dict[str, tuple[str, str]] = {}
+        self._datum_resources: dict[str, str] = {}
 
     def keys_for(self, descriptor_uid: str) -> dict[str, tuple[int, int]]:
         return self._keys.get(descriptor_uid, {})
@@ -115,58 +142,104 @@ class FrameSource:
             merged.update(keys)
         return merged
 
-    def frames(self, name: str, doc: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
+    def frames(self, name: str, doc: dict[str, Any]
+               ) -> Iterator[tuple[str, int, np.ndarray, float]]:
         """Frames carried by one document: ``(data_key, seq_num, frame, timestamp)``."""
         if name in ("start", "resource", "datum", "datum_page", "stop"):
             self._filler(name, doc)
+            self._remember_reference(name, doc)
         elif name == "descriptor":
             self._filler(name, doc)
             self._keys[doc["uid"]] = image_keys(doc, self._requested)
+            self._external[doc["uid"]] = {
+                key for key, info in doc.get("data_keys", {}).items()
+                if "external" in info and not str(info["external"]).startswith("STREAM:")}
         elif name == "event":
             yield from self._event_frames(doc)
         elif name == "event_page":
             from event_model import unpack_event_page
 
-            for event in unpack_event_page(doc):
+            for event in unpack_event_page(cast("EventPage", doc)):
                 yield from self._event_frames(event)
         elif name == "stream_resource":
             self._stream_resources[doc["uid"]] = doc
         elif name == "stream_datum":
             yield from self._stream_frames(doc)
 
+    def _remember_reference(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "resource":
+            path = os.path.join(doc.get("root", ""), doc.get("resource_path", ""))
+            self._resources[doc["uid"]] = (str(doc.get("spec")), path)
+        elif name == "datum":
+            self._datum_resources[doc["datum_id"]] = doc["resource"]
+        elif name == "datum_page":
+            for datum_id in doc["datum_id"]:
+                self._datum_resources[datum_id] = doc["resource"]
+
     def _event_frames(self, event: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
         keys = self._keys.get(event["descriptor"], {})
         wanted = [k for k in keys if k in event["data"]]
         if not wanted:
             return
-        if any(not event.get("filled", {}).get(k, True) for k in wanted):
-            event = self._fill(event)
+        # The descriptor says which values are Datum ids ("filled" is optional; a key it
+        # marks filled holds its frame already).
+        external = self._external.get(event["descriptor"], set())
+        filled = event.get("filled", {})
+        to_fill = [k for k in wanted if k in external and not filled.get(k)]
+        if to_fill:
+            event = self._fill(dict(event, filled={**filled, **dict.fromkeys(to_fill, False)}),
+                               to_fill)
         for key in wanted:
             yield key, int(event["seq_num"]), to_frame(event["data"][key]), \
                 float(event["timestamps"].get(key, event["time"]))
 
-    def _fill(self, event: dict) -> dict:
-        """The event with its references read. A file still being written (AD_HDF5 without
-        SWMR) can be caught mid-update, e.g. resized but not yet flushed ("chunks do not add
-        up to shape"), or a cached handler can hold a stale view of it: then the handlers are
-        reopened and the read is tried again after a short wait (on the worker's time,
-        never the RunEngine's); the last failure is raised."""
-        import time
+    def _fill(self, event: dict, keys: list[str]) -> dict:
+        """The event with the frames of ``keys`` read.
 
+        A read that may succeed later (:func:`_may_succeed_later`) is tried again after a
+        short wait, on the worker's time, never the RunEngine's: a file not visible yet, or
+        one still being written (AD_HDF5 without SWMR) caught mid-update, e.g. resized but
+        not yet flushed, or held by a cached handler with a stale view (the handlers are
+        reopened). Any other failure, or the last, raises :class:`FrameSourceError`.
+        """
         waits = iter(_REFILL_WAITS_S)
+        tries = 0
         while True:
+            tries += 1
             try:
-                return self._filler("event", event)[1]
-            except Exception:  # noqa: BLE001 - retried, then raised
-                wait = next(waits, None)
+                out = self._filler.fill_event(event, include=keys)
+                for key in keys:  # read now (AD_HDF5 gives dask arrays), within the retries
+                    out["data"][key] = np.asarray(out["data"][key])
+                return out
+            except Exception as exc:  # noqa: BLE001 - retried or raised as FrameSourceError
+                wait = next(waits, None) if _may_succeed_later(exc) else None
                 if wait is None:
-                    raise
+                    raise FrameSourceError(self._unreadable(event, keys, exc, tries)) from exc
                 time.sleep(wait)
                 self._filler.clear_handler_cache()
 
-    def _stream_frames(self, datum: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
-        import time
+    def _unreadable(self, event: dict, keys: list[str], exc: Exception, tries: int) -> str:
+        """Why the frames of ``keys`` could not be read, naming what they refer to."""
+        from event_model import UndefinedAssetSpecification
 
+        references = []
+        for key in keys:
+            datum_id = event["data"].get(key)
+            resource = self._resources.get(self._datum_resources.get(str(datum_id), ""))
+            where = (f"of a {resource[0]!r} Resource at {resource[1]}" if resource is not None
+                     else "of no Resource seen in this run")
+            references.append(f"{key!r} (datum {datum_id!r} {where})")
+        if isinstance(exc, UndefinedAssetSpecification):
+            why = f"no handler for its spec (handlers: {', '.join(self._specs)})"
+        else:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            why = f"{type(cause).__name__}: {cause}"
+            if tries > 1:
+                why += f" (tried {tries} times over {sum(_REFILL_WAITS_S[:tries - 1]):.1f} s)"
+        return (f"cannot read the frame of {', '.join(references)} in event "
+                f"{event.get('seq_num')}: {why}")
+
+    def _stream_frames(self, datum: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
         import h5py
 
         resource = self._stream_resources.get(datum["stream_resource"])

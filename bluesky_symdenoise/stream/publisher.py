@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, cast
 
 import event_model
-from event_model.documents import Event, EventDescriptor, RunStart, RunStop
+from event_model.documents import Document, Event, EventDescriptor, RunStart, RunStop
 
 from ..denoise.symmetry import VIOLATION_BITS
 
@@ -23,8 +23,11 @@ __all__ = ["CAKE_AZIMUTHAL_BINS", "SUMMARY_COUNTS", "DerivedRunPublisher", "Emit
            "cake_data_keys", "default_npt", "denoised_data_keys", "integrated_data_keys",
            "summary_data_keys", "symmetry_data_keys"]
 
-#: Where the derived documents go: ``emit(name, doc)``.
+#: Where the derived documents go: ``emit(name, doc)``, as event-model's callbacks take them.
 Emit = Callable[[str, dict[str, Any]], None]
+#: The derived stop's ``exit_status`` values (event-model's schema).
+ExitStatus = Literal["success", "abort", "fail"]
+_EXIT_STATUSES: tuple[ExitStatus, ...] = ("success", "abort", "fail")
 #: Azimuthal bins of the ``cake`` stream when ``cake=True`` (5° each).
 CAKE_AZIMUTHAL_BINS = 72
 #: Counters of the ``summary`` stream (``frames_<name>``).
@@ -92,7 +95,7 @@ def cake_data_keys(key: str, npt_rad: int, npt_azim: int) -> dict[str, dict]:
 def symmetry_data_keys(shape: tuple[int, ...] | None) -> dict[str, dict]:
     """Data keys of the derived run's ``symmetry`` stream (one event per scan): the engine's
     report as JSON, and its violation bit map when a beam centre allowed the tests."""
-    keys = {"symmetry_report": {
+    keys: dict[str, dict[str, Any]] = {"symmetry_report": {
         "source": _SOURCE, "dtype": "string", "shape": [],
         "description": "JSON: which symmetries the method used (rotation_180, azimuthal), "
                        "where they were rejected, and why; see engine.symmetry_usage"}}
@@ -142,7 +145,11 @@ class DerivedRunPublisher:
         self._descriptors: dict[str, Any] = {}
         self._seq: dict[str, int] = {}
         self.stop: RunStop | None = None
-        self._emit("start", self.start)
+        self._send("start", self.start)
+
+    def _send(self, name: str, doc: Document) -> None:
+        # A TypedDict is a plain dict at run time: subscribers take (name, dict).
+        self._emit(name, cast(dict[str, Any], doc))
 
     def has_stream(self, name: str) -> bool:
         """Whether the stream ``name`` was declared."""
@@ -155,7 +162,7 @@ class DerivedRunPublisher:
                                                  object_keys=object_keys or {})
         self._descriptors[name] = bundle
         self._seq[name] = 0
-        self._emit("descriptor", bundle.descriptor_doc)
+        self._send("descriptor", bundle.descriptor_doc)
         return bundle.descriptor_doc
 
     def add_event(self, stream: str, data: dict[str, Any],
@@ -184,16 +191,15 @@ class DerivedRunPublisher:
                 f"event of stream {stream!r} has data keys {sorted(data)}, its descriptor "
                 f"declares {sorted(bundle.descriptor_doc['data_keys'])}")
         self._seq[stream] = seq_num
-        self._emit("event", event)
+        self._send("event", event)
         return event
 
     def finish(self, exit_status: str = "success", reason: str = "") -> RunStop:
         """Emit the stop document (once)."""
         if self.stop is None:
-            if exit_status not in ("success", "abort", "fail"):
-                exit_status = "fail"
-            self.stop = self._bundle.compose_stop(exit_status=exit_status, reason=reason)
-            self._emit("stop", self.stop)
+            status: ExitStatus = next((s for s in _EXIT_STATUSES if s == exit_status), "fail")
+            self.stop = self._bundle.compose_stop(exit_status=status, reason=reason)
+            self._send("stop", self.stop)
         return self.stop
 
     @property

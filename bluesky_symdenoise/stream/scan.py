@@ -23,11 +23,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from event_model.documents import Document, RunStart, RunStop
+from event_model.documents import EventDescriptor, RunStart, RunStop
 
 from ..integrate.azimuthal import integrator_for
 from .background import lower_thread_priority
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from ..denoise.live import LiveDenoiser, ServedFrame
     from ..geometry import DetectorGeometry
 
-__all__ = ["MAX_LIVE_BATCH", "START_KEYS", "LiveScan"]
+__all__ = ["MAX_LIVE_BATCH", "START_KEYS", "DerivedRun", "LiveScan"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +95,52 @@ def _new_engine(options: LiveOptions) -> LiveDenoiser:
                         min_training_steps=options.min_training_steps)
 
 
+@dataclass(frozen=True)
+class _Integration:
+    """How the derived run's frames are integrated (only with a geometry): I(q) in ``npt``
+    bins over the full ring and the optional ``sector``, and the cake's bins if asked."""
+
+    geometry: DetectorGeometry
+    npt: int
+    sector: tuple[float, float] | None
+    cake_bins: tuple[int, int] | None
+
+
+class DerivedRun:
+    """What exists only from a scan's warm-up on: the engine serving its frames, the
+    publisher of its derived run, how its frames are integrated and the fine-tuning thread.
+
+    Parameters
+    ----------
+    engine
+        The engine, after its warm-up (or built without frames, for an empty derived run).
+    publisher
+        The derived run's publisher; its start document is out.
+    field
+        The data key of the frames denoised.
+    integration
+        How frames are integrated; None: no geometry, so no ``integrated`` or ``cake``
+        stream.
+    """
+
+    def __init__(self, engine: LiveDenoiser, publisher: DerivedRunPublisher, field: str,
+                 integration: _Integration | None = None) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.field = field
+        self.integration = integration
+        self.cancel = threading.Event()
+        self.trainer: threading.Thread | None = None
+        #: Frames taken but not yet served (see :meth:`LiveScan.serve_pending`):
+        #: ``(seq_num, frame, received)``.
+        self.pending: list[tuple[int, np.ndarray, float]] = []
+
+
 class LiveScan:
     """The worker-thread state of one raw run and its derived run.
+
+    Until the warm-up it holds the first frames (:attr:`held`); the warm-up builds
+    :attr:`derived`, everything the derived run needs from then on.
 
     Parameters
     ----------
@@ -116,23 +162,14 @@ class LiveScan:
         self.failure: str | None = None
         self.source = FrameSource([options.field] if options.field else None)
         self.field: str | None = options.field
+        #: The frames' shape, from the first frame taken.
         self.shape: tuple[int, int] | None = None
         self.warnings: list[str] = []
         self.counts: collections.Counter = collections.Counter()
-        self.publisher: DerivedRunPublisher | None = None
         #: Frames held for the warm-up: ``(seq_num, frame, received)``.
         self.held: list[tuple[int, np.ndarray, float]] = []
-        #: The engine, built at warm-up.
-        self.engine: LiveDenoiser | None = None
-        self.geometry: DetectorGeometry | None = None
-        self.geometry_source = "none"
-        self.user_mask: np.ndarray | None = None
-        self._npt = 0
-        self._cake_bins = (0, 0)
-        self._cancel = threading.Event()
-        self._trainer: threading.Thread | None = None
-        #: Frames taken but not yet served (see :meth:`serve_pending`).
-        self._pending: list[tuple[int, np.ndarray, float]] = []
+        #: The derived run, from the warm-up on (None before).
+        self.derived: DerivedRun | None = None
         #: How many batches of each size were served (a worker behind serves larger ones).
         self.batches: collections.Counter = collections.Counter()
         self.latencies: list[float] = []
@@ -143,23 +180,20 @@ class LiveScan:
     @property
     def method(self) -> str:
         """The method serving the run (``"none"`` before the warm-up)."""
-        return self.engine.method if self.engine is not None else "none"
+        return self.derived.engine.method if self.derived is not None else "none"
 
     def status(self) -> dict[str, Any]:
         """Method, which denoiser serves frames now, counts: a snapshot for a status line."""
-        engine = self.engine
+        engine = self.derived.engine if self.derived is not None else None
         return {"method": self.method,
                 "network_ready": bool(engine is not None and engine.network_ready),
                 "network": engine.network_note if engine is not None else "not trained yet",
                 "published": int(self.counts["published"]),
                 "dropped": int(self.counts["dropped"])}
 
-    def _failure(self) -> str | None:
-        engine_failure = self.engine.failure if self.engine is not None else None
-        return self.failure or engine_failure
-
     # -- documents ---------------------------------------------------------------------------
-    def handle(self, name: str, doc: Document, received: float, *, backlog: int = 0) -> None:
+    def handle(self, name: str, doc: dict[str, Any], received: float, *,
+               backlog: int = 0) -> None:
         """Process one raw document.
 
         ``backlog`` is how many frames wait behind this document: frames are batched while
@@ -170,13 +204,14 @@ class LiveScan:
         if name == "descriptor":
             list(self.source.frames(name, doc))
             self._pick_field()
+            descriptor = cast(EventDescriptor, doc)
             # Keys whose frames come in StreamDatum documents, never in events.
-            self._streamed[doc["uid"]] = {
-                k for k, v in doc.get("data_keys", {}).items()
+            self._streamed[descriptor["uid"]] = {
+                k for k, v in descriptor.get("data_keys", {}).items()
                 if str(v.get("external", "")).startswith("STREAM:")}
             return
         if name == "stop":
-            self.end_run(doc)
+            self.end_run(cast(RunStop, doc))
             return
         try:
             frames = list(self.source.frames(name, doc))
@@ -191,11 +226,13 @@ class LiveScan:
                 taken += 1
         if backlog == 0:
             self.serve_pending()
-        descriptor = doc.get("descriptor")
-        if (name == "event" and not taken and self.field in self.source.keys_for(descriptor)
-                and self.field not in self._streamed.get(descriptor, ())):
-            self.counts["unreadable"] += 1
-            self._warn(f"an event (seq_num {doc.get('seq_num')}) carries no {self.field!r}")
+        if name == "event" and not taken:
+            descriptor_uid = doc["descriptor"]
+            if (self.field in self.source.keys_for(descriptor_uid)
+                    and self.field not in self._streamed.get(descriptor_uid, ())):
+                self.counts["unreadable"] += 1
+                self._warn(f"an event (seq_num {doc.get('seq_num')}) carries no "
+                           f"{self.field!r}")
 
     def _pick_field(self) -> None:
         keys = self.source.all_keys
@@ -216,27 +253,31 @@ class LiveScan:
         """Take one frame of the field: held until the warm-up, then queued for serving."""
         self.counts["received"] += 1
         if self.shape is None:
-            self.shape = tuple(frame.shape)
-        if self.publisher is None:
+            self.shape = (frame.shape[0], frame.shape[1])
+        if self.derived is None:
             self.held.append((seq_num, frame, received))
             if len(self.held) >= self.options.warmup_frames:
                 self._warm_up()
             return
-        self._serve(seq_num, frame, received)
+        self._serve(self.derived, seq_num, frame, received)
 
     def end_warm_up(self) -> None:
         """Analyse now with the frames held so far (``SymDenoise.flush``)."""
-        if self.publisher is None and self.held and not self.stopped:
+        if self.derived is None and self.held and not self.stopped:
             self._warm_up()
         self.serve_pending()
 
-    def _resolve_geometry(self, notes: list[str]) -> None:
-        """The geometry and mask: from the plugin's arguments, else the raw start document's
-        :data:`START_KEYS`."""
+    def _resolve_geometry(self, shape: tuple[int, int], notes: list[str]
+                          ) -> tuple[DetectorGeometry | None, np.ndarray | None, str]:
+        """The geometry, the user's mask and where the geometry came from: from the plugin's
+        arguments, else the raw start document's :data:`START_KEYS`."""
         from ..denoise.engine import scan_geometry
 
-        opts, start, shape = self.options, self.raw_start, self.shape
+        opts = self.options
+        # User metadata: any JSON value; scan_geometry and _load_mask check it.
+        start: Mapping[str, Any] = self.raw_start
         mask = opts.mask if opts.mask is not None else start.get("mask")
+        user_mask = None
         if mask is not None:
             try:
                 mask = _load_mask(mask)
@@ -248,61 +289,80 @@ class LiveScan:
                     self._warn(f"geometry unusable (mask shape {mask.shape} != frame shape "
                                f"{shape}: mask and geometry describe another detector): "
                                "symmetry-free denoising, no I(q)")
-                    return
-                self.user_mask = mask
+                    return None, None, "none"
+                user_mask = mask
                 notes.append("mask from " + ("arguments" if opts.mask is not None
                                              else "start['mask']"))
         poni, center, source = opts.poni, opts.center, "arguments"
         if poni is None and center is None:
             poni, center, source = start.get("poni"), start.get("beam_center"), "start document"
         try:
-            self.geometry = scan_geometry(shape, center=center, poni=poni)
+            geometry = scan_geometry(shape, center=center, poni=poni)
         except Exception as exc:  # noqa: BLE001
             self._warn(f"geometry unusable ({exc}): symmetry-free denoising, no I(q)")
-            self.geometry = None
-        if self.geometry is not None:
-            self.geometry_source = (
+            geometry = None
+        if geometry is not None:
+            return geometry, user_mask, (
                 f"PONI from {source}" if poni is not None else
                 f"beam centre from {source}; pixel size, distance and wavelength are defaults "
                 "(pass poni= for a true q)")
-        elif not any("geometry" in w for w in self.warnings):
+        if not any("geometry" in w for w in self.warnings):
             self._warn("no geometry (poni=, center= or start keys "
                        f"{sorted(START_KEYS)}): symmetry-free denoising, no I(q)")
+        return None, user_mask, "none"
 
-    def _warm_up(self) -> None:
-        """Let the engine analyse the held frames, emit the derived start and streams, start
-        the fine-tuning, serve the held frames."""
+    def _warm_up(self) -> DerivedRun:
+        """Let the engine analyse the held frames and load what serves them until the
+        network is ready, emit the derived start and streams, start the fine-tuning, serve
+        the held frames."""
+        field, shape = self.field, self.shape
+        if field is None or shape is None:
+            raise RuntimeError("warm-up before any frame of a 2-D field was taken")
         notes: list[str] = []
-        self._resolve_geometry(notes)
-        self.engine = engine = _new_engine(self.options)
+        geometry, user_mask, geometry_source = self._resolve_geometry(shape, notes)
+        engine = _new_engine(self.options)
         self._warn(engine.warm_up(
-            [frame for _, frame, _ in self.held], shape=self.shape, mask=self.user_mask,
-            center=self.geometry.center if self.geometry is not None else None))
-        self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
-                                             self._provenance(notes))
-        self._declare_streams()
+            [frame for _, frame, _ in self.held], shape=shape, mask=user_mask,
+            center=geometry.center if geometry is not None else None))
+        # Before the start document: its provenance says what serves the interim frames.
         self._warn(engine.start_interim())
+        publisher = DerivedRunPublisher(self._emit, self.raw_start, self._provenance(
+            engine, notes, geometry=geometry, geometry_source=geometry_source))
+        integration = None
+        if geometry is not None:
+            cake = self.options.cake
+            npt = self.options.npt or default_npt(shape)
+            integration = _Integration(
+                geometry, npt, self.options.sector,
+                None if not cake else cake if isinstance(cake, tuple)
+                else (npt, CAKE_AZIMUTHAL_BINS))
+        self.derived = run = DerivedRun(engine, publisher, field, integration)
+        self._declare_streams(run, shape)
         if engine.wants_training:
-            self._trainer = threading.Thread(target=self._train, name="symdenoise-trainer",
-                                             daemon=True)
-            self._trainer.start()
+            run.trainer = threading.Thread(target=self._train, args=(run,),
+                                           name="symdenoise-trainer", daemon=True)
+            run.trainer.start()
         self._warn(engine.check_iq(engine.serving))
         held, self.held = self.held, []
         for seq_num, frame, received in held:
-            self._serve(seq_num, frame, received)
+            self._serve(run, seq_num, frame, received)
+        return run
 
-    def _train(self) -> None:
+    @staticmethod
+    def _train(run: DerivedRun) -> None:
         lower_thread_priority()
-        self.engine.fine_tune(self._cancel)
+        run.engine.fine_tune(run.cancel)
 
-    def _provenance(self, notes: list[str]) -> dict[str, Any]:
-        opts, engine = self.options, self.engine
+    def _provenance(self, engine: LiveDenoiser, notes: list[str], *,
+                    geometry: DetectorGeometry | None = None,
+                    geometry_source: str = "none") -> dict[str, Any]:
+        opts = self.options
         record: dict[str, Any] = {
             "field": self.field, "method": engine.method, "reason": engine.reason,
             "interim_mode": engine.interim_mode,
             "budget_s": opts.budget_s, "warmup_frames": opts.warmup_frames,
-            "geometry": self.geometry.as_metadata() if self.geometry else None,
-            "geometry_source": self.geometry_source, "warnings": list(self.warnings),
+            "geometry": geometry.as_metadata() if geometry else None,
+            "geometry_source": geometry_source, "warnings": list(self.warnings),
             "notes": notes, "versions": _versions(), "iq_sigma": _IQ_SIGMA,
         }
         engine_record = engine.provenance()
@@ -310,44 +370,42 @@ class LiveScan:
             record["engine"] = engine_record
         return json.loads(json.dumps(record, default=str))
 
-    def _declare_streams(self) -> None:
-        keys = denoised_data_keys(self.field, self.shape)
-        self.publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
-        self._publish_symmetry()
-        if self.geometry is not None:
-            self._npt = self.options.npt or default_npt(self.shape)
-            sector = self.options.sector
-            keys = integrated_data_keys(self.field, self._npt, with_sector=sector is not None)
-            self.publisher.add_stream("integrated", keys,
-                                      object_keys={"symdenoise": sorted(keys)})
-            self.engine.set_iq_integration(self.geometry, self._npt,
-                                           [None] if sector is None else [None, sector])
-            cake = self.options.cake
-            if cake:
-                self._cake_bins = (cake if isinstance(cake, tuple)
-                                   else (self._npt, CAKE_AZIMUTHAL_BINS))
-                keys = cake_data_keys(self.field, *self._cake_bins)
-                self.publisher.add_stream("cake", keys, object_keys={"symdenoise": sorted(keys)})
+    def _declare_streams(self, run: DerivedRun, shape: tuple[int, int]) -> None:
+        publisher, field, integration = run.publisher, run.field, run.integration
+        keys = denoised_data_keys(field, shape)
+        publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
+        self._publish_symmetry(run)
+        if integration is not None:
+            sector = integration.sector
+            keys = integrated_data_keys(field, integration.npt, with_sector=sector is not None)
+            publisher.add_stream("integrated", keys, object_keys={"symdenoise": sorted(keys)})
+            run.engine.set_iq_integration(integration.geometry, integration.npt,
+                                          [None] if sector is None else [None, sector])
+            if integration.cake_bins is not None:
+                keys = cake_data_keys(field, *integration.cake_bins)
+                publisher.add_stream("cake", keys, object_keys={"symdenoise": sorted(keys)})
 
-    def _publish_symmetry(self) -> None:
+    @staticmethod
+    def _publish_symmetry(run: DerivedRun) -> None:
         """The ``symmetry`` stream: once per scan, at warm-up, what the engine found and used
         (a live view outlines the map; a catalog keeps it with the derived frames)."""
-        report = self.engine.symmetry_report()
+        report = run.engine.symmetry_report()
         if report is None:
             return
         usage, violation = report
         keys = symmetry_data_keys(None if violation is None else violation.shape)
-        self.publisher.add_stream("symmetry", keys, object_keys={"symdenoise": sorted(keys)})
+        run.publisher.add_stream("symmetry", keys, object_keys={"symdenoise": sorted(keys)})
         values: dict[str, Any] = {"symmetry_report": json.dumps(usage)}
         if violation is not None:
             values["symmetry_violation"] = violation
-        self.publisher.add_event("symmetry", values)
+        run.publisher.add_event("symmetry", values)
 
     # -- serving -----------------------------------------------------------------------------
-    def _serve(self, seq_num: int, frame: np.ndarray, received: float) -> None:
+    def _serve(self, run: DerivedRun, seq_num: int, frame: np.ndarray,
+               received: float) -> None:
         """Take a frame for the next batch (see :meth:`serve_pending`)."""
-        self._pending.append((seq_num, frame, received))
-        if len(self._pending) >= MAX_LIVE_BATCH:
+        run.pending.append((seq_num, frame, received))
+        if len(run.pending) >= MAX_LIVE_BATCH:
             self.serve_pending()
 
     def serve_pending(self) -> None:
@@ -358,10 +416,13 @@ class LiveScan:
         with full test-time averaging; a worker that has fallen behind serves up to
         :data:`MAX_LIVE_BATCH` frames in one call, one flip each, to catch up.
         """
-        batch, self._pending = self._pending, []
+        run = self.derived
+        if run is None:  # before the warm-up frames are held, not served
+            return
+        batch, run.pending = run.pending, []
         if not batch:
             return
-        served = self.engine.serve([frame for _, frame, _ in batch])
+        served = run.engine.serve([frame for _, frame, _ in batch])
         valid = [s for s in served if not s.skipped]
         self.batches[len(valid)] += 1
         self.counts["invalid"] += len(served) - len(valid)
@@ -370,48 +431,50 @@ class LiveScan:
                 self.counts["failed"] += 1
                 self.failure = self.failure or frame.failure
             try:
-                self._publish(seq_num, received, frame)
+                self._publish(run, seq_num, received, frame)
             except Exception as exc:  # noqa: BLE001 - the rest of the batch goes on
                 logger.exception("symdenoise: publishing frame %s failed", seq_num)
                 self.failure = self.failure or f"publishing frame {seq_num} failed: {exc!r}"
 
-    def _publish(self, seq_num: int, received: float, frame: ServedFrame) -> None:
-        key = self.field
+    def _publish(self, run: DerivedRun, seq_num: int, received: float,
+                 frame: ServedFrame) -> None:
+        key = run.field
         self.counts[f"by:{frame.denoised_by}"] += 1
-        self.publisher.add_event("denoised", {
+        run.publisher.add_event("denoised", {
             f"{key}_denoised": frame.denoised, f"{key}_denoised_by": frame.denoised_by,
             f"{key}_flags": "; ".join(frame.flags), "raw_seq_num": int(seq_num),
             "frames_dropped": int(self.counts["dropped"])})
-        if self.publisher.has_stream("integrated"):
-            self._integrate(seq_num, frame)
-        if self.publisher.has_stream("cake"):
-            self._integrate_cake(seq_num, frame)
+        if run.integration is not None:
+            self._integrate(run, run.integration, seq_num, frame)
+            if run.integration.cake_bins is not None:
+                self._integrate_cake(run, run.integration.geometry, run.integration.cake_bins,
+                                     seq_num, frame)
         self.counts["published"] += 1
         self.latencies.append(time.perf_counter() - received)
 
-    def _integrate(self, seq_num: int, frame: ServedFrame) -> None:
-        key, npt = self.field, self._npt
+    def _integrate(self, run: DerivedRun, integration: _Integration, seq_num: int,
+                   frame: ServedFrame) -> None:
+        key, npt, sector = run.field, integration.npt, integration.sector
         nan = np.full(npt, np.nan)
-        sector = self.options.sector
         prefixes = ("iq",) if sector is None else ("iq", "iq_sector")
         values: dict[str, Any] = {"q": nan}
         for prefix in prefixes:
             for which in ("raw", "raw_sigma", "denoised", "denoised_sigma"):
                 values[f"{key}_{prefix}_{which}"] = nan
             values[f"{key}_{prefix}_fallback"] = np.zeros(npt, bool)
-        if not frame.skipped:
+        counts, bad = frame.counts, frame.bad
+        if counts is not None and bad is not None:  # not a skipped frame
             try:
-                ai = integrator_for(self.geometry, frame.bad)
-                for which, (prefix, sec) in enumerate(zip(prefixes, (None, sector),
-                                                          strict=False)):
-                    raw = ai.integrate(frame.counts, npt=npt, sector=sec,
-                                       error_model="poisson")
+                ai = integrator_for(integration.geometry, bad)
+                for profile, (prefix, sec) in enumerate(zip(prefixes, (None, sector),
+                                                            strict=False)):
+                    raw = ai.integrate(counts, npt=npt, sector=sec, error_model="poisson")
                     # Raw's error at the denoised rate; the check scales it (IqCheck.apply).
                     den = ai.integrate(frame.denoised, npt=npt, sector=sec,
                                        variance=np.maximum(frame.denoised, 0))
-                    intensity, sigma, fallback = self.engine.published_iq(
-                        frame.denoised_by, which, raw, den)
-                    values.update({"q": raw.q_nm if which == 0 else values["q"],
+                    intensity, sigma, fallback = run.engine.published_iq(
+                        frame.denoised_by, profile, raw, den)
+                    values.update({"q": raw.q_nm if profile == 0 else values["q"],
                                    f"{key}_{prefix}_raw": raw.intensity,
                                    f"{key}_{prefix}_raw_sigma": raw.sigma,
                                    f"{key}_{prefix}_denoised": intensity,
@@ -420,18 +483,20 @@ class LiveScan:
             except Exception as exc:  # noqa: BLE001
                 self._warn(f"integration failed: {exc}")
         values["raw_seq_num"] = int(seq_num)
-        self.publisher.add_event("integrated", values)
+        run.publisher.add_event("integrated", values)
 
-    def _integrate_cake(self, seq_num: int, frame: ServedFrame) -> None:
-        key, (npt_rad, npt_azim) = self.field, self._cake_bins
+    def _integrate_cake(self, run: DerivedRun, geometry: DetectorGeometry,
+                        bins: tuple[int, int], seq_num: int, frame: ServedFrame) -> None:
+        key, (npt_rad, npt_azim) = run.field, bins
         values: dict[str, Any] = {
             "q": np.full(npt_rad, np.nan), "chi": np.full(npt_azim, np.nan),
             f"{key}_cake_raw": np.full((npt_azim, npt_rad), np.nan, np.float32),
             f"{key}_cake_denoised": np.full((npt_azim, npt_rad), np.nan, np.float32)}
-        if not frame.skipped:
+        counts, bad = frame.counts, frame.bad
+        if counts is not None and bad is not None:  # not a skipped frame
             try:
-                ai = integrator_for(self.geometry, frame.bad)
-                raw = ai.cake(frame.counts, npt_rad, npt_azim)
+                ai = integrator_for(geometry, bad)
+                raw = ai.cake(counts, npt_rad, npt_azim)
                 den = ai.cake(frame.denoised, npt_rad, npt_azim)
                 values.update({"q": raw.q_nm, "chi": raw.chi_deg,
                                f"{key}_cake_raw": raw.intensity.astype(np.float32),
@@ -439,7 +504,7 @@ class LiveScan:
             except Exception as exc:  # noqa: BLE001
                 self._warn(f"cake integration failed: {exc}")
         values["raw_seq_num"] = int(seq_num)
-        self.publisher.add_event("cake", values)
+        run.publisher.add_event("cake", values)
 
     # -- end ---------------------------------------------------------------------------------
     def end_run(self, raw_stop: RunStop | None, *, reason: str | None = None) -> None:
@@ -449,51 +514,60 @@ class LiveScan:
         if self.stopped:
             return
         self.stopped = True
-        if self.publisher is None:
+        run = self.derived
+        if run is None:
+            field = self.field
             if self.held:
-                self._warm_up()
-            elif not self.source.all_keys:
+                run = self._warm_up()
+            elif not self.source.all_keys or field is None:
                 # The run never declared a 2-D field (a scalar scan, or one that failed
                 # before its first reading): there is nothing to derive, so no derived run.
                 self.source.close()
                 return
-            elif self.shape is None:
+            else:
                 # A 2-D field was declared but no frame could be read: still publish a
                 # linked, empty derived run, so the failure is on record.
                 self._warn("no frames of a 2-D field arrived")
-                self.engine = _new_engine(self.options)
-                self.publisher = DerivedRunPublisher(self._emit, self.raw_start,
-                                                     self._provenance([]))
+                engine = _new_engine(self.options)
+                publisher = DerivedRunPublisher(self._emit, self.raw_start,
+                                                self._provenance(engine, []))
+                self.derived = run = DerivedRun(engine, publisher, field)
         self.serve_pending()
-        self._cancel.set()
-        if self._trainer is not None:
-            self._trainer.join()
+        run.cancel.set()
+        if run.trainer is not None:
+            run.trainer.join()
         summary = self.summary()
         values = {f"frames_{name}": summary[name] for name in SUMMARY_COUNTS}
         values["provenance"] = json.dumps(summary, default=str)
-        self.publisher.add_stream("summary", summary_data_keys())
-        self.publisher.add_event("summary", values)
-        exit_status = (raw_stop or {}).get("exit_status", "fail")
-        text = (raw_stop or {}).get("reason", "") if reason is None else reason
-        failure = self._failure()
+        run.publisher.add_stream("summary", summary_data_keys())
+        run.publisher.add_event("summary", values)
+        if raw_stop:
+            exit_status, raw_reason = raw_stop.get("exit_status", "fail"), raw_stop.get(
+                "reason", "")
+        else:
+            exit_status, raw_reason = "fail", ""
+        text = raw_reason if reason is None else reason
+        failure = self.failure or run.engine.failure
         if failure:
             exit_status = "fail"
             text = (text + "; " if text else "") + f"symdenoise: {failure}"
         if summary["dropped"]:
             text = (text + "; " if text else "") + (
                 f"symdenoise: {summary['dropped']} frames dropped (queue full)")
-        self.publisher.finish(exit_status=exit_status, reason=text)
+        run.publisher.finish(exit_status=exit_status, reason=text)
         self.source.close()
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe record of the run: counters, how frames were served, the engine's
         record (method, network, I(q) checks, training, model, symmetry), latencies."""
+        if self.derived is None:
+            raise RuntimeError("summary() before the derived run exists (warm-up)")
         record: dict[str, Any] = {k: int(self.counts[k]) for k in
                                   ("received", "published", "dropped", "invalid",
                                    "unreadable", "failed")}
         record["served_by"] = {k[3:]: int(v) for k, v in self.counts.items()
                                if k.startswith("by:")}
-        engine = self.engine.summary()
+        engine = self.derived.engine.summary()
         record["method"], record["network"] = engine.pop("method"), engine.pop("network")
         record["batches"] = {str(size): n for size, n in sorted(self.batches.items())}
         record["iq_check"] = engine.pop("iq_check")
@@ -505,13 +579,3 @@ class LiveScan:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
                                    "p95": float(np.percentile(self.latencies, 95))}
         return json.loads(json.dumps(record, default=str))
-
-
-def __getattr__(name: str) -> Any:
-    # Moved to the engine (denoise.live); still importable from here, without importing
-    # torch until asked (bench/ and older scripts import them from this module).
-    if name in ("LIVE_CPU_WIDTH", "live_cpu_settings"):
-        from ..denoise import live
-
-        return getattr(live, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

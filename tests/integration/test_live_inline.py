@@ -145,6 +145,26 @@ def test_network_trains_during_the_scan_and_is_checked(RE, frames, scene, collec
     derived.validate()
 
 
+@pytest.mark.parametrize(("use_pretrained", "interim_mode", "denoised_by"), [
+    (True, "pre-trained base model until the fine-tuned one is ready",
+     "network:base (interim)"),
+    (False, "classical-nlm (Anscombe + NLM) until the network is ready",
+     "classical-nlm (interim)"),
+])
+def test_derived_start_says_what_serves_until_the_network_is_ready(
+        RE, detector, scene, collector, derived, use_pretrained, interim_mode, denoised_by):
+    """The start document is written after the base model was loaded (or found missing),
+    so its interim_mode names what served the frames."""
+    sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask,
+                    method="symmetry", budget_s=0,
+                    config={"use_pretrained": use_pretrained, "test_time_flips": 1})
+    run_scan(RE, detector, collector, derived, sd, num=4)
+    (start,) = derived.of("start")
+    assert start["symdenoise"]["interim_mode"] == interim_mode
+    assert {e["data"]["det_img_denoised_by"] for e in derived.stream("denoised")} == {
+        denoised_by}
+
+
 def test_flush_publishes_frames_held_for_warm_up(RE, frames, scene, derived):
     """Two frames of a run still open (fewer than warmup_frames): flush() publishes them."""
     from bluesky import plan_stubs as bps

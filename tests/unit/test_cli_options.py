@@ -36,3 +36,27 @@ def test_numbered_gpu_passes_the_parser(tmp_path, capsys):
                  "--device", "cuda:1"]) == 2
     err = capsys.readouterr().err
     assert "missing.npy" in err and "--device" not in err
+
+
+@pytest.mark.parametrize(("argv", "problem"), [
+    (["replay", "run-1", "--budget", "-1"],
+     "argument --budget: Input should be greater than or equal to 0"),
+    (["replay", "run-1", "--center", "nan", "5"],
+     "argument --center: must be two finite numbers"),
+    (["serve", "--from", "tcp://127.0.0.1:1", "--to", "tcp://127.0.0.1:2", "--max-queue", "0"],
+     "argument --max-queue: Input should be greater than or equal to 1"),
+])
+def test_an_option_the_plugin_refuses_stops_the_command_in_one_line(argv, problem, tmp_path,
+                                                                   capsys):
+    """What argparse cannot check, the plugin's options (LiveOptions) do, before a catalog
+    or a bus is opened: status 2 and one line naming the option, like argparse, no
+    traceback."""
+    if argv[0] == "replay":
+        argv = [*argv, "--catalog", str(tmp_path / "no-catalog")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    command = argv[0]
+    assert captured.err.startswith(f"bluesky-symdenoise {command}: error: {problem}")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "no-catalog").exists()

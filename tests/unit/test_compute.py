@@ -72,8 +72,8 @@ def test_batched_inference_equals_frame_by_frame():
 def test_live_cpu_settings_pick_the_narrow_shipped_network_unless_asked():
     """Live on a CPU: one pass per frame through the narrower shipped network, unless the
     caller set either; no narrow network without its pre-trained weights."""
+    from bluesky_symdenoise.denoise.live import LIVE_CPU_WIDTH, live_cpu_settings
     from bluesky_symdenoise.denoise.models import BASE_MODEL_NAMES, load_base_model
-    from bluesky_symdenoise.stream.scan import LIVE_CPU_WIDTH, live_cpu_settings
 
     assert live_cpu_settings({}) == {"test_time_flips": 1, "width": LIVE_CPU_WIDTH}
     assert live_cpu_settings({"width": 16, "test_time_flips": 2}) == {}

@@ -76,8 +76,8 @@ def test_a_held_out_mix_with_the_classical_mode_follows_its_band_weights(scan):
     network = denoiser.predict(analysis, method="symmetry")
     classical = denoiser._classical(analysis, engine="bm3d")
     # Network alone below 4x the mean level, classical alone above: each pixel takes one.
-    denoiser.blend = BlendWeights(edges=(4.0,), weights=(1.0, 0.0), pixels=(0, 0))
-    mixed = denoiser._mix_with_classical(analysis, network)
+    denoiser.blend = blend = BlendWeights(edges=(4.0,), weights=(1.0, 0.0), pixels=(0, 0))
+    mixed = denoiser._mix_with_classical(analysis, network, blend)
     good = analysis.prepared.good
     level = 0.5 * (network[1] + classical[1])
     bright = good & (level > 4.0 * level[good].mean())

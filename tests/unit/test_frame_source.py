@@ -219,21 +219,49 @@ def test_ad_hdf5_frames_are_read_from_the_area_detector_dataset(tmp_path):
     source.close()
 
 
-@pytest.mark.xfail(strict=True, raises=event_model.DataNotAccessible,
-                   reason="frames.py lets event_model's DataNotAccessible through, though "
-                          "FrameSourceError says it covers a missing file (#17 report)")
-def test_a_missing_external_file_raises_frame_source_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("bluesky_symdenoise.stream.frames._REFILL_WAITS_S", (0.0,))
+def _count_fills(source: FrameSource, monkeypatch) -> list[int]:
+    calls = [0]
+    fill_event = source._filler.fill_event
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return fill_event(*args, **kwargs)
+
+    monkeypatch.setattr(source._filler, "fill_event", counted)
+    return calls
+
+
+def test_a_missing_external_file_is_retried_then_raises_frame_source_error(tmp_path,
+                                                                          monkeypatch):
+    """A file not written yet may appear: read again after short waits, then a clear
+    error naming the datum, its spec and where it was looked for."""
+    monkeypatch.setattr("bluesky_symdenoise.stream.frames._REFILL_WAITS_S", (0.0, 0.0))
     documents = _external_run("NPY_SEQ", tmp_path, "missing", {}, [{"index": 0}])
     source = FrameSource()
-    source._filler.retry_intervals = []  # the Filler's own ~2 s of retries per attempt
-    with pytest.raises(FrameSourceError):
-        _feed(source, documents)
+    _feed(source, documents[:4])  # start, descriptor, resource, datum
+    calls = _count_fills(source, monkeypatch)
+    datum_id = documents[3][1]["datum_id"]
+    with pytest.raises(FrameSourceError) as error:
+        _feed(source, documents[4:])
+    message = str(error.value)
+    assert datum_id in message and "'NPY_SEQ'" in message and str(tmp_path / "missing") in message
+    assert "FileNotFoundError" in message and "tried 3 times" in message
+    assert isinstance(error.value.__cause__, event_model.DataNotAccessible)
+    assert calls[0] == 3
 
 
-@pytest.mark.xfail(strict=True, raises=FrameSourceError,
-                   reason="frames.py fills an event only when its 'filled' says False; the "
-                          "Filler goes by the descriptor's 'external' (#17 report)")
+def test_a_spec_without_a_handler_raises_frame_source_error_at_once(tmp_path, monkeypatch):
+    """No handler for the spec will ever read it: no retries (neither FrameSource's nor
+    event-model's)."""
+    documents = _external_run("NO_SUCH_SPEC", tmp_path, "frames", {}, [{"index": 0}])
+    source = FrameSource()
+    _feed(source, documents[:4])
+    calls = _count_fills(source, monkeypatch)
+    with pytest.raises(FrameSourceError, match=r"'NO_SUCH_SPEC'.*no handler for its spec"):
+        _feed(source, documents[4:])
+    assert calls[0] == 1
+
+
 def test_an_external_frame_is_read_when_the_event_omits_filled(tmp_path):
     np.save(tmp_path / "frames_0.npy", _frame(1))
     documents = _external_run("NPY_SEQ", tmp_path, "frames", {}, [{"index": 0}])
