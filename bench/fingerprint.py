@@ -2,19 +2,17 @@
 
 Each row denoises one simulated scan (96², 3 frames, fixed seeds) with one method for a
 fixed number of training steps (``--steps``, not a time budget, so the result does not
-depend on the machine's speed) and prints a digest of the denoised frames. Run it on two
-commits and compare the tables: equal digests mean equal outputs (to ``--decimals``). On a
-CPU the runs are deterministic; BM3D's float rounding differs by ~1e-6 between processes,
-hence the rounding.
+depend on the machine's speed). ``--save FILE`` keeps the denoised frames; ``--compare
+FILE``, run on another commit, prints the largest absolute difference from them per row. On
+a CPU the runs are deterministic; BM3D's float rounding differs by ~1e-6 between processes.
 
-    python -m bench.fingerprint                      # prints the table
-    git stash; python -m bench.fingerprint; git stash pop; python -m bench.fingerprint
+    git switch --detach OLD && python -m bench.fingerprint --save /tmp/before.npz
+    git switch - && python -m bench.fingerprint --compare /tmp/before.npz
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 import numpy as np
 import torch
@@ -31,9 +29,9 @@ CASES: tuple[tuple[str, float, str], ...] = (
 )
 
 
-def fingerprint(kind: str, counts: float, method: str, *, steps: int,
-                decimals: int) -> tuple[str, float, str]:
-    """(method that served, mean of the denoised frames, digest of them rounded)."""
+def fingerprint(kind: str, counts: float, method: str, *,
+                steps: int) -> tuple[str, np.ndarray]:
+    """(method that served, the denoised frames)."""
     scene = scenes.make_scene(kind, shape=(96, 96), seed=7)
     rng = np.random.default_rng(7)
     frames = np.stack([scene.expose(counts, rng) for _ in range(3)])
@@ -42,24 +40,29 @@ def fingerprint(kind: str, counts: float, method: str, *, steps: int,
                             device="cpu")
     result = denoiser.run(frames, mask=scene.mask, center=scene.geometry.center,
                           bad_pixels="mask")
-    rounded = np.round(result.denoised.astype(np.float64), decimals)
-    digest = hashlib.sha256(np.ascontiguousarray(rounded).tobytes()).hexdigest()[:16]
-    return result.method, float(result.denoised.mean()), digest
+    return result.method, result.denoised
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=25, help="training steps per scan")
-    parser.add_argument("--decimals", type=int, default=4,
-                        help="decimals the frames are rounded to before the digest")
+    parser.add_argument("--save", help="write the denoised frames to this .npz")
+    parser.add_argument("--compare", help="a --save file of another commit to compare with")
     args = parser.parse_args(argv)
-    print("| scene | c/px | asked | served | mean | digest |")
+    before = np.load(args.compare) if args.compare else None
+    print("| scene | c/px | asked | served | mean | max abs difference |")
     print("|---|---|---|---|---|---|")
+    saved = {}
     for kind, counts, method in CASES:
-        served, mean, digest = fingerprint(kind, counts, method, steps=args.steps,
-                                           decimals=args.decimals)
-        print(f"| {kind} | {counts:g} | {method} | {served} | {mean:.6f} | {digest} |",
-              flush=True)
+        served, frames = fingerprint(kind, counts, method, steps=args.steps)
+        key = f"{kind}-{counts:g}-{method}"
+        saved[key] = frames
+        diff = ("—" if before is None
+                else f"{float(np.abs(frames - before[key]).max()):.2g}")
+        print(f"| {kind} | {counts:g} | {method} | {served} | {float(frames.mean()):.6f} | "
+              f"{diff} |", flush=True)
+    if args.save:
+        np.savez_compressed(args.save, **saved)
     return 0
 
 
