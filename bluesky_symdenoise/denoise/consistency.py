@@ -381,6 +381,13 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         ``target`` and ``dose`` (frames behind the target) read back at every pixel;
         ``frames``: per bin, how many frames the target pools (1: the frame's own).
     """
+    target, frames = _pooled_bin_means(profile, measured_on, raw, neighbours)
+    return profile.read_back(target), profile.read_back(frames), frames
+
+
+def _pooled_bin_means(profile: RingProfile, measured_on: np.ndarray, raw: np.ndarray,
+                      neighbours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin: the target of :func:`pooled_ring_means` and how many frames it pools."""
     own, weight = profile.bin_means(raw, measured_on)
     total, frames = own.copy(), np.ones(own.shape)
     tested = weight > 0
@@ -399,7 +406,7 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         total += np.where(changed, 0.0, near)
         frames += ~changed
     target = total / frames
-    return profile.read_back(target), profile.read_back(frames), frames
+    return target, frames
 
 
 def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
@@ -425,13 +432,14 @@ def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarra
     index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
     if index.size == 0:
         return out
-    target, dose, _ = pooled_ring_means(profile, measured_on, raw, neighbours)
+    target, dose = _pooled_bin_means(profile, measured_on, raw, neighbours)
+    reader = profile.reader(index)  # read the profiles back at the held pixels only
     out = out.copy()
     flat = out.reshape(-1)
-    raw_at, n_at = target.reshape(-1)[index], n_pixels.reshape(-1)[index]
-    n_at = n_at * dose.reshape(-1)[index]  # frames' worth of pixels behind the target
+    raw_at, n_at = reader @ target, n_pixels.reshape(-1)[index]
+    n_at = n_at * (reader @ dose)  # frames' worth of pixels behind the target
     for _ in range(passes):
-        den_at = profile.mean(out, measured_on)[0].reshape(-1)[index]
+        den_at = reader @ profile.bin_means(out, measured_on)[0]
         counts = den_at * n_at
         # Held outright: bins with enough expected counts; the others (sparse corners, low
         # counts) are shrunk, so that a bin with a count or two is not set to it.

@@ -323,6 +323,11 @@ class RingProfile:
         """A profile (one value per bin, as :meth:`bin_means`) read back at every pixel."""
         return (self._gather @ np.asarray(profile, np.float64)).reshape(self.shape)
 
+    def reader(self, index: np.ndarray) -> sparse.csr_matrix:
+        """How the pixels of the flat ``index`` read a profile back: ``reader(index) @
+        profile`` equals ``read_back(profile).ravel()[index]``, without the other pixels."""
+        return self._gather[np.asarray(index)]
+
 
 @functools.lru_cache(maxsize=16)
 def ring_profile(shape: tuple[int, int], center: tuple[float, float],
