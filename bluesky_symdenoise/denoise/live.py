@@ -63,11 +63,11 @@ PASSTHROUGH = "none (passthrough)"
 def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
     """Denoiser settings the live plugin uses on a CPU, where the caller did not set them.
 
-    To keep pace (>= 10 frames/s at 256² on 2 cores, see ``bench/throughput.py``) a frame
-    gets one forward pass, not an average over flips (twice the time for a few 0.1 dB),
-    through the narrower shipped network (:data:`LIVE_CPU_WIDTH`: 30-40 % less forward time
-    than the default width, up to 1 dB lower on some scenes), when its pre-trained weights
-    are installed. A GPU keeps the defaults.
+    To keep pace with the detector (``bench/throughput.py`` measures it) a frame gets one
+    forward pass, not an average over flips (twice the time for a small gain), through the
+    narrower shipped network (:data:`LIVE_CPU_WIDTH`: less forward time than the default
+    width, a little lower PSNR on some scenes), when its pre-trained weights are installed.
+    A GPU keeps the defaults.
     """
     settings: dict[str, Any] = {}
     if "test_time_flips" not in asked:

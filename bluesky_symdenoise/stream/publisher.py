@@ -172,8 +172,8 @@ class DerivedRunPublisher:
         The first event of each stream is checked against event-model's JSON schema; later
         ones only for what can change between events of one stream, their data keys (the
         check ``compose_event`` makes). jsonschema formats the repr of every numpy array it
-        meets: on a 2-core CPU the schema cost 3.6 ms per live frame at 256² and 11 ms at
-        1024² (``bench/documents.py``), against 0.1-0.6 ms for this.
+        meets, so checking every event against the schema costs far more per live frame
+        than this (``bench/documents.py`` measures both).
 
         Raises
         ------
