@@ -55,7 +55,7 @@ def one_scan(kind: str, counts: float, seed: int, frames: int, blur: float) -> d
     null = held_out_iq(as_good_as_raw, raw_frames, integ, npt=npt, sectors=sectors)
     bad = held_out_iq(blurred, raw_frames, integ, npt=npt, sectors=sectors)
     frame = raw_frames[scan.index]
-    served = blurred(frame, 0)
+    served = blurred(frame, scan.index, 0)
     for which, sector in zip(("full", "sector"), sectors, strict=True):
         i = 0 if sector is None else 1
         ref = integ.integrate(scan.truth, npt=npt, sector=sector).intensity
