@@ -16,16 +16,15 @@ scale where the raw data are precise enough to prove the network wrong:
   nearest bins, so a bin of width w holds the profile only at the scale of a 2w-wide
   triangle, and 1 px bins alone left a ring about 1 px wide broadened in I(q) (a generic
   centre's bilinear 180° partner broadens it in the network's output; ``bench/iq_ablation.py``
-  measures it). Half-pixel bins hold the profile at the
-  resolution of an integration with two q bins per pixel; the coarser bins first hold radii
+  measures it). Half-pixel bins hold the profile at the resolution of an integration with
+  two q bins per pixel; the coarser bins first hold radii
   where the fine bins have too few pixels or counts to be held (the detector's corners, low
   counts), which the fine bins alone would leave to the network. Only the
   :data:`RING_BIN_PX` bins are held outright; at the other scales each bin's correction is
   shrunk by its own Poisson noise (only a deviation the raw data can prove is corrected), so
   the extra scales do not put the raw noise back into the frame (held outright, the 4 to
   0.5 px bins would bring back part of the raw noise the network removed). At each scale
-  the scaling
-  is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
+  the scaling is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
   leaves the peak a few per cent low; the repeats converge to the raw means (a
   multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
   local arc is isotropic, the arc's mean is used, in 1 px bins with one pass (its mean is
