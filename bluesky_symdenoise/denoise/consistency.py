@@ -24,9 +24,9 @@ scale where the raw data are precise enough to prove the network wrong:
   shrunk by its own Poisson noise (only a deviation the raw data can prove is corrected), so
   the extra scales do not put the raw noise back into the frame (held outright, the 4 to
   0.5 px bins would bring back part of the raw noise the network removed). At each scale
-  the scaling is repeated a few times: one pass scales a broadened ring by its own bin-shared mean and
-  leaves the peak a few per cent low; the repeats converge to the raw means (a
-  multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
+  the scaling is repeated a few times: one pass scales a broadened ring by its own
+  bin-shared mean and leaves the peak a few per cent low; the repeats converge to the raw
+  means (a multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
   local arc is isotropic, the arc's mean is used, in 1 px bins with one pass (its mean is
   noisier); then, since the arcs do not hold the whole ring's mean (the arcs' held bins
   and the texture between them do not add up to it), the whole ring's mean over all the
