@@ -355,7 +355,7 @@ class LiveDenoiser:
             bad = self.user_mask.copy()
         else:
             bad = np.zeros(self._shape(), bool)
-        data = np.asarray(frame, np.float32).copy()
+        data = np.array(frame, np.float32)  # a copy, converted once
         unusable = unusable_pixels(frame[None], data[None], bad)
         flags: list[str] = []
         broken = unusable.nonfinite | unusable.negative
