@@ -55,7 +55,7 @@ Everything else is left as the network made it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,6 +175,8 @@ class RawConsistency:
     whole_ring_scope: np.ndarray | None = None
     #: Spot sums for the two spot sets (partners used or not), built once per scan.
     _spot_sums: dict = field(init=False, repr=False, compare=False)
+    #: The ring holds of :meth:`apply`, their bins found once per scan (:meth:`_steps`).
+    _hold_steps: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         partnered = (self.partnered_spots if self.partnered_spots is not None
@@ -182,6 +184,7 @@ class RawConsistency:
         object.__setattr__(self, "_spot_sums", {
             True: SpotSums.for_pixels(self.features),
             False: SpotSums.for_pixels(self.features | partnered)})
+        object.__setattr__(self, "_hold_steps", self._steps())
 
     @classmethod
     def for_scan(cls, scan_sum: np.ndarray, good: np.ndarray,
@@ -308,33 +311,43 @@ class RawConsistency:
         raw = np.where(good, raw, 0.0).astype(np.float64)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
         neighbours = [np.where(good, n, 0.0).astype(np.float64) for n in neighbours]
+        for step in self._hold_steps:
+            out = step.match(raw, out, neighbours if step.pooled else ())
+        spot_sums = self._spot_sums[bool(partners_used)]
+        if spot_sums.index.size:
+            out = spot_sums.match(raw, out)
+        return np.where(good, out, denoised).astype(np.float32)
+
+    def _steps(self) -> tuple[_HeldBins, ...]:
+        """The ring holds :meth:`apply` makes, in order, with their bins found once.
+
+        Rings first (coarse to fine), then the arcs of textured rings, then the whole ring's
+        mean off the isotropic rings (over all good pixels, as an integrator takes it):
+        outright on textured rings and sparse radii (the arcs keep the texture, this the
+        full-ring I(q)), shrunk elsewhere (a lattice's spots).
+        """
+        steps: list[_HeldBins | None] = []
         if self.rings is not None:
-            for profile in self.ring_levels or (self.rings,):
-                out = _match_means(profile, self.ring_pixels, self._scope(True), raw, out,
-                                   RING_MATCH_PASSES,
-                                   shrink=profile.bin_width != RING_BIN_PX,
-                                   neighbours=neighbours)
+            steps += [_HeldBins.build(profile, self.ring_pixels, self._scope(True),
+                                      RING_MATCH_PASSES,
+                                      shrink=profile.bin_width != RING_BIN_PX)
+                      for profile in self.ring_levels or (self.rings,)]
         if self.arcs is not None:
             assert self.arc_pixels is not None  # for_scan builds both
-            out = _match_means(self.arcs, self.arc_pixels, self._scope(False), raw, out,
-                               ARC_MATCH_PASSES)
-        # Then the whole ring's mean off the isotropic rings (over all good pixels, as an
-        # integrator takes it): outright on textured rings and sparse radii (the arcs keep
-        # the texture, this the full-ring I(q)), shrunk elsewhere (a lattice's spots).
+            steps.append(_HeldBins.build(self.arcs, self.arc_pixels, self._scope(False),
+                                         ARC_MATCH_PASSES, pooled=False))
         off_rings = self._scope(False)
         whole = (self.whole_ring_scope if self.whole_ring_scope is not None
                  else np.zeros_like(off_rings))
         for scope, outright in ((whole, True), (off_rings & ~whole, False)):
             if not scope.any():
                 continue
-            for profile in self.ring_levels:
-                out = _match_means(profile, scope, scope, raw, out, RING_MATCH_PASSES,
-                                   shrink=not (outright and profile.bin_width == RING_BIN_PX),
-                                   sparse=outright, neighbours=neighbours)
-        spot_sums = self._spot_sums[bool(partners_used)]
-        if spot_sums.index.size:
-            out = spot_sums.match(raw, out)
-        return np.where(good, out, denoised).astype(np.float32)
+            steps += [_HeldBins.build(profile, scope, scope, RING_MATCH_PASSES,
+                                      shrink=not (outright
+                                                  and profile.bin_width == RING_BIN_PX),
+                                      sparse=outright)
+                      for profile in self.ring_levels]
+        return tuple(step for step in steps if step is not None)
 
     def spots(self, *, partners_used: bool = True) -> np.ndarray:
         """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts."""
@@ -380,26 +393,30 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         ``target`` and ``dose`` (frames behind the target) read back at every pixel;
         ``frames``: per bin, how many frames the target pools (1: the frame's own).
     """
-    target, frames = _pooled_bin_means(profile, measured_on, raw, neighbours)
+    target, frames = _pooled_bin_means(
+        lambda image: profile.bin_means(image, measured_on), raw, neighbours)
     return profile.read_back(target), profile.read_back(frames), frames
 
 
-def _pooled_bin_means(profile: RingProfile, measured_on: np.ndarray, raw: np.ndarray,
-                      neighbours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per bin: the target of :func:`pooled_ring_means` and how many frames it pools."""
-    own, weight = profile.bin_means(raw, measured_on)
+def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      raw: np.ndarray, neighbours: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin: the target of :func:`pooled_ring_means` and how many frames it pools.
+    ``bin_means(image)`` gives an image's bin means and their weights."""
+    own, weight = bin_means(raw)
     total, frames = own.copy(), np.ones(own.shape)
     tested = weight > 0
     width = 2 * POOL_WINDOW_BINS + 1
     for neighbour in neighbours:
-        near, _ = profile.bin_means(neighbour, measured_on)
+        near, _ = bin_means(neighbour)
         var = np.maximum(0.5 * (own + near), 0.0) / np.maximum(weight, 1e-12) * 2.0
         usable = tested & (var > 0)
         z2 = np.where(usable, (own - near) ** 2 / np.where(usable, var, 1.0), 0.0)
         window_sum = uniform_filter1d(z2, width, mode="constant") * width
         dof = np.rint(uniform_filter1d(usable.astype(np.float64), width, mode="constant")
-                      * width)
-        significant = usable & (chi2.sf(window_sum, np.maximum(dof, 1.0)) < POOL_CHANGE_P)
+                      * width).astype(np.int64)
+        # chi2.sf(window_sum, dof) < POOL_CHANGE_P, by the level's precomputed quantiles
+        significant = usable & (window_sum > _POOL_CHI2_LEVEL[np.clip(dof, 1, width)])
         changed = ndimage.binary_dilation(significant | (z2 > POOL_SINGLE_Z ** 2),
                                           iterations=POOL_WINDOW_BINS) | ~usable
         total += np.where(changed, 0.0, near)
@@ -408,49 +425,99 @@ def _pooled_bin_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
     return target, frames
 
 
+#: chi2.isf(POOL_CHANGE_P, dof) for dof 0..window (index 0 unused): the window sum of z²
+#: above which a bin has changed.
+_POOL_CHI2_LEVEL = chi2.isf(POOL_CHANGE_P, np.arange(2 * POOL_WINDOW_BINS + 2).clip(1))
+
+
+@dataclass(frozen=True)
+class _HeldBins:
+    """One ring hold of :meth:`RawConsistency.apply`: a profile's bins over the pixels the
+    means are measured on, and the pixels scaled by them, found once per scan.
+
+    :meth:`match` scales the frame on :attr:`index`, :attr:`passes` times, towards bin
+    means over the measured pixels equal to the raw ones, pooled with the neighbouring
+    frames' where the ring did not change (:func:`pooled_ring_means`) if :attr:`pooled`.
+    ``sparse``: every bin with a pixel and an expected count is corrected, shrunk by its
+    noise below :data:`MIN_RING_COUNTS` (radii too sparse for the isotropy tests: their
+    bins are few-pixel ones, and the denoiser is most biased there).
+
+    ``shrink``: each bin's correction is shrunk by its own Poisson noise (positive-part
+    James-Stein: ``1 + (r - 1)·max(0, 1 - var(r) / (r - 1)²)``, ``var(r) ≈ 1 / (n·mean)``),
+    so a bin whose denoised mean agrees with the raw one within the raw mean's noise is left
+    alone, and one the denoiser got wrong by more is corrected. Fine bins hold few counts:
+    scaling them to the raw means outright would put their noise back into the frame.
+    """
+
+    measured: np.ndarray  # flat indices of the pixels the means are taken over
+    scatter: sparse.csr_matrix  # (bins, measured pixels): the binning
+    weights: np.ndarray  # per bin: about how many measured pixels it rests on
+    index: np.ndarray  # flat indices of the pixels scaled
+    reader: sparse.csr_matrix  # how those pixels read a profile back
+    n_at: np.ndarray  # measured pixels behind the profile at each scaled pixel
+    passes: int
+    shrink: bool = False
+    sparse: bool = False
+    pooled: bool = True
+
+    @classmethod
+    def build(cls, profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
+              passes: int, *, shrink: bool = False, sparse: bool = False,
+              pooled: bool = True) -> _HeldBins | None:
+        """The hold of ``scope`` to ``profile``'s means over ``measured_on``; None when no
+        pixel has enough support (bins with fewer than :data:`MIN_RING_PIXELS` measured
+        pixels are left alone unless ``sparse`` or held outright)."""
+        strict = shrink and not sparse  # the minimum pixels and counts apply
+        n_pixels = profile.support(measured_on)
+        index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
+        if index.size == 0:
+            return None
+        scatter, weights = profile.binning(measured_on)
+        return cls(measured=np.flatnonzero(measured_on), scatter=scatter, weights=weights,
+                   index=index, reader=profile.reader(index),
+                   n_at=n_pixels.reshape(-1)[index], passes=passes, shrink=shrink,
+                   sparse=sparse, pooled=pooled)
+
+    def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An image's mean in each bin over the measured pixels, and the bins' weights."""
+        sums = self.scatter @ np.asarray(image, np.float64).reshape(-1)[self.measured]
+        return sums / np.maximum(self.weights, 1e-12), self.weights
+
+    def match(self, raw: np.ndarray, out: np.ndarray,
+              neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """``out`` (float64) scaled towards the raw means (a new array)."""
+        strict = self.shrink and not self.sparse
+        target, dose = _pooled_bin_means(self.bin_means, raw,
+                                         neighbours if self.pooled else ())
+        reader = self.reader
+        out = out.copy()
+        flat = out.reshape(-1)
+        raw_at = reader @ target
+        n_at = self.n_at * (reader @ dose)  # frames' worth of pixels behind the target
+        for _ in range(self.passes):
+            den_at = reader @ self.bin_means(out)[0]
+            counts = den_at * n_at
+            # Held outright: bins with enough expected counts; the others (sparse corners,
+            # low counts) are shrunk, so that a bin with a count or two is not set to it.
+            # Pixels not held are scaled by exactly 1 (one gather and scatter per pass).
+            enough = (counts >= (MIN_RING_COUNTS if strict else 1.0)) & (den_at > 0)
+            excess = np.divide(raw_at, den_at, out=np.ones_like(den_at), where=enough) - 1.0
+            shrunk = self.shrink | (counts < MIN_RING_COUNTS)
+            noise = np.divide(1.0, counts, out=np.zeros_like(counts), where=enough)
+            factor = np.where(shrunk, np.clip(1.0 - noise / np.maximum(excess ** 2, 1e-12),
+                                              0.0, 1.0), 1.0)
+            flat[self.index] *= 1.0 + excess * factor
+        return out
+
+
 def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
                  raw: np.ndarray, out: np.ndarray, passes: int, *,
                  shrink: bool = False, neighbours: Sequence[np.ndarray] = (),
                  sparse: bool = False) -> np.ndarray:
-    """Scale ``out`` on ``scope``, ``passes`` times, towards profile means over
-    ``measured_on`` equal to the raw ones (bins with too few pixels or expected counts are
-    left alone), pooled with the neighbouring frames' where the ring did not change
-    (:func:`pooled_ring_means`). ``sparse``: every bin with a pixel and an expected count
-    is corrected, shrunk by its noise below :data:`MIN_RING_COUNTS` (radii too sparse for
-    the isotropy tests: their bins are few-pixel ones, and the denoiser is most biased
-    there).
-
-    ``shrink``: each bin's correction is shrunk by its own Poisson noise (positive-part
-    James-Stein: ``1 + (r - 1)·max(0, 1 - var(r) / (r - 1)²)``, ``var(r) ≈ 1 / (n·mean)``), so a
-    bin whose denoised mean agrees with the raw one within the raw mean's noise is left
-    alone, and one the denoiser got wrong by more is corrected. Fine bins hold few counts:
-    scaling them to the raw means outright would put their noise back into the frame.
-    """
-    strict = shrink and not sparse  # the minimum pixels and counts apply
-    n_pixels = profile.support(measured_on)
-    index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
-    if index.size == 0:
-        return out
-    target, dose = _pooled_bin_means(profile, measured_on, raw, neighbours)
-    reader = profile.reader(index)  # read the profiles back at the held pixels only
-    out = out.copy()
-    flat = out.reshape(-1)
-    raw_at, n_at = reader @ target, n_pixels.reshape(-1)[index]
-    n_at = n_at * (reader @ dose)  # frames' worth of pixels behind the target
-    for _ in range(passes):
-        den_at = reader @ profile.bin_means(out, measured_on)[0]
-        counts = den_at * n_at
-        # Held outright: bins with enough expected counts; the others (sparse corners, low
-        # counts) are shrunk, so that a bin with a count or two is not set to it.
-        enough = (counts >= (MIN_RING_COUNTS if strict else 1.0)) & (den_at > 0)
-        ratio = raw_at[enough] / den_at[enough]
-        shrunk = shrink | (counts[enough] < MIN_RING_COUNTS)
-        excess = (ratio - 1.0) ** 2
-        noise = 1.0 / counts[enough]
-        factor = np.where(shrunk, np.clip(1.0 - noise / np.maximum(excess, 1e-12), 0.0, 1.0),
-                          1.0)
-        flat[index[enough]] *= 1.0 + (ratio - 1.0) * factor
-    return out
+    """Scale ``out`` on ``scope``, ``passes`` times, towards ``profile``'s means over
+    ``measured_on`` equal to the raw ones (one-off :class:`_HeldBins`)."""
+    held = _HeldBins.build(profile, measured_on, scope, passes, shrink=shrink, sparse=sparse)
+    return out if held is None else held.match(raw, out, neighbours)
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,13 @@ class RingProfile:
         sums = scatter @ np.asarray(image, np.float64)[good]
         return sums / np.maximum(weights, 1e-12), weights.copy()
 
+    def binning(self, good: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """The binning over ``good`` pixels: ``(scatter, weights)``, where ``scatter @
+        image[good]`` are the bins' weighted sums and ``weights`` their weights
+        (:meth:`bin_means` divides the one by the other)."""
+        scatter, weights, _ = self._scatter_for(np.asarray(good, bool))
+        return scatter, weights
+
     def read_back(self, profile: np.ndarray) -> np.ndarray:
         """A profile (one value per bin, as :meth:`bin_means`) read back at every pixel."""
         return (self._gather @ np.asarray(profile, np.float64)).reshape(self.shape)
