@@ -33,6 +33,7 @@ from ..geometry import DetectorGeometry
 from ..integrate.azimuthal import IntegrationResult, integrator_for
 from ..integrate.heldout import IqCheck
 from .config import DenoiseConfig
+from .detector_noise import NoiseCalibration
 from .device import select_device
 from .engine import (
     ScanAnalysis,
@@ -306,7 +307,7 @@ class LiveDenoiser:
         split of the last warm-up frame (:func:`~.selection.held_out_deviance`)."""
         denoiser, analysis = self._analysed()
         prepared = analysis.prepared
-        if not prepared.integer_counts:
+        if not prepared.countlike:
             self.network_ready = True
             self.network_note = "network used (non-integer counts: held-out check skipped)"
             return
@@ -345,10 +346,17 @@ class LiveDenoiser:
             raise RuntimeError("frames served before warm_up(): the scan's shape is unknown")
         return self.shape
 
+    @property
+    def noise(self) -> NoiseCalibration:
+        """The detector's noise model found at the warm-up (photon counting before it)."""
+        return self.analysis.noise if self.analysis is not None else NoiseCalibration()
+
     def prepare_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """A new frame's counts with its bad pixels zeroed: the scan's (or the user's mask
         before the analysis), plus this frame's NaN/inf/negative and saturated pixels
-        (:func:`~.preprocess.unusable_pixels`). Returns counts, bad pixels and flags."""
+        (:func:`~.preprocess.unusable_pixels`; an integrating detector's negative values
+        are data, and its frame is converted to the shifted photon-equivalent frame the
+        engine works on, :attr:`noise`). Returns counts, bad pixels and flags."""
         if self.analysis is not None:
             bad = self.analysis.prepared.bad.copy()
         elif self.user_mask is not None:
@@ -358,10 +366,16 @@ class LiveDenoiser:
         data = np.array(frame, np.float32)  # a copy, converted once
         unusable = unusable_pixels(frame[None], data[None], bad)
         flags: list[str] = []
-        broken = unusable.nonfinite | unusable.negative
+        noise = self.noise
+        # An integrating detector's negative values are data (readout noise after the dark).
+        broken = unusable.nonfinite | (unusable.negative if not noise.integrating else False)
         if broken.any():
-            flags.append(f"{int(broken.sum())} NaN/inf/negative pixels masked")
+            flags.append(f"{int(broken.sum())} NaN/inf/negative pixels masked"
+                         if not noise.integrating else
+                         f"{int(broken.sum())} NaN/inf pixels masked")
             bad |= broken
+        if noise.integrating:
+            data = noise.to_photons(data)
         if unusable.saturated.any():
             flags.append(f"{int(unusable.saturated.sum())} saturated pixels masked")
             bad |= unusable.saturated
@@ -449,7 +463,7 @@ class LiveDenoiser:
         if the check failed (the sigmas then stay the Poisson upper bound)."""
         denoiser, analysis = self.denoiser, self.analysis
         if (self._iq_setup is None or denoiser is None or analysis is None
-                or self.method == "passthrough" or not analysis.prepared.integer_counts):
+                or self.method == "passthrough" or not analysis.prepared.countlike):
             return None
         geometry, npt, sectors = self._iq_setup
         prepared = analysis.prepared

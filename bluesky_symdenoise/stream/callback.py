@@ -68,6 +68,14 @@ class SymDenoise(event_model.DocumentRouter):
         Fewer fine-tuning steps than this within the budget: the network is not used.
     config
         Further :class:`~bluesky_symdenoise.DenoiseConfig` fields (e.g. ``width=8``).
+    detector, gain, read_noise
+        An integrating detector (flat panel, CCD, CMOS; frames in ADU, usually
+        dark-subtracted): ``detector="integrating"``, with its ADU per photon and readout
+        noise (ADU rms) if known, else estimated from the warm-up frames (at least two) and
+        recorded in the derived run's provenance (``engine.detector_noise``). Either number
+        given makes the detector integrating. None of them given: the raw start document's
+        ``detector_noise`` key (a dict of the same fields), else photon counting. Derived
+        frames and I(q) are then in ADU.
 
     Raises
     ------
@@ -90,8 +98,16 @@ class SymDenoise(event_model.DocumentRouter):
                  lossless: bool = False, warmup_frames: int = 4, npt: int | None = None,
                  sector: tuple[float, float] | None = None,
                  cake: bool | tuple[int, int] = False, min_training_steps: int = 10,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None,
+                 detector: str | dict[str, Any] | None = None, gain: float | None = None,
+                 read_noise: float | None = None) -> None:
         super().__init__()
+        if detector is not None or gain is not None or read_noise is not None:
+            from ..denoise.detector_noise import detector_noise
+
+            config = dict(config or {})
+            config["detector"] = detector_noise(detector or config.get("detector"),
+                                                gain=gain, read_noise=read_noise)
         # Validated as given (a str method, the config dict): LiveOptions checks and folds
         # them into its typed fields.
         self.options = LiveOptions.model_validate({

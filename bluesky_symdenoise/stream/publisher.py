@@ -40,11 +40,13 @@ def default_npt(shape: tuple[int, ...]) -> int:
     return max(16, min(500, max(shape) // 2))
 
 
-def denoised_data_keys(key: str, shape: tuple[int, ...]) -> dict[str, dict]:
-    """Data keys of the derived run's ``denoised`` stream for the field ``key``."""
+def denoised_data_keys(key: str, shape: tuple[int, ...], *, units: str = "counts"
+                       ) -> dict[str, dict]:
+    """Data keys of the derived run's ``denoised`` stream for the field ``key`` (``units``:
+    ``"counts"``, or ``"ADU"`` for an integrating detector)."""
     return {
         f"{key}_denoised": {"source": _SOURCE, "dtype": "array", "shape": list(shape),
-                            "dtype_numpy": "<f4", "units": "counts"},
+                            "dtype_numpy": "<f4", "units": units},
         f"{key}_denoised_by": {"source": _SOURCE, "dtype": "string", "shape": []},
         f"{key}_flags": {"source": _SOURCE, "dtype": "string", "shape": []},
         "raw_seq_num": {"source": _SOURCE, "dtype": "integer", "shape": []},
@@ -52,19 +54,19 @@ def denoised_data_keys(key: str, shape: tuple[int, ...]) -> dict[str, dict]:
     }
 
 
-def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
-                         ) -> dict[str, dict]:
+def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False,
+                         units: str = "counts") -> dict[str, dict]:
     """Data keys of the derived run's ``integrated`` stream: q and the raw and denoised I(q)
     with their errors and where the denoised one fell back to raw (and the same for the
-    sector ``with_sector``), ``npt`` points each."""
-    units = {"q": "nm^-1", f"{key}_iq_raw": "counts/pixel",
-             f"{key}_iq_raw_sigma": "counts/pixel", f"{key}_iq_denoised": "counts/pixel",
-             f"{key}_iq_denoised_sigma": "counts/pixel"}
+    sector ``with_sector``), ``npt`` points each, in ``units`` per pixel."""
+    per_pixel = f"{units}/pixel"
+    units_of = {"q": "nm^-1", f"{key}_iq_raw": per_pixel, f"{key}_iq_raw_sigma": per_pixel,
+                f"{key}_iq_denoised": per_pixel, f"{key}_iq_denoised_sigma": per_pixel}
     if with_sector:
         for which in ("raw", "raw_sigma", "denoised", "denoised_sigma"):
-            units[f"{key}_iq_sector_{which}"] = "counts/pixel"
+            units_of[f"{key}_iq_sector_{which}"] = per_pixel
     keys = {name: {"source": _SOURCE, "dtype": "array", "shape": [npt],
-                   "dtype_numpy": "<f8", "units": unit} for name, unit in units.items()}
+                   "dtype_numpy": "<f8", "units": unit} for name, unit in units_of.items()}
     for prefix in ("iq", "iq_sector") if with_sector else ("iq",):
         keys[f"{key}_{prefix}_fallback"] = {
             "source": _SOURCE, "dtype": "array", "shape": [npt], "dtype_numpy": "|b1",
@@ -74,7 +76,8 @@ def integrated_data_keys(key: str, npt: int, *, with_sector: bool = False
     return keys
 
 
-def cake_data_keys(key: str, npt_rad: int, npt_azim: int) -> dict[str, dict]:
+def cake_data_keys(key: str, npt_rad: int, npt_azim: int, *, units: str = "counts"
+                   ) -> dict[str, dict]:
     """Data keys of the derived run's ``cake`` stream: the raw and denoised frames regrouped
     on a (chi, q) grid by pyFAI's ``integrate2d``, ``npt_azim`` × ``npt_rad`` bins."""
     binning = (f"pyFAI integrate2d, {npt_azim} chi bins of {360 / npt_azim:g}° "
@@ -87,7 +90,7 @@ def cake_data_keys(key: str, npt_rad: int, npt_azim: int) -> dict[str, dict]:
     for which in ("raw", "denoised"):
         keys[f"{key}_cake_{which}"] = {
             "source": _SOURCE, "dtype": "array", "shape": [npt_azim, npt_rad],
-            "dtype_numpy": "<f4", "units": "counts/pixel", "description": binning}
+            "dtype_numpy": "<f4", "units": f"{units}/pixel", "description": binning}
     keys["raw_seq_num"] = {"source": _SOURCE, "dtype": "integer", "shape": []}
     return keys
 

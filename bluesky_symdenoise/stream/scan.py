@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -88,10 +88,25 @@ def _load_mask(value: Any) -> np.ndarray:
     return np.asarray(value).astype(bool)
 
 
-def _new_engine(options: LiveOptions) -> LiveDenoiser:
+def _new_engine(options: LiveOptions, raw_start: Mapping[str, Any] | None = None,
+                warn: Callable[[str], None] | None = None) -> LiveDenoiser:
+    """The scan's engine; an integrating detector's noise model comes from the plugin's
+    options, else from the raw start document's ``detector_noise`` key."""
+    from ..denoise.detector_noise import DetectorNoise
     from ..denoise.live import LiveDenoiser  # torch: imported with the first scan's engine
 
-    return LiveDenoiser(options.denoise, asked=options.asked, budget_s=options.budget_s,
+    config, asked = options.denoise, options.asked
+    stated = (raw_start or {}).get("detector_noise")
+    if stated is not None and "detector" not in asked:
+        try:
+            config = config.model_copy(update={"detector": DetectorNoise.model_validate(
+                stated)})
+            asked = (*asked, "detector")
+        except Exception as exc:  # noqa: BLE001 - user metadata: say so, count photons
+            if warn is not None:
+                warn(f"start['detector_noise'] ignored ({exc}): frames taken as photon "
+                     "counts")
+    return LiveDenoiser(config, asked=asked, budget_s=options.budget_s,
                         min_training_steps=options.min_training_steps)
 
 
@@ -320,7 +335,7 @@ class LiveScan:
             raise RuntimeError("warm-up before any frame of a 2-D field was taken")
         notes: list[str] = []
         geometry, user_mask, geometry_source = self._resolve_geometry(shape, notes)
-        engine = _new_engine(self.options)
+        engine = _new_engine(self.options, self.raw_start, self._warn)
         self._warn(engine.warm_up(
             [frame for _, frame, _ in self.held], shape=shape, mask=user_mask,
             center=geometry.center if geometry is not None else None))
@@ -372,17 +387,19 @@ class LiveScan:
 
     def _declare_streams(self, run: DerivedRun, shape: tuple[int, int]) -> None:
         publisher, field, integration = run.publisher, run.field, run.integration
-        keys = denoised_data_keys(field, shape)
+        units = "ADU" if run.engine.noise.integrating else "counts"
+        keys = denoised_data_keys(field, shape, units=units)
         publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
         self._publish_symmetry(run)
         if integration is not None:
             sector = integration.sector
-            keys = integrated_data_keys(field, integration.npt, with_sector=sector is not None)
+            keys = integrated_data_keys(field, integration.npt, with_sector=sector is not None,
+                                        units=units)
             publisher.add_stream("integrated", keys, object_keys={"symdenoise": sorted(keys)})
             run.engine.set_iq_integration(integration.geometry, integration.npt,
                                           [None] if sector is None else [None, sector])
             if integration.cake_bins is not None:
-                keys = cake_data_keys(field, *integration.cake_bins)
+                keys = cake_data_keys(field, *integration.cake_bins, units=units)
                 publisher.add_stream("cake", keys, object_keys={"symdenoise": sorted(keys)})
 
     @staticmethod
@@ -440,8 +457,12 @@ class LiveScan:
                  frame: ServedFrame) -> None:
         key = run.field
         self.counts[f"by:{frame.denoised_by}"] += 1
+        noise = run.engine.noise  # an integrating detector's frames go back to its units
+        denoised = (noise.to_detector(frame.denoised, keep=None if frame.bad is None
+                                      else ~frame.bad) if noise.integrating
+                    else frame.denoised)
         run.publisher.add_event("denoised", {
-            f"{key}_denoised": frame.denoised, f"{key}_denoised_by": frame.denoised_by,
+            f"{key}_denoised": denoised, f"{key}_denoised_by": frame.denoised_by,
             f"{key}_flags": "; ".join(frame.flags), "raw_seq_num": int(seq_num),
             "frames_dropped": int(self.counts["dropped"])})
         if run.integration is not None:
@@ -474,9 +495,19 @@ class LiveScan:
                                        variance=np.maximum(frame.denoised, 0))
                     intensity, sigma, fallback = run.engine.published_iq(
                         frame.denoised_by, profile, raw, den)
+                    raw_intensity, raw_sigma = raw.intensity, raw.sigma
+                    noise = run.engine.noise
+                    if noise.integrating:  # back to ADU: I = g·I' + I(offset - g·r²)
+                        level = ai.integrate(np.full(counts.shape, noise.offset - noise.gain
+                                                     * noise.shift, np.float32),
+                                             npt=npt, sector=sec).intensity
+                        raw_intensity = noise.gain * raw_intensity + level
+                        intensity = noise.gain * intensity + level
+                        raw_sigma = None if raw_sigma is None else noise.gain * raw_sigma
+                        sigma = noise.gain * sigma
                     values.update({"q": raw.q_nm if profile == 0 else values["q"],
-                                   f"{key}_{prefix}_raw": raw.intensity,
-                                   f"{key}_{prefix}_raw_sigma": raw.sigma,
+                                   f"{key}_{prefix}_raw": raw_intensity,
+                                   f"{key}_{prefix}_raw_sigma": raw_sigma,
                                    f"{key}_{prefix}_denoised": intensity,
                                    f"{key}_{prefix}_denoised_sigma": sigma,
                                    f"{key}_{prefix}_fallback": fallback})
@@ -498,9 +529,17 @@ class LiveScan:
                 ai = integrator_for(geometry, bad)
                 raw = ai.cake(counts, npt_rad, npt_azim)
                 den = ai.cake(frame.denoised, npt_rad, npt_azim)
+                raw_cake, den_cake = raw.intensity, den.intensity
+                noise = run.engine.noise
+                if noise.integrating:  # back to ADU, as the I(q)
+                    level = ai.cake(np.full(counts.shape, noise.offset - noise.gain
+                                            * noise.shift, np.float32),
+                                    npt_rad, npt_azim).intensity
+                    raw_cake = noise.gain * raw_cake + level
+                    den_cake = noise.gain * den_cake + level
                 values.update({"q": raw.q_nm, "chi": raw.chi_deg,
-                               f"{key}_cake_raw": raw.intensity.astype(np.float32),
-                               f"{key}_cake_denoised": den.intensity.astype(np.float32)})
+                               f"{key}_cake_raw": raw_cake.astype(np.float32),
+                               f"{key}_cake_denoised": den_cake.astype(np.float32)})
             except Exception as exc:  # noqa: BLE001
                 self._warn(f"cake integration failed: {exc}")
         values["raw_seq_num"] = int(seq_num)

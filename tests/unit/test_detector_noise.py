@@ -1,0 +1,140 @@
+"""Integrating detectors: the noise model, its calibration from the scan, and the denoiser
+on dark-subtracted ADU frames (negative values are data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bluesky_symdenoise.denoise.api import denoise, denoise_scan
+from bluesky_symdenoise.denoise.detector_noise import (
+    DetectorNoise,
+    NoiseCalibration,
+    calibrate,
+    detector_noise,
+)
+from bluesky_symdenoise.denoise.preprocess import InputError
+from bluesky_symdenoise.simulate.scenes import make_scene
+
+
+def flat_panel_frames(scene, *, gain: float, read_noise: float, n: int = 4,
+                      psf_sigma: float = 0.0, photons: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Dark-subtracted ADU frames: gain × photons (spread by a point spread) + readout."""
+    rng = np.random.default_rng(seed)
+    expectation = scene.scaled(photons)
+    frames = []
+    for _ in range(n):
+        detected = rng.poisson(expectation).astype(np.float64)
+        if psf_sigma:
+            detected = ndimage.gaussian_filter(detected, psf_sigma)
+        frames.append(gain * detected + rng.normal(0.0, read_noise, expectation.shape))
+    stack = np.stack(frames).astype(np.float32)
+    stack[:, scene.mask] = 0.0
+    return stack
+
+
+@pytest.fixture(scope="module")
+def powder():
+    return make_scene("powder", shape=(128, 128), seed=41)
+
+
+@pytest.mark.fast
+def test_the_ways_to_say_the_detector_agree():
+    assert detector_noise(None) == DetectorNoise()
+    assert detector_noise("integrating").integrating
+    assert detector_noise(gain=7.0) == DetectorNoise(kind="integrating", gain=7.0)
+    assert detector_noise({"kind": "integrating", "read_noise": 3.0}, gain=2.0).gain == 2.0
+    with pytest.raises(ValueError):
+        DetectorNoise(kind="integrating", gain=-1.0)
+
+
+@pytest.mark.fast
+def test_conversion_keeps_the_mean_and_goes_back_exactly():
+    noise = NoiseCalibration(kind="integrating", gain=7.0, read_noise=4.0, offset=100.0)
+    adu = np.array([[93.0, 100.0, 114.0]], np.float32)
+    photons = noise.to_photons(adu)
+    # (x - offset) / gain + (read / gain)²: mean equals variance for Poisson + readout.
+    np.testing.assert_allclose(photons, (adu - 100.0) / 7.0 + (4.0 / 7.0) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(noise.to_detector(photons), adu, rtol=1e-6)
+    counting = NoiseCalibration()
+    assert counting.to_photons(adu) is not None and counting.shift == 0.0
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("gain", "read_noise"), [(7.0, 4.0), (2.0, 1.0), (20.0, 10.0)])
+def test_gain_and_readout_noise_found_from_the_frames(powder, gain, read_noise):
+    frames = flat_panel_frames(powder, gain=gain, read_noise=read_noise, n=5, seed=3)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert abs(found.gain / gain - 1) < 0.10
+    assert abs(found.read_noise / read_noise - 1) < 0.10
+    assert found.noise_factor == 1.0 and abs(found.correlation) < 0.02
+    # The errors it reports are of the size of its actual error (not 0, not huge).
+    assert 0 < found.gain_error < 0.1 * gain
+
+
+@pytest.mark.fast
+def test_a_point_spread_is_measured_and_the_gain_still_found(powder):
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=6, psf_sigma=0.7, seed=5)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert found.correlation > 0.1  # neighbouring pixels share photons
+    # Σk² of a 0.7 px Gaussian spread is about 1 / (4π 0.7²) ≈ 0.16 (on the pixel grid ~0.18)
+    assert 0.1 < found.noise_factor < 0.3
+    assert abs(found.gain / 7.0 - 1) < 0.15
+    assert abs(found.read_noise / 4.0 - 1) < 0.10
+
+
+@pytest.mark.fast
+def test_given_values_are_used_and_one_frame_needs_them(powder):
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=1)
+    with pytest.raises(ValueError, match="at least two frames"):
+        calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    given = calibrate(frames, powder.usable,
+                      DetectorNoise(kind="integrating", gain=7.0, read_noise=4.0))
+    assert (given.gain, given.read_noise, given.source) == (7.0, 4.0, "given")
+
+
+@pytest.mark.fast
+def test_negative_adu_raise_a_message_that_names_the_integrating_mode(powder):
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=2)
+    with pytest.raises(InputError, match="detector='integrating'"):
+        denoise(frames, mask=powder.mask, center=powder.geometry.center, method="classical")
+
+
+@pytest.mark.fast
+def test_integrating_frames_are_denoised_in_adu_with_their_totals(powder):
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=3, seed=8)
+    good = powder.usable
+    assert (frames[:, good] < 0).mean() > 0.1  # dark-subtracted: negatives are data
+    result = denoise_scan(frames, mask=powder.mask, center=powder.geometry.center,
+                          method="classical", detector="integrating")
+    out = result.denoised
+    assert out.shape == frames.shape and out.dtype == np.float32
+    for raw, den in zip(frames, out, strict=True):
+        assert abs(den[good].sum() / raw[good].sum() - 1) < 0.01
+    assert np.all(out[:, powder.mask] == 0)
+    record = result.provenance["detector_noise"]
+    assert record["kind"] == "integrating" and abs(record["gain"] / 7.0 - 1) < 0.10
+    truth = 7.0 * powder.scaled(1.0)
+    error_raw = np.mean((frames[:, good] - truth[good]) ** 2)
+    error_out = np.mean((out[:, good] - truth[good]) ** 2)
+    assert error_out < 0.2 * error_raw  # > 7 dB better than raw
+
+
+@pytest.mark.slow
+def test_the_network_serves_integrating_frames_without_bias(powder):
+    frames = flat_panel_frames(powder, gain=5.0, read_noise=6.0, n=3, seed=12)
+    good = powder.usable
+    result = denoise_scan(frames, mask=powder.mask, center=powder.geometry.center,
+                          method="symmetry", budget_s=8, detector="integrating",
+                          gain=5.0, read_noise=6.0)
+    out = result.denoised
+    truth = 5.0 * powder.scaled(1.0)
+    for raw, den in zip(frames, out, strict=True):
+        assert abs(den[good].sum() / raw[good].sum() - 1) < 0.01
+    # The background (no ring) is not lifted by the clipped negative values.
+    ring = powder.regions["strongest_ring"]
+    quiet = good & ~ndimage.binary_dilation(truth > 2.0 * np.median(truth[good]), iterations=2)
+    assert abs(out[:, quiet].mean() / truth[quiet].mean() - 1) < 0.1
+    assert abs(out[:, ring].sum() / (3 * truth[ring].sum()) - 1) < 0.05
+    assert result.provenance["detector_noise"]["source"] == "given"
