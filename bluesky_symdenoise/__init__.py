@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DenoiseConfig", "DenoiseResult", "InputError", "ScanDenoiser", "SymDenoise",
-           "__version__", "denoise", "denoise_scan"]
+__all__ = ["DenoiseConfig", "DenoiseResult", "DetectorNoise", "InputError", "ScanDenoiser",
+           "SymDenoise", "__version__", "denoise", "denoise_scan"]
 
 #: Public name -> the module that defines it (relative to this package).
 _LAZY: dict[str, str] = {
     "denoise": ".denoise.api",
     "denoise_scan": ".denoise.api",
     "DenoiseConfig": ".denoise.config",
+    "DetectorNoise": ".denoise.detector_noise",
     "DenoiseResult": ".denoise.engine",
     "ScanDenoiser": ".denoise.engine",
     "InputError": ".denoise.preprocess",
@@ -40,6 +41,7 @@ del globals()["denoise"]
 if TYPE_CHECKING:
     from .denoise.api import denoise, denoise_scan
     from .denoise.config import DenoiseConfig
+    from .denoise.detector_noise import DetectorNoise
     from .denoise.engine import DenoiseResult, ScanDenoiser
     from .denoise.preprocess import InputError
     from .stream.callback import SymDenoise
