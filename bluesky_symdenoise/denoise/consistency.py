@@ -628,7 +628,7 @@ def radial_background(rings: RingProfile, image: np.ndarray, good: np.ndarray, *
     """
     background, _ = rings.mean(image, good)
     for _ in range(passes):
-        quiet = good & (image <= background + 3.0 * np.sqrt(background) + 1.0)
+        quiet = good & (image <= background + 3.0 * np.sqrt(np.maximum(background, 0.0)) + 1.0)
         mean, support = rings.mean(image, quiet)
         background = np.where(support > 0, mean, background)
     return background
@@ -700,6 +700,6 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     variance = (expected + in_weight ** 2 * np.divide(level, frame_weight,
                                                       out=np.zeros_like(level), where=usable)
                 + (background_error * (expected - flat)) ** 2)
-    z = (in_counts - expected) / np.sqrt(variance + 1.0)
+    z = (in_counts - expected) / np.sqrt(np.maximum(variance, 0.0) + 1.0)
     marked = usable & (z > z_threshold)
     return ndimage.binary_dilation(marked, iterations=grow) & good

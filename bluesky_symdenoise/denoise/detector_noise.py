@@ -34,8 +34,11 @@ CORRELATION_LAGS_PX = 4
 #: Intensity groups of the photon transfer curve (quantiles of the scan's mean).
 TRANSFER_GROUPS = 24
 #: The noise counts as spatially correlated when the lag-1 correlation of the frame
-#: differences exceeds this and five of its standard errors.
-MIN_CORRELATION = 0.02
+#: differences exceeds this plus five of its standard errors (a point spread of 1 px under
+#: a readout noise ten times the photon noise still gives ~0.005).
+MIN_CORRELATION = 0.002
+#: The summed covariances must be known to this relative error to measure the spread.
+MAX_SPREAD_ERROR = 0.15
 #: Frame pairs used at most by :func:`calibrate`.
 MAX_PAIRS = 8
 
@@ -165,9 +168,10 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     Consecutive frames of a scan are independent copies of nearly the same expectation, so
     their difference ``d = x_t - x_{t+1}`` is pure noise: per pixel ``var(d) / 2 = g·μ + σ²``
     in ADU, for mean ``μ`` (ADU), gain ``g`` and readout noise ``σ``. The good pixels are
-    grouped by their mean over the scan (the difference of two frames is uncorrelated with
-    their sum) into :data:`TRANSFER_GROUPS` groups; each group gives ``(mean of the pair means,
-    var(d) / 2)`` after clipping 6 σ outliers (a sample that changed), and a straight line
+    grouped by the scan's mean level around them (:func:`_levels`: a variable whose noise
+    is independent of their own) into :data:`TRANSFER_GROUPS` groups; each group gives
+    ``(mean of the pair means, var(d) / 2)`` after setting aside samples beyond 6 σ of a
+    first line (a pixel that changed between frames), and a straight line
     weighted by each point's variance gives ``g`` (slope) and ``σ²`` (intercept), with their
     standard errors.
 
@@ -175,7 +179,9 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     then ``g·Σk²·μ + σ²``. Where the lag-1 correlation of ``d`` is significant
     (:data:`MIN_CORRELATION`), the gain is measured instead from the noise covariances
     summed over lags up to :data:`CORRELATION_LAGS_PX` (their sum is ``g·μ`` whatever the
-    spread), and ``noise_factor = Σk²`` is recorded.
+    spread) over the mean level, and ``noise_factor = Σk²`` is recorded; with too few
+    pixels to measure that sum (:data:`MAX_SPREAD_ERROR`), the source says so and the gain
+    stays the per-pixel slope, a lower bound.
 
     Given values (``noise.gain``, ``noise.read_noise``) are used as they are.
 
@@ -219,9 +225,10 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     groups = _groups(levels, good)
     # A first line, then samples beyond 6 σ of it set aside (a pixel that changed between
     # frames), then the line again.
-    first = _line_fit(*_transfer_points(diffs, means, groups, np.broadcast_to(good, diffs.shape),
-))
-    expected = 2.0 * np.maximum(first[0] * np.maximum(levels, 0.0) + first[1], 1e-12)
+    first = _line_fit(*_transfer_points(diffs, means, groups,
+                                        np.broadcast_to(good, diffs.shape)))
+    own = np.maximum(data.mean(axis=0), 0.0)  # the pixel's own level sets its clip
+    expected = 2.0 * np.maximum(first[0] * own + first[1], 1e-12)
     keep = np.broadcast_to(good, diffs.shape) & (diffs ** 2 <= 36.0 * expected)
     lag0 = _transfer_points(diffs, means, groups, keep)
     slope, intercept, slope_error, intercept_error = _line_fit(*lag0)
@@ -230,14 +237,18 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
     # A point spread shares photons between neighbours: the per-pixel slope is then g·Σk²,
     # and the noise covariances with the neighbours, pooled over the scan, give Σk².
-    spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
-    if spread is not None and (1.0 - spread[0] > 5.0 * spread[1]
-                               or correlation > max(MIN_CORRELATION, 5.0 * correlation_error)):
-        noise_factor, _, gain, gain_error = spread
-        source += (f"; correlated noise (lag-1 correlation {correlation:.3f}, per-pixel "
-                   f"slope {slope:.3g}): gain from the noise covariances summed over "
-                   f"±{CORRELATION_LAGS_PX} px over the mean level, photon share "
-                   f"Σk² = {noise_factor:.3f}")
+    if correlation > MIN_CORRELATION + 5.0 * correlation_error:
+        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
+        if spread is None:
+            source += (f"; correlated noise (lag-1 correlation {correlation:.3f}) but too "
+                       "few pixels to measure the spread: the gain is the per-pixel slope, "
+                       "a lower bound")
+        else:
+            noise_factor, _, gain, gain_error = spread
+            source += (f"; correlated noise (lag-1 correlation {correlation:.3f}, per-pixel "
+                       f"slope {slope:.3g}): gain from the noise covariances summed over "
+                       f"±{CORRELATION_LAGS_PX} px over the mean level, photon share "
+                       f"Σk² = {noise_factor:.3f}")
     if noise.gain is not None:
         gain, gain_error = float(noise.gain), 0.0
         source += "; gain given"
@@ -260,19 +271,19 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
 
 
 def _levels(data: np.ndarray, good: np.ndarray, pairs: int) -> np.ndarray:
-    """Per frame pair: each pixel's mean level from data independent of the pair's noise
-    (the scan's other frames; with two frames only, the pair's neighbouring pixels)."""
+    """Per frame pair: each pixel's level from data whose noise is independent of the
+    pixel's own: the scan's mean over a ring of pixels 3 px away (7 × 7 minus 5 × 5), so
+    that neither the pair's noise, nor a noise common to every frame (one dark frame
+    subtracted from all), nor a point spread of up to ~1 px ties it to the pixel."""
     from scipy import ndimage
-    total = data.sum(axis=0)
-    if len(data) >= 3:
-        return np.stack([(total - data[t] - data[t + 1]) / (len(data) - 2)
-                         for t in range(pairs)])
-    pair = 0.5 * (data[0] + data[1])
-    ring = np.ones((3, 3))
-    ring[1, 1] = 0.0
+
+    ring = np.ones((7, 7))
+    ring[1:6, 1:6] = 0.0
+    mean = np.where(good, data.mean(axis=0), 0.0)
     weight = ndimage.convolve(good.astype(np.float64), ring, mode="constant")
-    summed = ndimage.convolve(np.where(good, pair, 0.0), ring, mode="constant")
-    return np.divide(summed, weight, out=np.zeros_like(summed), where=weight > 0)[None]
+    summed = ndimage.convolve(mean, ring, mode="constant")
+    level = np.divide(summed, weight, out=np.zeros_like(summed), where=weight > 0)
+    return np.broadcast_to(level, (pairs, *level.shape))
 
 
 def _groups(level: np.ndarray, good: np.ndarray) -> np.ndarray:
@@ -368,7 +379,9 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     level = means[inside]
     n = own.size
     own_mean, total_mean, level_mean = float(own.mean()), float(total.mean()), float(level.mean())
-    if total_mean <= 5.0 * float(total.std()) / np.sqrt(n) or level_mean <= 0:
+    # Each difference enters many products: the error of the mean is about twice the naive.
+    if (total_mean <= 0 or level_mean <= 0
+            or 2.0 * float(total.std()) / np.sqrt(n) > MAX_SPREAD_ERROR * total_mean):
         return None
     factor = float(np.clip(own_mean / total_mean, 0.0, 1.0))
     gain = total_mean / level_mean
@@ -377,8 +390,8 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     f_grad = np.array([1.0 / total_mean, -own_mean / total_mean ** 2])
     g_cov = np.cov(total, level) / n
     g_grad = np.array([1.0 / level_mean, -total_mean / level_mean ** 2])
-    return (factor, float(np.sqrt(max(f_grad @ f_cov @ f_grad, 0.0))), float(gain),
-            float(np.sqrt(max(g_grad @ g_cov @ g_grad, 0.0))))
+    return (factor, 2.0 * float(np.sqrt(max(f_grad @ f_cov @ f_grad, 0.0))), float(gain),
+            2.0 * float(np.sqrt(max(g_grad @ g_cov @ g_grad, 0.0))))
 
 
 def _lag1_correlation(diffs: np.ndarray, good: np.ndarray) -> tuple[float, float]:

@@ -500,7 +500,7 @@ def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
     for window in windows:
         d_sum = ndimage.uniform_filter(diff, window, mode="constant") * window * window
         v_sum = ndimage.uniform_filter(variance, window, mode="constant") * window * window
-        z = np.abs(d_sum) / np.sqrt(v_sum + 1.0)
+        z = np.abs(d_sum) / np.sqrt(np.maximum(v_sum, 0.0) + 1.0)
         # A window's verdict applies to every pixel it covers.
         z = ndimage.maximum_filter(z, window, mode="constant")
         z_max = np.maximum(z_max, z)

@@ -33,6 +33,7 @@ from event_model.documents import EventDescriptor, RunStart, RunStop
 
 from ..integrate.azimuthal import integrator_for
 from .background import lower_thread_priority
+from .darks import DarkFrames
 from .frames import FRAME_DOCUMENTS, FrameSource
 from .options import LiveOptions
 from .publisher import (
@@ -89,9 +90,12 @@ def _load_mask(value: Any) -> np.ndarray:
 
 
 def _new_engine(options: LiveOptions, raw_start: Mapping[str, Any] | None = None,
-                warn: Callable[[str], None] | None = None) -> LiveDenoiser:
+                warn: Callable[[str], None] | None = None,
+                pedestal: float | None = None) -> LiveDenoiser:
     """The scan's engine; an integrating detector's noise model comes from the plugin's
-    options, else from the raw start document's ``detector_noise`` key."""
+    options, else from the raw start document's ``detector_noise`` key. Frames
+    dark-subtracted upstream (bluesky-darkframes, ``pedestal`` not None) are an
+    integrating detector's whose offset is the pedestal, unless the user gave one."""
     from ..denoise.detector_noise import DetectorNoise
     from ..denoise.live import LiveDenoiser  # torch: imported with the first scan's engine
 
@@ -106,6 +110,14 @@ def _new_engine(options: LiveOptions, raw_start: Mapping[str, Any] | None = None
             if warn is not None:
                 warn(f"start['detector_noise'] ignored ({exc}): frames taken as photon "
                      "counts")
+    detector = config.detector
+    if pedestal is not None and not (detector.integrating and detector.offset):
+        config = config.model_copy(update={"detector": detector.model_copy(
+            update={"kind": "integrating", "offset": pedestal})})
+        asked = (*dict.fromkeys((*asked, "detector")),)
+        if warn is not None and not detector.integrating:
+            warn(f"frames dark-subtracted upstream (bluesky-darkframes, pedestal "
+                 f"{pedestal:g}): taken as an integrating detector's ADU")
     return LiveDenoiser(config, asked=asked, budget_s=options.budget_s,
                         min_training_steps=options.min_training_steps)
 
@@ -190,6 +202,13 @@ class LiveScan:
         self.latencies: list[float] = []
         self.stopped = False
         self._streamed: dict[str, set[str]] = {}
+        #: Dark frames of the run, and which frames were dark-subtracted upstream.
+        self.darks = DarkFrames()
+        stated = raw_start.get("detector_noise")
+        #: Whether the frames are an integrating detector's (so a dark stream is subtracted).
+        self.integrating = (options.denoise.detector.integrating
+                            or (isinstance(stated, dict)
+                                and stated.get("kind") == "integrating"))
 
     # -- what the engine decided -------------------------------------------------------------
     @property
@@ -218,6 +237,7 @@ class LiveScan:
             self.serve_pending()
         if name == "descriptor":
             list(self.source.frames(name, doc))
+            self.darks.descriptor(doc)
             self._pick_field()
             descriptor = cast(EventDescriptor, doc)
             # Keys whose frames come in StreamDatum documents, never in events.
@@ -235,10 +255,20 @@ class LiveScan:
             self._warn(f"could not read a frame from a {name} document: {exc}")
             return
         taken = 0
+        descriptor_uid = doc.get("descriptor")
         for key, seq_num, frame, _timestamp in frames:
-            if key == self.field:
-                self.take(seq_num, frame, received)
-                taken += 1
+            if key != self.field:
+                continue
+            taken += 1
+            if self.darks.is_dark(descriptor_uid):  # a dark frame, not one of the scan's
+                self.darks.keep(frame)
+                if not self.integrating:
+                    self._warn("the run has dark frames but the detector was not declared "
+                               "integrating (detector='integrating'): they are not "
+                               "subtracted, and the frames are taken as photon counts")
+            else:
+                self.take(seq_num, self.darks.light(descriptor_uid, frame,
+                                                    subtract=self.integrating), received)
         if backlog == 0:
             self.serve_pending()
         if name == "event" and not taken:
@@ -335,7 +365,7 @@ class LiveScan:
             raise RuntimeError("warm-up before any frame of a 2-D field was taken")
         notes: list[str] = []
         geometry, user_mask, geometry_source = self._resolve_geometry(shape, notes)
-        engine = _new_engine(self.options, self.raw_start, self._warn)
+        engine = _new_engine(self.options, self.raw_start, self._warn, self.darks.pedestal)
         self._warn(engine.warm_up(
             [frame for _, frame, _ in self.held], shape=shape, mask=user_mask,
             center=geometry.center if geometry is not None else None))
@@ -379,6 +409,7 @@ class LiveScan:
             "geometry": geometry.as_metadata() if geometry else None,
             "geometry_source": geometry_source, "warnings": list(self.warnings),
             "notes": notes, "versions": _versions(), "iq_sigma": _IQ_SIGMA,
+            "darks": self.darks.summary(),
         }
         engine_record = engine.provenance()
         if engine_record is not None:
@@ -613,6 +644,7 @@ class LiveScan:
         if "iq_check_seconds" in engine:
             record["iq_check_seconds"] = engine.pop("iq_check_seconds")
         record["warnings"] = list(self.warnings)
+        record["darks"] = self.darks.summary()
         record.update(engine)
         if self.latencies:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
