@@ -5,6 +5,10 @@ the same expectation at every temperature. An in situ scene (``insitu``, ``insit
 precomputes an :func:`~bluesky_symdenoise.simulate.scenes.insitu_series` spanning the
 temperature range and interpolates between its states, so a frame taken at temperature T
 shows the sample as it is at T (rings drifting, lattice expanding, a phase appearing).
+
+By default frames are photon counts (a photon-counting detector: Pilatus, Eiger). With a
+:class:`FlatPanelReadout` they are the ADU of an integrating flat panel: ``gain × photons +
+dark offset + Gaussian readout noise``, rounded and clipped to a 16-bit ADC.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from bluesky_symdenoise.simulate.noise import expose
 from bluesky_symdenoise.simulate.scenes import SCENES, insitu_series, make_scene
 
-__all__ = ["INSITU_CHANGES", "SCENE_CHOICES", "SceneSource"]
+__all__ = ["INSITU_CHANGES", "SCENE_CHOICES", "FlatPanelReadout", "SceneSource"]
 
 INSITU_SCENES = {"insitu": "powder", "insitu_lattice": "lattice"}
 SCENE_CHOICES = sorted(SCENES) + sorted(INSITU_SCENES)
@@ -28,6 +32,49 @@ INSITU_CHANGES = ("ring_drift", "lattice_expansion", "phase_appearing")
 #: this fraction; ``phase_appearing``: the new phase's strongest ring ends at this fraction
 #: of the old one's.
 _TOTAL_CHANGE = {"ring_drift": 10.0, "lattice_expansion": 0.03, "phase_appearing": 0.6}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatPanelReadout:
+    """How an integrating (flat-panel) detector turns photons into ADU.
+
+    ``adu = gain × photons + dark_offset + N(0, read_noise²)``, rounded to whole ADU and
+    clipped to ``0 .. full_scale`` (a 16-bit ADC: the frame is what a ``UInt16`` detector
+    gives). Every pixel is read out, so pixels that collect no photons (shutter closed, gaps,
+    beamstop shadow, dead pixels) read ``dark_offset`` plus readout noise.
+
+    Attributes
+    ----------
+    gain
+        ADU per photon, > 0.
+    read_noise
+        Gaussian readout noise, ADU rms, >= 0.
+    dark_offset
+        Dark level, ADU, within ``0 .. full_scale``.
+    full_scale
+        Largest ADU the converter gives.
+    """
+
+    gain: float
+    read_noise: float = 0.0
+    dark_offset: float = 0.0
+    full_scale: int = 65535
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.gain) and self.gain > 0):
+            raise ValueError(f"gain must be > 0 ADU/photon, got {self.gain}")
+        if not (np.isfinite(self.read_noise) and self.read_noise >= 0):
+            raise ValueError(f"read_noise must be >= 0 ADU, got {self.read_noise}")
+        if not 0 <= self.dark_offset <= self.full_scale:
+            raise ValueError(f"dark_offset must be within 0..{self.full_scale} ADU, got "
+                             f"{self.dark_offset}")
+
+    def read(self, photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The int32 ADU frame of ``photons`` (readout noise drawn from ``rng``)."""
+        adu = self.gain * np.asarray(photons, np.float64) + self.dark_offset
+        if self.read_noise > 0:
+            adu += rng.normal(0.0, self.read_noise, size=adu.shape)
+        return np.clip(np.rint(adu), 0, self.full_scale).astype(np.int32)
 
 
 class SceneSource:
@@ -49,13 +96,16 @@ class SceneSource:
         Temperatures (K) at the first and last state of an in situ series.
     n_states
         States precomputed along the in situ series.
+    readout
+        None (default): frames are photon counts. A :class:`FlatPanelReadout`: frames are
+        an integrating flat panel's ADU.
     """
 
     def __init__(self, scene: str = "powder", *, shape: tuple[int, int] = (256, 256),
                  seed: int = 0, counts_per_second: float = 10.0,
                  insitu_change: str = "ring_drift",
                  temperature_range: tuple[float, float] = (300.0, 600.0),
-                 n_states: int = 32) -> None:
+                 n_states: int = 32, readout: FlatPanelReadout | None = None) -> None:
         if scene not in SCENE_CHOICES:
             raise ValueError(f"unknown scene {scene!r}; choose from {SCENE_CHOICES}")
         if counts_per_second <= 0:
@@ -67,6 +117,7 @@ class SceneSource:
         self.shape = (int(shape[0]), int(shape[1]))
         self.counts_per_second = float(counts_per_second)
         self.temperature_range = (t_low, t_high)
+        self.readout = readout
         self.rng = np.random.default_rng(seed)
         if scene in INSITU_SCENES:
             if insitu_change not in INSITU_CHANGES:
@@ -115,6 +166,8 @@ class SceneSource:
 
         With the beam off (shutter closed) only hot pixels count. Hot pixels count
         ``hot_rate`` per second of exposure, so dark frames scale with time as well.
+        With a :attr:`readout` the counts are then read out as ADU (see
+        :class:`FlatPanelReadout`): a dark frame is the dark offset plus readout noise.
         """
         seconds = max(float(acquire_time), 0.0)
         if beam_on:
@@ -124,6 +177,8 @@ class SceneSource:
         defects = dataclasses.replace(self.defects, hot_rate=self.defects.hot_rate * seconds)
         frame = expose(lam, rng=self.rng, defects=defects)
         frame[self.mask] = 0
+        if self.readout is not None:
+            frame = self.readout.read(frame, self.rng)
         return frame
 
     def write_calibration(self, directory: str | Path) -> tuple[Path, Path]:

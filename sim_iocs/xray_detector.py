@@ -21,12 +21,21 @@ PVs (under the IOC prefix; ``_RBV`` readbacks as in areaDetector)::
     BeamCenterX_RBV, BeamCenterY_RBV          beam centre in pixels (col, row)
     PixelSize_RBV, Distance_RBV, Wavelength_RBV   metres
     SceneName_RBV, CountsPerSecond            counts per valid pixel per second
+    DetectorKind_RBV                          counting (photon counts) or integrating (ADU)
+    Gain_RBV, ReadNoise_RBV, DarkOffset_RBV   ADU/photon, ADU rms, ADU (1, 0, 0 if counting)
 
 Frames come from :class:`~sim_iocs.scene_source.SceneSource`: Poisson counts of the scene
 expectation times ``CountsPerSecond * AcquireTime``, with hot and dead pixels, gaps and
 beamstop reading 0. Acquisition really takes ``AcquireTime`` (wall clock).
 
-Run alone: ``python -m sim_iocs.xray_detector --prefix bsd:det: --scene powder --shape 256``.
+Flat-panel mode (``--gain G``, with ``--read-noise`` and ``--dark-offset``): the detector
+integrates instead, and each pixel reads ``G × photons + dark offset + N(0, read noise²)`` ADU,
+rounded and clipped to 0..65535 (a 16-bit ADC), in the same Int32 waveform; with the shutter
+closed the expectation is 0, so a dark frame is the offset plus readout noise (and the hot
+pixels). Gaps and beamstop collect no photons but are read out too.
+
+Run alone: ``python -m sim_iocs.xray_detector --prefix bsd:det: --scene powder --shape 256``
+(add ``--gain 8 --read-noise 5 --dark-offset 200`` for a flat panel).
 The beamline IOC (:mod:`sim_iocs.beamline`) composes it with a sample environment whose
 temperature drives in situ scenes, and a shutter.
 """
@@ -45,10 +54,15 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, get_pv_pair_wrapper, pvproperty
 
 from sim_iocs._run import set_before_serving
-from sim_iocs.scene_source import INSITU_CHANGES, SCENE_CHOICES, SceneSource
+from sim_iocs.scene_source import (
+    INSITU_CHANGES,
+    SCENE_CHOICES,
+    FlatPanelReadout,
+    SceneSource,
+)
 
 __all__ = ["CamGroup", "ImageGroup", "SampleState", "XrayDetectorIOC",
-           "add_detector_arguments", "scene_source_from_args"]
+           "add_detector_arguments", "readout_from_args", "scene_source_from_args"]
 
 pvproperty_with_rbv = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
 
@@ -217,6 +231,15 @@ class XrayDetectorIOC(PVGroup):
                             dtype=ChannelType.STRING)
     counts_per_second = pvproperty(name="CountsPerSecond", value=10.0, precision=3,
                                    doc="Mean counts per valid pixel per second")
+    detector_kind = pvproperty(name="DetectorKind_RBV", value="counting", read_only=True,
+                               dtype=ChannelType.STRING,
+                               doc="counting (photon counts) or integrating (flat panel, ADU)")
+    gain = pvproperty(name="Gain_RBV", value=1.0, read_only=True, precision=4,
+                      units="ADU/photon", doc="Flat panel: ADU per photon")
+    read_noise = pvproperty(name="ReadNoise_RBV", value=0.0, read_only=True, precision=3,
+                            units="ADU", doc="Flat panel: Gaussian readout noise, rms")
+    dark_offset = pvproperty(name="DarkOffset_RBV", value=0.0, read_only=True, precision=3,
+                             units="ADU", doc="Flat panel: dark level")
 
     def __init__(self, *args, source: SceneSource | None = None,
                  sample_state: SampleState | None = None,
@@ -241,6 +264,12 @@ class XrayDetectorIOC(PVGroup):
         self.poni_file, self.mask_file = source.write_calibration(calibration_dir)
         rows, cols = source.shape
         geometry = source.geometry
+        readout = source.readout
+        if readout is not None:
+            set_before_serving({
+                self.detector_kind: "integrating", self.gain: readout.gain,
+                self.read_noise: readout.read_noise, self.dark_offset: readout.dark_offset,
+                self.cam.model: "SimFlatPanel"})
         set_before_serving({
             self.poni_path: str(self.poni_file), self.mask_path: str(self.mask_file),
             self.beam_center_x: float(geometry.center[1]),
@@ -310,6 +339,28 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar=("LOW", "HIGH"), help="K at the first/last in situ state")
     group.add_argument("--poni-dir", default=None,
                        help="directory for detector.poni and mask.npy (default: a temp dir)")
+    flat = parser.add_argument_group(
+        "flat panel", "an integrating detector: frames in ADU = gain x photons + dark offset "
+        "+ Gaussian readout noise, rounded, clipped to 0..65535 (default: photon counting)")
+    flat.add_argument("--gain", type=float, default=None, metavar="ADU_PER_PHOTON",
+                      help="ADU per photon; switches the detector to flat-panel mode")
+    flat.add_argument("--read-noise", type=float, default=None, metavar="ADU",
+                      help="readout noise, ADU rms (default 0; needs --gain)")
+    flat.add_argument("--dark-offset", type=float, default=None, metavar="ADU",
+                      help="dark level, ADU (default 0; needs --gain)")
+
+
+def readout_from_args(args: argparse.Namespace) -> FlatPanelReadout | None:
+    """The flat-panel readout asked for (``--gain``), or None: photon counting."""
+    read_noise = getattr(args, "read_noise", None)
+    dark_offset = getattr(args, "dark_offset", None)
+    if getattr(args, "gain", None) is None:
+        if read_noise is not None or dark_offset is not None:
+            raise ValueError("--read-noise and --dark-offset describe a flat panel: give "
+                             "--gain (ADU per photon) too")
+        return None
+    return FlatPanelReadout(gain=args.gain, read_noise=read_noise or 0.0,
+                            dark_offset=dark_offset or 0.0)
 
 
 def scene_source_from_args(args: argparse.Namespace) -> SceneSource:
@@ -317,7 +368,8 @@ def scene_source_from_args(args: argparse.Namespace) -> SceneSource:
     return SceneSource(args.scene, shape=tuple(shape), seed=args.seed,
                        counts_per_second=args.counts_per_second,
                        insitu_change=args.insitu_change,
-                       temperature_range=tuple(args.temperature_range))
+                       temperature_range=tuple(args.temperature_range),
+                       readout=readout_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -169,7 +169,9 @@ def start_beamline_ioc(prefix: str | None = None, *, scene: str = "powder",
                        temperature_range: tuple[float, float] = (300.0, 600.0),
                        temperature: float | None = None, ramp_rate: float = 10.0,
                        shutter_open: bool = True, poni_dir: str | Path | None = None,
-                       timeout: float = 60.0) -> RunningIOC:
+                       timeout: float = 60.0, gain: float | None = None,
+                       read_noise: float | None = None,
+                       dark_offset: float | None = None) -> RunningIOC:
     """Start :mod:`sim_iocs.beamline` (detector, sample environment, shutter).
 
     Parameters
@@ -196,12 +198,20 @@ def start_beamline_ioc(prefix: str | None = None, *, scene: str = "powder",
         directory removed by :meth:`RunningIOC.stop`.
     timeout
         Seconds to wait for the IOC to serve.
+    gain, read_noise, dark_offset
+        A flat panel (integrating detector) instead of photon counting: frames in ADU =
+        ``gain`` (ADU/photon) × photons + ``dark_offset`` (ADU) + Gaussian readout noise of
+        ``read_noise`` (ADU rms), rounded and clipped to 0..65535. ``gain`` switches the mode
+        on; the other two default to 0 and need it.
 
     Returns
     -------
     RunningIOC
         Stop it with :meth:`RunningIOC.stop` or a ``with`` block.
     """
+    if gain is None and (read_noise is not None or dark_offset is not None):
+        raise ValueError("read_noise and dark_offset describe a flat panel: give gain= "
+                         "(ADU per photon) too")
     prefix = prefix or random_prefix()
     rows, cols = (shape, shape) if isinstance(shape, int) else shape
     tmpdir = tempfile.TemporaryDirectory(prefix="bsd_ioc_")
@@ -215,5 +225,9 @@ def start_beamline_ioc(prefix: str | None = None, *, scene: str = "powder",
             "--poni-dir", str(poni_dir)]
     if temperature is not None:
         args += ["--temperature", repr(float(temperature))]
+    for option, value in (("--gain", gain), ("--read-noise", read_noise),
+                          ("--dark-offset", dark_offset)):
+        if value is not None:
+            args += [option, repr(float(value))]
     return start_ioc("sim_iocs.beamline", args, prefix=prefix, ready_pv=READY_PV,
                      timeout=timeout, poni_dir=poni_dir, tmpdir=tmpdir)
