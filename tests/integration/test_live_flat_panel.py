@@ -9,8 +9,10 @@ the wiring bluesky-darkframes documents (a ``RunRouter`` factory makes one subtr
 run, since it holds that run's dark frame); the plugin, like any live subscriber, outlives
 the runs.
 
-Routed as is, the run's ``dark`` stream (the dark frame, not subtracted, under the same data
-key) reaches the plugin too. ``primary`` routes only the light frames' stream to it.
+Every stream reaches the plugin, the run's ``dark`` stream too (the dark frame, not
+subtracted, under the same data key): the plugin sets it aside and never subtracts twice.
+Stock ``DarkSubtraction`` leaves a pedestal in the frames, which the plugin reads from the
+descriptor as the detector's offset; a signed variant (pedestal 0) keeps negative values.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 #: The flat panel: ADU per photon, readout noise (ADU rms), dark level (ADU). Chosen so the
 #: dark-subtracted frames hold negative values in the scene's dim pixels (about 1 % of them)
 #: and the scan's photon transfer curve is well defined (~7 photons in the median pixel).
-GAIN, READ_NOISE, DARK_OFFSET = 4.0, 3.0, 100.0
+GAIN, READ_NOISE, DARK_OFFSET = 4.0, 3.0, 1000.0
+#: What stock DarkSubtraction leaves in the frames (its default).
+PEDESTAL = 100.0
 SHAPE = (128, 128)
 COUNTS_PER_SECOND = 400.0
 EXPOSURE = 0.05
@@ -97,16 +101,9 @@ def test_flat_panel_pvs(flat_panel_ioc):
             read("det:DarkOffset_RBV")[0]) == (GAIN, READ_NOISE, DARK_OFFSET)
 
 
-@pytest.mark.parametrize("routed", [
-    pytest.param("all streams", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="SymDenoise takes the field from every stream: the dark stream's frame "
-               "(raw ADU, offset not subtracted) joins the scan as a 9th frame (raw_seq_num "
-               "1 twice) and wrecks the gain estimate (hundreds of ADU/photon)")),
-    "primary",
-])
+@pytest.mark.parametrize("subtraction", ["stock", "signed"])
 def test_dark_subtracted_flat_panel_frames_are_denoised_in_adu(flat_panel_ioc, RE, collector,
-                                                               derived, routed):
+                                                               derived, subtraction):
     from bluesky_symdenoise.detector.devices import make_beamline_devices
 
     det, _, shutter = make_beamline_devices(flat_panel_ioc.prefix)
@@ -118,20 +115,16 @@ def test_dark_subtracted_flat_panel_frames_are_denoised_in_adu(flat_panel_ioc, R
     sd.subscribe(derived)
     subtracted = DocumentCollector()  # what SymDenoise receives
 
+    pedestal = PEDESTAL if subtraction == "stock" else 0.0
+
     def dark_subtraction_then_symdenoise(name, start):
-        subtraction = SignedDarkSubtraction(FIELD, pedestal=0)
+        # Stock: light - (dark - pedestal), clipped at 0; signed: light - dark.
+        router = (bluesky_darkframes.DarkSubtraction(FIELD, pedestal=int(PEDESTAL))
+                  if subtraction == "stock" else SignedDarkSubtraction(FIELD, pedestal=0))
 
-        other_streams: set[str] = set()
-
-        def route(name, doc):
-            name, doc = subtraction(name, doc)
+        def route(name, doc):  # every stream: the plugin sets the dark stream aside
+            name, doc = router(name, doc)
             subtracted(name, doc)
-            if routed == "primary":
-                if name == "descriptor" and doc["name"] != "primary":
-                    other_streams.add(doc["uid"])
-                if doc.get("descriptor") in other_streams or (
-                        name == "descriptor" and doc["uid"] in other_streams):
-                    return
             sd(name, doc)
 
         return [route], []
@@ -171,9 +164,13 @@ def test_dark_subtracted_flat_panel_frames_are_denoised_in_adu(flat_panel_ioc, R
     assert all(e["data"][f"{FIELD}_is_background_subtracted"] for e in light)
     raw_light = np.stack([np.asarray(e["data"][FIELD]) for e in collector.stream("primary")])
     frames = np.stack([np.asarray(e["data"][FIELD]) for e in light]).astype(np.float64)
-    np.testing.assert_array_equal(frames, raw_light - dark)
-    negative = int((frames[:, ~mask] < 0).sum())
-    assert negative > 100, "no negative dark-subtracted values: the test proves nothing"
+    if subtraction == "stock":
+        np.testing.assert_array_equal(
+            frames, np.clip(raw_light - np.clip(dark - PEDESTAL, 0, None), 0, None))
+    else:
+        np.testing.assert_array_equal(frames, raw_light - dark)
+        negative = int((frames[:, ~mask] < 0).sum())
+        assert negative > 100, "no negative dark-subtracted values: the test proves nothing"
 
     # The derived run: complete, one frame per light frame, the scan's own gain found, in
     # ADU with the totals kept.
@@ -185,6 +182,8 @@ def test_dark_subtracted_flat_panel_frames_are_denoised_in_adu(flat_panel_ioc, R
     assert [e["data"]["raw_seq_num"] for e in denoised] == list(range(1, N_FRAMES + 1))
     noise = start["symdenoise"]["engine"]["detector_noise"]
     assert noise["kind"] == "integrating" and noise["source"]
+    assert noise["offset"] == pedestal  # the pedestal DarkSubtraction left in the frames
+    assert start["symdenoise"]["darks"]["frames_subtracted_here"] == 0  # never twice
     assert noise["gain"] == pytest.approx(GAIN, rel=0.15), noise
     (descriptor,) = [d for d in derived.of("descriptor") if d["name"] == "denoised"]
     assert descriptor["data_keys"][f"{FIELD}_denoised"]["units"] == "ADU"
