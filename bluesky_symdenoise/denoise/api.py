@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .config import DenoiseConfig
+from .detector_noise import DetectorNoise, detector_noise
 
 if TYPE_CHECKING:  # the engine imports torch: loaded on the first call, not on import
     from .engine import DenoiseResult
@@ -20,7 +21,9 @@ def denoise(frames: np.ndarray, *, mask: np.ndarray | None = None,
             poni: str | Path | dict | None = None, method: str = "auto",
             budget_s: float | None = None, device: str = "auto",
             pairs: tuple[np.ndarray, np.ndarray] | None = None,
-            bad_pixels: Literal["raise", "mask"] = "raise") -> np.ndarray:
+            bad_pixels: Literal["raise", "mask"] = "raise",
+            detector: str | DetectorNoise | dict | None = None,
+            gain: float | None = None, read_noise: float | None = None) -> np.ndarray:
     """Denoise the raw frames of one scan.
 
     Parameters
@@ -46,12 +49,21 @@ def denoise(frames: np.ndarray, *, mask: np.ndarray | None = None,
         ``(low, high)`` paired exposures for ``method="supervised"``.
     bad_pixels
         NaN, inf or negative unmasked values: ``"raise"`` (default) or ``"mask"`` them.
+        For an integrating detector negative values are ordinary data, never masked.
+    detector
+        ``"counting"`` (default: photon counts) or ``"integrating"`` (flat panel, CCD,
+        CMOS: ADU, usually dark-subtracted), or a :class:`DetectorNoise`.
+    gain, read_noise
+        An integrating detector's ADU per photon and readout noise (ADU rms); either given
+        makes the detector integrating. None: estimated from the scan's frames (at least
+        two), recorded with their errors in the provenance (``"detector_noise"``).
 
     Returns
     -------
     numpy.ndarray
-        Float32 expected counts, the shape of ``frames``; 0 on masked pixels; unmasked hot
-        and dead pixels found in the data get the estimate from their neighbourhood.
+        Float32 expected counts (integrating: ADU, dark level as in the input), the shape
+        of ``frames``; 0 on masked pixels; unmasked hot and dead pixels found in the data
+        get the estimate from their neighbourhood.
 
     Raises
     ------
@@ -61,7 +73,8 @@ def denoise(frames: np.ndarray, *, mask: np.ndarray | None = None,
     """
     return denoise_scan(frames, mask=mask, center=center, poni=poni, method=method,
                         budget_s=budget_s, device=device, pairs=pairs,
-                        bad_pixels=bad_pixels).denoised
+                        bad_pixels=bad_pixels, detector=detector, gain=gain,
+                        read_noise=read_noise).denoised
 
 
 def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -69,12 +82,15 @@ def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
                  poni: str | Path | dict | None = None,
                  pairs: tuple[np.ndarray, np.ndarray] | None = None,
                  bad_pixels: Literal["raise", "mask"] = "raise",
-                 config: DenoiseConfig | None = None, **options) -> DenoiseResult:
+                 config: DenoiseConfig | None = None,
+                 detector: str | DetectorNoise | dict | None = None,
+                 gain: float | None = None, read_noise: float | None = None,
+                 **options) -> DenoiseResult:
     """Like :func:`denoise` but returns a :class:`DenoiseResult` with provenance.
 
     Parameters
     ----------
-    frames, mask, center, poni, pairs, bad_pixels
+    frames, mask, center, poni, pairs, bad_pixels, detector, gain, read_noise
         As for :func:`denoise`.
     config
         A :class:`DenoiseConfig`; ``options`` override its fields.
@@ -95,6 +111,9 @@ def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
     """
     from .engine import ScanDenoiser
 
+    if detector is not None or gain is not None or read_noise is not None:
+        base = config.detector if config is not None and detector is None else detector
+        options["detector"] = detector_noise(base, gain=gain, read_noise=read_noise)
     denoiser = ScanDenoiser(config, **options)
     return denoiser.run(frames, mask=mask, center=center, poni=poni, pairs=pairs,
                         bad_pixels=bad_pixels)

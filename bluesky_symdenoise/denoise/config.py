@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .detector_noise import DetectorNoise
+
 __all__ = ["DEVICES", "DEVICE_PATTERN", "METHODS", "DenoiseConfig", "Method"]
 
 Method = Literal["auto", "symmetry", "thinning", "noise2sr", "supervised", "classical",
@@ -49,6 +51,10 @@ class DenoiseConfig(BaseModel):
     inference_batch
         Frames per forward pass at inference; None: the device's choice (CUDA 8, CPU 1: on
         a CPU a batch is not cheaper per frame). Halved on out-of-memory.
+    detector
+        What the frames are: photon counts (default) or an integrating detector's ADU with
+        its gain, readout noise and offset (estimated from the scan where not given; see
+        :mod:`~bluesky_symdenoise.denoise.detector_noise`).
     max_symmetry_violation
         ``method="auto"`` uses symmetry only if the scan rejects it on at most this fraction
         of paired pixels: where many features lack a partner, fainter ones the test cannot
@@ -80,6 +86,7 @@ class DenoiseConfig(BaseModel):
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True
+    detector: DetectorNoise = DetectorNoise()
     seed: int = 0
 
     def fine_tune_seconds(self, device_type: str) -> float:

@@ -24,6 +24,7 @@ from ..integrate.heldout import IqCheck, held_out_iq
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
 from .consistency import RawConsistency
+from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
 from .device import select_device
 from .inference import predict_rates
 from .models import load_base_model, model_hash, new_model
@@ -78,6 +79,8 @@ class ScanAnalysis:
     consistency
         Where denoised frames (network or classical) are held to the raw counts (rings,
         features without a partner); None when switched off.
+    noise
+        The detector's noise model the frames were converted with (photon counting: none).
     """
 
     prepared: PreparedScan
@@ -87,6 +90,7 @@ class ScanAnalysis:
     notes: list[str] = field(default_factory=list)
     isotropy: SymmetryReport | None = None
     consistency: RawConsistency | None = None
+    noise: NoiseCalibration = field(default_factory=NoiseCalibration)
 
 
 @dataclass
@@ -147,10 +151,24 @@ class ScanDenoiser:
                 center: tuple[float, float] | None = None,
                 poni: str | Path | dict | None = None,
                 bad_pixels: Literal["raise", "mask"] = "raise") -> ScanAnalysis:
-        """Validate frames, find bad pixels, settle the beam centre and test symmetry."""
-        prepared = prepare_frames(frames, mask, bad_pixels=bad_pixels)
+        """Validate frames, find bad pixels, settle the beam centre and test symmetry.
+
+        An integrating detector's frames (``config.detector``) are first calibrated (gain
+        and readout noise from the scan where not given) and converted to shifted
+        photon-equivalent frames (:mod:`.detector_noise`); everything after works on those.
+        """
+        noise = NoiseCalibration()
+        if self.config.detector.integrating:
+            frames, mask, noise = _photon_equivalent(frames, mask, self.config.detector)
+        prepared = prepare_frames(frames, mask, bad_pixels=bad_pixels,
+                                  integrating=noise.integrating)
         shape = prepared.frames.shape[1:]
         notes = list(prepared.notes)
+        if noise.integrating:
+            notes.append(f"integrating detector: gain {noise.gain:.4g} ± {noise.gain_error:.2g} "
+                         f"ADU/photon, readout noise {noise.read_noise:.4g} ± "
+                         f"{noise.read_noise_error:.2g} ADU, offset {noise.offset:g} ADU "
+                         f"({noise.source})")
         center = _resolve_center(shape, center, poni, notes)
         scan_sum = prepared.frames.sum(axis=0)
         symmetry = isotropy = None
@@ -181,7 +199,7 @@ class ScanDenoiser:
                 isotropy_z_threshold=self.config.symmetry_z_threshold)
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
                                      context=context, notes=notes, isotropy=isotropy,
-                                     consistency=consistency)
+                                     consistency=consistency, noise=noise)
         return self.analysis
 
     # -- method choice ----------------------------------------------------------------------
@@ -402,7 +420,8 @@ class ScanDenoiser:
                 denoised = self.predict(analysis, method=method)
                 if self.blend is not None and not self.blend.first_only:
                     denoised = self._mix_with_classical(analysis, denoised, self.blend)
-        denoised = self._finish(denoised, prepared)
+        denoised = analysis.noise.to_detector(self._finish(denoised, prepared),
+                                              keep=~prepared.user_mask)
         elapsed = time.perf_counter() - start
         provenance = self.provenance(analysis, method, reason, elapsed)
         result_array = denoised[0] if prepared.single_frame else denoised
@@ -481,7 +500,7 @@ class ScanDenoiser:
         """
         self.blend = None
         prepared = analysis.prepared
-        if not prepared.integer_counts:
+        if not prepared.countlike:
             return method, reason + "; held-out check skipped (non-integer counts)"
         frames, good = prepared.frames, prepared.good
         index = len(frames) // 2
@@ -608,6 +627,7 @@ class ScanDenoiser:
             "notes": analysis.notes,
             "events": self.events,
             "n_defects": int(analysis.prepared.defects.sum()),
+            "detector_noise": analysis.noise.as_dict(),
             "seconds": round(elapsed, 2),
         }
         if self.training is not None:
@@ -829,3 +849,31 @@ def _resolve_center(shape: tuple[int, int], center: tuple[float, float] | None,
         return geometry.center
     notes.append("no beam centre given: symmetry not used")
     return None
+
+
+def _photon_equivalent(frames: np.ndarray, mask: np.ndarray | None, noise: DetectorNoise
+                       ) -> tuple[np.ndarray, np.ndarray | None, NoiseCalibration]:
+    """An integrating detector's frames calibrated (:func:`.detector_noise.calibrate`) and
+    converted to shifted photon-equivalent frames; saturated pixels (at the integer dtype's
+    maximum) join the mask, as they would in :func:`~.preprocess.prepare_frames` (the
+    conversion to float loses the dtype). Frames of a shape the checks reject are passed
+    on unchanged for :func:`~.preprocess.prepare_frames` to reject."""
+    array = np.asarray(frames)
+    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) \
+            or np.iscomplexobj(array):
+        return frames, mask, NoiseCalibration()
+    stack = array if array.ndim == 3 else array[None]
+    bad = np.zeros(stack.shape[1:], bool) if mask is None else np.asarray(mask, bool)
+    if bad.shape != stack.shape[1:]:
+        return frames, mask, NoiseCalibration()
+    if np.issubdtype(stack.dtype, np.integer):
+        saturated = np.any(stack == np.iinfo(stack.dtype).max, axis=0)
+        if saturated.any():
+            bad = bad | saturated
+            mask = bad
+    good = ~bad & np.all(np.isfinite(stack), axis=0)
+    try:
+        calibration = calibrate(stack, good, noise)
+    except ValueError as exc:
+        raise InputError(f"integrating detector: {exc}") from exc
+    return calibration.to_photons(array), mask, calibration

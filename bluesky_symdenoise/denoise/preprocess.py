@@ -47,6 +47,10 @@ class PreparedScan:
         The caller passed one ``(H, W)`` frame.
     integer_counts
         The data are whole numbers (photon counting): binomial thinning is exact.
+    shifted_poisson
+        The frames are an integrating detector's shifted photon-equivalent frames
+        (:mod:`~bluesky_symdenoise.denoise.detector_noise`): Poisson-like to second order,
+        so thinning their rounded values and the held-out checks apply approximately.
     notes
         What was repaired, for provenance.
     """
@@ -58,6 +62,13 @@ class PreparedScan:
     single_frame: bool
     integer_counts: bool
     notes: list[str] = field(default_factory=list)
+    shifted_poisson: bool = False
+
+    @property
+    def countlike(self) -> bool:
+        """Thinning and the held-out binomial checks apply (whole counts, or the
+        shifted photon-equivalent frames of an integrating detector)."""
+        return self.integer_counts or self.shifted_poisson
 
     @property
     def good(self) -> np.ndarray:
@@ -66,7 +77,8 @@ class PreparedScan:
 
 def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
                    bad_pixels: Literal["raise", "mask"] = "raise",
-                   detect_defects: bool = True) -> PreparedScan:
+                   detect_defects: bool = True,
+                   integrating: bool = False) -> PreparedScan:
     """Validate raw frames and build the scan's bad-pixel map.
 
     Parameters
@@ -79,6 +91,10 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
         What to do with NaN, inf or negative unmasked values: ``"raise"`` or ``"mask"``.
     detect_defects
         Look for unmasked hot and dead pixels.
+    integrating
+        The frames are an integrating detector's shifted photon-equivalent frames: negative
+        values are ordinary data (readout noise after dark subtraction), never masked for
+        their sign.
     """
     array = np.asarray(frames)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
@@ -110,12 +126,17 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
         notes.append(f"masked {int(unusable.saturated.sum())} saturated pixels")
         bad |= unusable.saturated
     for name, where in (("NaN or inf", unusable.nonfinite), ("negative", unusable.negative)):
+        if name == "negative" and integrating:
+            continue
         if where.any():
             if bad_pixels != "mask":
                 raise InputError(
                     f"{int(where.sum())} unmasked pixels hold {name} values (first at "
                     f"{tuple(int(i) for i in np.argwhere(where)[0])}); mask them or pass "
-                    "bad_pixels='mask'")
+                    "bad_pixels='mask'" + (
+                        "; if these are an integrating detector's dark-subtracted ADU (flat "
+                        "panel, CCD, CMOS), pass detector='integrating'"
+                        if name == "negative" else ""))
             notes.append(f"masked {int(where.sum())} pixels with {name} values")
             bad |= where
     data[:, bad] = 0.0
@@ -123,7 +144,10 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     valid_values = data[:, ~bad]
     integer_counts = bool(np.all(np.abs(valid_values - np.round(valid_values)) < 1e-3))
-    if not integer_counts:
+    if integrating:
+        notes.append("integrating detector: shifted photon-equivalent frames, thinning uses "
+                     "their rounded values")
+    elif not integer_counts:
         notes.append("non-integer counts (integrating detector): thinning uses rounded counts")
 
     defects = np.zeros((height, width), bool)
@@ -134,7 +158,8 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
             bad |= defects
             data[:, defects] = 0.0
     return PreparedScan(frames=data, user_mask=user_mask, bad=bad, defects=defects,
-                        single_frame=single, integer_counts=integer_counts, notes=notes)
+                        single_frame=single, integer_counts=integer_counts, notes=notes,
+                        shifted_poisson=integrating)
 
 
 @dataclass(frozen=True)
