@@ -37,6 +37,7 @@ from .defects import (
     pyfai_detector_mask,
 )
 from .noise import expose as _expose
+from .noise import expose_integrating as _expose_integrating
 
 __all__ = [
     "SCENES",
@@ -116,6 +117,34 @@ class Scene:
         """
         frame = _expose(self.scaled(counts_per_pixel), rng=rng, readout_sigma=readout_sigma,
                         defects=self.defects)
+        frame[self.mask] = 0
+        return frame
+
+    def expose_integrating(self, counts_per_pixel: float, rng: np.random.Generator, *,
+                           gain: float, read_noise: float, offset: float = 0.0,
+                           psf_sigma: float = 0.0, dark_frames: int = 16,
+                           dark_subtracted: bool = True, dark: np.ndarray | None = None,
+                           saturation: float | None = None) -> np.ndarray:
+        """One integrating-detector frame (ADU) at ``counts_per_pixel``; masked pixels read 0.
+
+        A flat panel or CCD/CMOS frame at ``counts_per_pixel`` photons per pixel, with
+        defects; the parameters are those of
+        :func:`~bluesky_symdenoise.simulate.noise.expose_integrating`. The point spread sees
+        the unobstructed scene, so the frame's expectation (dark subtracted) is
+        ``gain · blur_psf(self.scaled(counts_per_pixel), psf_sigma)``. Pass one ``dark``
+        (:func:`~bluesky_symdenoise.simulate.noise.measure_dark`) to every frame of a scan
+        to share its fixed pattern, as a beamline dark does.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(rows, cols)``.
+        """
+        frame = _expose_integrating(self.scaled(counts_per_pixel), rng=rng, gain=gain,
+                                    read_noise=read_noise, offset=offset,
+                                    psf_sigma=psf_sigma, dark_frames=dark_frames,
+                                    dark_subtracted=dark_subtracted, dark=dark,
+                                    defects=self.defects, saturation=saturation)
         frame[self.mask] = 0
         return frame
 
