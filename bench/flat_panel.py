@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="first seed")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=15.0,
+    parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of each denoise call (ours and classical)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file; this preset's section is written or replaced")
     args = parser.parse_args(argv)
