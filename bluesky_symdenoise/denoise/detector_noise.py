@@ -37,7 +37,9 @@ TRANSFER_GROUPS = 24
 #: differences exceeds this plus five of its standard errors (a point spread of 1 px under
 #: a readout noise ten times the photon noise still gives ~0.005).
 MIN_CORRELATION = 0.002
-#: The summed covariances must be known to this relative error to measure the spread.
+#: Tiles (px) whose scatter gives the error of the spread's measurement.
+SPREAD_TILE_PX = 16
+#: A spread measured less precisely than this (relative error of the gain) is flagged.
 MAX_SPREAD_ERROR = 0.15
 #: Frame pairs used at most by :func:`calibrate`.
 MAX_PAIRS = 8
@@ -179,9 +181,10 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     then ``g·Σk²·μ + σ²``. Where the lag-1 correlation of ``d`` is significant
     (:data:`MIN_CORRELATION`), the gain is measured instead from the noise covariances
     summed over lags up to :data:`CORRELATION_LAGS_PX` (their sum is ``g·μ`` whatever the
-    spread) over the mean level, and ``noise_factor = Σk²`` is recorded; with too few
-    pixels to measure that sum (:data:`MAX_SPREAD_ERROR`), the source says so and the gain
-    stays the per-pixel slope, a lower bound.
+    spread) over the mean level, and ``noise_factor = Σk²`` is recorded, with errors from
+    the scatter between tiles; a gain less precise than :data:`MAX_SPREAD_ERROR` is flagged
+    in the source. Where that sum cannot be measured at all, the gain stays the per-pixel
+    slope, a lower bound, with an error as large as itself.
 
     Given values (``noise.gain``, ``noise.read_noise``) are used as they are.
 
@@ -240,6 +243,8 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     if correlation > MIN_CORRELATION + 5.0 * correlation_error:
         spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
         if spread is None:
+            # The per-pixel slope is g·Σk²: a lower bound, its error the gain itself.
+            gain_error = gain
             source += (f"; correlated noise (lag-1 correlation {correlation:.3f}) but too "
                        "few pixels to measure the spread: the gain is the per-pixel slope, "
                        "a lower bound")
@@ -249,6 +254,9 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                        f"slope {slope:.3g}): gain from the noise covariances summed over "
                        f"±{CORRELATION_LAGS_PX} px over the mean level, photon share "
                        f"Σk² = {noise_factor:.3f}")
+            if gain_error > MAX_SPREAD_ERROR * gain:
+                source += (f" (imprecise: ±{100 * gain_error / gain:.0f} %, too few pixels; "
+                           "pass gain= if known)")
     if noise.gain is not None:
         gain, gain_error = float(noise.gain), 0.0
         source += "; gain given"
@@ -377,21 +385,33 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     own = d[inside] ** 2 / 2.0 - read_variance
     total = own + shared[inside] / 2.0
     level = means[inside]
-    n = own.size
     own_mean, total_mean, level_mean = float(own.mean()), float(total.mean()), float(level.mean())
-    # Each difference enters many products: the error of the mean is about twice the naive.
-    if (total_mean <= 0 or level_mean <= 0
-            or 2.0 * float(total.std()) / np.sqrt(n) > MAX_SPREAD_ERROR * total_mean):
+    if total_mean <= 0 or level_mean <= 0:
         return None
     factor = float(np.clip(own_mean / total_mean, 0.0, 1.0))
     gain = total_mean / level_mean
-    # Delta method on the ratios of pooled means.
-    f_cov = np.cov(own, total) / n
-    f_grad = np.array([1.0 / total_mean, -own_mean / total_mean ** 2])
-    g_cov = np.cov(total, level) / n
-    g_grad = np.array([1.0 / level_mean, -total_mean / level_mean ** 2])
-    return (factor, 2.0 * float(np.sqrt(max(f_grad @ f_cov @ f_grad, 0.0))), float(gain),
-            2.0 * float(np.sqrt(max(g_grad @ g_cov @ g_grad, 0.0))))
+    # Errors from the scatter between tiles of SPREAD_TILE_PX (a difference enters the
+    # products of all its neighbours, so single samples are not independent): the delta
+    # method on the ratios of the tiles' means.
+    pair, rows, cols = np.nonzero(inside)
+    width = inside.shape[2] // SPREAD_TILE_PX + 1
+    tile = (pair * (inside.shape[1] // SPREAD_TILE_PX + 1) + rows // SPREAD_TILE_PX) * width \
+        + cols // SPREAD_TILE_PX
+    _, tile = np.unique(tile, return_inverse=True)
+    n_tiles = int(tile.max()) + 1
+    if n_tiles < 4:
+        return None
+    per = np.bincount(tile).astype(np.float64)
+    means_of = [np.bincount(tile, weights=v) / per for v in (own, total, level)]
+    weights = per / per.sum()
+
+    def ratio_error(top: int, bottom: int) -> float:
+        a, b = means_of[top], means_of[bottom]
+        a_mean, b_mean = float(weights @ a), float(weights @ b)
+        residual = (a - a_mean * b / b_mean) / b_mean  # linearised ratio, per tile
+        return float(np.sqrt(np.sum(weights ** 2 * residual ** 2) * n_tiles / (n_tiles - 1)))
+
+    return factor, ratio_error(0, 1), float(gain), ratio_error(1, 2)
 
 
 def _lag1_correlation(diffs: np.ndarray, good: np.ndarray) -> tuple[float, float]:

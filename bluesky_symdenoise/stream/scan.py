@@ -205,10 +205,14 @@ class LiveScan:
         #: Dark frames of the run, and which frames were dark-subtracted upstream.
         self.darks = DarkFrames()
         stated = raw_start.get("detector_noise")
-        #: Whether the frames are an integrating detector's (so a dark stream is subtracted).
-        self.integrating = (options.denoise.detector.integrating
-                            or (isinstance(stated, dict)
-                                and stated.get("kind") == "integrating"))
+        stated = stated if isinstance(stated, dict) else {}
+        detector = options.denoise.detector
+        #: Whether the plugin subtracts the run's dark frames: an integrating detector's
+        #: frames whose offset nobody gave (a given offset is the user's dark model).
+        self.subtract_darks = ((detector.integrating and not detector.offset)
+                               or ("detector" not in options.asked
+                                   and stated.get("kind") == "integrating"
+                                   and not stated.get("offset")))
 
     # -- what the engine decided -------------------------------------------------------------
     @property
@@ -262,13 +266,9 @@ class LiveScan:
             taken += 1
             if self.darks.is_dark(descriptor_uid):  # a dark frame, not one of the scan's
                 self.darks.keep(frame)
-                if not self.integrating:
-                    self._warn("the run has dark frames but the detector was not declared "
-                               "integrating (detector='integrating'): they are not "
-                               "subtracted, and the frames are taken as photon counts")
             else:
                 self.take(seq_num, self.darks.light(descriptor_uid, frame,
-                                                    subtract=self.integrating), received)
+                                                    subtract=self.subtract_darks), received)
         if backlog == 0:
             self.serve_pending()
         if name == "event" and not taken:
@@ -365,6 +365,11 @@ class LiveScan:
             raise RuntimeError("warm-up before any frame of a 2-D field was taken")
         notes: list[str] = []
         geometry, user_mask, geometry_source = self._resolve_geometry(shape, notes)
+        if (self.darks.darks_seen and not self.subtract_darks
+                and self.darks.pedestal is None):
+            self._warn("the run has dark frames, not subtracted: the detector was not "
+                       "declared integrating (detector='integrating'), or its offset was "
+                       "given")
         engine = _new_engine(self.options, self.raw_start, self._warn, self.darks.pedestal)
         self._warn(engine.warm_up(
             [frame for _, frame, _ in self.held], shape=shape, mask=user_mask,
