@@ -31,7 +31,7 @@ no point spread, plus the hardest corner (lowest gain, highest read noise, wides
 seeds that nothing was tuned on. ``--out`` writes (or replaces) this preset's section of the
 result file.
 
-    python -m bench.flat_panel --out bench/results/flat_panel.md              # ~12 min
+    python -m bench.flat_panel --out bench/results/flat_panel.md              # ~31 min on 2 cores
     python -m bench.flat_panel --unseen --out bench/results/flat_panel.md
     python -m bench.flat_panel --scenes powder --gains 7 --reads 4 --psf 0 --budget 10
 """
