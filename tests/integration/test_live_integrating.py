@@ -136,20 +136,25 @@ def dark_then_light(detector, frames, num=N_FRAMES):
     return plan()
 
 
-@pytest.mark.slow
-def test_the_plugin_subtracts_the_runs_dark_once(RE, scene, collector, derived):
-    frames = ShutteredFlatPanel(scene, seed=3)
-    detector = DirectImage(func=frames, name="det")
-    sd = SymDenoise(field="det_img", center=scene.geometry.center, mask=scene.mask,
-                    budget_s=0, detector="integrating")
-    RE.subscribe(collector)
-    RE.subscribe(sd)
+def run_dark_scan(RE, frames, sd, derived, subscribers):
+    """A dark, then light frames, through ``subscribers``; the derived start document."""
+    for subscriber in subscribers:
+        RE.subscribe(subscriber)
     sd.subscribe(derived)
-    RE(dark_then_light(detector, frames))
+    RE(dark_then_light(DirectImage(func=frames, name="det"), frames))
     assert sd.flush(timeout=120)
     sd.close()
     assert sd.errors == []
     (start,) = derived.of("start")
+    return start
+
+
+@pytest.mark.slow
+def test_the_plugin_subtracts_the_runs_dark_once(RE, scene, collector, derived):
+    sd = SymDenoise(field="det_img", center=scene.geometry.center, mask=scene.mask,
+                    budget_s=0, detector="integrating")
+    start = run_dark_scan(RE, ShutteredFlatPanel(scene, seed=3), sd, derived,
+                          [collector, sd])
     assert start["symdenoise"]["darks"]["dark_frames_seen"] == 1
     record = start["symdenoise"]["engine"]["detector_noise"]
     assert record["offset"] == 0.0 and abs(record["gain"] / GAIN - 1) < 0.10
@@ -174,8 +179,6 @@ def test_the_plugin_subtracts_the_runs_dark_once(RE, scene, collector, derived):
 def test_frames_subtracted_upstream_by_darkframes_are_not_subtracted_again(
         RE, scene, collector, derived):
     bluesky_darkframes = pytest.importorskip("bluesky_darkframes")
-    frames = ShutteredFlatPanel(scene, seed=4)
-    detector = DirectImage(func=frames, name="det")
     subtraction = bluesky_darkframes.DarkSubtraction("det_img", pedestal=PEDESTAL)
     sd = SymDenoise(field="det_img", center=scene.geometry.center, mask=scene.mask,
                     budget_s=0)  # not told: the DarkSubtraction marker says it
@@ -186,13 +189,7 @@ def test_frames_subtracted_upstream_by_darkframes_are_not_subtracted_again(
         subtracted.append((name, doc))
         sd(name, doc)
 
-    RE.subscribe(upstream)
-    sd.subscribe(derived)
-    RE(dark_then_light(detector, frames))
-    assert sd.flush(timeout=120)
-    sd.close()
-    assert sd.errors == []
-    (start,) = derived.of("start")
+    start = run_dark_scan(RE, ShutteredFlatPanel(scene, seed=4), sd, derived, [upstream])
     assert start["symdenoise"]["darks"]["subtracted_upstream"]
     assert start["symdenoise"]["darks"]["frames_subtracted_here"] == 0
     assert not [w for w in start["symdenoise"]["warnings"] if "not subtracted" in w]
