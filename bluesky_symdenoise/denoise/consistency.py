@@ -65,6 +65,8 @@ from scipy.stats import chi2
 
 from .channels import ARC_SECTORS
 from .symmetry import (
+    BinReader,
+    BinScatter,
     RingProfile,
     isotropy_validity,
     ring_profile,
@@ -450,10 +452,10 @@ class _HeldBins:
     """
 
     measured: np.ndarray  # flat indices of the pixels the means are taken over
-    scatter: sparse.csr_matrix  # (bins, measured pixels): the binning
+    scatter: BinScatter  # (bins, measured pixels): the binning
     weights: np.ndarray  # per bin: about how many measured pixels it rests on
     index: np.ndarray  # flat indices of the pixels scaled
-    reader: sparse.csr_matrix  # how those pixels read a profile back
+    reader: BinReader  # how those pixels read a profile back
     n_at: np.ndarray  # measured pixels behind the profile at each scaled pixel
     passes: int
     shrink: bool = False

@@ -18,10 +18,12 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, optimize, sparse
+from scipy import ndimage, optimize
 
 __all__ = [
     "VIOLATION_BITS",
+    "BinReader",
+    "BinScatter",
     "PartnerMap",
     "PartnerSample",
     "RingEquivalence",
@@ -146,7 +148,7 @@ def rotate180(image: np.ndarray, center: tuple[float, float],
     return rotation180(np.shape(image), center).apply(image, mask)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _interpolation_plan(shape: tuple[int, int], center: tuple[float, float],
                         matrix: tuple[tuple[float, float], tuple[float, float]]):
     """Flat source indices, weights and on-detector flags of the four bilinear taps."""
@@ -250,53 +252,62 @@ class RingProfile:
     center: tuple[float, float]
     bin_width: float = 0.5
     sectors: int = 1
-    _gather: sparse.csr_matrix = field(init=False, repr=False, compare=False)
+    #: Per tap (2 radial x, with sectors, 2 azimuthal): each pixel's flat bin and weight.
+    #: Kept as per-pixel arrays (int32 + float32, 16 bytes a pixel for whole rings), not a
+    #: sparse matrix, so a 4 Mpx detector's profiles stay small (``bench/large_frames.py``).
+    _bins: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    _weights: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    _n_bins: int = field(init=False, repr=False, compare=False)
     _scatter: dict = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rows, cols = np.indices(self.shape, dtype=np.float64)
         dr, dc = rows - self.center[0], cols - self.center[1]
+        del rows, cols
         radius = np.hypot(dr, dc) / self.bin_width
         r_lo = np.floor(radius).astype(np.int64)
         r_f = radius - r_lo
+        del radius
         n_r = int(r_lo.max()) + 2
         s = self.sectors
+        radial = ((r_lo, 1.0 - r_f), (r_lo + 1, r_f))
+        azimuthal: tuple[tuple[np.ndarray, np.ndarray], ...]
         if s > 1:
             phi = (np.arctan2(dr, dc) + np.pi) / (2 * np.pi) * s - 0.5
             p_lo = np.floor(phi).astype(np.int64)
             p_f = phi - p_lo
             p_lo %= s
-            p_hi = (p_lo + 1) % s
+            azimuthal = ((p_lo, 1.0 - p_f), ((p_lo + 1) % s, p_f))
         else:
-            p_lo = p_hi = np.zeros_like(r_lo)
-            p_f = np.zeros_like(r_f)
+            azimuthal = ((np.zeros(1, np.int64), np.ones(1)),)
         bins, weights = [], []
-        for r_idx, r_w in ((r_lo, 1.0 - r_f), (r_lo + 1, r_f)):
-            for p_idx, p_w in ((p_lo, 1.0 - p_f), (p_hi, p_f)):
-                bins.append((r_idx * s + p_idx).ravel())
-                weights.append((r_w * p_w).ravel())
-        n_pixels = rows.size
-        pixel = np.tile(np.arange(n_pixels), len(bins))
-        # gather[pixel, bin]: how a pixel reads the profile back (and shares its value out).
-        gather = sparse.csr_matrix((np.concatenate(weights), (pixel, np.concatenate(bins))),
-                                   shape=(n_pixels, n_r * s))
-        object.__setattr__(self, "_gather", gather)
+        for r_idx, r_w in radial:
+            for p_idx, p_w in azimuthal:
+                bins.append((r_idx * s + p_idx).astype(np.int32).ravel())
+                weights.append((r_w * p_w).astype(np.float32).ravel())
+        object.__setattr__(self, "_bins", tuple(bins))
+        object.__setattr__(self, "_weights", tuple(weights))
+        object.__setattr__(self, "_n_bins", n_r * s)
         object.__setattr__(self, "_scatter", {})
         object.__setattr__(self, "_lock", threading.Lock())
 
-    def _scatter_for(self, good: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray,
-                                                        np.ndarray]:
+    @property
+    def nbytes(self) -> int:
+        """Memory the profile holds (its per-pixel taps, not the cached masks)."""
+        return sum(a.nbytes for a in (*self._bins, *self._weights))
+
+    def _scatter_for(self, good: np.ndarray) -> tuple[BinScatter, np.ndarray, np.ndarray]:
         """The binning restricted to ``good`` pixels, its weights and read-back support
         (cached for the last few masks: a scan uses one)."""
         key = hash(good.tobytes())
         with self._lock:  # the live trainer and server threads share cached profiles
             cached = self._scatter.get(key)
             if cached is None or not np.array_equal(cached[0], good):
-                scatter = self._gather[good.ravel()].T.tocsr()
-                weights = np.asarray(scatter.sum(axis=1)).ravel()
-                support = (self._gather @ weights).reshape(self.shape)
-                if len(self._scatter) >= 4:
+                scatter = BinScatter.over(self, np.flatnonzero(good))
+                weights = scatter.weights
+                support = self.read_back(weights)
+                if len(self._scatter) >= 2:
                     self._scatter.pop(next(iter(self._scatter)))
                 cached = (good.copy(), scatter, weights, support)
                 self._scatter[key] = cached
@@ -319,7 +330,7 @@ class RingProfile:
         sums = scatter @ np.asarray(image, np.float64)[good]
         return sums / np.maximum(weights, 1e-12), weights.copy()
 
-    def binning(self, good: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    def binning(self, good: np.ndarray) -> tuple[BinScatter, np.ndarray]:
         """The binning over ``good`` pixels: ``(scatter, weights)``, where ``scatter @
         image[good]`` are the bins' weighted sums and ``weights`` their weights
         (:meth:`bin_means` divides the one by the other)."""
@@ -328,12 +339,60 @@ class RingProfile:
 
     def read_back(self, profile: np.ndarray) -> np.ndarray:
         """A profile (one value per bin, as :meth:`bin_means`) read back at every pixel."""
-        return (self._gather @ np.asarray(profile, np.float64)).reshape(self.shape)
+        return self.reader(None) @ np.asarray(profile, np.float64)
 
-    def reader(self, index: np.ndarray) -> sparse.csr_matrix:
+    def reader(self, index: np.ndarray | None) -> BinReader:
         """How the pixels of the flat ``index`` read a profile back: ``reader(index) @
-        profile`` equals ``read_back(profile).ravel()[index]``, without the other pixels."""
-        return self._gather[np.asarray(index)]
+        profile`` equals ``read_back(profile).ravel()[index]``, without the other pixels
+        (``None``: every pixel, read back as an ``(H, W)`` image)."""
+        if index is None:
+            return BinReader(self._bins, self._weights, self.shape)
+        index = np.asarray(index)
+        return BinReader(tuple(b[index] for b in self._bins),
+                         tuple(w[index] for w in self._weights), index.shape)
+
+
+@dataclass(frozen=True)
+class BinScatter:
+    """``scatter @ values``: weighted sums per bin of values given on a set of pixels (a
+    sparse matrix's product, with per-pixel taps)."""
+
+    bins: tuple[np.ndarray, ...]
+    weights_of_taps: tuple[np.ndarray, ...]
+    n_bins: int
+
+    @classmethod
+    def over(cls, profile: RingProfile, pixels: np.ndarray) -> BinScatter:
+        return cls(tuple(b[pixels] for b in profile._bins),
+                   tuple(w[pixels] for w in profile._weights), profile._n_bins)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Each bin's total weight (about how many of the pixels it rests on)."""
+        return self @ None
+
+    def __matmul__(self, values: np.ndarray | None) -> np.ndarray:
+        total = np.zeros(self.n_bins)
+        for bins, weights in zip(self.bins, self.weights_of_taps, strict=True):
+            tap = weights if values is None else weights * np.asarray(values, np.float64)
+            total += np.bincount(bins, tap, minlength=self.n_bins)
+        return total
+
+
+@dataclass(frozen=True)
+class BinReader:
+    """``reader @ profile``: a profile read back at a set of pixels (bilinear taps)."""
+
+    bins: tuple[np.ndarray, ...]
+    weights: tuple[np.ndarray, ...]
+    shape: tuple[int, ...]
+
+    def __matmul__(self, profile: np.ndarray) -> np.ndarray:
+        profile = np.asarray(profile, np.float64)
+        out = np.zeros(self.bins[0].shape)
+        for bins, weights in zip(self.bins, self.weights, strict=True):
+            out += weights * profile[bins]
+        return out.reshape(self.shape)
 
 
 @functools.lru_cache(maxsize=16)
@@ -391,8 +450,13 @@ def refine_center(image: np.ndarray, center: tuple[float, float],
     good = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
     smoothed = _masked_smooth(image, good, smooth_sigma)
 
-    def cost(point: np.ndarray) -> float:
-        return symmetry_chi2(smoothed, (point[0], point[1]), ~good, smooth_sigma=0.0)
+    points = _refinement_points(good)
+    if points is None:
+        def cost(point: np.ndarray) -> float:
+            return symmetry_chi2(smoothed, (point[0], point[1]), ~good, smooth_sigma=0.0)
+    else:
+        def cost(point: np.ndarray) -> float:
+            return _chi2_at_points(smoothed, good, (point[0], point[1]), points)
 
     steps = np.arange(-search_px, search_px + 1e-9, 0.5)
     grid = [(center[0] + dr, center[1] + dc) for dr in steps for dc in steps]
@@ -402,6 +466,54 @@ def refine_center(image: np.ndarray, center: tuple[float, float],
                                         "initial_simplex": np.asarray(best)
                                         + np.array([[0, 0], [0.3, 0], [0, 0.3]])})
     return float(result.x[0]), float(result.x[1])
+
+
+#: Above this many good pixels the centre is refined on an even subsample of them: the χ²
+#: is a mean over pairs, so a quarter-million pairs fix it as well as all of a 4 Mpx frame
+#: (which took minutes and a partner plan per trial centre).
+_REFINE_MAX_POINTS = 1 << 18
+
+
+def _refinement_points(good: np.ndarray) -> np.ndarray | None:
+    """Flat indices of an even subsample of the good pixels, or None to use them all."""
+    flat = np.flatnonzero(good)
+    if flat.size <= _REFINE_MAX_POINTS:
+        return None
+    step = -(-flat.size // _REFINE_MAX_POINTS)
+    return flat[::step]
+
+
+def _chi2_at_points(smoothed: np.ndarray, good: np.ndarray, center: tuple[float, float],
+                    points: np.ndarray) -> float:
+    """:func:`symmetry_chi2` of an already smoothed image on the pixels ``points`` only
+    (flat indices): the same bilinear partners, without a whole-frame plan."""
+    height, width = smoothed.shape
+    rows, cols = np.divmod(points, width)
+    pr, pc = rotation180(smoothed.shape, center).map_points(rows, cols)
+    r0, c0 = np.floor(pr).astype(np.int64), np.floor(pc).astype(np.int64)
+    fr, fc = pr - r0, pc - c0
+    eps = 1e-9
+    snap_r, snap_c = fr > 1 - eps, fc > 1 - eps
+    r0, c0 = np.where(snap_r, r0 + 1, r0), np.where(snap_c, c0 + 1, c0)
+    fr = np.where(snap_r | (fr < eps), 0.0, fr)
+    fc = np.where(snap_c | (fc < eps), 0.0, fc)
+    flat_image, flat_good = smoothed.ravel(), good.ravel()
+    values = np.zeros(points.size)
+    valid = np.ones(points.size, bool)
+    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                           (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        rr, cc = r0 + dr, c0 + dc
+        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+        flat = np.clip(rr, 0, height - 1) * width + np.clip(cc, 0, width - 1)
+        used = weight > 0
+        ok = inside & flat_good[flat]
+        valid &= ~used | ok
+        values += np.where(used & ok, weight * flat_image[flat], 0.0)
+    if valid.sum() < 100:
+        return np.inf
+    own = flat_image[points[valid]]
+    diff = own - values[valid]
+    return float(np.mean(diff * diff / (own + values[valid] + 1e-6)))
 
 
 def _masked_smooth(image: np.ndarray, good: np.ndarray, sigma: float) -> np.ndarray:
