@@ -170,7 +170,7 @@ def _read_image(path: Path) -> np.ndarray:
             if image.nframes <= 1:
                 return np.array(image.data)
             return np.stack([np.asarray(image.getframe(i).data) for i in range(image.nframes)])
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # fabio's parsers fail on a corrupt file with any error type
         raise ValueError(f"{path}: not a readable {path.suffix.lstrip('.').upper()} "
                          f"image ({exc})") from exc
 

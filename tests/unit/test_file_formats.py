@@ -187,6 +187,10 @@ def test_missing_files_and_datasets_are_one_line_errors(tmp_path, capsys):
     err = _error_line(["denoise", str(tmp_path / "scan_*.cbf"), "--out", out], capsys)
     assert "no file matches" in err and "scan_*.cbf" in err
 
+    (tmp_path / "corrupt.cbf").write_text("not a CBF image\n")
+    err = _error_line(["denoise", str(tmp_path / "corrupt.cbf"), "--out", out], capsys)
+    assert "corrupt.cbf: not a readable CBF image" in err
+
     two = tmp_path / "two.h5"
     with h5py.File(two, "w") as handle:
         handle["a"] = np.zeros(SHAPE)
