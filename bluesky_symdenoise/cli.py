@@ -3,7 +3,9 @@
 ``demo`` starts the simulated beamline IOCs, runs an in situ temperature-ramp scan with
 short exposures, denoises it live into an embedded Tiled catalog, writes live-view PNGs and
 prints the gain against the simulator's truth.
-``denoise`` denoises frames stored in a ``.npy`` file or an HDF5 dataset (``file.h5:/path``).
+``denoise`` denoises frames stored in ``.npy``, HDF5 (``file.h5:/path``, NeXus, Eiger master
+files), CBF, EDF or TIFF files (one, a glob pattern or a directory) and writes ``.npy`` or a
+NeXus file with the provenance.
 ``replay`` denoises archived runs of a Tiled catalog and writes the derived runs back.
 ``serve`` runs the live denoiser out of process on a 0MQ proxy or NATS JetStream.
 
@@ -14,7 +16,6 @@ without loading torch.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -46,31 +47,30 @@ def _add_method_and_device(parser: argparse.ArgumentParser) -> None:
                         metavar="{" + ",".join(DEVICES) + ",cuda:N}")
 
 
-def _load_array(spec: str) -> np.ndarray:
-    import numpy as np
+def _load_array(spec: str | list[str]) -> np.ndarray:
+    """Frames (or a mask) from one file spec or several files (a shell-expanded pattern)."""
+    from .store.files import read_frame_files, read_frames
 
-    if ":" in spec and not Path(spec).exists():
-        path, dataset = spec.split(":", 1)
-        import h5py
-
-        with h5py.File(path, "r") as fh:
-            return np.asarray(fh[dataset])
-    return np.load(spec)
+    if isinstance(spec, str):
+        return read_frames(spec)
+    return read_frames(spec[0]) if len(spec) == 1 else read_frame_files(spec)
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .denoise.api import denoise_scan
+    from .store.files import output_format, write_frames
 
+    kind = output_format(args.out)  # a wrong suffix fails before any denoising
     frames = _load_array(args.frames)
     mask = _load_array(args.mask).astype(bool) if args.mask else None
     result = denoise_scan(frames, mask=mask, center=tuple(args.center) if args.center else None,
                           poni=args.poni, method=args.method, budget_s=args.budget,
                           device=args.device, bad_pixels="mask" if args.mask_bad else "raise")
-    np.save(args.out, result.denoised)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(result.provenance, indent=2))
-    print(f"{args.out}: {result.method} ({result.reason}); provenance beside it (.json)")
+    out = write_frames(args.out, result.denoised, provenance=result.provenance,
+                       raw_spec=" ".join(args.frames), mask=mask)
+    where = ("provenance beside it (.json)" if kind == "npy"
+             else "NeXus /entry/data/data, provenance in /entry/process/provenance")
+    print(f"{out}: {result.method} ({result.reason}); {where}")
     return 0
 
 
@@ -208,16 +208,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     demo.set_defaults(func=_cmd_demo)
 
-    den = sub.add_parser("denoise", help="denoise frames from a .npy file or HDF5 dataset")
-    den.add_argument("frames", help="frames.npy or file.h5:/entry/data (N, H, W) or (H, W)")
-    den.add_argument("--out", required=True, help="output .npy (provenance: same name .json)")
-    den.add_argument("--mask", help="mask .npy or file.h5:/path (True = bad pixel)")
+    den = sub.add_parser("denoise", help="denoise frames from .npy, HDF5 (NeXus, Eiger), "
+                         "CBF, EDF or TIFF files; write .npy or NeXus")
+    den.add_argument("frames", nargs="+",
+                     help="frames.npy; file.h5:/entry/data/data, or file.h5 / an Eiger "
+                          "*_master.h5 (frames found); a CBF/EDF/TIFF file, a quoted glob "
+                          "'scan_*.cbf' (sorted naturally), a directory of them, or several "
+                          "files (stacked in the order given). (N, H, W) or (H, W)")
+    den.add_argument("--out", required=True,
+                     help="output .npy (provenance beside it: same name .json) or .nxs/.h5/"
+                          ".hdf5 (NeXus NXdata, Bitshuffle-LZ4, provenance in "
+                          "/entry/process)")
+    den.add_argument("--mask", help="mask: .npy, file.h5:/path, CBF/EDF/TIFF "
+                                    "(nonzero = bad pixel)")
     den.add_argument("--center", type=float, nargs=2, metavar=("ROW", "COL"))
     den.add_argument("--poni", help="pyFAI PONI file")
     _add_method_and_device(den)
     den.add_argument("--budget", type=float, default=None)
     den.add_argument("--mask-bad", action="store_true",
-                     help="mask NaN/negative pixels instead of refusing the input")
+                     help="mask NaN/negative pixels instead of refusing the input "
+                          "(saturated integer pixels, e.g. 2**32-1, are always masked)")
     den.set_defaults(func=_cmd_denoise)
 
     rep = sub.add_parser("replay", help="denoise archived runs of a Tiled catalog")
