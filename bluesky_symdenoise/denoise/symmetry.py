@@ -150,42 +150,48 @@ def rotate180(image: np.ndarray, center: tuple[float, float],
 
 @functools.lru_cache(maxsize=4)
 def _interpolation_plan(shape: tuple[int, int], center: tuple[float, float],
-                        matrix: tuple[tuple[float, float], tuple[float, float]]):
-    """Flat source indices, weights and on-detector flags of the four bilinear taps."""
+                        matrix: tuple[tuple[float, float], tuple[float, float]]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each pixel's partner as its upper-left source pixel ``(r0, c0)`` (int32) and the
+    fractions ``(fr, fc)`` (float32) of the bilinear taps: 12-16 bytes a pixel, so a few
+    cached plans of a 4 Mpx detector stay small (the taps are expanded per call)."""
     pm = PartnerMap(shape, center, matrix)
     rows, cols = pm.coordinates()
-    height, width = shape
-    r0 = np.floor(rows).astype(np.int64)
-    c0 = np.floor(cols).astype(np.int64)
+    r0 = np.floor(rows)
+    c0 = np.floor(cols)
     fr = rows - r0
     fc = cols - c0
+    del rows, cols
     # Snap near-integer coordinates so half-integer centres give exact pixel partners.
     eps = 1e-9
     snap_r, snap_c = fr > 1 - eps, fc > 1 - eps
-    r0, c0 = np.where(snap_r, r0 + 1, r0), np.where(snap_c, c0 + 1, c0)
-    fr = np.where(snap_r | (fr < eps), 0.0, fr)
-    fc = np.where(snap_c | (fc < eps), 0.0, fc)
-    taps = []
-    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
-                           (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        rr, cc = r0 + dr, c0 + dc
-        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-        flat = np.clip(rr, 0, height - 1) * width + np.clip(cc, 0, width - 1)
-        taps.append((flat, weight, weight > 0, inside))
-    weight_sq = sum(np.where(used, w * w, 0.0) for _, w, used, _ in taps)
-    return taps, weight_sq
+    r0 = np.where(snap_r, r0 + 1, r0).astype(np.int32)
+    c0 = np.where(snap_c, c0 + 1, c0).astype(np.int32)
+    fr = np.where(snap_r | (fr < eps), 0.0, fr).astype(np.float32)
+    fc = np.where(snap_c | (fc < eps), 0.0, fc).astype(np.float32)
+    return r0, c0, fr, fc
 
 
 def _bilinear(image: np.ndarray, mask: np.ndarray | None, pm: PartnerMap) -> PartnerSample:
-    taps, weight_sq = _interpolation_plan(pm.shape, pm.center, pm.matrix)
+    r0, c0, fr32, fc32 = _interpolation_plan(pm.shape, pm.center, pm.matrix)
+    height, width = pm.shape
+    fr, fc = fr32.astype(np.float64), fc32.astype(np.float64)
     flat_image = image.ravel()
     good = None if mask is None else ~np.asarray(mask, bool).ravel()
     values = np.zeros(image.shape, np.float64)
     valid = np.ones(image.shape, bool)
-    for flat, weight, used, inside in taps:
+    weight_sq = np.zeros(image.shape, np.float64)
+    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                           (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        rr, cc = r0 + dr, c0 + dc
+        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+        flat = (np.clip(rr, 0, height - 1).astype(np.int64) * width
+                + np.clip(cc, 0, width - 1))
+        used = weight > 0
         ok = inside if good is None else inside & good[flat]
         valid &= ~used | ok
         values += np.where(used & ok, weight * flat_image[flat], 0.0)
+        weight_sq += np.where(used, weight * weight, 0.0)
     values[~valid] = 0.0
     return PartnerSample(values=values, valid=valid, weight_sq=weight_sq)
 
@@ -252,81 +258,94 @@ class RingProfile:
     center: tuple[float, float]
     bin_width: float = 0.5
     sectors: int = 1
-    #: Per tap (2 radial x, with sectors, 2 azimuthal): each pixel's flat bin and weight.
-    #: Kept as per-pixel arrays (int32 + float32, 16 bytes a pixel for whole rings), not a
-    #: sparse matrix, so a 4 Mpx detector's profiles stay small (``bench/large_frames.py``).
-    _bins: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
-    _weights: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    #: Per tap (2 radial x, with sectors, 2 azimuthal): each pixel's flat bin (int32) and
+    #: weight (float32); kept for detectors up to :data:`TAPS_KEPT_UP_TO` pixels, recomputed
+    #: from the scan's shared polar map (:func:`_polar_map`) per use above it, so that a
+    #: 4 Mpx detector's many profiles cost no memory of their own.
+    _kept: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None = field(
+        init=False, repr=False, compare=False)
     _n_bins: int = field(init=False, repr=False, compare=False)
     _scatter: dict = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rows, cols = np.indices(self.shape, dtype=np.float64)
-        dr, dc = rows - self.center[0], cols - self.center[1]
-        del rows, cols
-        radius = np.hypot(dr, dc) / self.bin_width
+        radius, _ = _polar_map(self.shape, self.center, self.sectors > 1)
+        n_r = int(np.floor(radius.max() / self.bin_width)) + 2
+        object.__setattr__(self, "_n_bins", n_r * self.sectors)
+        object.__setattr__(self, "_kept", None)
+        if radius.size <= TAPS_KEPT_UP_TO:
+            object.__setattr__(self, "_kept", self._taps(None))
+        object.__setattr__(self, "_scatter", {})
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def _taps(self, index: np.ndarray | None
+              ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Bins and weights of each tap, for every pixel or the flat ``index`` (an int
+        array or a flat bool mask)."""
+        if self._kept is not None:
+            bins, weights = self._kept
+            if index is None:
+                return bins, weights
+            return tuple(b[index] for b in bins), tuple(w[index] for w in weights)
+        s = self.sectors
+        radius_map, phi_map = _polar_map(self.shape, self.center, s > 1)
+        radius = (radius_map if index is None else radius_map[index]) / self.bin_width
         r_lo = np.floor(radius).astype(np.int64)
         r_f = radius - r_lo
         del radius
-        n_r = int(r_lo.max()) + 2
-        s = self.sectors
         radial = ((r_lo, 1.0 - r_f), (r_lo + 1, r_f))
         azimuthal: tuple[tuple[np.ndarray, np.ndarray], ...]
-        if s > 1:
-            phi = (np.arctan2(dr, dc) + np.pi) / (2 * np.pi) * s - 0.5
+        if s > 1 and phi_map is not None:
+            phi = (phi_map if index is None else phi_map[index]) * s - 0.5
             p_lo = np.floor(phi).astype(np.int64)
             p_f = phi - p_lo
             p_lo %= s
             azimuthal = ((p_lo, 1.0 - p_f), ((p_lo + 1) % s, p_f))
         else:
             azimuthal = ((np.zeros(1, np.int64), np.ones(1)),)
-        bins, weights = [], []
+        tap_bins: list[np.ndarray] = []
+        tap_weights: list[np.ndarray] = []
         for r_idx, r_w in radial:
             for p_idx, p_w in azimuthal:
-                bins.append((r_idx * s + p_idx).astype(np.int32).ravel())
-                weights.append((r_w * p_w).astype(np.float32).ravel())
-        object.__setattr__(self, "_bins", tuple(bins))
-        object.__setattr__(self, "_weights", tuple(weights))
-        object.__setattr__(self, "_n_bins", n_r * s)
-        object.__setattr__(self, "_scatter", {})
-        object.__setattr__(self, "_lock", threading.Lock())
+                tap_bins.append((r_idx * s + p_idx).astype(np.int32))
+                tap_weights.append((r_w * p_w).astype(np.float32))
+        return tuple(tap_bins), tuple(tap_weights)
 
     @property
     def nbytes(self) -> int:
-        """Memory the profile holds (its per-pixel taps, not the cached masks)."""
-        return sum(a.nbytes for a in (*self._bins, *self._weights))
+        """Memory the profile holds of its own (its kept taps; not the shared polar map)."""
+        if self._kept is None:
+            return 0
+        return sum(a.nbytes for a in (*self._kept[0], *self._kept[1]))
 
-    def _scatter_for(self, good: np.ndarray) -> tuple[BinScatter, np.ndarray, np.ndarray]:
-        """The binning restricted to ``good`` pixels, its weights and read-back support
-        (cached for the last few masks: a scan uses one)."""
+    def _scatter_for(self, good: np.ndarray) -> tuple[BinScatter, np.ndarray]:
+        """The binning restricted to ``good`` pixels and its weights (cached for the last
+        few masks: a scan uses one)."""
         key = hash(good.tobytes())
         with self._lock:  # the live trainer and server threads share cached profiles
             cached = self._scatter.get(key)
             if cached is None or not np.array_equal(cached[0], good):
-                scatter = BinScatter.over(self, np.flatnonzero(good))
-                weights = scatter.weights
-                support = self.read_back(weights)
+                scatter = BinScatter.over(self, good)
                 if len(self._scatter) >= 2:
                     self._scatter.pop(next(iter(self._scatter)))
-                cached = (good.copy(), scatter, weights, support)
+                cached = (good.copy(), scatter, scatter.weights)
                 self._scatter[key] = cached
-        return cached[1:]
+        return cached[1], cached[2]
 
     def mean(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean read back at every pixel, and about how many good pixels lie behind it."""
-        profile, _ = self.bin_means(image, good)
-        return self.read_back(profile), self.support(good)
+        profile, weights = self.bin_means(image, good)
+        return self.read_back(profile), self.read_back(weights)
 
     def support(self, good: np.ndarray) -> np.ndarray:
         """About how many ``good`` pixels lie behind the profile read back at each pixel."""
-        return self._scatter_for(np.asarray(good, bool))[2].copy()
+        return self.read_back(self._scatter_for(np.asarray(good, bool))[1])
 
     def bin_means(self, image: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The profile itself: each bin's mean over ``good`` pixels, and its weight (about
         how many pixels it rests on)."""
         good = np.asarray(good, bool)
-        scatter, weights, _ = self._scatter_for(good)
+        scatter, weights = self._scatter_for(good)
         sums = scatter @ np.asarray(image, np.float64)[good]
         return sums / np.maximum(weights, 1e-12), weights.copy()
 
@@ -334,8 +353,7 @@ class RingProfile:
         """The binning over ``good`` pixels: ``(scatter, weights)``, where ``scatter @
         image[good]`` are the bins' weighted sums and ``weights`` their weights
         (:meth:`bin_means` divides the one by the other)."""
-        scatter, weights, _ = self._scatter_for(np.asarray(good, bool))
-        return scatter, weights
+        return self._scatter_for(np.asarray(good, bool))
 
     def read_back(self, profile: np.ndarray) -> np.ndarray:
         """A profile (one value per bin, as :meth:`bin_means`) read back at every pixel."""
@@ -346,10 +364,28 @@ class RingProfile:
         profile`` equals ``read_back(profile).ravel()[index]``, without the other pixels
         (``None``: every pixel, read back as an ``(H, W)`` image)."""
         if index is None:
-            return BinReader(self._bins, self._weights, self.shape)
+            return BinReader(self, None, self._kept)
         index = np.asarray(index)
-        return BinReader(tuple(b[index] for b in self._bins),
-                         tuple(w[index] for w in self._weights), index.shape)
+        return BinReader(self, index, self._taps(index) if self._kept is not None else None)
+
+
+#: Detectors up to this many pixels keep each ring profile's taps (16-32 bytes a pixel per
+#: profile, several profiles a scan); larger ones recompute them per use from one shared
+#: polar map, trading some time per frame for a bounded footprint.
+TAPS_KEPT_UP_TO = 1 << 21
+
+
+@functools.lru_cache(maxsize=2)
+def _polar_map(shape: tuple[int, int], center: tuple[float, float], with_azimuth: bool
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flat radius (px, float64) and azimuth (fraction of a turn from -180°, float64) of
+    every pixel about ``center``; the azimuth only if asked."""
+    rows, cols = np.indices(shape, dtype=np.float64)
+    dr, dc = (rows - center[0]).ravel(), (cols - center[1]).ravel()
+    del rows, cols
+    radius = np.hypot(dr, dc)
+    phi = (np.arctan2(dr, dc) + np.pi) / (2 * np.pi) if with_azimuth else None
+    return radius, phi
 
 
 @dataclass(frozen=True)
@@ -357,14 +393,16 @@ class BinScatter:
     """``scatter @ values``: weighted sums per bin of values given on a set of pixels (a
     sparse matrix's product, with per-pixel taps)."""
 
-    bins: tuple[np.ndarray, ...]
-    weights_of_taps: tuple[np.ndarray, ...]
-    n_bins: int
+    profile: RingProfile
+    pixels: np.ndarray
+    taps: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None
 
     @classmethod
-    def over(cls, profile: RingProfile, pixels: np.ndarray) -> BinScatter:
-        return cls(tuple(b[pixels] for b in profile._bins),
-                   tuple(w[pixels] for w in profile._weights), profile._n_bins)
+    def over(cls, profile: RingProfile, good: np.ndarray) -> BinScatter:
+        """The binning of ``profile`` over the ``good`` pixels (a bool image)."""
+        pixels = np.asarray(good, bool).ravel()
+        kept = profile._taps(pixels) if profile._kept is not None else None
+        return cls(profile, pixels, kept)
 
     @property
     def weights(self) -> np.ndarray:
@@ -372,10 +410,12 @@ class BinScatter:
         return self @ None
 
     def __matmul__(self, values: np.ndarray | None) -> np.ndarray:
-        total = np.zeros(self.n_bins)
-        for bins, weights in zip(self.bins, self.weights_of_taps, strict=True):
+        n_bins = self.profile._n_bins
+        bins_of_taps, weights_of_taps = self.taps or self.profile._taps(self.pixels)
+        total = np.zeros(n_bins)
+        for bins, weights in zip(bins_of_taps, weights_of_taps, strict=True):
             tap = weights if values is None else weights * np.asarray(values, np.float64)
-            total += np.bincount(bins, tap, minlength=self.n_bins)
+            total += np.bincount(bins, tap, minlength=n_bins)
         return total
 
 
@@ -383,16 +423,17 @@ class BinScatter:
 class BinReader:
     """``reader @ profile``: a profile read back at a set of pixels (bilinear taps)."""
 
-    bins: tuple[np.ndarray, ...]
-    weights: tuple[np.ndarray, ...]
-    shape: tuple[int, ...]
+    profile: RingProfile
+    index: np.ndarray | None
+    taps: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None
 
     def __matmul__(self, profile: np.ndarray) -> np.ndarray:
-        profile = np.asarray(profile, np.float64)
-        out = np.zeros(self.bins[0].shape)
-        for bins, weights in zip(self.bins, self.weights, strict=True):
-            out += weights * profile[bins]
-        return out.reshape(self.shape)
+        values = np.asarray(profile, np.float64)
+        bins_of_taps, weights_of_taps = self.taps or self.profile._taps(self.index)
+        out = np.zeros(bins_of_taps[0].shape)
+        for bins, weights in zip(bins_of_taps, weights_of_taps, strict=True):
+            out += weights * values[bins]
+        return out.reshape(self.profile.shape if self.index is None else self.index.shape)
 
 
 @functools.lru_cache(maxsize=16)
