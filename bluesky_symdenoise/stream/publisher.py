@@ -58,7 +58,8 @@ def default_npt(shape: tuple[int, ...]) -> int:
 
 
 def denoised_data_keys(key: str, shape: tuple[int, ...], *, units: str = "counts",
-                       file_uri: str | None = None) -> dict[str, dict]:
+                       file_uri: str | None = None, file_directory_reason: str = ""
+                       ) -> dict[str, dict]:
     """Data keys of the derived run's ``denoised`` stream for the field ``key`` (``units``:
     ``"counts"``, or ``"ADU"`` for an integrating detector).
 
@@ -66,11 +67,15 @@ def denoised_data_keys(key: str, shape: tuple[int, ...], *, units: str = "counts
     is declared ``external: "STREAM:"`` with the file as its ``source``. Its shape stays
     (H, W), one frame per event: ``TiledWriter`` stacks StreamDatum rows into (N, H, W), the
     file's dataset and the shape an inline stream has in the catalog.
+    ``file_directory_reason`` (why the file is where it is) goes in its description.
     """
     frames: dict[str, Any] = {"source": file_uri or _SOURCE, "dtype": "array",
                               "shape": list(shape), "dtype_numpy": "<f4", "units": units}
     if file_uri is not None:
         frames["external"] = "STREAM:"
+        frames["description"] = (
+            f"denoised frames in the HDF5 file {file_uri} (one StreamDatum per frame)"
+            + (f"; directory: {file_directory_reason}" if file_directory_reason else ""))
     return {
         f"{key}_denoised": frames,
         f"{key}_denoised_by": {"source": _SOURCE, "dtype": "string", "shape": []},

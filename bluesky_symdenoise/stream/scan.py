@@ -34,7 +34,6 @@ from event_model.documents import EventDescriptor, RunStart, RunStop
 from ..integrate.azimuthal import integrator_for
 from .background import lower_thread_priority
 from .darks import DarkFrames
-from .derived_files import frame_goes_to_file, open_derived_file
 from .frames import FRAME_DOCUMENTS, FrameSource
 from .options import LiveOptions
 from .publisher import (
@@ -423,9 +422,11 @@ class LiveScan:
         return json.loads(json.dumps(record, default=str))
 
     def _declare_streams(self, run: DerivedRun, shape: tuple[int, int]) -> None:
+        from .derived_files import frame_goes_to_file, open_derived_file
+
         publisher, field, integration = run.publisher, run.field, run.integration
         units = "ADU" if run.engine.noise.integrating else "counts"
-        frames_file = None
+        frames_file, where = None, ""
         if frame_goes_to_file(shape, self.options.inline_limit_bytes):
             # The raw frames' files, beside which the derived file may go (FrameSource
             # keeps every Resource path and StreamResource seen).
@@ -441,7 +442,8 @@ class LiveScan:
                 self._warn(f"denoised frames published inline: their file could not be "
                            f"created ({exc})")
         keys = denoised_data_keys(field, shape, units=units,
-                                  file_uri=None if frames_file is None else frames_file.uri)
+                                  file_uri=None if frames_file is None else frames_file.uri,
+                                  file_directory_reason=where)
         try:
             publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
             if frames_file is not None:

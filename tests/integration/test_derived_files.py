@@ -82,7 +82,9 @@ def test_large_frames_go_to_one_compressed_file_that_tiled_serves(
     assert resource["run_start"] == start["uid"]
     assert resource["parameters"]["dataset"] == DERIVED_DATASET
     (descriptor,) = [d for d in derived.of("descriptor") if d["name"] == "denoised"]
-    assert descriptor["data_keys"]["det_img_denoised"]["external"] == "STREAM:"
+    frames_key = descriptor["data_keys"]["det_img_denoised"]
+    assert frames_key["external"] == "STREAM:" and frames_key["shape"] == list(scene.mask.shape)
+    assert "directory: derived_files=" in frames_key["description"]
     assert [d["seq_nums"]["start"] for d in datums] == [1, 2, 3, 4, 5]
     assert all(d["descriptor"] == descriptor["uid"] for d in datums)
     events = derived.stream("denoised")
@@ -199,6 +201,9 @@ def test_without_a_directory_the_file_goes_beside_the_raw_frames(RE, frames, sce
     path = raw_dir / f"{start['uid']}.h5"
     assert _file_frames(path).shape == (4, *scene.mask.shape)
     assert derived.of("stream_resource")[0]["uri"] == path.resolve().as_uri()
+    (descriptor,) = [d for d in derived.of("descriptor") if d["name"] == "denoised"]
+    assert descriptor["data_keys"]["img_denoised"]["description"].endswith(
+        "directory: beside the raw frames")
 
 
 def test_the_directory_rule(tmp_path, monkeypatch):
