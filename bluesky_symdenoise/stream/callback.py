@@ -100,7 +100,9 @@ class SymDenoise(event_model.DocumentRouter):
                  cake: bool | tuple[int, int] = False, min_training_steps: int = 10,
                  config: dict[str, Any] | None = None,
                  detector: str | dict[str, Any] | None = None, gain: float | None = None,
-                 read_noise: float | None = None) -> None:
+                 read_noise: float | None = None,
+                 derived_files: str | Path | None = None,
+                 inline_limit_bytes: int = 1_000_000) -> None:
         super().__init__()
         if detector is not None or gain is not None or read_noise is not None:
             from ..denoise.detector_noise import detector_noise
@@ -115,6 +117,7 @@ class SymDenoise(event_model.DocumentRouter):
             "device": device, "budget_s": budget_s, "max_queue": max_queue,
             "lossless": lossless, "warmup_frames": warmup_frames, "npt": npt,
             "sector": sector, "cake": cake, "min_training_steps": min_training_steps,
+            "derived_files": derived_files, "inline_limit_bytes": inline_limit_bytes,
             "config": config})
         self._queue = FrameQueue(self.options.max_queue, lossless=self.options.lossless)
         self._worker: DenoiseWorker | None = None

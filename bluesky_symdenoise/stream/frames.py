@@ -241,6 +241,7 @@ class FrameSource:
 
     def _stream_frames(self, datum: dict) -> Iterator[tuple[str, int, np.ndarray, float]]:
         import h5py
+        import hdf5plugin  # noqa: F401
 
         resource = self._stream_resources.get(datum["stream_resource"])
         if resource is None:

@@ -57,6 +57,8 @@ class LiveOptions(BaseModel):
     sector: tuple[float, float] | None = None
     cake: bool | tuple[int, int] = False
     min_training_steps: int = Field(default=10, ge=0)
+    derived_files: Path | None = None
+    inline_limit_bytes: int = Field(default=1_000_000, ge=0)
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     asked: tuple[str, ...] = ()
 
@@ -112,6 +114,18 @@ class LiveOptions(BaseModel):
         if value is None or isinstance(value, str | Path):
             return value
         return np.asarray(value).astype(bool)
+
+    @field_validator("derived_files", mode="before")
+    @classmethod
+    def _directory(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str | Path) or not str(value):
+            raise ValueError(f"derived_files must be a directory path, got {value!r}")
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"derived_files={str(value)!r} is a file, not a directory")
+        return path
 
     @field_validator("cake", mode="before")
     @classmethod

@@ -422,10 +422,36 @@ class LiveScan:
         return json.loads(json.dumps(record, default=str))
 
     def _declare_streams(self, run: DerivedRun, shape: tuple[int, int]) -> None:
+        from .derived_files import frame_goes_to_file, open_derived_file
+
         publisher, field, integration = run.publisher, run.field, run.integration
         units = "ADU" if run.engine.noise.integrating else "counts"
-        keys = denoised_data_keys(field, shape, units=units)
-        publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
+        frames_file, where = None, ""
+        if frame_goes_to_file(shape, self.options.inline_limit_bytes):
+            # The raw frames' files, beside which the derived file may go (FrameSource
+            # keeps every Resource path and StreamResource seen).
+            raw_references = [path for _, path in self.source._resources.values()] + [
+                str(doc.get("uri", "")) for doc in self.source._stream_resources.values()]
+            try:
+                frames_file, where = open_derived_file(
+                    self.options.derived_files, raw_references, publisher.start["uid"],
+                    shape, units)
+                logger.info("symdenoise: denoised frames of run %s go to %s (%s)",
+                            publisher.start["uid"][:8], frames_file.path, where)
+            except Exception as exc:  # noqa: BLE001 - inline frames rather than none
+                self._warn(f"denoised frames published inline: their file could not be "
+                           f"created ({exc})")
+        keys = denoised_data_keys(field, shape, units=units,
+                                  file_uri=None if frames_file is None else frames_file.uri,
+                                  file_directory_reason=where)
+        try:
+            publisher.add_stream("denoised", keys, object_keys={"symdenoise": list(keys)})
+            if frames_file is not None:
+                publisher.reference_file("denoised", f"{field}_denoised", frames_file)
+        except BaseException:
+            if frames_file is not None:  # never left open
+                frames_file.close()
+            raise
         self._publish_symmetry(run)
         if integration is not None:
             sector = integration.sector
