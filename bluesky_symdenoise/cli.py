@@ -149,7 +149,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     outcomes = replay(args.catalog, args.uids, to=args.to, api_key=args.api_key,
                       to_api_key=args.to_api_key, plan=args.plan, since=args.since,
                       until=args.until, force=args.force, progress=not args.no_progress,
-                      **_denoiser_options(args))
+                      readable_storage=args.readable_storage, **_denoiser_options(args))
     if not outcomes:
         print("bluesky-symdenoise: no run matched", file=sys.stderr)
     for outcome in outcomes:
@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--force", action="store_true",
                      help="replay runs that already have a derived run (writes another)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("--readable-storage", action="append", metavar="DIR",
+                     help="for a catalog directory: one more directory its server may read "
+                          "registered files from (repeatable; the directories of the files "
+                          "the catalog registered are readable without it)")
     _add_denoiser_arguments(rep)
     rep.set_defaults(func=_cmd_replay)
 

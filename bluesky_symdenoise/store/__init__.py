@@ -1,5 +1,6 @@
 """Archived runs: read a raw run back from Tiled, denoise it, write the derived run beside it."""
 
+from .assets import registered_directories
 from .replay import (
     ReplayError,
     ReplayOutcome,
@@ -11,4 +12,4 @@ from .replay import (
 )
 
 __all__ = ["ReplayError", "ReplayOutcome", "derived_runs_of", "find_runs", "open_catalog",
-           "replay", "run_documents"]
+           "registered_directories", "replay", "run_documents"]

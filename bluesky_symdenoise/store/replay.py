@@ -11,6 +11,12 @@ at a time, and :class:`SymDenoise` in lossless mode makes the reader wait for th
 The derived run goes to the same catalog (or another) through ``TiledWriter``, linked by
 ``start["original_run_uid"]``.
 
+Files registered by a catalog directory (an ophyd-async detector's HDF5 files, written
+beside the catalog, not in it): the embedded server may read the directories of every file
+the catalog registered (:mod:`.assets`) plus ``readable_storage``, and before a run is read
+its files are checked, so a missing or unreadable one fails that run with one sentence
+naming the file and the keys it holds, and the next run goes on.
+
 Second replay of a run: a raw run that already has a derived run in the destination catalog
 is **skipped** (status ``"skipped"``, the existing derived uids named) unless ``force=True``,
 which writes one more derived run; the old one is kept (derived runs are never deleted by this
@@ -68,7 +74,8 @@ def _is_uri(spec: Any) -> bool:
 
 
 @contextlib.contextmanager
-def open_catalog(spec: Any, *, api_key: str | None = None, create: bool = False
+def open_catalog(spec: Any, *, api_key: str | None = None, create: bool = False,
+                 readable_storage: str | Path | Sequence[str | Path] | None = None
                  ) -> Iterator[Any]:
     """Yield a Tiled client for ``spec``, closing what was opened on exit.
 
@@ -78,9 +85,18 @@ def open_catalog(spec: Any, *, api_key: str | None = None, create: bool = False
     ``data/``): an embedded server is started on 127.0.0.1 for the duration. A directory is
     held by one server at a time (DuckDB locks it): while another process serves it, give
     that server's URI instead. ``create=True`` lets a new directory be made (``--to``).
+
+    The embedded server of a directory may read (besides its own ``data/``) the directories
+    of the files the catalog registered (:func:`.assets.registered_directories`: HDF5 files
+    of ophyd-async detectors, ...) and the directories ``readable_storage``; a server at a
+    URI reads what its own configuration allows, so ``readable_storage`` is refused there.
     """
     from tiled.client import from_uri
 
+    if readable_storage is not None and (not isinstance(spec, str | Path) or _is_uri(spec)):
+        raise ReplayError("readable storage is given to the embedded server of a catalog "
+                          "directory; a Tiled server at a URI reads what its own "
+                          "configuration allows (its readable_storage)")
     if not isinstance(spec, str | Path):
         yield spec
         return
@@ -98,7 +114,13 @@ def open_catalog(spec: Any, *, api_key: str | None = None, create: bool = False
                           "Tiled URI")
     from tiled.server import SimpleTiledServer
 
-    with SimpleTiledServer(directory=directory) as server:
+    from .assets import readable_directories
+
+    try:
+        readable = readable_directories(directory, readable_storage)
+    except FileNotFoundError as exc:
+        raise ReplayError(f"{exc} (--readable-storage takes existing directories)") from exc
+    with SimpleTiledServer(directory=directory, readable_storage=readable or None) as server:
         client = from_uri(server.uri)
         try:
             yield client
@@ -310,7 +332,7 @@ def _frame_count(readers: Iterable[_StreamReader], field_name: str | None) -> in
 
 
 def _replay_one(source: Any, destination: Any, uid: str, *, force: bool, progress: bool,
-                options: dict[str, Any]) -> ReplayOutcome:
+                check_files: bool, options: dict[str, Any]) -> ReplayOutcome:
     from bluesky_tiled_plugins import TiledWriter
     from tqdm import tqdm
 
@@ -327,6 +349,14 @@ def _replay_one(source: Any, destination: Any, uid: str, *, force: bool, progres
         return ReplayOutcome(uid, "skipped", derived_uid=existing[-1], message=(
             f"run {uid} already has a derived run ({', '.join(existing)}); pass --force "
             "(force=True) to write another"))
+    if check_files:  # the server runs here: its files are ours to check
+        from .assets import missing_files
+
+        if problems := missing_files(run):
+            files = "the file at that path" if len(problems) == 1 else "the files there"
+            return ReplayOutcome(uid, "failed", message=(
+                f"run {uid}: {'; '.join(problems)}; restore {files} (the catalog reads "
+                "them from where they were registered) and replay again"))
     outcome = ReplayOutcome(uid, "failed")
     has_geometry = any(options.get(k) is not None for k in ("poni", "center")) or \
         any(start.get(k) is not None for k in _GEOMETRY_KEYS)
@@ -371,6 +401,21 @@ def _replay_one(source: Any, destination: Any, uid: str, *, force: bool, progres
     return outcome
 
 
+def _server_read_failure(uid: str, exc: Exception) -> str | None:
+    """One sentence for a Tiled server that failed to read an array (HTTP 5xx), else None."""
+    import httpx
+
+    if not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code < 500:
+        return None
+    parts = exc.request.url.path.split("/")
+    node = "/".join(parts[parts.index(uid) + 1:]) if uid in parts else "/".join(parts)
+    return (f"run {uid}: the catalog's server could not read {node!r} (HTTP "
+            f"{exc.response.status_code}); when the run's data are files the catalog "
+            "registered, check that they exist and that the server may read their "
+            "directories (a server's readable_storage; --readable-storage for a catalog "
+            "directory)")
+
+
 def replay(catalog: Any, uids: Sequence[str] = (), *, to: Any = None, api_key: str | None = None,
            to_api_key: str | None = None, plan: str | None = None,
            since: str | float | None = None, until: str | float | None = None,
@@ -378,7 +423,9 @@ def replay(catalog: Any, uids: Sequence[str] = (), *, to: Any = None, api_key: s
            poni: str | Path | dict | None = None, center: tuple[float, float] | None = None,
            mask: np.ndarray | str | Path | None = None, method: str = "auto",
            device: str = "auto", budget_s: float | None = None,
-           config: dict[str, Any] | None = None) -> list[ReplayOutcome]:
+           config: dict[str, Any] | None = None,
+           readable_storage: str | Path | Sequence[str | Path] | None = None
+           ) -> list[ReplayOutcome]:
     """Denoise archived raw runs and write their derived runs to a Tiled catalog.
 
     Parameters
@@ -390,6 +437,10 @@ def replay(catalog: Any, uids: Sequence[str] = (), *, to: Any = None, api_key: s
         Which runs: explicit uids and/or a search (:func:`find_runs`).
     to, to_api_key
         Where the derived runs go; default: the same catalog.
+    readable_storage
+        For a catalog directory: more directories its embedded server may read files from,
+        besides those of the files the catalog registered (always readable) and its own
+        ``data/``. Refused for a URI or client (that server's configuration decides).
     force
         Replay a run that already has a derived run there (writes one more; default: skip).
     progress
@@ -408,8 +459,10 @@ def replay(catalog: Any, uids: Sequence[str] = (), *, to: Any = None, api_key: s
     if not uids and plan is None and since is None and until is None:
         raise ReplayError("nothing to replay: give run uids or a search (plan, since, until)")
     outcomes: list[ReplayOutcome] = []
+    local = isinstance(catalog, str | Path) and not _is_uri(catalog)
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open_catalog(catalog, api_key=api_key))
+        source = stack.enter_context(open_catalog(catalog, api_key=api_key,
+                                                  readable_storage=readable_storage))
         if _same_catalog(catalog, to):
             destination = source
         else:
@@ -418,9 +471,13 @@ def replay(catalog: Any, uids: Sequence[str] = (), *, to: Any = None, api_key: s
         for uid in find_runs(source, uids, plan=plan, since=since, until=until):
             try:
                 outcome = _replay_one(source, destination, uid, force=force,
-                                      progress=progress, options=options)
+                                      progress=progress, check_files=local, options=options)
             except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
-                logger.exception("replay of %s failed", uid)
-                outcome = ReplayOutcome(uid, "failed", message=f"run {uid}: {exc!r}")
+                if (message := _server_read_failure(uid, exc)) is not None:
+                    logger.debug("replay of %s failed", uid, exc_info=True)
+                else:
+                    logger.exception("replay of %s failed", uid)
+                    message = f"run {uid}: {exc!r}"
+                outcome = ReplayOutcome(uid, "failed", message=message)
             outcomes.append(outcome)
     return outcomes
