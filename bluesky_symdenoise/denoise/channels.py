@@ -39,7 +39,8 @@ from .symmetry import (
     symmetry_validity,
 )
 
-__all__ = ["ARC_SECTORS", "N_CHANNELS", "ChannelContext", "input_channels", "mean_level"]
+__all__ = ["ARC_SECTORS", "N_CHANNELS", "ChannelContext", "input_channels", "mean_level",
+           "ring_means", "window_channels", "window_partner_values"]
 
 N_CHANNELS = 11
 MIN_LEVEL = 1e-3
@@ -165,3 +166,83 @@ def input_channels(frame: np.ndarray, ctx: ChannelContext,
             channels[index] = np.where(valid, mean, 0.0) * inv
             channels[index + 1] = valid
     return channels, level
+
+
+#: A window of a frame: ``(row, col, rows, cols)``.
+Window = tuple[int, int, int, int]
+
+
+def _window_index(shape: tuple[int, int], window: Window) -> np.ndarray:
+    row, col, rows, cols = window
+    r = np.arange(row, row + rows)
+    c = np.arange(col, col + cols)
+    return (r[:, None] * shape[1] + c[None, :]).ravel()
+
+
+def ring_means(frame: np.ndarray, ctx: ChannelContext) -> tuple[np.ndarray | None, ...]:
+    """The frame's whole-ring and arc profiles (bin means over good pixels), or None where
+    the context has none: what :func:`window_channels` reads back in a window."""
+    good = ctx.good
+    return tuple(profile.bin_means(frame, good)[0]
+                 if profile is not None and valid is not None and valid.any() else None
+                 for profile, valid in ((ctx.rings, ctx.ring_valid), (ctx.arcs, ctx.arc_valid)))
+
+
+def window_partner_values(frame: np.ndarray, ctx: ChannelContext, window: Window
+                          ) -> np.ndarray:
+    """:func:`partner_values` of a full frame, in a window only."""
+    rows, cols = window[2], window[3]
+    if ctx.partner is None or not ctx.symmetric.any():
+        return np.zeros((rows, cols), np.float32)
+    values, _ = ctx.partner.sample_at(frame, ~ctx.good, _window_index(ctx.good.shape, window))
+    symmetric = _crop(ctx.symmetric, window)
+    return np.where(symmetric, values.reshape(rows, cols), 0.0).astype(np.float32)
+
+
+def _crop(image: np.ndarray, window: Window) -> np.ndarray:
+    row, col, rows, cols = window
+    return image[row:row + rows, col:col + cols]
+
+
+def window_channels(frame: np.ndarray, ctx: ChannelContext, window: Window, *,
+                    level: float, neighbours: np.ndarray | None = None,
+                    means: tuple[np.ndarray | None, ...] | None = None) -> np.ndarray:
+    """:func:`input_channels` of a full frame in a window only, for training patches of a
+    large detector: the partner and ring channels come from the whole frame (its 180°
+    partner pixels, its ring means), everything else from the window.
+
+    Parameters
+    ----------
+    frame
+        ``(H, W)`` counts, 0 on bad pixels.
+    window
+        ``(row, col, rows, cols)`` inside the frame.
+    level
+        The frame's normalisation level (:func:`mean_level` of the whole frame).
+    neighbours
+        The neighbouring frames' mean in the window, or None.
+    means
+        :func:`ring_means` of the frame (computed here when None).
+    """
+    good = _crop(ctx.good, window)
+    inv = np.float32(1.0 / level)
+    channels = np.zeros((N_CHANNELS, window[2], window[3]), np.float32)
+    channels[0] = np.where(good, _crop(frame, window), 0.0) * inv
+    channels[1] = good
+    if ctx.partner is not None and ctx.symmetric.any():
+        channels[2] = window_partner_values(frame, ctx, window) * inv
+        channels[3] = _crop(ctx.symmetric, window)
+    if neighbours is not None:
+        channels[4] = np.where(good, neighbours, 0.0) * inv
+        channels[5] = good
+    channels[6] = np.log10(level)
+    means = ring_means(frame, ctx) if means is None else means
+    index = _window_index(ctx.good.shape, window)
+    for profile, valid, profile_means, channel in (
+            (ctx.rings, ctx.ring_valid, means[0], 7), (ctx.arcs, ctx.arc_valid, means[1], 9)):
+        if profile is not None and valid is not None and profile_means is not None:
+            valid_here = _crop(valid, window)
+            mean = (profile.reader(index) @ profile_means).reshape(window[2], window[3])
+            channels[channel] = np.where(valid_here, mean, 0.0) * inv
+            channels[channel + 1] = valid_here
+    return channels

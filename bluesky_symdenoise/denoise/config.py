@@ -55,6 +55,12 @@ class DenoiseConfig(BaseModel):
         What the frames are: photon counts (default) or an integrating detector's ADU with
         its gain, readout noise and offset (estimated from the scan where not given; see
         :mod:`~bluesky_symdenoise.denoise.detector_noise`).
+    max_memory_gb
+        How much the process's resident memory may grow while a scan is denoised; None:
+        :func:`~bluesky_symdenoise.denoise.memory.default_memory_budget_gb` (1.5 GB, or a
+        quarter of the memory available, if less). The network runs in tiles that fit it,
+        and the live path passes frames through raw, flagged, rather than exceed it
+        (:mod:`~bluesky_symdenoise.denoise.memory`).
     max_symmetry_violation
         ``method="auto"`` uses symmetry only if the scan rejects it on at most this fraction
         of paired pixels: where many features lack a partner, fainter ones the test cannot
@@ -86,6 +92,7 @@ class DenoiseConfig(BaseModel):
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True
+    max_memory_gb: float | None = Field(default=None, gt=0)
     detector: DetectorNoise = DetectorNoise()
     seed: int = 0
 

@@ -27,6 +27,7 @@ from .consistency import RawConsistency
 from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
 from .device import select_device
 from .inference import predict_rates
+from .memory import default_memory_budget_gb, inference_tile
 from .models import load_base_model, model_hash, new_model
 from .preprocess import InputError, PreparedScan, prepare_frames
 from .selection import (
@@ -145,6 +146,9 @@ class ScanDenoiser:
         #: Network weight per intensity band in a mix with the classical mode (``auto``).
         self.blend: BlendWeights | None = None
         self.events: list[str] = []
+        #: The scan's memory budget (GB) and the network's tile core that fits it.
+        self.memory_budget_gb = self.config.max_memory_gb or default_memory_budget_gb()
+        self.tile = inference_tile(self.memory_budget_gb, self.config.width)
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -302,7 +306,7 @@ class ScanDenoiser:
                     inputs.append(subsampled_channels(frame, good, keep, level))
                     levels.append(level)
             rates = predict_rates(self.model, inputs, levels, device=self.device, flips=1,
-                                  batch_size=cfg.inference_batch,
+                                  batch_size=cfg.inference_batch, tile=self.tile,
                                   mixed_precision=cfg.mixed_precision, events=self.events)
             rates = rates.reshape(len(frames), cfg.noise2sr_passes, *frames.shape[1:]).mean(1)
             return self._hold_to_raw(analysis, frames, rates,
@@ -388,7 +392,7 @@ class ScanDenoiser:
             levels.append(level)
         rates = predict_rates(self.model, inputs, levels, device=self.device,
                               flips=flips or self.config.test_time_flips,
-                              batch_size=self.config.inference_batch,
+                              batch_size=self.config.inference_batch, tile=self.tile,
                               mixed_precision=self.config.mixed_precision, events=self.events)
         return self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
@@ -628,6 +632,8 @@ class ScanDenoiser:
             "events": self.events,
             "n_defects": int(analysis.prepared.defects.sum()),
             "detector_noise": analysis.noise.as_dict(),
+            "memory": {"budget_gb": round(self.memory_budget_gb, 3),
+                       "inference_tile_px": self.tile},
             "seconds": round(elapsed, 2),
         }
         if self.training is not None:

@@ -44,6 +44,7 @@ from .engine import (
     thinned_neighbours,
     violation_map,
 )
+from .memory import MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
 from .selection import held_out_deviance
@@ -59,6 +60,13 @@ NETWORK_METHODS = ("symmetry", "thinning", "noise2sr")
 LIVE_CPU_WIDTH = 12
 #: ``denoised_by`` of frames passed through raw because the scan could not be analysed.
 PASSTHROUGH = "none (passthrough)"
+#: ``denoised_by`` of frames passed through raw because the memory budget was reached.
+PASSTHROUGH_MEMORY = "none (memory budget)"
+#: Transient memory of serving one frame (channels, network tiles aside, hold), and of a
+#: fine-tuning step's full-frame thinning and channels, in bytes per pixel; measured on
+#: 4 Mpx frames by ``bench/large_frames.py`` (peak RSS over the scan's steady state).
+_SERVE_BYTES_PER_PIXEL = 120
+_TRAINING_BYTES_PER_PIXEL = 200
 
 
 def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +168,8 @@ class LiveDenoiser:
         self.iq_seconds = 0.0
         self._iq_setup: tuple[DetectorGeometry, int, list] | None = None
         self._previous: np.ndarray | None = None
+        #: The scan's memory budget, against the resident memory at the scan's start.
+        self.guard = MemoryGuard(config.max_memory_gb or default_memory_budget_gb())
 
     def _analysed(self) -> tuple[ScanDenoiser, ScanAnalysis]:
         """The scan's denoiser and analysis; a network or classical method is chosen only
@@ -212,6 +222,11 @@ class LiveDenoiser:
         except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
             self.method, self.reason = "passthrough", f"analysis failed: {exc}"
             return f"frames cannot be denoised ({exc}): raw frames passed through"
+        over = self.guard.check(self._frame_bytes(_SERVE_BYTES_PER_PIXEL))
+        if over is not None:  # what the analysis holds leaves no room to serve frames
+            self.denoiser = self.analysis = None
+            self.method, self.reason = "passthrough", over
+            return f"{over}: raw frames passed through"
         if self.method not in NETWORK_METHODS:
             self.network_note = f"no network: {self.reason}"
         return None
@@ -276,6 +291,10 @@ class LiveDenoiser:
         Never raises: a failure is recorded in :attr:`failure` and :attr:`network_note`, and
         the interim mode keeps serving.
         """
+        over = self.guard.check(self._frame_bytes(_TRAINING_BYTES_PER_PIXEL))
+        if over is not None:
+            self.network_note = f"not trained ({over}): interim mode kept"
+            return
         try:
             denoiser, analysis = self._analysed()
             seconds = self.budget_s
@@ -341,6 +360,10 @@ class LiveDenoiser:
                                  f">= {name} {ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------
+    def _frame_bytes(self, per_pixel: int) -> int:
+        height, width = self.shape or (0, 0)
+        return height * width * per_pixel
+
     def _shape(self) -> tuple[int, int]:
         if self.shape is None:
             raise RuntimeError("frames served before warm_up(): the scan's shape is unknown")
@@ -405,7 +428,12 @@ class LiveDenoiser:
         valid = [pair for pair, _ in prepared if pair is not None]
         outputs: list[np.ndarray] = []
         by, failure, flag = "none", None, None
-        if valid:
+        over = (self.guard.check(len(valid) * self._frame_bytes(_SERVE_BYTES_PER_PIXEL))
+                if valid and self.method != "passthrough" else None)
+        if over is not None:  # raw served, flagged: never more than the budget
+            outputs, by = [c.copy() for c, _ in valid], PASSTHROUGH_MEMORY
+            flag = f"{over}: raw passed through"
+        elif valid:
             flips = None if len(valid) <= 1 else 1
             counts = [c for c, _ in valid]
             try:

@@ -106,6 +106,38 @@ class PartnerMap:
             raise ValueError(f"image shape {image.shape} != partner map shape {self.shape}")
         return _bilinear(image, mask, self)
 
+    def sample_at(self, image: np.ndarray, mask: np.ndarray | None, points: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sample` at the flat pixel indices ``points`` only: ``(values, valid)``,
+        the same bilinear partners without a whole-frame plan (for a window of a large
+        frame)."""
+        height, width = self.shape
+        points = np.asarray(points)
+        rows, cols = np.divmod(points, width)
+        pr, pc = self.map_points(rows, cols)
+        r0, c0 = np.floor(pr).astype(np.int64), np.floor(pc).astype(np.int64)
+        fr, fc = pr - r0, pc - c0
+        eps = 1e-9
+        snap_r, snap_c = fr > 1 - eps, fc > 1 - eps
+        r0, c0 = np.where(snap_r, r0 + 1, r0), np.where(snap_c, c0 + 1, c0)
+        fr = np.where(snap_r | (fr < eps), 0.0, fr)
+        fc = np.where(snap_c | (fc < eps), 0.0, fc)
+        flat_image = np.asarray(image).ravel()
+        good = None if mask is None else ~np.asarray(mask, bool).ravel()
+        values = np.zeros(points.shape)
+        valid = np.ones(points.shape, bool)
+        for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                               (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+            rr, cc = r0 + dr, c0 + dc
+            inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+            flat = np.clip(rr, 0, height - 1) * width + np.clip(cc, 0, width - 1)
+            used = weight > 0
+            ok = inside if good is None else inside & good[flat]
+            valid &= ~used | ok
+            values += np.where(used & ok, weight * flat_image[flat], 0.0)
+        values[~valid] = 0.0
+        return values, valid
+
     def apply(self, image: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """Shorthand for :meth:`sample` returning ``(values, valid)``."""
@@ -528,31 +560,10 @@ def _chi2_at_points(smoothed: np.ndarray, good: np.ndarray, center: tuple[float,
                     points: np.ndarray) -> float:
     """:func:`symmetry_chi2` of an already smoothed image on the pixels ``points`` only
     (flat indices): the same bilinear partners, without a whole-frame plan."""
-    height, width = smoothed.shape
-    rows, cols = np.divmod(points, width)
-    pr, pc = rotation180(smoothed.shape, center).map_points(rows, cols)
-    r0, c0 = np.floor(pr).astype(np.int64), np.floor(pc).astype(np.int64)
-    fr, fc = pr - r0, pc - c0
-    eps = 1e-9
-    snap_r, snap_c = fr > 1 - eps, fc > 1 - eps
-    r0, c0 = np.where(snap_r, r0 + 1, r0), np.where(snap_c, c0 + 1, c0)
-    fr = np.where(snap_r | (fr < eps), 0.0, fr)
-    fc = np.where(snap_c | (fc < eps), 0.0, fc)
-    flat_image, flat_good = smoothed.ravel(), good.ravel()
-    values = np.zeros(points.size)
-    valid = np.ones(points.size, bool)
-    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
-                           (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        rr, cc = r0 + dr, c0 + dc
-        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-        flat = np.clip(rr, 0, height - 1) * width + np.clip(cc, 0, width - 1)
-        used = weight > 0
-        ok = inside & flat_good[flat]
-        valid &= ~used | ok
-        values += np.where(used & ok, weight * flat_image[flat], 0.0)
+    values, valid = rotation180(smoothed.shape, center).sample_at(smoothed, ~good, points)
     if valid.sum() < 100:
         return np.inf
-    own = flat_image[points[valid]]
+    own = smoothed.ravel()[points[valid]]
     diff = own - values[valid]
     return float(np.mean(diff * diff / (own + values[valid] + 1e-6)))
 

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .channels import ChannelContext, input_channels, mean_level, partner_values
+from .channels import (
+    ChannelContext,
+    input_channels,
+    mean_level,
+    partner_values,
+    ring_means,
+    window_channels,
+    window_partner_values,
+)
 
 __all__ = ["Batch", "SubsamplingPairs", "SupervisedPairs", "ThinningPairs", "TruthPairs",
            "neighbour_mean", "random_crop_origin"]
@@ -83,6 +91,12 @@ def _stack(items: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]) -> Bat
                  scale=np.asarray([i[3] for i in items], np.float32)[:, None, None, None])
 
 
+#: A thinned frame gives one training patch per this many pixels (at least two).
+PIXELS_PER_PATCH = 1 << 17
+#: Above this many pixels a frame's training channels are built in its patches only.
+WINDOWED_ABOVE = 1 << 20
+
+
 def _integer_counts(frame: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(frame, 0, None)).astype(np.int64)
 
@@ -107,13 +121,17 @@ class ThinningPairs:
     def __init__(self, frames: np.ndarray, ctx: ChannelContext, *,
                  p_range: tuple[float, float] = (0.5, 0.9), use_neighbours: bool = True,
                  seed: int = 0) -> None:
-        self.counts = np.stack([_integer_counts(f) for f in frames])
+        # int32: whole counts of a short exposure; half the memory of int64 on 4 Mpx frames.
+        self.counts = np.stack([np.minimum(_integer_counts(f), np.iinfo(np.int32).max
+                                           ).astype(np.int32) for f in frames])
         self.ctx = ctx
         self.p_range = p_range
         self.use_neighbours = use_neighbours and len(frames) > 1
         self.rng = np.random.default_rng(seed)
 
     def _one_frame(self, index: int, patches: int, patch: int):
+        if self.counts[0].size > WINDOWED_ABOVE:
+            return self._one_large_frame(index, patches, patch)
         rng = self.rng
         p = float(rng.uniform(*self.p_range))
         picks = [index]
@@ -141,12 +159,52 @@ class ThinningPairs:
                           _crop(copies, origin, patch), scale))
         return items
 
+    def _one_large_frame(self, index: int, patches: int, patch: int):
+        """:meth:`_one_frame` for a large detector: the frame is thinned whole (its partner
+        pixels and ring means need it), but channels and targets are built in the patches
+        only, so a step holds a few bytes a pixel, not the full channel stack."""
+        rng = self.rng
+        p = float(rng.uniform(*self.p_range))
+        counts = self.counts[index]
+        x1 = rng.binomial(counts, p).astype(np.float32)
+        good = self.ctx.good
+        x1[~good] = 0.0
+        level = mean_level(x1, good)
+        means = ring_means(x1, self.ctx)
+        x2 = counts - x1  # float32, whole counts
+        partnered = self.ctx.partner is not None and self.ctx.symmetric.any()
+        picks = ([i for i in (index - 1, index + 1) if 0 <= i < len(self.counts)]
+                 if self.use_neighbours else [])
+        scale = level * (1.0 - p) / p
+        items = []
+        height, width = good.shape
+        for _ in range(patches):
+            row, col = random_crop_origin(good.shape, patch, rng)
+            window = (row, col, min(patch, height - row), min(patch, width - col))
+            region = (slice(row, row + window[2]), slice(col, col + window[3]))
+            neighbours = (np.mean([rng.binomial(self.counts[i][region], p) for i in picks],
+                                  axis=0) if picks else None)
+            channels = window_channels(x1, self.ctx, window, level=level,
+                                       neighbours=neighbours, means=means)
+            here = good[region]
+            target = np.where(here, x2[region], 0).astype(np.float32)
+            copies = here.astype(np.float32)
+            if partnered:
+                target = target + window_partner_values(x2, self.ctx, window)
+                copies = copies + self.ctx.symmetric[region]
+            items.append((_crop(channels, (0, 0), patch), _crop(target, (0, 0), patch),
+                          _crop(copies, (0, 0), patch), scale))
+        return items
+
     def sample(self, batch_size: int, patch: int) -> Batch:
-        """Draw ``batch_size`` random patches (two per thinned frame)."""
+        """Draw ``batch_size`` random patches: two per thinned frame, more on a large
+        detector (one per :data:`PIXELS_PER_PATCH` pixels), whose frames give many
+        far-apart patches per thinning and cost a second or more each to thin."""
         items: list = []
+        per_frame = max(2, self.counts[0].size // PIXELS_PER_PATCH)
         while len(items) < batch_size:
             index = int(self.rng.integers(len(self.counts)))
-            items += self._one_frame(index, min(2, batch_size - len(items)), patch)
+            items += self._one_frame(index, min(per_frame, batch_size - len(items)), patch)
         return _stack(items)
 
 

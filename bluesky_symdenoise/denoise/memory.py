@@ -1,0 +1,119 @@
+"""How much memory a scan's denoising may take, and how the engine keeps within it.
+
+The live plugin shares its process with the RunEngine: if the kernel killed that process
+for memory, the acquisition would die with it. So every scan has a memory budget
+(:attr:`~bluesky_symdenoise.DenoiseConfig.max_memory_gb`; default
+:func:`default_memory_budget_gb`, 1.5 GB or a quarter of the memory available when the
+plugin starts, whichever is less), and the engine keeps to it three ways:
+
+1. what scales with the frame is held lean (ring profiles and partner plans of a large
+   detector as compact per-pixel taps, :mod:`.symmetry`);
+2. the network runs in tiles whose activations fit a quarter of the budget
+   (:func:`inference_tile`; the tiles are exact, :mod:`.inference`);
+3. :class:`MemoryGuard` samples the process's resident memory (RSS, not an estimate): when
+   its growth since the scan started passes the budget, fine-tuning is skipped and frames
+   are passed through raw, each flagged with why (``docs/real_detectors.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_MEMORY_CAP_GB", "MemoryGuard", "default_memory_budget_gb",
+           "inference_tile", "resident_bytes"]
+
+#: The default budget never exceeds this (GB): what a 4 Mpx scan needs on a CPU with the
+#: lean state and tiled inference (``bench/large_frames.py`` measures it).
+DEFAULT_MEMORY_CAP_GB = 1.5
+#: Fraction of the memory available at start that the default budget may take.
+DEFAULT_MEMORY_FRACTION = 0.25
+#: Activation memory of one forward pass, bytes per pixel per unit of network width (about
+#: 500 B/px at width 12 on a CPU, measured with ``predict_rates`` on 1 Mpx frames).
+_ACTIVATION_BYTES_PER_PIXEL_PER_WIDTH = 45
+#: Share of the budget that the network's activations may take at once.
+_INFERENCE_SHARE = 0.25
+#: Smallest tile core (pixels a side): below it the margins cost more than the core.
+_MIN_TILE = 128
+_GB = 1 << 30
+
+
+def resident_bytes() -> int:
+    """This process's resident set size in bytes (what the kernel counts against it)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        with open(f"/proc/{os.getpid()}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _available_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return None
+
+
+def default_memory_budget_gb() -> float:
+    """The budget when none is given: :data:`DEFAULT_MEMORY_CAP_GB`, or a quarter of the
+    memory available now if that is less."""
+    available = _available_bytes()
+    if available is None:
+        return DEFAULT_MEMORY_CAP_GB
+    return min(DEFAULT_MEMORY_CAP_GB, DEFAULT_MEMORY_FRACTION * available / _GB)
+
+
+def inference_tile(budget_gb: float, width: int, *, multiple: int = 8) -> int:
+    """Largest tile core (pixels a side) whose forward pass fits the inference share of a
+    ``budget_gb`` budget for a network of ``width`` (its window adds the tile margin)."""
+    from .inference import TILE_MARGIN
+
+    window_pixels = _INFERENCE_SHARE * budget_gb * _GB / (
+        _ACTIVATION_BYTES_PER_PIXEL_PER_WIDTH * max(width, 1))
+    side = int(window_pixels ** 0.5) - 2 * TILE_MARGIN
+    return max(_MIN_TILE, side - side % multiple)
+
+
+@dataclass
+class MemoryGuard:
+    """Compares the process's resident memory now with what it was when the scan started.
+
+    Parameters
+    ----------
+    budget_gb
+        How much the resident memory may grow during the scan.
+
+    Attributes
+    ----------
+    baseline
+        Resident bytes when the guard was made (the scan's start).
+    peak_growth
+        The largest growth seen by :meth:`check`, in bytes.
+    """
+
+    budget_gb: float
+    baseline: int = field(default_factory=resident_bytes)
+    peak_growth: int = 0
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.budget_gb * _GB)
+
+    def growth(self) -> int:
+        """Resident bytes gained since the scan started (sampled now)."""
+        growth = resident_bytes() - self.baseline
+        self.peak_growth = max(self.peak_growth, growth)
+        return growth
+
+    def check(self, needed_bytes: int = 0) -> str | None:
+        """None if the growth so far plus ``needed_bytes`` fits the budget, else why not."""
+        growth = self.growth()
+        if growth + needed_bytes <= self.budget_bytes:
+            return None
+        extra = f" + {needed_bytes / _GB:.2f} GB needed" if needed_bytes else ""
+        return (f"memory budget: resident memory grew {growth / _GB:.2f} GB since the scan "
+                f"started{extra}, over max_memory_gb={self.budget_gb:.2f}")
