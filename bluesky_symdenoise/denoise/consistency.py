@@ -451,7 +451,7 @@ class _HeldBins:
     scaling them to the raw means outright would put their noise back into the frame.
     """
 
-    measured: np.ndarray  # flat indices of the pixels the means are taken over
+    measured: np.ndarray  # flat bool: the pixels the means are taken over
     scatter: BinScatter  # (bins, measured pixels): the binning
     weights: np.ndarray  # per bin: about how many measured pixels it rests on
     index: np.ndarray  # flat indices of the pixels scaled
@@ -475,7 +475,9 @@ class _HeldBins:
         if index.size == 0:
             return None
         scatter, weights = profile.binning(measured_on)
-        return cls(measured=np.flatnonzero(measured_on), scatter=scatter, weights=weights,
+        # A bool mask and int32 indices: 5 bytes a pixel, not 16, on a 4 Mpx detector.
+        index = index.astype(np.int32) if index.size < np.iinfo(np.int32).max else index
+        return cls(measured=measured_on.reshape(-1).copy(), scatter=scatter, weights=weights,
                    index=index, reader=profile.reader(index),
                    n_at=n_pixels.reshape(-1)[index], passes=passes, shrink=shrink,
                    sparse=sparse, pooled=pooled)
