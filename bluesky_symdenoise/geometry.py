@@ -4,10 +4,15 @@ The beam centre is given as ``(row, col)`` in array-index coordinates, where the
 pixel ``[i, j]`` sits at ``(i, j)``. pyFAI places that same pixel centre at
 ``((i + 0.5) * pixel1, (j + 0.5) * pixel2)`` metres, so for an untilted detector
 ``poni1 = (row + 0.5) * pixel1``.
+
+A geometry may name a detector of pyFAI's registry (``Pilatus1M``, ``Eiger2_4M``, ...):
+:meth:`DetectorGeometry.from_detector` takes its shape and pixel size from pyFAI, and
+:func:`detector_mask` gives its module gaps and bad pixels (True where pyFAI masks).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DetectorGeometry", "GeometryError"]
+__all__ = ["DetectorGeometry", "GeometryError", "detector_mask", "registry_detector_name",
+           "with_detector_mask"]
 
 
 class GeometryError(ValueError):
@@ -41,6 +47,9 @@ class DetectorGeometry:
         X-ray wavelength in metres.
     rot1, rot2
         pyFAI detector tilts in radians (kept for integration; symmetry maps ignore them).
+    detector_name
+        The pyFAI registry name of the detector (``"Pilatus1M"``, ``"Eiger2_4M"``), or None
+        for a generic detector: its module gaps are then known (:func:`detector_mask`).
     """
 
     shape: tuple[int, int]
@@ -50,6 +59,7 @@ class DetectorGeometry:
     wavelength: float = 1.0e-10
     rot1: float = 0.0
     rot2: float = 0.0
+    detector_name: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != 2 or min(self.shape) < 2:
@@ -73,6 +83,51 @@ class DetectorGeometry:
         return geometry
 
     @classmethod
+    def from_detector(cls, name: str, *, center: tuple[float, float] | None = None,
+                      distance: float = 0.2, wavelength: float = 1.0e-10,
+                      **kwargs: Any) -> DetectorGeometry:
+        """A detector of pyFAI's registry by name: its shape and pixel size from pyFAI.
+
+        Parameters
+        ----------
+        name
+            A pyFAI detector name (``"Pilatus1M"``, ``"Eiger2_4M"``, ``"pilatus 1m"``: case
+            and the spaces pyFAI allows do not matter).
+        center
+            Beam centre ``(row, col)`` in pixels; None: the middle of the detector. It must
+            lie on the detector.
+        distance, wavelength
+            Sample-detector distance and X-ray wavelength in metres.
+        **kwargs
+            Other fields (``rot1``, ``rot2``).
+
+        Returns
+        -------
+        DetectorGeometry
+            With :attr:`detector_name` the registry's class name (``"Pilatus1M"``).
+
+        Raises
+        ------
+        GeometryError
+            An unknown name (the message lists the registry's closest names), a detector
+            without a fixed shape, or non-square pixels.
+        """
+        canonical = registry_detector_name(name)
+        detector = _registry_class(canonical)()
+        if detector.shape is None:
+            raise GeometryError(f"pyFAI detector {canonical!r} has no fixed shape: use "
+                                "DetectorGeometry.from_center(shape, center, pixel_size=...)")
+        pixel1, pixel2 = float(detector.pixel1), float(detector.pixel2)
+        if not np.isclose(pixel1, pixel2, rtol=1e-6):
+            raise GeometryError(f"pyFAI detector {canonical!r} has non-square pixels "
+                                f"({pixel1:g} x {pixel2:g} m): not supported")
+        shape = (int(detector.shape[0]), int(detector.shape[1]))
+        if center is None:
+            center = ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
+        return cls.from_center(shape, center, pixel_size=pixel1, distance=distance,
+                               wavelength=wavelength, detector_name=canonical, **kwargs)
+
+    @classmethod
     def from_poni(cls, poni: str | Path | dict[str, Any],
                   shape: tuple[int, int] | None = None) -> DetectorGeometry:
         """Read a pyFAI PONI file (path) or PONI dictionary.
@@ -84,6 +139,9 @@ class DetectorGeometry:
             ``poni2``, ``wavelength``, ``rot1``, ``rot2``, ``pixel1`` or ``detector``).
         shape
             Detector shape; taken from the PONI's detector when omitted.
+
+        A PONI whose detector is one of pyFAI's registry (``Detector: Pilatus1M``) gives a
+        geometry that keeps its name (:attr:`detector_name`).
         """
         from pyFAI.io.ponifile import PoniFile
 
@@ -123,7 +181,7 @@ class DetectorGeometry:
         col = (pf.poni2 + pf.dist * np.tan(rot1)) / float(detector.pixel2) - 0.5
         return cls(shape=shape, center=(float(row), float(col)), pixel_size=pixel1,
                    distance=float(pf.dist), wavelength=float(pf.wavelength),
-                   rot1=rot1, rot2=rot2)
+                   rot1=rot1, rot2=rot2, detector_name=_registered_name(detector))
 
     def with_center(self, center: tuple[float, float]) -> DetectorGeometry:
         """Return a copy with another beam centre."""
@@ -145,11 +203,14 @@ class DetectorGeometry:
     def poni_dict(self) -> dict[str, Any]:
         """This geometry as a pyFAI PONI dictionary (version 2 keys)."""
         row, col = self.center
+        detector_config: dict[str, Any] = {"pixel1": self.pixel_size,
+                                           "pixel2": self.pixel_size}
+        if self.detector_name is None:
+            detector_config["max_shape"] = list(self.shape)
         return {
             "poni_version": 2,
-            "detector": "Detector",
-            "detector_config": {"pixel1": self.pixel_size, "pixel2": self.pixel_size,
-                                "max_shape": list(self.shape)},
+            "detector": self.detector_name or "Detector",
+            "detector_config": detector_config,
             "dist": self.distance,
             "poni1": (row + 0.5) * self.pixel_size + self.distance * np.tan(self.rot2)
             / np.cos(self.rot1),
@@ -190,7 +251,148 @@ class DetectorGeometry:
         """JSON-safe description, for provenance in derived runs."""
         return {"shape": list(self.shape), "beam_center": list(self.center),
                 "pixel_size": self.pixel_size, "distance": self.distance,
-                "wavelength": self.wavelength, "rot1": self.rot1, "rot2": self.rot2}
+                "wavelength": self.wavelength, "rot1": self.rot1, "rot2": self.rot2,
+                "detector_name": self.detector_name}
+
+
+def registry_detector_name(name: str) -> str:
+    """The class name pyFAI's registry gives ``name`` (``"pilatus 1m"`` -> ``"Pilatus1M"``).
+
+    Parameters
+    ----------
+    name
+        A detector name as ``pyFAI.detector_factory`` accepts it (case-insensitive; spaces
+        may stand for underscores). File names are not accepted here.
+
+    Raises
+    ------
+    GeometryError
+        ``name`` is not in the registry; the message lists the closest names it has.
+    """
+    from pyFAI.detectors import ALL_DETECTORS
+
+    if not isinstance(name, str) or not name.strip():
+        raise GeometryError(f"detector name must be a pyFAI detector name, got {name!r}")
+    key = name.strip().lower()
+    if key == "detector":
+        raise GeometryError("'Detector' is pyFAI's generic detector, without a shape or "
+                            "gaps: use DetectorGeometry.from_center(shape, center, "
+                            "pixel_size=...)")
+    for candidate in (key, key.replace(" ", "_"), key.replace(" ", "")):
+        if candidate in ALL_DETECTORS and candidate != "detector":
+            return str(ALL_DETECTORS[candidate].__name__)
+    close = difflib.get_close_matches(key.replace(" ", "_"), list(ALL_DETECTORS), n=8,
+                                      cutoff=0.6)
+    names = list(dict.fromkeys(ALL_DETECTORS[k].__name__ for k in close))
+    hint = (f"closest names in pyFAI's registry: {', '.join(names)}" if names else
+            "see pyFAI.detectors.ALL_DETECTORS for the names pyFAI knows")
+    raise GeometryError(f"unknown detector {name!r}; {hint}")
+
+
+def detector_mask(geometry_or_name: DetectorGeometry | str) -> np.ndarray | None:
+    """The module gaps and bad pixels pyFAI knows for a named detector (True: masked).
+
+    Parameters
+    ----------
+    geometry_or_name
+        A :class:`DetectorGeometry` (its :attr:`~DetectorGeometry.detector_name`) or a pyFAI
+        detector name.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        bool ``(rows, cols)`` (a new array); None for a generic geometry or a detector
+        whose pyFAI definition masks nothing (a monolithic sensor).
+
+    Raises
+    ------
+    GeometryError
+        An unknown name, or a geometry whose shape is not the detector's (binned or
+        cropped frames need a mask of their own).
+    """
+    if isinstance(geometry_or_name, DetectorGeometry):
+        name = geometry_or_name.detector_name
+        if name is None:
+            return None
+    else:
+        name = registry_detector_name(geometry_or_name)
+    mask = _registry_mask(name)
+    if mask is None:
+        return None
+    if isinstance(geometry_or_name, DetectorGeometry) and mask.shape != geometry_or_name.shape:
+        raise GeometryError(
+            f"the {name} mask is {mask.shape}, the geometry's frames are "
+            f"{geometry_or_name.shape}: binned or cropped frames need a mask of their own")
+    return mask.copy()
+
+
+def with_detector_mask(geometry: DetectorGeometry, mask: np.ndarray | None
+                       ) -> tuple[np.ndarray | None, str | None]:
+    """The user's mask with a named detector's module gaps and bad pixels OR-ed in.
+
+    Parameters
+    ----------
+    geometry
+        The scan's geometry; a generic one (no :attr:`~DetectorGeometry.detector_name`)
+        adds nothing.
+    mask
+        The user's bool ``(rows, cols)`` mask, or None. One of another shape is returned
+        unchanged (its own check reports it).
+
+    Returns
+    -------
+    mask, note
+        The merged mask (a new array; ``mask`` itself when nothing was added) and a note
+        for provenance (``"Pilatus1M: 73533 module-gap pixels masked (pyFAI's detector
+        mask)"``), or None.
+
+    Raises
+    ------
+    GeometryError
+        The detector's mask does not fit the geometry's shape (binned or cropped frames).
+    """
+    gaps = detector_mask(geometry)
+    if gaps is None:
+        return mask, None
+    note = (f"{geometry.detector_name}: {int(gaps.sum())} module-gap pixels masked "
+            "(pyFAI's detector mask)")
+    if mask is None:
+        return gaps, note
+    user = np.asarray(mask)
+    if user.shape != gaps.shape:
+        return mask, None
+    user = user.astype(bool)
+    added = int((gaps & ~user).sum())
+    return user | gaps, note[:-1] + f", {added} of them not in the user's mask)"
+
+
+def _registry_class(canonical: str) -> type:
+    from pyFAI.detectors import ALL_DETECTORS
+
+    return ALL_DETECTORS[canonical.lower()]
+
+
+def _registered_name(detector: Any) -> str | None:
+    """The registry name of a pyFAI detector object; None for a generic one."""
+    from pyFAI.detectors import ALL_DETECTORS
+
+    name = type(detector).__name__
+    key = name.lower()
+    if key == "detector" or ALL_DETECTORS.get(key) is not type(detector):
+        return None
+    return name
+
+
+@functools.lru_cache(maxsize=8)
+def _registry_mask(canonical: str) -> np.ndarray | None:
+    mask = _registry_class(canonical)().mask
+    if mask is None:
+        return None
+    mask = np.asarray(mask).astype(bool)
+    if not mask.any():
+        return None
+    mask.setflags(write=False)
+    return mask
 
 
 @functools.lru_cache(maxsize=32)

@@ -115,5 +115,30 @@ def denoise_scan(frames: np.ndarray, *, mask: np.ndarray | None = None,
         base = config.detector if config is not None and detector is None else detector
         options["detector"] = detector_noise(base, gain=gain, read_noise=read_noise)
     denoiser = ScanDenoiser(config, **options)
-    return denoiser.run(frames, mask=mask, center=center, poni=poni, pairs=pairs,
-                        bad_pixels=bad_pixels)
+    mask, gap_note = _mask_with_detector_gaps(frames, mask, poni)
+    result = denoiser.run(frames, mask=mask, center=center, poni=poni, pairs=pairs,
+                          bad_pixels=bad_pixels)
+    if gap_note is not None:
+        result.analysis.notes.insert(0, gap_note)  # the provenance's notes are this list
+    return result
+
+
+def _mask_with_detector_gaps(frames: np.ndarray, mask: np.ndarray | None,
+                             poni: str | Path | dict | None
+                             ) -> tuple[np.ndarray | None, str | None]:
+    """The user's mask with the module gaps of the detector a PONI names (``Detector:
+    Pilatus1M``) OR-ed in, and a note saying so; unchanged when the PONI names none. A PONI
+    that cannot be read is left to the engine, which says why."""
+    from ..geometry import DetectorGeometry, GeometryError, with_detector_mask
+
+    shape = np.shape(frames)
+    if poni is None or len(shape) not in (2, 3):
+        return mask, None
+    try:
+        geometry = DetectorGeometry.from_poni(poni, shape=(int(shape[-2]), int(shape[-1])))
+    except GeometryError:
+        return mask, None
+    try:
+        return with_detector_mask(geometry, mask)
+    except GeometryError as exc:
+        return mask, f"module gaps not masked: {exc}"

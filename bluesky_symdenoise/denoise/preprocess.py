@@ -6,7 +6,12 @@ Rules (documented in ``docs/faults.md``, "Bad input"):
   :class:`InputError`.
 * NaN, inf and negative values raise :class:`InputError` unless ``bad_pixels="mask"``, which
   adds those pixels to the mask of that scan. Pixels already masked may hold anything.
-* Saturated pixels (equal to the integer dtype's maximum) are masked and counted.
+* Saturated pixels (equal to the integer dtype's maximum: 65535 in uint16, 2**32-1 in
+  uint32, where an Eiger marks counter overflow and its own gaps and bad pixels) are masked
+  and counted, per frame.
+* Signed integer frames (a Pilatus writes int32) mark gaps with -1 and bad pixels with -2:
+  those markers are not counts, so they are masked and counted, never refused as negative
+  values (an integrating detector's frames excepted: there they are data).
 * Hot pixels (isolated, far above all eight neighbours) and dead pixels (zero through a
   scan whose neighbourhood has many counts) are found automatically; the result at them is
   the denoiser's estimate from their neighbourhood.
@@ -22,6 +27,10 @@ from scipy import ndimage
 
 __all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "prepare_frames",
            "unusable_pixels"]
+
+
+#: Per-frame counts a scan's note lists before it abbreviates.
+_PER_FRAME_SHOWN = 16
 
 
 class InputError(ValueError):
@@ -123,9 +132,18 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
     data = array.astype(np.float32)
     unusable = unusable_pixels(array, data, bad)
     if unusable.saturated.any():
-        notes.append(f"masked {int(unusable.saturated.sum())} saturated pixels")
+        notes.append(f"masked {int(unusable.saturated.sum())} saturated pixels (at the "
+                     f"{array.dtype} maximum {np.iinfo(array.dtype).max})"
+                     + _per_frame(unusable.saturated_per_frame))
         bad |= unusable.saturated
-    for name, where in (("NaN or inf", unusable.nonfinite), ("negative", unusable.negative)):
+    negative = unusable.negative
+    if unusable.markers.any() and not integrating:
+        notes.append(f"masked {int(unusable.markers.sum())} pixels holding the detector's "
+                     f"gap/bad-pixel markers (-1, -2 in {array.dtype} frames)"
+                     + _per_frame(unusable.markers_per_frame))
+        bad |= unusable.markers
+        negative = negative & ~unusable.markers
+    for name, where in (("NaN or inf", unusable.nonfinite), ("negative", negative)):
         if name == "negative" and integrating:
             continue
         if where.any():
@@ -169,16 +187,25 @@ class UnusablePixels:
     Attributes
     ----------
     saturated
-        At the integer dtype's maximum (a counter there has lost counts).
+        At the integer dtype's maximum in some frame (a counter there has lost counts, or
+        an Eiger marks a gap or bad pixel).
     nonfinite
         NaN or inf.
     negative
-        Below zero.
+        Below zero (the markers included).
+    markers
+        Part of ``negative``: -1 or -2 in signed integer frames, a Pilatus's gap and
+        bad-pixel markers.
+    saturated_per_frame, markers_per_frame
+        ``(N,)`` how many of those pixels each frame holds.
     """
 
     saturated: np.ndarray
     nonfinite: np.ndarray
     negative: np.ndarray
+    markers: np.ndarray
+    saturated_per_frame: np.ndarray
+    markers_per_frame: np.ndarray
 
 
 def unusable_pixels(raw: np.ndarray, counts: np.ndarray, bad: np.ndarray) -> UnusablePixels:
@@ -193,14 +220,47 @@ def unusable_pixels(raw: np.ndarray, counts: np.ndarray, bad: np.ndarray) -> Unu
         The same frames as float32.
     bad
         ``(H, W)`` pixels already excluded.
+
+    Notes
+    -----
+    Integer frames at their dtype's maximum are *saturated*: uint16 65535 and uint32
+    2**32-1 are what an Eiger writes for counter overflow and for its gaps and bad pixels.
+    Signed integer frames holding -1 or -2 hold a Pilatus's gap and bad-pixel *markers*
+    (pyFAI's Dectris ``dummy`` -2 ± 1.5 covers them); they are also ``negative``. pyFAI's
+    detector definitions carry no saturation level, so none other is assumed.
     """
+    n_frames = raw.shape[0]
     saturated = np.zeros(bad.shape, bool)
+    markers = np.zeros(bad.shape, bool)
+    saturated_per_frame = np.zeros(n_frames, np.int64)
+    markers_per_frame = np.zeros(n_frames, np.int64)
+    usable = ~bad
     if np.issubdtype(raw.dtype, np.integer):
-        saturated = np.any(raw == np.iinfo(raw.dtype).max, axis=0) & ~bad
+        hit = (raw == np.iinfo(raw.dtype).max) & usable
+        saturated = np.any(hit, axis=0)
+        if saturated.any():
+            saturated_per_frame = hit.sum(axis=(1, 2))
+        if np.issubdtype(raw.dtype, np.signedinteger):
+            marked = ((raw == -1) | (raw == -2)) & usable
+            markers = np.any(marked, axis=0)
+            if markers.any():
+                markers_per_frame = marked.sum(axis=(1, 2))
     finite = np.isfinite(counts)
-    nonfinite = np.any(~finite, axis=0) & ~bad & ~saturated
-    negative = np.any(np.where(finite, counts, 0) < 0, axis=0) & ~bad & ~saturated
-    return UnusablePixels(saturated=saturated, nonfinite=nonfinite, negative=negative)
+    nonfinite = np.any(~finite, axis=0) & usable & ~saturated
+    negative = np.any(np.where(finite, counts, 0) < 0, axis=0) & usable & ~saturated
+    return UnusablePixels(saturated=saturated, nonfinite=nonfinite, negative=negative,
+                          markers=markers & ~saturated,
+                          saturated_per_frame=saturated_per_frame,
+                          markers_per_frame=markers_per_frame)
+
+
+def _per_frame(counts: np.ndarray) -> str:
+    """``" (per frame: 3, 0, 1)"`` for a scan of several frames; ``""`` for one."""
+    if len(counts) <= 1:
+        return ""
+    shown = ", ".join(str(int(c)) for c in counts[:_PER_FRAME_SHOWN])
+    more = f", ... ({len(counts)} frames)" if len(counts) > _PER_FRAME_SHOWN else ""
+    return f" (per frame: {shown}{more})"
 
 
 def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:

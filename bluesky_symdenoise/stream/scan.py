@@ -315,8 +315,11 @@ class LiveScan:
     def _resolve_geometry(self, shape: tuple[int, int], notes: list[str]
                           ) -> tuple[DetectorGeometry | None, np.ndarray | None, str]:
         """The geometry, the user's mask and where the geometry came from: from the plugin's
-        arguments, else the raw start document's :data:`START_KEYS`."""
+        arguments, else the raw start document's :data:`START_KEYS`. A PONI that names a
+        detector of pyFAI's registry (``Detector: Pilatus1M``) adds its module gaps to the
+        mask, and ``notes`` say how many."""
         from ..denoise.engine import scan_geometry
+        from ..geometry import with_detector_mask
 
         opts = self.options
         # User metadata: any JSON value; scan_geometry and _load_mask check it.
@@ -347,6 +350,13 @@ class LiveScan:
             self._warn(f"geometry unusable ({exc}): symmetry-free denoising, no I(q)")
             geometry = None
         if geometry is not None:
+            try:
+                user_mask, gap_note = with_detector_mask(geometry, user_mask)
+            except Exception as exc:  # noqa: BLE001 - a mask of another shape: warned
+                self._warn(f"module gaps not masked: {exc}")
+            else:
+                if gap_note is not None:
+                    notes.append(gap_note)
             return geometry, user_mask, (
                 f"PONI from {source}" if poni is not None else
                 f"beam centre from {source}; pixel size, distance and wavelength are defaults "
