@@ -549,12 +549,16 @@ class SpotSums:
 
     #: Above this fraction of spot pixels the whole-frame filter is the faster way.
     SPARSE_UP_TO = 0.05
+    #: Above this many spot pixels the sparse weights (49 a pixel, about 600 bytes) would
+    #: cost more memory than a 4 Mpx scan can spare: the filter is used.
+    SPARSE_MAX_PIXELS = 1 << 16
 
     @classmethod
     def for_pixels(cls, spots: np.ndarray) -> SpotSums:
         """The spot-scale sums over the True pixels of ``spots``."""
         index = np.flatnonzero(spots)
-        if index.size > cls.SPARSE_UP_TO * spots.size:
+        if (index.size > cls.SPARSE_UP_TO * spots.size
+                or index.size > cls.SPARSE_MAX_PIXELS):
             return cls(spots=spots, index=index, weights=None)
         shape = spots.shape
         rows, cols = np.unravel_index(index, shape)
