@@ -62,7 +62,7 @@ def _scan(detector: str, scene: str, counts: float, n_frames: int, seed: int):
 
     scan = simulate_detector_scan(detector, scene=scene, counts=counts, frames=n_frames,
                                   seed=seed)
-    return list(scan.raw), scan.truth, scan.mask, scan.geometry
+    return list(scan.frames), scan.truth, scan.mask, scan.geometry
 
 
 class _RssSampler(threading.Thread):

@@ -391,7 +391,13 @@ class LiveDenoiser:
         flags: list[str] = []
         noise = self.noise
         # An integrating detector's negative values are data (readout noise after the dark).
-        broken = unusable.nonfinite | (unusable.negative if not noise.integrating else False)
+        markers = unusable.markers if not noise.integrating else None
+        if markers is not None and markers.any():  # a Pilatus's -1 (gap) and -2 (bad)
+            flags.append(f"{int(markers.sum())} detector-marker pixels (-1 gap, -2 bad) "
+                         "masked")
+            bad |= markers
+        broken = unusable.nonfinite | (unusable.negative & ~markers
+                                       if markers is not None else False)
         if broken.any():
             flags.append(f"{int(broken.sum())} NaN/inf/negative pixels masked"
                          if not noise.integrating else

@@ -660,20 +660,31 @@ def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
     """The multi-scale test shared by the 180° and the isotropy tests: for each window, the
     signed sum of ``diff`` over it in units of its expected standard deviation; a pixel is a
     violation where any window covering it exceeds ``z_threshold``."""
-    z_max = np.zeros(diff.shape)
+    # A large detector's maps in float32 (half the transient memory; z is compared with a
+    # threshold of about 5, far above float32's rounding); smaller ones as they always were.
+    lean = diff.size > TAPS_KEPT_UP_TO
+    if lean:
+        diff, variance = diff.astype(np.float32), variance.astype(np.float32)
+    z_max = np.zeros(diff.shape, np.float32 if lean else np.float64)
     for window in windows:
-        d_sum = ndimage.uniform_filter(diff, window, mode="constant") * window * window
-        v_sum = ndimage.uniform_filter(variance, window, mode="constant") * window * window
+        d_sum = ndimage.uniform_filter(diff, window, mode="constant")
+        d_sum *= window * window
+        v_sum = ndimage.uniform_filter(variance, window, mode="constant")
+        v_sum *= window * window
         z = np.abs(d_sum) / np.sqrt(np.maximum(v_sum, 0.0) + 1.0)
+        del d_sum, v_sum
         # A window's verdict applies to every pixel it covers.
         z = ndimage.maximum_filter(z, window, mode="constant")
-        z_max = np.maximum(z_max, z)
+        np.maximum(z_max, z, out=z_max)
+        del z
     violation = paired & (z_max > z_threshold)
     valid = paired & ~violation
     n_good = max(int(good.sum()), 1)
     n_paired = max(int(paired.sum()), 1)
-    chi2 = float(np.sum(diff ** 2) / max(np.sum(variance), 1e-9))
-    return SymmetryReport(valid=valid, violation=violation, z_max=np.where(paired, z_max, 0.0),
+    chi2 = float(np.sum(np.square(diff, dtype=np.float64)) / max(
+        float(np.sum(variance, dtype=np.float64)), 1e-9))
+    z_max[~paired] = 0.0
+    return SymmetryReport(valid=valid, violation=violation, z_max=z_max,
                           fraction_paired=float(paired.sum() / n_good),
                           fraction_violated=float(violation.sum() / n_paired),
                           chi2_per_pair=chi2)
