@@ -120,7 +120,9 @@ def _denoiser_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     options = {"field": args.field, "poni": args.poni,
                "center": tuple(args.center) if args.center else None, "mask": args.mask,
                "method": args.method, "device": args.device, "budget_s": args.budget,
-               "config": dict(FULL_NETWORK_CONFIG) if args.full_network else None} | extra
+               "config": ({**(FULL_NETWORK_CONFIG if args.full_network else {}),
+                           **({"max_memory_gb": args.max_memory_gb}
+                              if args.max_memory_gb else {})} or None)} | extra
     try:
         LiveOptions.model_validate(options)
     except ValueError as exc:  # pydantic's ValidationError is one
@@ -137,6 +139,10 @@ def _add_denoiser_arguments(parser: argparse.ArgumentParser) -> None:
     _add_method_and_device(parser)
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of fine-tuning per run (0: classical fast mode)")
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="how much resident memory a scan may add (default: 1.5 GB or a "
+                             "quarter of the available memory); above it frames pass raw, "
+                             "flagged")
     parser.add_argument("--full-network", action="store_true",
                         help="on a CPU too, the default width-16 network with 4 test-time "
                              "flips (slower per frame; default on a CPU: the width-12 live "

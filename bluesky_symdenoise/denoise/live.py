@@ -62,6 +62,8 @@ LIVE_CPU_WIDTH = 12
 PASSTHROUGH = "none (passthrough)"
 #: ``denoised_by`` of frames passed through raw because the memory budget was reached.
 PASSTHROUGH_MEMORY = "none (memory budget)"
+#: ``denoised_by`` of frames passed through raw so that a worker behind catches up.
+PASSTHROUGH_BEHIND = "none (keeping pace)"
 #: Transient memory of serving one frame (channels, network tiles aside, hold), and of a
 #: fine-tuning step's full-frame thinning and channels, in bytes per pixel; measured on
 #: 4 Mpx frames by ``bench/large_frames.py`` (peak RSS over the scan's steady state).
@@ -411,8 +413,12 @@ class LiveDenoiser:
         data[bad] = 0.0
         return data, bad, flags
 
-    def serve(self, frames: Sequence[np.ndarray]) -> list[ServedFrame]:
+    def serve(self, frames: Sequence[np.ndarray], *, behind: int = 0) -> list[ServedFrame]:
         """Denoise new frames of the scan, in order, as one batch.
+
+        ``behind`` > 0: so many frames wait behind these that the caller must catch up
+        (live, a full queue drops frames): the batch is passed through raw, each frame
+        flagged, instead of losing frames.
 
         One frame gets the configured test-time averaging; a batch of several (a worker
         behind) one flip each. A frame of another shape, or not of real numbers, is skipped
@@ -439,6 +445,10 @@ class LiveDenoiser:
         if over is not None:  # raw served, flagged: never more than the budget
             outputs, by = [c.copy() for c, _ in valid], PASSTHROUGH_MEMORY
             flag = f"{over}: raw passed through"
+        elif valid and behind > 0 and self.method != "passthrough":
+            outputs, by = [c.copy() for c, _ in valid], PASSTHROUGH_BEHIND
+            flag = (f"{behind} frames waiting (worker behind the detector): raw passed "
+                    "through to keep pace")
         elif valid:
             flips = None if len(valid) <= 1 else 1
             counts = [c for c, _ in valid]

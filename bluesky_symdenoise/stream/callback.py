@@ -76,6 +76,17 @@ class SymDenoise(event_model.DocumentRouter):
         given makes the detector integrating. None of them given: the raw start document's
         ``detector_noise`` key (a dict of the same fields), else photon counting. Derived
         frames and I(q) are then in ADU.
+    derived_files, inline_limit_bytes
+        Denoised frames larger than ``inline_limit_bytes`` (float32; default 1 MB, 512 x 512
+        and up) are written to one compressed HDF5 file per derived run in
+        ``derived_files`` (default: beside the raw frames' files, else
+        ``$BLUESKY_SYMDENOISE_DATA``) and referenced by StreamResource/StreamDatum
+        (``docs/derived_files.md``).
+    max_memory_gb
+        How much the process's resident memory may grow during a scan (default: 1.5 GB, or
+        a quarter of the memory available, if less). Above it the scan is not fine-tuned
+        and frames are passed through raw, each flagged with why, rather than risk the
+        session (``docs/real_detectors.md``).
 
     Raises
     ------
@@ -102,8 +113,11 @@ class SymDenoise(event_model.DocumentRouter):
                  detector: str | dict[str, Any] | None = None, gain: float | None = None,
                  read_noise: float | None = None,
                  derived_files: str | Path | None = None,
-                 inline_limit_bytes: int = 1_000_000) -> None:
+                 inline_limit_bytes: int = 1_000_000,
+                 max_memory_gb: float | None = None) -> None:
         super().__init__()
+        if max_memory_gb is not None:
+            config = {**(config or {}), "max_memory_gb": max_memory_gb}
         if detector is not None or gain is not None or read_noise is not None:
             from ..denoise.detector_noise import detector_noise
 

@@ -199,6 +199,8 @@ class LiveScan:
         self.derived: DerivedRun | None = None
         #: How many batches of each size were served (a worker behind serves larger ones).
         self.batches: collections.Counter = collections.Counter()
+        #: Frames waiting behind the document being handled (the worker's queue).
+        self._backlog = 0
         self.latencies: list[float] = []
         self.stopped = False
         self._streamed: dict[str, set[str]] = {}
@@ -237,6 +239,7 @@ class LiveScan:
         ``backlog`` is how many frames wait behind this document: frames are batched while
         it is above 0 (see :meth:`serve_pending`).
         """
+        self._backlog = backlog
         if name not in FRAME_DOCUMENTS:
             self.serve_pending()
         if name == "descriptor":
@@ -511,7 +514,12 @@ class LiveScan:
         batch, run.pending = run.pending, []
         if not batch:
             return
-        served = run.engine.serve([frame for _, frame, _ in batch])
+        # Live, a worker far behind passes frames raw rather than let the queue drop them;
+        # lossless (replay) it never does: nothing is lost by waiting.
+        keep_pace = (not self.options.lossless
+                     and self._backlog >= max(2, self.options.max_queue // 2))
+        served = run.engine.serve([frame for _, frame, _ in batch],
+                                  behind=self._backlog if keep_pace else 0)
         valid = [s for s in served if not s.skipped]
         self.batches[len(valid)] += 1
         self.counts["invalid"] += len(served) - len(valid)
