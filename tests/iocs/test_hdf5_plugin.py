@@ -85,7 +85,8 @@ def test_stream_mode_appends_each_frame_and_stops_at_num_capture(pv, tmp_path):
     put(pv("HDF1:Capture"), 1)
     assert get(pv("HDF1:Capture_RBV")) == "Capture"
     full = get(pv("HDF1:FullFileName_RBV"))
-    assert full == "%s%s_%4.4d.h5" % (f"{tmp_path}/", "scan", 7) == f"{tmp_path}/scan_0007.h5"
+    template = "%s%s_%4.4d.h5"  # areaDetector's C format, applied as C (and Python) do
+    assert full == template % (f"{tmp_path}/", "scan", 7) == f"{tmp_path}/scan_0007.h5"
     assert get(pv("HDF1:FileNumber_RBV")) == 8  # AutoIncrement: the next file's number
 
     frames = []
