@@ -55,55 +55,73 @@ FIELD = "det_image"
 
 
 class _FillFrames:
-    """Hands the raw run to ``callbacks`` with its frames read from the files.
+    """Hands the raw run to ``callbacks`` with its frames read from the detector's files.
 
     In file mode the RunEngine's events carry Datum ids; the summary and the live view want
-    arrays. Each event is passed on as a copy holding its frame, read through
-    :class:`~bluesky_symdenoise.stream.frames.FrameSource` (``event_model.Filler`` and the
-    ``AD_HDF5`` handler). The frame was flushed before the trigger completed, so the read
-    finds it at once; it runs on the RunEngine's thread, as the demo's own bookkeeping (the
-    denoiser reads on its worker). A frame that cannot be read is recorded in ``errors``,
+    arrays. Each event is passed on as a copy holding its frame: row ``point_number`` of
+    ``/entry/data/data`` in the ``AD_HDF5`` Resource's file. The IOC flushed it before the
+    trigger completed, so the read finds it at once; it runs on the RunEngine's thread, as the
+    demo's own bookkeeping (the denoiser fills its frames itself, with ``event_model.Filler``
+    on its worker thread).
+
+    The file is opened through a Python file object each time. HDF5 shares one open file
+    (and its cached metadata) among all handles of a process: opened by name while the
+    denoiser's handler holds it, the dataset would keep the length it had when that handler
+    read it. A file object is a file of its own to HDF5, read afresh. A frame that cannot be
+    read is recorded in ``errors`` (its event is then left out of the summary and the view),
     never raised into the RunEngine.
     """
+
+    _WAITS_S = (0.02, 0.1, 0.3)  # a frame not readable yet: wait, then try again
 
     def __init__(self, field: str, callbacks: list) -> None:
         self.field = field
         self.callbacks = callbacks
         self.errors: list[str] = []
-        self._source: Any = None
+        self._files: dict[str, str] = {}  # resource uid -> AD_HDF5 file
+        self._rows: dict[str, tuple[str, int]] = {}  # datum id -> (file, row)
 
     def __call__(self, name: str, doc: dict) -> None:
-        from .stream.frames import FrameSource
-
-        if name == "start":
-            if self._source is not None:
-                self._source.close()
-            self._source = FrameSource([self.field])
         if name == "event_page":
             import event_model
 
             for event in event_model.unpack_event_page(cast("EventPage", doc)):
                 self("event", event)
             return
-        source = self._source
-        try:
-            if name == "event" and source is not None:
-                filled = dict(doc, data=dict(doc["data"]))
-                for key, _seq, frame, _ts in source.frames(name, doc):
-                    filled["data"][key] = frame
-                    filled["filled"] = {**doc.get("filled", {}), key: True}
-                doc = filled
-            elif source is not None:
-                list(source.frames(name, doc))
-        except Exception as exc:  # noqa: BLE001 - never raise into the RunEngine
-            self.errors.append(f"frames of the raw {name} could not be read: {exc}")
-            if name == "event":
-                return  # its frame is missing from the summary and the view, not wrong
+        if name == "resource" and doc.get("spec") == "AD_HDF5":
+            self._files[doc["uid"]] = str(Path(doc["root"]) / doc["resource_path"])
+        elif name == "datum" and doc["resource"] in self._files:
+            self._rows[doc["datum_id"]] = (self._files[doc["resource"]],
+                                           int(doc["datum_kwargs"]["point_number"]))
+        elif name == "event" and isinstance(doc["data"].get(self.field), str):
+            try:
+                frame = self._read(*self._rows[doc["data"][self.field]])
+            except Exception as exc:  # noqa: BLE001 - never raise into the RunEngine
+                self.errors.append(f"raw frame {doc.get('seq_num')} could not be read: "
+                                   f"{exc!r}")
+                return
+            doc = dict(doc, data={**doc["data"], self.field: frame},
+                       filled={**doc.get("filled", {}), self.field: True})
+        elif name == "stop":
+            self._files.clear()
+            self._rows.clear()
         for callback in self.callbacks:
             callback(name, doc)
-        if name == "stop" and source is not None:
-            source.close()
-            self._source = None
+
+    def _read(self, path: str, row: int) -> np.ndarray:
+        for wait in self._WAITS_S:
+            try:
+                return self._read_once(path, row)
+            except (OSError, KeyError, IndexError, ValueError):
+                time.sleep(wait)
+        return self._read_once(path, row)
+
+    @staticmethod
+    def _read_once(path: str, row: int) -> np.ndarray:
+        import h5py
+
+        with open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+            return np.asarray(h5["/entry/data/data"][row])
 
 
 class _Collect:

@@ -17,7 +17,8 @@ from bluesky import plans as bp
 from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
 from bluesky_symdenoise.stream.callback import SymDenoise
 
-pytestmark = [pytest.mark.timeout(120)]
+# ~35 s on 2 shared cores: the Tiled server start (~11 s) and the denoiser warm-up dominate.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SHAPE = (64, 64)
 N_FRAMES = 4
