@@ -78,7 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(out=Path(args.out), scene=args.scene, frames=args.frames,
-                    counts=args.counts, budget_s=args.budget, size=args.size, seed=args.seed)
+                    counts=args.counts, budget_s=args.budget, size=args.size, seed=args.seed,
+                    inline=args.inline)
 
 
 #: ``--full-network``: the configuration's default network and test-time averaging, where the
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds of network fine-tuning (the scan is paced to outlast it)")
     demo.add_argument("--size", type=int, default=256)
     demo.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    demo.add_argument("--inline", action="store_true",
+                      help="frames inline in the events (default: through the detector's "
+                           "HDF5 file plugin into OUT/frames, read back by Resource/Datum)")
     demo.set_defaults(func=_cmd_demo)
 
     den = sub.add_parser("denoise", help="denoise frames from .npy, HDF5 (NeXus, Eiger), "

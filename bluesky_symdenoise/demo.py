@@ -4,10 +4,14 @@
 
 1. starts the simulated beamline IOC (``sim_iocs.beamline``: area detector, furnace,
    shutter) with an in situ scene whose rings drift with temperature;
-2. builds a RunEngine, an embedded Tiled catalog (``SimpleTiledServer(directory=DIR/catalog)``
-   + ``TiledWriter``), :class:`~bluesky_symdenoise.stream.callback.SymDenoise` (geometry from
-   the PONI and mask files the IOC wrote) and the headless
+2. builds a RunEngine, an embedded Tiled catalog (``SimpleTiledServer(directory=DIR/catalog,
+   readable_storage=[DIR/frames])`` + ``TiledWriter``),
+   :class:`~bluesky_symdenoise.stream.callback.SymDenoise` (geometry from the PONI and mask
+   files the IOC wrote) and the headless
    :class:`~bluesky_symdenoise.view.live.LiveDenoiseView` (PNG snapshots in ``DIR/snapshots``);
+   by default the detector writes its frames to HDF5 files under ``DIR/frames`` through its
+   areaDetector HDF5 plugin (events carry Datum ids; the plugin and the catalog read the
+   files), and with ``inline=True`` the frames travel in the events themselves;
 3. runs ``bp.list_scan([det], temperature, temps)``: the furnace ramps between points, each
    point is one short exposure (~``counts`` counts per pixel). The ramp rate is chosen so the
    scan outlasts the denoiser's fine-tuning budget: the first frames are served by the
@@ -48,6 +52,76 @@ __all__ = ["run_demo"]
 EXPOSURE_S = 0.1
 TEMPERATURE_RANGE = (300.0, 600.0)
 FIELD = "det_image"
+
+
+class _FillFrames:
+    """Hands the raw run to ``callbacks`` with its frames read from the detector's files.
+
+    In file mode the RunEngine's events carry Datum ids; the summary and the live view want
+    arrays. Each event is passed on as a copy holding its frame: row ``point_number`` of
+    ``/entry/data/data`` in the ``AD_HDF5`` Resource's file. The IOC flushed it before the
+    trigger completed, so the read finds it at once; it runs on the RunEngine's thread, as the
+    demo's own bookkeeping (the denoiser fills its frames itself, with ``event_model.Filler``
+    on its worker thread).
+
+    The file is opened through a Python file object each time. HDF5 shares one open file
+    (and its cached metadata) among all handles of a process: opened by name while the
+    denoiser's handler holds it, the dataset would keep the length it had when that handler
+    read it. A file object is a file of its own to HDF5, read afresh. A frame that cannot be
+    read is recorded in ``errors`` (its event is then left out of the summary and the view),
+    never raised into the RunEngine.
+    """
+
+    _WAITS_S = (0.02, 0.1, 0.3)  # a frame not readable yet: wait, then try again
+
+    def __init__(self, field: str, callbacks: list) -> None:
+        self.field = field
+        self.callbacks = callbacks
+        self.errors: list[str] = []
+        self._files: dict[str, str] = {}  # resource uid -> AD_HDF5 file
+        self._rows: dict[str, tuple[str, int]] = {}  # datum id -> (file, row)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "event_page":
+            import event_model
+
+            for event in event_model.unpack_event_page(cast("EventPage", doc)):
+                self("event", event)
+            return
+        if name == "resource" and doc.get("spec") == "AD_HDF5":
+            self._files[doc["uid"]] = str(Path(doc["root"]) / doc["resource_path"])
+        elif name == "datum" and doc["resource"] in self._files:
+            self._rows[doc["datum_id"]] = (self._files[doc["resource"]],
+                                           int(doc["datum_kwargs"]["point_number"]))
+        elif name == "event" and isinstance(doc["data"].get(self.field), str):
+            try:
+                frame = self._read(*self._rows[doc["data"][self.field]])
+            except Exception as exc:  # noqa: BLE001 - never raise into the RunEngine
+                self.errors.append(f"raw frame {doc.get('seq_num')} could not be read: "
+                                   f"{exc!r}")
+                return
+            doc = dict(doc, data={**doc["data"], self.field: frame},
+                       filled={**doc.get("filled", {}), self.field: True})
+        elif name == "stop":
+            self._files.clear()
+            self._rows.clear()
+        for callback in self.callbacks:
+            callback(name, doc)
+
+    def _read(self, path: str, row: int) -> np.ndarray:
+        for wait in self._WAITS_S:
+            try:
+                return self._read_once(path, row)
+            except (OSError, KeyError, IndexError, ValueError):
+                time.sleep(wait)
+        return self._read_once(path, row)
+
+    @staticmethod
+    def _read_once(path: str, row: int) -> np.ndarray:
+        import h5py
+
+        with open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+            return np.asarray(h5["/entry/data/data"][row])
 
 
 class _Collect:
@@ -163,7 +237,11 @@ def _summary_table(rows: list[dict]) -> str:
 
 
 def _check_catalog(client, raw_uid: str) -> dict[str, Any]:
-    """Read the raw and the linked derived run back from the catalog."""
+    """Read the raw and the linked derived run back from the catalog.
+
+    In file mode the raw frames are read from the HDF5 file (``AD_HDF5`` with one frame per
+    point: Tiled gives ``(events, 1, rows, cols)``).
+    """
     raw = client[raw_uid]
     raw_frames = raw["primary"][FIELD].read()
     derived_uid = next(key for key in client
@@ -180,8 +258,14 @@ class _Terminated(Exception):
 
 
 def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: float = 1.0,
-             budget_s: float = 30.0, size: int = 256, seed: int = 0) -> int:
-    """Run the beamline-in-a-box demo; returns the exit code (0 on success, 130 on Ctrl-C)."""
+             budget_s: float = 30.0, size: int = 256, seed: int = 0,
+             inline: bool = False) -> int:
+    """Run the beamline-in-a-box demo; returns the exit code (0 on success, 130 on Ctrl-C).
+
+    ``inline`` False (default): frames go through the detector's HDF5 file plugin into
+    ``out/frames`` and reach the denoiser and the catalog by Resource/Datum; True: frames
+    travel inline in the events.
+    """
     began = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +288,9 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
 
     print(f"demo: scene {scene}, {frames} frames of {size}x{size}, {EXPOSURE_S:g} s exposures "
           f"(~{counts:g} counts/pixel), {TEMPERATURE_RANGE[0]:g}->{TEMPERATURE_RANGE[1]:g} K "
-          f"at {ramp_rate:.2f} K/s, fine-tuning budget {budget_s:g} s, seed {seed}", flush=True)
+          f"at {ramp_rate:.2f} K/s, fine-tuning budget {budget_s:g} s, seed {seed}; frames "
+          + ("inline in events" if inline else f"through HDF5 files in {out / 'frames'}"),
+          flush=True)
     ioc = None
     server = client = sd = view = None
     RE = None
@@ -228,12 +314,15 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
         from .stream.callback import SymDenoise
         from .view.live import LiveDenoiseView
 
-        det, temperature, shutter = make_beamline_devices(ioc.prefix)
+        frames_dir = None if inline else out / "frames"
+        det, temperature, shutter = make_beamline_devices(ioc.prefix, frames_dir=frames_dir)
         det.cam.acquire_time.put(EXPOSURE_S, wait=True)
         if not shutter.is_open:
             shutter.open().wait(10)
 
-        server = SimpleTiledServer(directory=out / "catalog")
+        server = SimpleTiledServer(directory=out / "catalog",
+                                   readable_storage=None if frames_dir is None
+                                   else [frames_dir])
         client = from_uri(server.uri)
         writer = TiledWriter(client)
         collect = _Collect()
@@ -245,7 +334,8 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
         # No bluesky SIGINT handler (a first Ctrl-C would only request a deferred pause):
         # Ctrl-C raises KeyboardInterrupt here; the scan is aborted and the IOC stopped.
         RE = RunEngine({}, context_managers=[])
-        for callback in (writer, view, collect, sd):
+        fill = _FillFrames(FIELD, [view, collect])
+        for callback in (writer, sd) + ((view, collect) if inline else (fill,)):
             RE.subscribe(callback)
 
         scan_began = time.perf_counter()
@@ -278,6 +368,7 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
                         and "interim" not in r["by"]]
         summary = {
             "scene": scene, "frames": frames, "size": size, "seed": seed,
+            "frames_via": "inline" if inline else "hdf5",
             "exposure_s": EXPOSURE_S, "mean_counts_per_pixel": metrics["mean_counts"],
             "budget_s": budget_s, "method": (collect.derived_start or {}).get(
                 "symdenoise", {}).get("method"),
@@ -287,7 +378,8 @@ def run_demo(*, out: Path, scene: str = "insitu", frames: int = 24, counts: floa
             "scan_s": scan_s, "scan_and_denoise_s": drained_s,
             "wall_s": time.perf_counter() - began,
             "denoised_by": sorted({r["by"] for r in rows}),
-            "catalog": catalog, "errors": list(sd.errors) + list(view.errors),
+            "catalog": catalog,
+            "errors": list(sd.errors) + list(view.errors) + list(fill.errors),
             "per_frame": rows}
         print()
         print(table)

@@ -17,6 +17,10 @@ PVs (under the IOC prefix; ``_RBV`` readbacks as in areaDetector)::
     image1:ArraySize0_RBV (cols), ArraySize1_RBV (rows), ArraySize2_RBV, NDimensions_RBV
     image1:ArrayCounter_RBV, UniqueId_RBV, TimeStamp_RBV, DataType_RBV, ColorMode_RBV
     image1:EnableCallbacks[_RBV], NDArrayPort[_RBV], PortName_RBV, PluginType_RBV
+    HDF1:...                                  areaDetector's NDFileHDF5 file plugin
+                                              (:mod:`sim_iocs.hdf5_plugin`): FilePath,
+                                              FileName, FileTemplate, FileWriteMode,
+                                              Capture, NumCapture, FullFileName_RBV, ...
     PoniPath, MaskPath                        files written at start-up (pyFAI PONI, .npy)
     BeamCenterX_RBV, BeamCenterY_RBV          beam centre in pixels (col, row)
     PixelSize_RBV, Distance_RBV, Wavelength_RBV   metres
@@ -54,6 +58,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, get_pv_pair_wrapper, pvproperty
 
 from sim_iocs._run import set_before_serving
+from sim_iocs.hdf5_plugin import HDF5PluginGroup
 from sim_iocs.scene_source import (
     INSITU_CHANGES,
     SCENE_CHOICES,
@@ -213,6 +218,7 @@ class XrayDetectorIOC(PVGroup):
 
     cam = SubGroup(CamGroup, prefix="cam1:")
     image = SubGroup(ImageGroup, prefix="image1:")
+    hdf5 = SubGroup(HDF5PluginGroup, prefix="HDF1:")
 
     poni_path = pvproperty(name="PoniPath", value="", read_only=True,
                            dtype=ChannelType.CHAR, max_length=1024,
@@ -270,7 +276,7 @@ class XrayDetectorIOC(PVGroup):
                 self.detector_kind: "integrating", self.gain: readout.gain,
                 self.read_noise: readout.read_noise, self.dark_offset: readout.dark_offset,
                 self.cam.model: "SimFlatPanel"})
-        set_before_serving({
+        values = {
             self.poni_path: str(self.poni_file), self.mask_path: str(self.mask_file),
             self.beam_center_x: float(geometry.center[1]),
             self.beam_center_y: float(geometry.center[0]),
@@ -281,7 +287,9 @@ class XrayDetectorIOC(PVGroup):
             self.cam.max_size_x: cols, self.cam.max_size_y: rows,
             self.image.array_size0: cols, self.image.array_size1: rows,
             self.image.array_data: np.zeros(rows * cols, dtype=np.int32),
-        })
+        }
+        self.hdf5.prime(rows, cols, values)
+        set_before_serving(values)
 
     async def acquire_frames(self, cam: CamGroup) -> None:
         """Expose and publish frames until the image mode's count is reached or stopped."""
@@ -322,6 +330,7 @@ class XrayDetectorIOC(PVGroup):
             await image.time_stamp.write(time.time())
             await image.unique_id.write(counter)
             await image.array_counter.write(int(image.array_counter.value) + 1)
+        await self.hdf5.take_frame(frame, counter)
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,16 +5,23 @@
   ``ImagePlugin`` would connect to dozens more). ``trigger()`` uses put-completion on
   ``cam1:Acquire``: the status finishes when the IOC has published the frame. The frame is
   read inline as a 2-D array under the data key ``<name>_image``.
+- :class:`SimXrayDetectorHDF5`: the same detector with frames through files, as
+  areaDetector writes them: ophyd's own ``HDF5Plugin_V34`` + ``FileStoreHDF5IterativeWrite``
+  on ``HDF1:`` (Stream mode, one file per run under the directory the caller gives). Events
+  carry Datum ids under ``<name>_image``; Resource (spec ``AD_HDF5``) and Datum documents
+  say where the frames are (fill them with :class:`event_model.Filler`).
 - :class:`TemperatureController`: a movable; ``set(T)`` finishes when the ramp arrives.
 - :class:`Shutter`: ``set("Open" | "Close")``, finishing when the blade has moved.
 
 :func:`make_beamline_devices` builds all three for a prefix, after pinning Channel Access to
-loopback and selecting ophyd's caproto control layer.
+loopback and selecting ophyd's caproto control layer; with ``frames_dir`` the detector is
+the file-writing one.
 """
 
 from __future__ import annotations
 
 import time as ttime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,13 +30,20 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO, Kind, Signal
 from ophyd.areadetector import ADComponent as ADCpt
 from ophyd.areadetector import DetectorBase, EpicsSignalWithRBV, SingleTrigger
+from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
+from ophyd.areadetector.plugins import HDF5Plugin_V34
 from ophyd.device import Staged
 from ophyd.status import DeviceStatus
 
 from .loopback import pin_ca_to_loopback
 
-__all__ = ["Shutter", "SimXrayDetector", "TemperatureController", "XrayCam", "XrayImagePlugin",
-           "make_beamline_devices", "use_caproto_control_layer"]
+__all__ = ["Shutter", "SimXrayDetector", "SimXrayDetectorHDF5", "TemperatureController",
+           "XrayCam", "XrayHDF5Plugin", "XrayImagePlugin", "make_beamline_devices",
+           "use_caproto_control_layer"]
+
+#: Where file-mode frames go under ``frames_dir``: a folder per day, as beamlines do
+#: (strftime fields; the IOC creates the folders, ``CreateDirectory`` = -3).
+FRAMES_SUBDIR_TEMPLATE = "%Y/%m/%d/"
 
 
 def use_caproto_control_layer() -> None:
@@ -112,15 +126,10 @@ class FrameSignal(Signal):
                             "dtype_numpy": np.dtype(np.int32).str, "shape": list(self.shape)}}
 
 
-class SimXrayDetector(SingleTrigger, DetectorBase):
-    """The simulated X-ray detector; frames arrive inline in events as ``<name>_image``.
-
-    Configuration read with each run: exposure time, period, image mode, counts, model.
-    """
+class _SimXrayDetectorBase(SingleTrigger, DetectorBase):
+    """What both detector modes share: the camera, the geometry PVs, the trigger."""
 
     cam = ADCpt(XrayCam, "cam1:")
-    image1 = ADCpt(XrayImagePlugin, "image1:")
-    image = Cpt(FrameSignal, kind="hinted")
     poni_path = Cpt(EpicsSignalRO, "PoniPath", string=True, kind="config")
     mask_path = Cpt(EpicsSignalRO, "MaskPath", string=True, kind="config")
     beam_center_x = Cpt(EpicsSignalRO, "BeamCenterX_RBV", kind="config")
@@ -130,7 +139,6 @@ class SimXrayDetector(SingleTrigger, DetectorBase):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # ADBase marks every component omitted by default; say what is read.
-        self.image.kind = Kind.hinted
         self.cam.kind = Kind.config
         for signal in (self.poni_path, self.mask_path, self.beam_center_x,
                        self.beam_center_y, self.counts_per_second):
@@ -139,7 +147,8 @@ class SimXrayDetector(SingleTrigger, DetectorBase):
         self.stage_sigs.update([("cam.image_mode", "Single"), ("cam.num_images", 1)])
 
     def trigger(self):
-        """Acquire one frame; the status finishes when the IOC has published it."""
+        """Acquire one frame; the status finishes when the IOC has published it (and, in
+        file mode, written and flushed it to the file)."""
         if self._staged != Staged.yes:
             raise RuntimeError(f"{self.name} is not staged; stage() before trigger()")
         status = self.cam.acquire.set(1)
@@ -148,7 +157,8 @@ class SimXrayDetector(SingleTrigger, DetectorBase):
 
     @property
     def frame_shape(self) -> tuple[int, int]:
-        return self.image.shape
+        """``(rows, cols)`` of one frame."""
+        return int(self.cam.array_size_y.get()), int(self.cam.array_size_x.get())
 
     def geometry(self):
         """The detector geometry from the PONI file the IOC wrote."""
@@ -159,6 +169,86 @@ class SimXrayDetector(SingleTrigger, DetectorBase):
     def mask(self) -> np.ndarray:
         """bool mask (True on gaps and beamstop) from the file the IOC wrote."""
         return np.load(self.mask_path.get())
+
+
+class SimXrayDetector(_SimXrayDetectorBase):
+    """The simulated X-ray detector; frames arrive inline in events as ``<name>_image``.
+
+    Configuration read with each run: exposure time, period, image mode, counts, model.
+    """
+
+    image1 = ADCpt(XrayImagePlugin, "image1:")
+    image = Cpt(FrameSignal, kind="hinted")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.image.kind = Kind.hinted
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.image.shape
+
+
+class XrayHDF5Plugin(HDF5Plugin_V34, FileStoreHDF5IterativeWrite):
+    """``HDF1:``: ophyd's areaDetector HDF5 plugin with its Resource/Datum mixin.
+
+    Staging puts the write path, a new file name, ``FileNumber`` 0, ``CreateDirectory`` -3,
+    ``FileWriteMode`` Stream and ``Capture`` 1 (the IOC opens the file), and emits a Resource
+    (spec ``AD_HDF5``, ``frame_per_point`` 1); each trigger adds a Datum (``point_number``).
+    Unstaging puts ``Capture`` back to 0 (the IOC closes the file).
+    """
+
+    # ophyd's PluginBase adds its source plugin's configuration, found by asyn port among
+    # the detector's ADBase parts. The source here is the lean camera (a plain Device, read
+    # as the detector's ``cam`` configuration already), so there is nothing to add.
+    def read_configuration(self) -> dict[str, Any]:
+        return Device.read_configuration(self)
+
+    def describe_configuration(self) -> dict[str, Any]:
+        return Device.describe_configuration(self)
+
+
+class SimXrayDetectorHDF5(_SimXrayDetectorBase):
+    """The simulated X-ray detector writing its frames to HDF5 files (areaDetector style).
+
+    Events carry a Datum id under ``<name>_image``; the frame is row ``point_number`` of
+    ``/entry/data/data`` in the run's file, named by a Resource document (spec ``AD_HDF5``).
+    The IOC runs on this machine, so it writes where this process reads.
+
+    Parameters
+    ----------
+    prefix
+        The detector's PV prefix (``<beamline prefix>det:``).
+    frames_dir
+        Directory the files go under (``frames_dir/YYYY/MM/DD/<uid>_000000.h5``): the
+        Resource's ``root``, which a Tiled server must list in ``readable_storage``.
+    **kwargs
+        ``name`` and the rest, as for any ophyd device.
+    """
+
+    hdf5 = ADCpt(XrayHDF5Plugin, "HDF1:", write_path_template=FRAMES_SUBDIR_TEMPLATE)
+
+    def __init__(self, prefix: str, *, frames_dir: str | Path, **kwargs: Any) -> None:
+        super().__init__(prefix, **kwargs)
+        frames_dir = Path(frames_dir).resolve()
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        self.frames_dir = frames_dir
+        self.hdf5.reg_root = str(frames_dir)
+        self.hdf5.write_path_template = FRAMES_SUBDIR_TEMPLATE
+        # Read with each event: the Datum id its FileStore mixin adds; its own PVs are not.
+        self.hdf5.kind = Kind.normal
+
+    def make_data_key(self) -> dict[str, Any]:
+        """The data key of ``<name>_image``: one frame's shape and dtype, stored externally.
+
+        (ophyd's ``DetectorBase.make_data_key`` reads ``cam.array_size`` and
+        ``cam.data_type_disabled``, which this lean camera does not have, and would prepend
+        NumImages.)
+        """
+        data_type = str(self.cam.data_type.get(as_string=True))
+        return {"source": f"PV:{self.hdf5.prefix}", "dtype": "array",
+                "shape": list(self.frame_shape), "external": "FILESTORE:",
+                "dtype_numpy": np.dtype(data_type.lower()).str}
 
 
 class TemperatureController(Device):
@@ -236,11 +326,22 @@ class Shutter(Device):
 
 def make_beamline_devices(prefix: str, *, detector_name: str = "det",
                           temperature_name: str = "temperature",
-                          shutter_name: str = "shutter", connection_timeout: float = 10.0
-                          ) -> tuple[SimXrayDetector, TemperatureController, Shutter]:
-    """The detector, furnace and shutter of a beamline IOC serving ``prefix``, connected."""
+                          shutter_name: str = "shutter", connection_timeout: float = 10.0,
+                          frames_dir: str | Path | None = None
+                          ) -> tuple[SimXrayDetector | SimXrayDetectorHDF5,
+                                     TemperatureController, Shutter]:
+    """The detector, furnace and shutter of a beamline IOC serving ``prefix``, connected.
+
+    ``frames_dir`` None (default): a :class:`SimXrayDetector`, frames inline in events.
+    Given: a :class:`SimXrayDetectorHDF5` writing its frames to HDF5 files under it.
+    """
     use_caproto_control_layer()
-    detector = SimXrayDetector(f"{prefix}det:", name=detector_name)
+    detector: SimXrayDetector | SimXrayDetectorHDF5
+    if frames_dir is None:
+        detector = SimXrayDetector(f"{prefix}det:", name=detector_name)
+    else:
+        detector = SimXrayDetectorHDF5(f"{prefix}det:", frames_dir=frames_dir,
+                                       name=detector_name)
     temperature = TemperatureController(f"{prefix}sample:", name=temperature_name)
     shutter = Shutter(f"{prefix}shutter:", name=shutter_name)
     for device in (detector, temperature, shutter):
