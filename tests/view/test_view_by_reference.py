@@ -139,3 +139,46 @@ def test_an_unreadable_raw_frame_is_recorded_when_drawn_never_raised(tmp_path):
     np.testing.assert_array_equal(denoised, frame)
     ax_raw, ax_den = _frame_panels(view)
     assert ax_raw is None and ax_den is not None
+
+
+def test_raw_frames_by_stream_datum_are_read_one_frame_at_a_time(tmp_path):
+    shape = (16, 16)
+    stack = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, *shape)
+    path = tmp_path / "raw.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("/entry/data/data", data=stack, chunks=(1, *shape))
+    view = LiveDenoiseView(out_dir=tmp_path / "png", every=1)
+    raw = compose_run(metadata={"scan_id": 5})
+    view("start", raw.start_doc)
+    desc = raw.compose_descriptor(name="primary", data_keys={
+        "blob": {"source": "sim", "dtype": "array", "shape": [1, *shape],
+                 "external": "STREAM:"}})
+    view("descriptor", desc.descriptor_doc)
+    stream = raw.compose_stream_resource(mimetype="application/x-hdf5", uri=path.as_uri(),
+                                         data_key="blob",
+                                         parameters={"dataset": "/entry/data/data"})
+    view("stream_resource", stream.stream_resource_doc)
+    # One StreamDatum for the three frames, as a fly scan's would be.
+    view("stream_datum", stream.compose_stream_datum(
+        indices={"start": 0, "stop": 3}, seq_nums={"start": 1, "stop": 4},
+        descriptor=desc.descriptor_doc))
+    view("stop", raw.compose_stop())
+
+    derived = compose_run(metadata={"original_run_uid": raw.start_doc["uid"],
+                                    "symdenoise": {"field": "blob", "method": "x"}})
+    view("start", derived.start_doc)
+    den = derived.compose_descriptor(name="denoised", data_keys={
+        "blob_denoised": {"source": "s", "dtype": "array", "shape": list(shape)},
+        "raw_seq_num": {"source": "s", "dtype": "integer", "shape": []}})
+    view("descriptor", den.descriptor_doc)
+    frame = np.ones(shape, np.float32)
+    view("event", den.compose_event(data={"blob_denoised": frame, "raw_seq_num": 2},
+                                    timestamps={"blob_denoised": 0, "raw_seq_num": 0},
+                                    seq_num=1))
+    view("stop", derived.compose_stop())
+    assert view.errors == []
+    raw_frame, denoised = view.latest_frames()
+    np.testing.assert_array_equal(raw_frame, stack[1])  # raw seq_num 2: the file's index 1
+    np.testing.assert_array_equal(denoised, frame)
+    ax_raw, _ = _frame_panels(view)
+    assert ax_raw is not None and ax_raw.get_title() == "raw frame 2"
