@@ -15,6 +15,14 @@ The figure (about 14 × 8 in) shows
 * a text panel: method and why, which denoiser served the frame, which symmetries the engine
   used (from the same ``symmetry`` stream), flags, drops.
 
+Frames may be inline in events or come by reference, raw and denoised alike: Resource/Datum
+(``AD_HDF5``, ``NPY_SEQ``) or StreamResource/StreamDatum (ophyd-async writers; the derived
+run's ``denoised`` frames above ``inline_limit_bytes``). Each run's documents go to a
+:class:`~bluesky_symdenoise.view.frame_refs.RunFrames` (an
+:class:`~bluesky_symdenoise.stream.frames.FrameSource`); a referenced frame is read only when
+it is drawn, on the drawing thread, so the RunEngine thread never reads a file. A denoised
+frame's StreamDatum comes before its event and shares its ``seq_num``.
+
 Where it draws (:attr:`LiveDenoiseView.mode`):
 
 ``"window"``
@@ -53,8 +61,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
+from .frame_refs import FrameReference, RunFrames
+
 if TYPE_CHECKING:
-    from event_model.documents import Event, EventPage
+    from event_model.documents import Datum, DatumPage, Event, EventPage
     from matplotlib.artist import Artist
     from matplotlib.backend_bases import TimerBase
     from matplotlib.figure import Figure
@@ -107,9 +117,16 @@ class _Scan:
     derived_start: Mapping[str, Any] | None = None
     provenance: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
-    raw_frames: OrderedDict = field(default_factory=OrderedDict)  # seq_num -> {key: frame}
+    #: seq_num -> {key: frame, or a FrameReference read when drawn}
+    raw_frames: OrderedDict = field(default_factory=OrderedDict)
     raw_count: int = 0
-    latest_denoised: np.ndarray | None = None
+    latest_denoised: np.ndarray | FrameReference | None = None
+    #: The runs' referenced frames (None until their start is seen).
+    raw_run: RunFrames | None = None
+    derived_run: RunFrames | None = None
+    #: Derived ``denoised`` seq_num -> the reference of its StreamDatum, until its event.
+    denoised_refs: OrderedDict = field(default_factory=OrderedDict)
+    raw_stopped: bool = False
     latest_seq: int | None = None
     latest_by: str = ""
     denoised_seen: int = 0
@@ -208,6 +225,7 @@ class LiveDenoiseView(QtAwareCallback):
         self._current: str | None = None
         self._run_of: dict[str, tuple[str, str]] = {}  # run start uid -> (raw uid, kind)
         self._streams: dict[str, tuple[str, str, str]] = {}  # descriptor -> (raw, kind, name)
+        self._resource_run: dict[str, str] = {}  # Resource uid -> run start uid
         self._figure: Figure | None = None
         self._panels: _Panels | None = None
         self._timer: TimerBase | None = None
@@ -277,10 +295,34 @@ class LiveDenoiseView(QtAwareCallback):
                 if scan is None:
                     return None
                 frozen = _freeze(scan)
+            frozen = self._read_frames(scan, frozen)
             return self._draw(frozen, Path(path) if path is not None else None)
         except Exception as exc:  # noqa: BLE001 - a view must never break its caller
             self._record(f"snapshot failed: {exc!r}")
             return None
+
+    def latest_frames(self, scan_id: Any = None
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(raw, denoised)``: the latest denoised frame of the current scan (or
+        ``scan_id``) and the raw frame it came from, as the view draws them.
+
+        Frames that came by reference are read now if no draw has read them yet. Either is
+        ``None`` when it was not received or could not be read (see :attr:`errors`). Copies;
+        never raises.
+        """
+        try:
+            with self._state_lock:
+                scan = self._find(scan_id)
+                if scan is None:
+                    return None, None
+                frozen = _freeze(scan)
+            frozen = self._read_frames(scan, frozen)
+            raw, denoised = frozen["raw"], frozen["denoised"]
+            return (None if raw is None else np.array(raw),
+                    None if denoised is None else np.array(denoised))
+        except Exception as exc:  # noqa: BLE001 - a view must never break its caller
+            self._record(f"latest_frames failed: {exc!r}")
+            return None, None
 
     @property
     def figure(self):
@@ -306,8 +348,10 @@ class LiveDenoiseView(QtAwareCallback):
         raw_uid = doc.get("original_run_uid")
         with self._state_lock:
             if raw_uid is None:  # a raw run: follow it from now on
+                raw_run = RunFrames([self.field] if self.field else None)
+                raw_run.feed("start", doc)
                 self._scans[doc["uid"]] = _Scan(raw_uid=doc["uid"], scan_id=doc.get("scan_id"),
-                                                raw_start=doc)
+                                                raw_start=doc, raw_run=raw_run)
                 self._current = doc["uid"]
                 self._run_of[doc["uid"]] = (doc["uid"], "raw")
                 self._forget_old()
@@ -322,6 +366,13 @@ class LiveDenoiseView(QtAwareCallback):
             scan.derived_start = doc
             provenance = doc.get("symdenoise")
             scan.provenance = provenance if isinstance(provenance, dict) else {}
+            if scan.derived_run is not None:  # a second derived run of the same scan
+                scan.derived_run.close()
+            key = self._field(scan)
+            scan.derived_run = RunFrames([f"{key}_denoised"] if key else None)
+            scan.derived_run.feed("start", doc)
+            scan.denoised_refs.clear()
+            scan.derived_stopped, scan.exit_status = False, None
             if scan.scan_id is None:
                 scan.scan_id = doc.get("original_scan_id")
             self._run_of[doc["uid"]] = (raw_uid, "derived")
@@ -333,17 +384,88 @@ class LiveDenoiseView(QtAwareCallback):
             if uid == self._current:
                 self._scans.move_to_end(uid)
                 continue
-            self._scans.pop(uid)
-            for key in [k for k, v in self._run_of.items() if v[0] == uid]:
+            scan = self._scans.pop(uid)
+            for run in (scan.raw_run, scan.derived_run):
+                if run is not None:
+                    run.close()  # never waits: a draw reading now closes it when done
+            runs = [k for k, v in self._run_of.items() if v[0] == uid]
+            for key in runs:
                 self._run_of.pop(key)
             for key in [k for k, v in self._streams.items() if v[0] == uid]:
                 self._streams.pop(key)
+            for key in [k for k, v in self._resource_run.items() if v in runs]:
+                self._resource_run.pop(key)
 
     def descriptor(self, doc: Mapping[str, Any]) -> None:
         with self._state_lock:
             run = self._run_of.get(doc.get("run_start", ""))
             if run is not None:
                 self._streams[doc["uid"]] = (run[0], run[1], doc.get("name", "primary"))
+                frames = self._frames_of(run)
+                if frames is not None:
+                    frames.feed("descriptor", doc)
+
+    # Where referenced frames are: kept per run, nothing read (see frame_refs).
+    def resource(self, doc: Mapping[str, Any]) -> None:
+        with self._state_lock:
+            run_uid = doc.get("run_start") or self._current  # old Resources name no run
+            frames = self._frames_of(self._run_of.get(run_uid or ""))
+            if frames is not None:
+                self._resource_run[doc["uid"]] = str(run_uid)
+                frames.feed("resource", doc)
+
+    def datum(self, doc: Datum) -> Datum:
+        self._feed_datum("datum", doc)
+        return doc  # passed on unchanged, as a DocumentRouter may
+
+    def datum_page(self, doc: DatumPage) -> None:
+        self._feed_datum("datum_page", doc)
+
+    def _feed_datum(self, name: str, doc: Mapping[str, Any]) -> None:
+        with self._state_lock:
+            run_uid = self._resource_run.get(str(doc.get("resource")), "")
+            frames = self._frames_of(self._run_of.get(run_uid))
+            if frames is not None:
+                frames.feed(name, doc)
+
+    def stream_resource(self, doc: Mapping[str, Any]) -> None:
+        with self._state_lock:
+            run_uid = doc.get("run_start") or self._current
+            frames = self._frames_of(self._run_of.get(run_uid or ""))
+            if frames is not None:
+                frames.feed("stream_resource", doc)
+
+    def stream_datum(self, doc: Mapping[str, Any]) -> None:
+        """A frame in a file: kept as a reference, read when drawn. A raw one joins the raw
+        frames by its seq_num; a derived ``denoised`` one waits for its event (same
+        seq_num: the publisher sends the StreamDatum first)."""
+        route = self._streams.get(str(doc.get("descriptor")))
+        if route is None:
+            return
+        raw_uid, kind, stream = route
+        with self._state_lock:
+            scan = self._scans.get(raw_uid)
+            frames = self._frames_of((raw_uid, kind))
+            if scan is None or frames is None:
+                return
+            references = frames.stream_references(doc)
+            if kind == "raw":
+                for reference in references[-_MAX_RAW_FRAMES:]:
+                    if self.field is None or reference.key == self.field:
+                        self._keep_raw(scan, reference.seq_num, {reference.key: reference},
+                                       merge=True)
+            elif stream == "denoised":
+                for reference in references[-_MAX_RAW_FRAMES:]:
+                    scan.denoised_refs[reference.seq_num] = reference
+                while len(scan.denoised_refs) > _MAX_RAW_FRAMES:
+                    scan.denoised_refs.popitem(last=False)
+
+    def _frames_of(self, run: tuple[str, str] | None) -> RunFrames | None:
+        """The referenced frames of a run ``(raw uid, kind)``; call with the state lock."""
+        scan = self._scans.get(run[0]) if run is not None else None
+        if scan is None or run is None:
+            return None
+        return scan.raw_run if run[1] == "raw" else scan.derived_run
 
     def event_page(self, doc: EventPage) -> EventPage:
         import event_model
@@ -371,7 +493,7 @@ class LiveDenoiseView(QtAwareCallback):
                 return
             data = doc.get("data") or {}
             if stream == "denoised":
-                self._denoised_event(scan, data)
+                self._denoised_event(scan, data, doc.get("seq_num"))
                 changed = scan.denoised_seen % self.every == 0
             elif stream == "integrated":
                 self._integrated_event(scan, data)
@@ -387,25 +509,56 @@ class LiveDenoiseView(QtAwareCallback):
             frozen = _freeze(scan) if changed and self.mode == "files" \
                 and stream == "denoised" else None
         if frozen is not None:
-            self._draw_file(frozen, f"{frozen['n_denoised']:04d}")
+            self._draw_file(self._read_frames(scan, frozen), f"{frozen['n_denoised']:04d}")
         elif changed and self.mode == "window":
             self._window_changed(final=False)
 
     def stop(self, doc: Mapping[str, Any]) -> None:
         run = self._run_of.get(doc.get("run_start", ""))
-        if run is None or run[1] != "derived":
+        if run is None:
             return
         with self._state_lock:
             scan = self._scans.get(run[0])
             if scan is None:
                 return
+            frames = self._frames_of(run)
+            if frames is not None:
+                frames.feed("stop", doc)
+            if run[1] == "raw":
+                scan.raw_stopped = True
+                self._close_finished(scan)
+                return
             scan.derived_stopped = True
             scan.exit_status = doc.get("exit_status")
             frozen = _freeze(scan)
+        # The last frames are read now, before their runs close, in every mode (a window
+        # may draw them later, a snapshot after the scan).
+        frozen = self._read_frames(scan, frozen)
+        with self._state_lock:
+            self._close_finished(scan)
         if self.mode == "files":
             self._draw_file(frozen, "final")
         elif self.mode == "window":
             self._window_changed(final=True)
+
+    @staticmethod
+    def _close_finished(scan: _Scan) -> None:
+        """Close the referenced frames of a scan's runs once nothing of them will be drawn:
+        the derived run's at its stop, the raw run's when both runs have stopped (the
+        derived run lags behind the raw one). Frames not read by then are forgotten."""
+        if not scan.derived_stopped:
+            return
+        closing = [run for run in (scan.derived_run, scan.raw_stopped and scan.raw_run)
+                   if isinstance(run, RunFrames) and not run.closed]
+        for run in closing:
+            run.close()
+        for frames in scan.raw_frames.values():
+            for key in [k for k, v in frames.items()
+                        if isinstance(v, FrameReference) and v.run in closing]:
+                frames.pop(key)
+        scan.denoised_refs.clear()
+        if isinstance(scan.latest_denoised, FrameReference):
+            scan.latest_denoised = None
 
     # -- state -------------------------------------------------------------------------------
     def _find(self, scan_id: Any) -> _Scan | None:
@@ -417,27 +570,39 @@ class LiveDenoiseView(QtAwareCallback):
         return None
 
     def _raw_event(self, raw_uid: str, doc: Mapping[str, Any]) -> None:
-        frames = {}
+        frames: dict[str, np.ndarray | FrameReference] = {}
         for key, value in (doc.get("data") or {}).items():
             if self.field is not None and key != self.field:
                 continue
             if isinstance(value, np.ndarray | list) and np.ndim(value) == 2:
                 frames[key] = np.asarray(value)  # kept, never changed
-        if not frames:
-            return
         with self._state_lock:
             scan = self._scans.get(raw_uid)
             if scan is None:
                 return
-            scan.raw_frames[doc.get("seq_num")] = frames
-            while len(scan.raw_frames) > _MAX_RAW_FRAMES:
-                scan.raw_frames.popitem(last=False)
-            scan.raw_count += 1
+            if scan.raw_run is not None:  # Datum ids: read when drawn, not here
+                for key, reference in scan.raw_run.event_references(doc).items():
+                    if self.field is None or key == self.field:
+                        frames.setdefault(key, reference)
+            if frames:
+                self._keep_raw(scan, doc.get("seq_num"), frames)
+
+    @staticmethod
+    def _keep_raw(scan: _Scan, seq_num: Any, frames: dict, *, merge: bool = False) -> None:
+        """Keep the raw frames (or references) of one seq_num, the last few only; call with
+        the state lock. ``merge``: add to what that seq_num has (StreamDatum, key by key)."""
+        if merge and seq_num in scan.raw_frames:
+            scan.raw_frames[seq_num].update(frames)
+            return
+        scan.raw_frames[seq_num] = frames
+        while len(scan.raw_frames) > _MAX_RAW_FRAMES:
+            scan.raw_frames.popitem(last=False)
+        scan.raw_count += 1
 
     def _field(self, scan: _Scan) -> str | None:
         return self.field or scan.provenance.get("field")
 
-    def _denoised_event(self, scan: _Scan, data: dict) -> None:
+    def _denoised_event(self, scan: _Scan, data: dict, seq_num: Any = None) -> None:
         key = self._field(scan)
         scan.denoised_seen += 1
         value = data.get(f"{key}_denoised") if key else None
@@ -446,6 +611,11 @@ class LiveDenoiseView(QtAwareCallback):
                                if k.endswith("_denoised")), (key, None))
         if value is not None and np.ndim(value) == 2:
             scan.latest_denoised = np.asarray(value)
+        elif value is None:  # in a file: its StreamDatum came first, with this seq_num
+            reference = self._denoised_reference(scan, seq_num, key)
+            if reference is not None:
+                scan.latest_denoised = reference
+                key = key or reference.key[: -len("_denoised")]
         seq = data.get("raw_seq_num")
         scan.latest_seq = int(seq) if isinstance(seq, int | np.integer) else None
         scan.latest_by = str(data.get(f"{key}_denoised_by", ""))
@@ -459,6 +629,20 @@ class LiveDenoiseView(QtAwareCallback):
         if scan.latest_seq is not None:
             for old in [s for s in scan.raw_frames if isinstance(s, int) and s < scan.latest_seq]:
                 scan.raw_frames.pop(old)
+
+    @staticmethod
+    def _denoised_reference(scan: _Scan, seq_num: Any, key: str | None
+                            ) -> FrameReference | None:
+        """The reference of the denoised frame of derived event ``seq_num`` (forgetting it
+        and any older one), or None."""
+        if not isinstance(seq_num, int | np.integer):
+            return None
+        reference = scan.denoised_refs.pop(int(seq_num), None)
+        for older in [s for s in scan.denoised_refs if s < seq_num]:
+            scan.denoised_refs.pop(older)
+        if reference is None or (key and reference.key != f"{key}_denoised"):
+            return None
+        return reference
 
     def _integrated_event(self, scan: _Scan, data: dict) -> None:
         key = self._field(scan)
@@ -488,6 +672,36 @@ class LiveDenoiseView(QtAwareCallback):
         except (TypeError, ValueError):
             report = {}
         scan.symmetry = report if isinstance(report, dict) else {}
+
+    def _read_frames(self, scan: _Scan, frozen: dict) -> dict:
+        """``frozen`` with its raw and denoised frames read where they are references.
+
+        Called without the state lock, on the drawing thread: the file is read there, and
+        the frame read replaces its reference in the scan, so it is read once. A frame that
+        cannot be read is recorded in :attr:`errors`, forgotten and not drawn.
+        """
+        for which in ("raw", "denoised"):
+            reference = frozen[which]
+            if not isinstance(reference, FrameReference):
+                continue
+            frame: np.ndarray | None
+            try:
+                frame = reference.read()
+            except Exception as exc:  # noqa: BLE001 - FrameSourceError, h5py's OSError, ...
+                self._record(f"cannot read the {which} frame {reference.key!r} "
+                             f"(seq_num {reference.seq_num}): {exc}")
+                frame = None
+            frozen[which] = frame
+            with self._state_lock:
+                if scan.latest_denoised is reference:
+                    scan.latest_denoised = frame
+                frames = scan.raw_frames.get(reference.seq_num) or {}
+                for key in [k for k, v in frames.items() if v is reference]:
+                    if frame is None:
+                        frames.pop(key)
+                    else:
+                        frames[key] = frame
+        return frozen
 
     # -- drawing -----------------------------------------------------------------------------
     def _draw_file(self, frozen: dict, suffix: str) -> None:
@@ -523,8 +737,8 @@ class LiveDenoiseView(QtAwareCallback):
                 frozen = _freeze(scan) if scan is not None else None
             self._dirty = False
             self._last_draw = time.monotonic()
-            if frozen is not None:
-                self._draw(frozen, None)
+            if scan is not None and frozen is not None:
+                self._draw(self._read_frames(scan, frozen), None)
         except Exception as exc:  # noqa: BLE001
             self._record(f"drawing failed: {exc!r}")
 
@@ -608,7 +822,8 @@ def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def _freeze(scan: _Scan) -> dict:
-    """A consistent copy of what a draw needs, taken under the state lock."""
+    """A consistent copy of what a draw needs, taken under the state lock (its frames may
+    still be references: :meth:`LiveDenoiseView._read_frames` reads them)."""
     field_name = scan.provenance.get("field")
     raw = None
     if scan.latest_seq is not None and scan.latest_seq in scan.raw_frames:
@@ -727,7 +942,7 @@ class _Panels:
                 if not present:
                     ax.set_axis_off()
                     ax.text(0.5, 0.5, "raw frame not received\n(subscribe the view to the "
-                            "RunEngine;\nframes must be inline in events)" if which == "raw"
+                            "RunEngine)\nor not readable (view.errors)" if which == "raw"
                             else "no denoised frame yet", ha="center", va="center",
                             transform=ax.transAxes, fontsize=10)
                     continue
