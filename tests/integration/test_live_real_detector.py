@@ -26,7 +26,7 @@ def test_pilatus1m_gaps_come_from_the_poni_and_read_zero(RE, pilatus, collector,
     frames = iter(pilatus.frames)
     detector = DirectImage(func=lambda: next(frames), name="det")
     # The PONI's centre is exact: refining it costs ~25 s on 1 Mpx with 2 shared cores.
-    sd = SymDenoise("det_img", poni=pilatus.poni, budget_s=0,
+    sd = SymDenoise("det_img", poni=pilatus.poni, budget_s=0, inline_limit_bytes=8_000_000,
                     config={"refine_center": False})
     RE.subscribe(collector)
     RE.subscribe(sd)
