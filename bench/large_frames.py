@@ -49,7 +49,9 @@ MODES = ("network", "classical")
 
 
 def _scan(detector: str, scene: str, counts: float, n_frames: int, seed: int):
-    """(raw frames, truth, mask, geometry) of a simulated scan on ``detector``."""
+    """(raw frames, truth, mask, geometry, scored) of a simulated scan on ``detector``;
+    ``scored``: the pixels quality is measured on (not masked, not flagged by the simulator
+    as dead, hot or overflowing)."""
     if "x" in detector and detector.replace("x", "").isdigit():
         from bluesky_symdenoise.simulate.scenes import make_scene
 
@@ -57,12 +59,13 @@ def _scan(detector: str, scene: str, counts: float, n_frames: int, seed: int):
         made = make_scene(scene, shape=(rows, cols), seed=seed)
         rng = np.random.default_rng(seed)
         raw = [made.expose(counts, rng) for _ in range(n_frames)]
-        return raw, made.scaled(counts), made.mask, made.geometry
+        return raw, made.scaled(counts), made.mask, made.geometry, ~made.mask
     from bluesky_symdenoise.simulate.detectors import simulate_detector_scan
 
     scan = simulate_detector_scan(detector, scene=scene, counts=counts, frames=n_frames,
                                   seed=seed)
-    return list(scan.frames), scan.truth, scan.mask, scan.geometry
+    return (list(scan.frames), scan.truth, scan.mask, scan.geometry,
+            ~(scan.mask | scan.flagged))
 
 
 class _RssSampler(threading.Thread):
@@ -97,7 +100,8 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
 
     torch.set_num_threads(2)
     warmup = 4
-    raw, truth, mask, geometry = _scan(detector, scene, counts, warmup + frames, seed)
+    raw, truth, mask, geometry, usable = _scan(detector, scene, counts, warmup + frames,
+                                               seed)
     served = iter(raw)
     det = DirectImage(func=lambda: next(served), name="det")
     det.img.exposure_time = 0
@@ -136,7 +140,7 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
             yield from bps.trigger_and_read([det])
         waited = time.perf_counter()
         while mode == "network" and time.perf_counter() < waited + budget + 120 and not any(
-                s["network_ready"] or "not trained" in str(s.get("network", ""))
+                s["network_ready"] or s.get("network") not in (None, "not trained yet")
                 for s in sd.status().values()):
             yield from bps.sleep(0.5)
         marks["waited"] = time.perf_counter() - waited
@@ -162,7 +166,6 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
     # Quality from the derived file: the frames after the warm-up.
     files = sorted(out_dir.glob("*.h5"))
     psnr_raw, psnr_den, iq_raw, iq_den = [], [], [], []
-    usable = ~mask
     if files:
         with h5py.File(files[-1], "r") as handle:
             denoised = handle["/entry/data/denoised"]
@@ -171,9 +174,9 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
                 psnr_raw.append(psnr(frame_raw, truth, usable))
                 psnr_den.append(psnr(np.asarray(denoised[index], np.float64), truth, usable))
                 if index == warmup:  # one frame's I(q): a full integration each
-                    iq_raw.append(iq_relative_error(frame_raw, truth, geometry, mask))
+                    iq_raw.append(iq_relative_error(frame_raw, truth, geometry, ~usable))
                     iq_den.append(iq_relative_error(np.asarray(denoised[index]), truth,
-                                                    geometry, mask))
+                                                    geometry, ~usable))
     info = summary[-1] if summary else {}
     served_by: dict[str, int] = {}
     for seq, who in by.items():

@@ -310,15 +310,19 @@ class RawConsistency:
             Float32 ``(H, W)``, non-negative; equal to ``denoised`` off rings and features.
         """
         good = self.good
-        raw = np.where(good, raw, 0.0).astype(np.float64)
-        out = np.maximum(np.where(good, denoised, 0.0).astype(np.float64), 0.0)
-        neighbours = [np.where(good, n, 0.0).astype(np.float64) for n in neighbours]
+        # Frames in float32 (bin sums are float64): 4 bytes a pixel per copy on a 4 Mpx
+        # detector, where this is the largest transient of serving a frame.
+        raw = np.where(good, raw, 0.0).astype(np.float32)
+        out = np.maximum(np.where(good, denoised, 0.0).astype(np.float32), 0.0)
+        neighbours = [np.where(good, n, 0.0).astype(np.float32) for n in neighbours]
         for step in self._hold_steps:
-            out = step.match(raw, out, neighbours if step.pooled else ())
+            step.match(raw, out, neighbours if step.pooled else ())
         spot_sums = self._spot_sums[bool(partners_used)]
         if spot_sums.index.size:
             out = spot_sums.match(raw, out)
-        return np.where(good, out, denoised).astype(np.float32)
+        out = np.asarray(out, np.float32)
+        np.copyto(out, np.asarray(denoised, np.float32), where=~good)
+        return out
 
     def _steps(self) -> tuple[_HeldBins, ...]:
         """The ring holds :meth:`apply` makes, in order, with their bins found once.
@@ -451,12 +455,13 @@ class _HeldBins:
     scaling them to the raw means outright would put their noise back into the frame.
     """
 
-    measured: np.ndarray  # flat bool: the pixels the means are taken over
+    measured: np.ndarray  # flat bool: the pixels the means are taken over (not a copy)
     scatter: BinScatter  # (bins, measured pixels): the binning
     weights: np.ndarray  # per bin: about how many measured pixels it rests on
-    index: np.ndarray  # flat indices of the pixels scaled
-    reader: BinReader  # how those pixels read a profile back
-    n_at: np.ndarray  # measured pixels behind the profile at each scaled pixel
+    held: np.ndarray  # flat bool: the pixels scaled
+    #: How the held pixels read a profile back, kept where the profile keeps its taps (a
+    #: small detector); on a large one made per use, so that a hold costs 1 byte a pixel.
+    kept_reader: BinReader | None
     passes: int
     shrink: bool = False
     sparse: bool = False
@@ -475,43 +480,63 @@ class _HeldBins:
         if index.size == 0:
             return None
         scatter, weights = profile.binning(measured_on)
-        # A bool mask and int32 indices: 5 bytes a pixel, not 16, on a 4 Mpx detector.
-        index = index.astype(np.int32) if index.size < np.iinfo(np.int32).max else index
-        return cls(measured=measured_on.reshape(-1).copy(), scatter=scatter, weights=weights,
-                   index=index, reader=profile.reader(index),
-                   n_at=n_pixels.reshape(-1)[index], passes=passes, shrink=shrink,
+        held = np.zeros(n_pixels.size, bool)
+        held[index] = True
+        kept = profile.reader(_int32(index)) if scatter.taps is not None else None
+        return cls(measured=measured_on.reshape(-1), scatter=scatter, weights=weights,
+                   held=held, kept_reader=kept, passes=passes, shrink=shrink,
                    sparse=sparse, pooled=pooled)
 
     def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An image's mean in each bin over the measured pixels, and the bins' weights."""
-        sums = self.scatter @ np.asarray(image, np.float64).reshape(-1)[self.measured]
+        sums = self.scatter @ np.asarray(image).reshape(-1)[self.measured]
         return sums / np.maximum(self.weights, 1e-12), self.weights
 
     def match(self, raw: np.ndarray, out: np.ndarray,
               neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
-        """``out`` (float64) scaled towards the raw means (a new array)."""
+        """``out`` (a contiguous float array) scaled towards the raw means, in place;
+        returns it. The per-pixel arithmetic is float32: the bins' means are sums over
+        many pixels (float64), each pixel's factor needs no more."""
         strict = self.shrink and not self.sparse
         target, dose = _pooled_bin_means(self.bin_means, raw,
                                          neighbours if self.pooled else ())
-        reader = self.reader
-        out = out.copy()
+        reader = self.kept_reader
+        if reader is None:
+            reader = self.scatter.profile.reader(_int32(np.flatnonzero(self.held)))
+        index = reader.index
+        assert index is not None  # a reader of the held pixels
         flat = out.reshape(-1)
-        raw_at = reader @ target
-        n_at = self.n_at * (reader @ dose)  # frames' worth of pixels behind the target
+        raw_at = (reader @ target).astype(np.float32)
+        # frames' worth of measured pixels behind the target at each held pixel
+        n_at = (reader @ self.weights).astype(np.float32)
+        n_at *= reader @ dose
         for _ in range(self.passes):
-            den_at = reader @ self.bin_means(out)[0]
+            den_at = (reader @ self.bin_means(out)[0]).astype(np.float32)
             counts = den_at * n_at
             # Held outright: bins with enough expected counts; the others (sparse corners,
             # low counts) are shrunk, so that a bin with a count or two is not set to it.
             # Pixels not held are scaled by exactly 1 (one gather and scatter per pass).
             enough = (counts >= (MIN_RING_COUNTS if strict else 1.0)) & (den_at > 0)
-            excess = np.divide(raw_at, den_at, out=np.ones_like(den_at), where=enough) - 1.0
+            excess = np.divide(raw_at, den_at, out=np.ones_like(den_at), where=enough)
+            excess -= 1.0
             shrunk = self.shrink | (counts < MIN_RING_COUNTS)
-            noise = np.divide(1.0, counts, out=np.zeros_like(counts), where=enough)
-            factor = np.where(shrunk, np.clip(1.0 - noise / np.maximum(excess ** 2, 1e-12),
-                                              0.0, 1.0), 1.0)
-            flat[self.index] *= 1.0 + excess * factor
+            noise = np.divide(np.float32(1.0), counts, out=np.zeros_like(counts),
+                              where=enough)
+            del counts, den_at, enough
+            factor = np.where(shrunk, np.clip(
+                1.0 - noise / np.maximum(excess ** 2, np.float32(1e-12)), 0.0, 1.0),
+                np.float32(1.0)).astype(np.float32)
+            del noise, shrunk
+            factor *= excess
+            factor += 1.0
+            flat[index] *= factor
         return out
+
+
+def _int32(index: np.ndarray) -> np.ndarray:
+    """Flat indices as int32 where they fit (half the bytes of int64)."""
+    return index.astype(np.int32) if index.size and index.max() < np.iinfo(np.int32).max \
+        else index
 
 
 def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
@@ -521,7 +546,7 @@ def _match_means(profile: RingProfile, measured_on: np.ndarray, scope: np.ndarra
     """Scale ``out`` on ``scope``, ``passes`` times, towards ``profile``'s means over
     ``measured_on`` equal to the raw ones (one-off :class:`_HeldBins`)."""
     held = _HeldBins.build(profile, measured_on, scope, passes, shrink=shrink, sparse=sparse)
-    return out if held is None else held.match(raw, out, neighbours)
+    return out if held is None else held.match(raw, np.array(out, np.float64), neighbours)
 
 
 @dataclass(frozen=True)

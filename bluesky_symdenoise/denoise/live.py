@@ -23,7 +23,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +65,23 @@ PASSTHROUGH = "none (passthrough)"
 PASSTHROUGH_MEMORY = "none (memory budget)"
 #: ``denoised_by`` of frames passed through raw so that a worker behind catches up.
 PASSTHROUGH_BEHIND = "none (keeping pace)"
-#: Transient memory of serving one frame (channels, network tiles aside, hold), and of a
-#: fine-tuning step's full-frame thinning and channels, in bytes per pixel; measured on
-#: 4 Mpx frames by ``bench/large_frames.py`` (peak RSS over the scan's steady state).
-_SERVE_BYTES_PER_PIXEL = 120
-_TRAINING_BYTES_PER_PIXEL = 200
+#: Transient memory, in bytes per pixel, of serving one frame through the network
+#: (channels, network tiles, the hold to the raw counts), through the classical fast mode,
+#: and of fine-tuning (full-frame targets and channels, batches); measured on 4 Mpx frames
+#: as the peak RSS over the scan's held state (``docs/real_detectors.md``). The memory
+#: guard claims them before each stage (:meth:`~.memory.MemoryGuard.claim`).
+_SERVE_BYTES_PER_PIXEL = 250
+_SERVE_CLASSICAL_BYTES_PER_PIXEL = 110
+#: The held-out I(q) check splits up to 4 warm-up frames, fewer on a detector above
+#: ``_IQ_CHECK_PIXELS / 4`` pixels: frames checked x pixels <= this, at least one frame.
+_IQ_CHECK_PIXELS = 1 << 21
+_TRAINING_BYTES_PER_PIXEL = 320
+#: The warm-up analysis's peak (4 frames: bad pixels, centre, symmetry and isotropy
+#: tests, the holds to the raw counts).
+_ANALYSIS_BYTES_PER_PIXEL = 280
+#: The held-out I(q) check's (a frame's halves denoised, then integrated full ring and
+#: sector): classical (False) and network (True).
+_IQ_CHECK_BYTES_PER_PIXEL = {False: 210, True: 350}
 
 
 def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +228,25 @@ class LiveDenoiser:
             A warning when the frames cannot be denoised: they are then passed through raw.
         """
         self.shape, self.user_mask = (shape[0], shape[1]), mask
+        with self.guard.claim(self._frame_bytes(_ANALYSIS_BYTES_PER_PIXEL)) as over:
+            if over is not None:  # the analysis itself would pass the budget
+                self.method, self.reason = "passthrough", over
+                return f"{over}: raw frames passed through"
+            warning = self._warm_up(frames, mask, center)
+        if warning is not None:
+            return warning
+        # Room left for the lightest denoising (the classical fast mode)?
+        over = self.guard.check(self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL))
+        if over is not None:  # what the analysis holds leaves no room to serve frames
+            self.denoiser = self.analysis = None
+            self.method, self.reason = "passthrough", over
+            return f"{over}: raw frames passed through"
+        if self.method not in NETWORK_METHODS:
+            self.network_note = f"no network: {self.reason}"
+        return None
+
+    def _warm_up(self, frames: Sequence[np.ndarray], mask: np.ndarray | None,
+                 center: tuple[float, float] | None) -> str | None:
         try:
             self.denoiser = denoiser = self._new_denoiser()
             stack = np.stack([f for f in frames if f.shape == self.shape and _numeric(f)])
@@ -224,13 +256,6 @@ class LiveDenoiser:
         except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
             self.method, self.reason = "passthrough", f"analysis failed: {exc}"
             return f"frames cannot be denoised ({exc}): raw frames passed through"
-        over = self.guard.check(self._frame_bytes(_SERVE_BYTES_PER_PIXEL))
-        if over is not None:  # what the analysis holds leaves no room to serve frames
-            self.denoiser = self.analysis = None
-            self.method, self.reason = "passthrough", over
-            return f"{over}: raw frames passed through"
-        if self.method not in NETWORK_METHODS:
-            self.network_note = f"no network: {self.reason}"
         return None
 
     def _choose_method(self, denoiser: ScanDenoiser, analysis: ScanAnalysis
@@ -277,7 +302,8 @@ class LiveDenoiser:
 
     def _mode(self, network_ready: bool) -> str:
         if self.method == "passthrough":
-            return PASSTHROUGH
+            return (PASSTHROUGH_MEMORY if self.reason.startswith("memory budget")
+                    else PASSTHROUGH)
         if network_ready:
             return f"network:{self.method}"
         if self.interim is not None:
@@ -293,10 +319,13 @@ class LiveDenoiser:
         Never raises: a failure is recorded in :attr:`failure` and :attr:`network_note`, and
         the interim mode keeps serving.
         """
-        over = self.guard.check(self._frame_bytes(_TRAINING_BYTES_PER_PIXEL))
-        if over is not None:
-            self.network_note = f"not trained ({over}): interim mode kept"
-            return
+        with self.guard.claim(self._frame_bytes(_TRAINING_BYTES_PER_PIXEL)) as over:
+            if over is not None:
+                self.network_note = f"not trained ({over}): interim mode kept"
+                return
+            self._fine_tune(cancel)
+
+    def _fine_tune(self, cancel: threading.Event) -> None:
         try:
             denoiser, analysis = self._analysed()
             seconds = self.budget_s
@@ -439,25 +468,24 @@ class LiveDenoiser:
                 prepared.append(((data, bad), flags))
         valid = [pair for pair, _ in prepared if pair is not None]
         outputs: list[np.ndarray] = []
-        by, failure, flag = "none", None, None
-        over = (self.guard.check(len(valid) * self._frame_bytes(_SERVE_BYTES_PER_PIXEL))
-                if valid and self.method != "passthrough" else None)
-        if over is not None:  # raw served, flagged: never more than the budget
-            outputs, by = [c.copy() for c, _ in valid], PASSTHROUGH_MEMORY
-            flag = f"{over}: raw passed through"
-        elif valid and behind > 0 and self.method != "passthrough":
-            outputs, by = [c.copy() for c, _ in valid], PASSTHROUGH_BEHIND
-            flag = (f"{behind} frames waiting (worker behind the detector): raw passed "
-                    "through to keep pace")
-        elif valid:
-            flips = None if len(valid) <= 1 else 1
-            counts = [c for c, _ in valid]
-            try:
-                outputs, by = self._denoise(counts, [b for _, b in valid], flips)
-            except Exception as exc:  # noqa: BLE001 - raw is served instead
-                failure = f"denoising failed: {exc!r}"
-                flag = f"denoising failed ({type(exc).__name__}: {exc}): raw copied"
-                outputs, by = [c.copy() for c in counts], "none"
+        # The memory budget is claimed for the batch's transients while it is served (the
+        # trainer thread counts them); a worker behind passes raw and needs none.
+        counts, bads = [c for c, _ in valid], [b for _, b in valid]
+        denoising = bool(valid) and self.method != "passthrough" and behind <= 0
+        network = denoising and self._serves_network()
+        # A network batch goes through in one stack; classical frames one by one.
+        need = (len(valid) * self._frame_bytes(_SERVE_BYTES_PER_PIXEL) if network
+                else self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL))
+        with self.guard.claim(need) if denoising else nullcontext(None) as over:
+            if over is None or not network:
+                outputs, by, failure, flag = self._serve_batch(counts, bads, behind, over)
+        if over is not None and network:  # the classical fast mode may still fit
+            need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL)
+            with self.guard.claim(need) as still_over:
+                outputs, by, failure, flag = self._serve_batch(
+                    counts, bads, behind, still_over, classical=True)
+            if still_over is None and failure is None:
+                flag = f"{over}: classical fast mode instead of the network"
         results = iter(outputs)
         served = []
         for pair, flags in prepared:
@@ -473,17 +501,51 @@ class LiveDenoiser:
                                       raw, bad, failure))
         return served
 
+    def _serves_network(self) -> bool:
+        """Whether frames served now go through a network (fine-tuned or interim)."""
+        return self.network_ready or self.interim is not None
+
+    def _serve_batch(self, counts: list[np.ndarray], bads: list[np.ndarray], behind: int,
+                     over: str | None, *, classical: bool = False
+                     ) -> tuple[list[np.ndarray], str, str | None, str | None]:
+        """Outputs, ``denoised_by``, failure and flag of a batch of prepared frames: raw if
+        the memory budget is reached (``over``) or the worker is ``behind``, else denoised
+        (``classical``: by the classical fast mode, whatever serves now; raw if the
+        denoiser raises)."""
+        if not counts:
+            return [], "none", None, None
+        if over is not None:  # raw served, flagged: never more than the budget
+            return ([c.copy() for c in counts], PASSTHROUGH_MEMORY, None,
+                    f"{over}: raw passed through")
+        if behind > 0 and self.method != "passthrough":
+            return ([c.copy() for c in counts], PASSTHROUGH_BEHIND, None,
+                    f"{behind} frames waiting (worker behind the detector): raw passed "
+                    "through to keep pace")
+        try:
+            outputs, by = self._denoise(counts, bads, None if len(counts) <= 1 else 1,
+                                        classical=classical)
+        except Exception as exc:  # noqa: BLE001 - raw is served instead
+            return ([c.copy() for c in counts], "none", f"denoising failed: {exc!r}",
+                    f"denoising failed ({type(exc).__name__}: {exc}): raw copied")
+        if by == PASSTHROUGH_MEMORY:  # the whole scan: its analysis did not fit
+            return outputs, by, None, f"{self.reason}: raw passed through"
+        return outputs, by, None, None
+
     def _denoise(self, frames: list[np.ndarray], bads: list[np.ndarray],
-                 flips: int | None) -> tuple[list[np.ndarray], str]:
-        """Denoise prepared frames by the mode serving now (the previous frame is each
-        one's neighbour); returns the outputs and who made them."""
+                 flips: int | None, *, classical: bool = False
+                 ) -> tuple[list[np.ndarray], str]:
+        """Denoise prepared frames by the mode serving now, or the classical fast mode
+        (the previous frame is each one's neighbour); returns the outputs and who made
+        them."""
         ready = self.network_ready  # the trainer thread may switch it on meanwhile
         by = self._mode(ready)
         if self.method == "passthrough":
             return [f.copy() for f in frames], by
         denoiser, analysis = self._analysed()
         previous, self._previous = self._previous, frames[-1]
-        engine = denoiser if ready else self.interim
+        engine = None if classical else denoiser if ready else self.interim
+        if classical:
+            by = f"classical-{classical_engine(self.method)} (memory budget)"
         if engine is not None:
             out = engine.denoise_frames(analysis, method=self.method, frames=frames,
                                         neighbours=[previous, *frames[:-1]], flips=flips)
@@ -528,11 +590,26 @@ class LiveDenoiser:
             return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
                                        preserve=self.config.preserve_total_counts)[0]
 
+        per_pixel = _IQ_CHECK_BYTES_PER_PIXEL[by.startswith("network")]
+        with self.guard.claim(self._frame_bytes(per_pixel)) as over:
+            if over is not None:
+                return (f"held-out I(q) check skipped for {by} ({over}): denoised sigma is "
+                        "the Poisson error at the denoised rate, no fallback")
+            return self._check_iq(by, serve, frames, bad, geometry, npt, sectors)
+
+    def _check_iq(self, by: str, serve: Callable[[np.ndarray, int, int], np.ndarray],
+                  frames: np.ndarray, bad: np.ndarray, geometry: DetectorGeometry, npt: int,
+                  sectors: list) -> str | None:
+        denoiser, analysis = self._analysed()
+        # Two denoising passes per frame checked: at most about two frames' worth on a
+        # large detector, so that the check costs the scan's start what serving does.
+        max_frames = int(np.clip(_IQ_CHECK_PIXELS // max(frames[0].size, 1), 1, 4))
         try:
             start = time.perf_counter()
             checks = denoiser.iq_check(analysis, method=self.method,
-                                            integration=integrator_for(geometry, bad), npt=npt,
-                                            sectors=sectors, serve=serve)
+                                       integration=integrator_for(geometry, bad), npt=npt,
+                                       sectors=sectors, serve=serve,
+                                       frames=frames[:max_frames], max_frames=max_frames)
             self.iq_seconds += time.perf_counter() - start
             self.iq_checks[by] = checks
         except Exception as exc:  # noqa: BLE001

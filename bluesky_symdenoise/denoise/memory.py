@@ -10,14 +10,20 @@ plugin starts, whichever is less), and the engine keeps to it three ways:
    detector as compact per-pixel taps, :mod:`.symmetry`);
 2. the network runs in tiles whose activations fit a quarter of the budget
    (:func:`inference_tile`; the tiles are exact, :mod:`.inference`);
-3. :class:`MemoryGuard` samples the process's resident memory (RSS, not an estimate): when
-   its growth since the scan started passes the budget, fine-tuning is skipped and frames
-   are passed through raw, each flagged with why (``docs/real_detectors.md``).
+3. :class:`MemoryGuard` samples the process's resident memory (RSS, not an estimate)
+   before each stage: when its growth since the scan started, plus what the stages running
+   now on other threads have reserved (:meth:`MemoryGuard.reserve`), plus the stage's own
+   measured need, passes the budget, the stage does not run: fine-tuning is skipped, the
+   held-out I(q) check is skipped, frames are passed through raw, each flagged with why
+   (``docs/real_detectors.md``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_MEMORY_CAP_GB", "MemoryGuard", "default_memory_budget_gb",
@@ -26,6 +32,9 @@ __all__ = ["DEFAULT_MEMORY_CAP_GB", "MemoryGuard", "default_memory_budget_gb",
 #: The default budget never exceeds this (GB): what a 4 Mpx scan needs on a CPU with the
 #: lean state and tiled inference (``bench/large_frames.py`` measures it).
 DEFAULT_MEMORY_CAP_GB = 1.5
+#: Share of the budget no stage may claim: what the stages' measured needs leave out
+#: (pyFAI's integration transients, documents, the derived file's buffers).
+HEADROOM = 0.15
 #: Fraction of the memory available at start that the default budget may take.
 DEFAULT_MEMORY_FRACTION = 0.25
 #: Activation memory of one forward pass, bytes per pixel per unit of network width (about
@@ -114,6 +123,9 @@ class MemoryGuard:
     budget_gb: float
     baseline: int = field(default_factory=resident_bytes)
     peak_growth: int = 0
+    #: Bytes reserved by the stages running now (fine-tuning, serving, the I(q) check).
+    reserved: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def budget_bytes(self) -> int:
@@ -128,10 +140,43 @@ class MemoryGuard:
         return growth
 
     def check(self, needed_bytes: int = 0) -> str | None:
-        """None if the growth so far plus ``needed_bytes`` fits the budget, else why not."""
+        """None if the growth so far, the reservations of the stages running now and
+        ``needed_bytes`` fit the budget (less its :data:`HEADROOM`) together, else why
+        not.
+
+        Conservative: a running stage's memory is counted in the growth and in its
+        reservation alike.
+        """
         growth = self.growth()
-        if growth + needed_bytes <= self.budget_bytes:
+        reserved = self.reserved
+        if growth + reserved + needed_bytes <= (1.0 - HEADROOM) * self.budget_bytes:
             return None
         extra = f" + {needed_bytes / _GB:.2f} GB needed" if needed_bytes else ""
+        running = (f" + {reserved / _GB:.2f} GB reserved by stages running"
+                   if reserved else "")
         return (f"memory budget: resident memory grew {growth / _GB:.2f} GB since the scan "
-                f"started{extra}, over max_memory_gb={self.budget_gb:.2f}")
+                f"started{running}{extra}, over max_memory_gb={self.budget_gb:.2f}")
+
+    @contextmanager
+    def claim(self, nbytes: int) -> Iterator[str | None]:
+        """Check ``nbytes`` (:meth:`check`) and, if they fit, hold them reserved while the
+        stage runs, so that the stages of other threads (the trainer, the server) count
+        them before they are resident. Yields why not (the stage must not run), or None.
+
+        Examples
+        --------
+        >>> guard = MemoryGuard(budget_gb=1.0)
+        >>> with guard.claim(1 << 20) as over:
+        ...     over is None and guard.reserved == 1 << 20
+        True
+        """
+        with self._lock:
+            over = self.check(nbytes)
+            if over is None:
+                self.reserved += nbytes
+        try:
+            yield over
+        finally:
+            if over is None:
+                with self._lock:
+                    self.reserved -= nbytes

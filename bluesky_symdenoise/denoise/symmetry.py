@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -321,20 +322,23 @@ class RingProfile:
             return tuple(b[index] for b in bins), tuple(w[index] for w in weights)
         s = self.sectors
         radius_map, phi_map = _polar_map(self.shape, self.center, s > 1)
-        radius = (radius_map if index is None else radius_map[index]) / self.bin_width
-        r_lo = np.floor(radius).astype(np.int64)
+        # float32 and int32 throughout: on a detector whose taps are not kept, these
+        # transients are what a profile costs per use.
+        radius = (radius_map if index is None else radius_map[index]) / np.float32(
+            self.bin_width)
+        r_lo = np.floor(radius).astype(np.int32)
         r_f = radius - r_lo
         del radius
         radial = ((r_lo, 1.0 - r_f), (r_lo + 1, r_f))
         azimuthal: tuple[tuple[np.ndarray, np.ndarray], ...]
         if s > 1 and phi_map is not None:
-            phi = (phi_map if index is None else phi_map[index]) * s - 0.5
-            p_lo = np.floor(phi).astype(np.int64)
+            phi = (phi_map if index is None else phi_map[index]) * np.float32(s) - 0.5
+            p_lo = np.floor(phi).astype(np.int32)
             p_f = phi - p_lo
             p_lo %= s
             azimuthal = ((p_lo, 1.0 - p_f), ((p_lo + 1) % s, p_f))
         else:
-            azimuthal = ((np.zeros(1, np.int64), np.ones(1)),)
+            azimuthal = ((np.zeros(1, np.int32), np.ones(1, np.float32)),)
         tap_bins: list[np.ndarray] = []
         tap_weights: list[np.ndarray] = []
         for r_idx, r_w in radial:
@@ -401,23 +405,44 @@ class RingProfile:
         return BinReader(self, index, self._taps(index) if self._kept is not None else None)
 
 
+#: Per tap of a profile: each pixel's flat bin (int32), then its weight (float32).
+Taps = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
+
 #: Detectors up to this many pixels keep each ring profile's taps (16-32 bytes a pixel per
 #: profile, several profiles a scan); larger ones recompute them per use from one shared
 #: polar map, trading some time per frame for a bounded footprint.
 TAPS_KEPT_UP_TO = 1 << 21
+#: Above it, taps are made for this many pixels at a time (their transients: about 40
+#: bytes a pixel of a chunk, not of the detector).
+TAP_CHUNK = 1 << 19
+
+
+def _polar_map(shape: tuple[int, int], center: tuple[float, float], with_azimuth: bool
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flat radius (px) and azimuth (fraction of a turn from -180°) of every pixel about
+    ``center``, float32 (4 bytes a pixel each, exact to 1e-3 px at 4000 px); the azimuth
+    only if asked."""
+    return (_radius_map(shape, center),
+            _azimuth_map(shape, center) if with_azimuth else None)
+
+
+def _offsets(shape: tuple[int, int], center: tuple[float, float]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column offsets from ``center`` as broadcastable float64 vectors."""
+    return (np.arange(shape[0], dtype=np.float64)[:, None] - center[0],
+            np.arange(shape[1], dtype=np.float64)[None, :] - center[1])
 
 
 @functools.lru_cache(maxsize=2)
-def _polar_map(shape: tuple[int, int], center: tuple[float, float], with_azimuth: bool
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Flat radius (px, float64) and azimuth (fraction of a turn from -180°, float64) of
-    every pixel about ``center``; the azimuth only if asked."""
-    rows, cols = np.indices(shape, dtype=np.float64)
-    dr, dc = (rows - center[0]).ravel(), (cols - center[1]).ravel()
-    del rows, cols
-    radius = np.hypot(dr, dc)
-    phi = (np.arctan2(dr, dc) + np.pi) / (2 * np.pi) if with_azimuth else None
-    return radius, phi
+def _radius_map(shape: tuple[int, int], center: tuple[float, float]) -> np.ndarray:
+    dr, dc = _offsets(shape, center)
+    return np.hypot(dr, dc).astype(np.float32).ravel()
+
+
+@functools.lru_cache(maxsize=2)
+def _azimuth_map(shape: tuple[int, int], center: tuple[float, float]) -> np.ndarray:
+    dr, dc = _offsets(shape, center)
+    return ((np.arctan2(dr, dc) + np.pi) / (2 * np.pi)).astype(np.float32).ravel()
 
 
 @dataclass(frozen=True)
@@ -443,12 +468,29 @@ class BinScatter:
 
     def __matmul__(self, values: np.ndarray | None) -> np.ndarray:
         n_bins = self.profile._n_bins
-        bins_of_taps, weights_of_taps = self.taps or self.profile._taps(self.pixels)
         total = np.zeros(n_bins)
-        for bins, weights in zip(bins_of_taps, weights_of_taps, strict=True):
-            tap = weights if values is None else weights * np.asarray(values, np.float64)
-            total += np.bincount(bins, tap, minlength=n_bins)
+        chunks: Iterable[tuple[Taps, np.ndarray | None]]
+        if self.taps is not None:
+            chunks = [(self.taps, values)]
+        else:  # taps made chunk by chunk: their transients stay bounded
+            chunks = self._chunks(values)
+        for (bins_of_taps, weights_of_taps), part in chunks:
+            for bins, weights in zip(bins_of_taps, weights_of_taps, strict=True):
+                tap = weights if part is None else weights * np.asarray(part, np.float64)
+                total += np.bincount(bins, tap, minlength=n_bins)
         return total
+
+    def _chunks(self, values: np.ndarray | None) -> Iterator[tuple[Taps, np.ndarray | None]]:
+        """Per run of :data:`TAP_CHUNK` detector pixels: the taps of its pixels in the set,
+        and their values."""
+        done = 0
+        for start in range(0, self.pixels.size, TAP_CHUNK):
+            index = np.flatnonzero(self.pixels[start:start + TAP_CHUNK]) + start
+            if index.size == 0:
+                continue
+            part = None if values is None else values[done:done + index.size]
+            done += index.size
+            yield self.profile._taps(index), part
 
 
 @dataclass(frozen=True)
@@ -461,11 +503,23 @@ class BinReader:
 
     def __matmul__(self, profile: np.ndarray) -> np.ndarray:
         values = np.asarray(profile, np.float64)
-        bins_of_taps, weights_of_taps = self.taps or self.profile._taps(self.index)
-        out = np.zeros(bins_of_taps[0].shape)
-        for bins, weights in zip(bins_of_taps, weights_of_taps, strict=True):
-            out += weights * values[bins]
+        size = (self.index.size if self.index is not None
+                else self.profile.shape[0] * self.profile.shape[1])
+        out = np.zeros(size)
+        if self.taps is not None:
+            self._read(self.taps, values, out)
+        else:  # taps made chunk by chunk: their transients stay bounded
+            for start in range(0, size, TAP_CHUNK):
+                stop = min(start + TAP_CHUNK, size)
+                index = (np.arange(start, stop) if self.index is None
+                         else self.index[start:stop])
+                self._read(self.profile._taps(index), values, out[start:stop])
         return out.reshape(self.profile.shape if self.index is None else self.index.shape)
+
+    @staticmethod
+    def _read(taps: Taps, values: np.ndarray, out: np.ndarray) -> None:
+        for bins, weights in zip(*taps, strict=True):
+            out += weights * values[bins]
 
 
 @functools.lru_cache(maxsize=16)
