@@ -19,6 +19,7 @@ scale, with masked pixels set to 0.0 (they are not estimates and must not be use
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -346,4 +347,32 @@ def classical_denoise(counts: np.ndarray, *, mask: np.ndarray | None = None,
     else:
         n_copies = np.ones(counts.shape)
     denoiser = bm3d_poisson if engine == "bm3d" else nlm_poisson
+    if engine == "nlm" and counts.size > LARGE_FRAME_PIXELS:
+        return _in_bands(denoiser, counts, _as_mask(mask, counts.shape), n_copies,
+                         readout_sigma)
     return denoiser(counts, mask, readout_sigma=readout_sigma, n_copies=n_copies)
+
+
+#: Frames above this many pixels go through the non-local means in bands of rows
+#: (:data:`BAND_ROWS`, with a halo of :data:`BAND_HALO` rows): a band's transients, not
+#: the frame's (the fill of masked pixels and the means are local; a placeholder deep in
+#: a wide gap may differ, and it is masked in the output).
+LARGE_FRAME_PIXELS = 1 << 21
+BAND_ROWS = 256
+#: The means' reach (patch distance 6 + half a patch 2) and the fill's (3 sigma = 6),
+#: with margin.
+BAND_HALO = 24
+
+
+def _in_bands(denoiser: Callable[..., np.ndarray], counts: np.ndarray, mask: np.ndarray,
+              n_copies: np.ndarray, readout_sigma: float) -> np.ndarray:
+    rows = counts.shape[0]
+    out = np.zeros(counts.shape, np.float32)
+    for start in range(0, rows, BAND_ROWS):
+        stop = min(start + BAND_ROWS, rows)
+        lo, hi = max(start - BAND_HALO, 0), min(stop + BAND_HALO, rows)
+        band = denoiser(counts[lo:hi], mask[lo:hi], readout_sigma=readout_sigma,
+                        n_copies=np.asarray(n_copies)[lo:hi] if np.ndim(n_copies) == 2
+                        else n_copies)
+        out[start:stop] = band[start - lo:stop - lo]
+    return out

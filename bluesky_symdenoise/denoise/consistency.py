@@ -65,6 +65,8 @@ from scipy.stats import chi2
 
 from .channels import ARC_SECTORS
 from .symmetry import (
+    BAND_ROWS,
+    TAPS_KEPT_UP_TO,
     BinReader,
     BinScatter,
     RingProfile,
@@ -703,14 +705,44 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     numpy.ndarray
         Bool ``(H, W)``, within ``good``.
     """
+    floor = None
+    if background is not None:  # a floor keeps empty radii from dividing by zero
+        level = float(np.maximum(np.asarray(background)[good], 0.0).mean()) \
+            if good.any() else 0.0
+        floor = 1e-3 * max(level, 1e-12) if good.any() else 1.0
+    if image.size <= TAPS_KEPT_UP_TO:
+        return _local_excess(image, good, background, floor, np.float64,
+                             z_threshold=z_threshold, boxes=boxes, grow=grow,
+                             background_error=background_error)
+    # A large detector in float32, in bands of rows whose halo covers the boxes and the
+    # growth (exact; the transients are a band's).
+    marked = np.zeros(good.shape, bool)
+    reach = boxes[2] // 2 + grow + 1
+    rows = good.shape[0]
+    for start in range(0, rows, BAND_ROWS):
+        stop = min(start + BAND_ROWS, rows)
+        lo, hi = max(start - reach, 0), min(stop + reach, rows)
+        band = _local_excess(np.asarray(image[lo:hi], np.float32), good[lo:hi],
+                             None if background is None
+                             else np.asarray(background[lo:hi], np.float32),
+                             floor, np.float32, z_threshold=z_threshold, boxes=boxes,
+                             grow=grow, background_error=background_error)
+        marked[start:stop] = band[start - lo:stop - lo]
+    return marked
+
+
+def _local_excess(image: np.ndarray, good: np.ndarray, background: np.ndarray | None,
+                  floor: float | None, dtype: type[np.floating], *, z_threshold: float,
+                  boxes: tuple[int, int, int], grow: int, background_error: float
+                  ) -> np.ndarray:
+    """:func:`local_excess` of an image (or a band of rows), in ``dtype``."""
     box, inner, outer = boxes
-    counts = np.where(good, image, 0.0).astype(np.float64)
-    if background is None:
-        weight = good.astype(np.float64)
-    else:  # a floor keeps empty radii from dividing by zero
-        shape = np.maximum(np.asarray(background, np.float64), 0.0)
-        floor = 1e-3 * max(float(shape[good].mean()), 1e-12) if good.any() else 1.0
-        weight = np.where(good, np.maximum(shape, floor), 0.0)
+    zero = dtype(0)
+    counts = np.where(good, image, zero).astype(dtype, copy=False)
+    if background is None or floor is None:
+        weight = good.astype(dtype)
+    else:
+        weight = np.where(good, np.maximum(np.asarray(background, dtype), dtype(floor)), zero)
 
     def box_sum(values: np.ndarray, size: int) -> np.ndarray:
         return ndimage.uniform_filter(values, size, mode="constant") * size * size
@@ -719,7 +751,7 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
         return box_sum(values, outer) - box_sum(values, inner)
 
     # "weight": the background the box and its frame expect (for a flat one, their pixels).
-    pixels = good.astype(np.float64)
+    pixels = good.astype(dtype)
     in_counts, in_weight = box_sum(counts, box), box_sum(weight, box)
     frame_counts, frame_weight = frame_sum(counts), frame_sum(weight)
     frame_pixels = frame_sum(pixels)

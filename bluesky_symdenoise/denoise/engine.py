@@ -580,6 +580,35 @@ class ScanDenoiser:
         return self._hold_to_raw(analysis, frames, out,
                                  ring_neighbours=ring_neighbours).astype(np.float32)
 
+    def classical_frames_held(self, analysis: ScanAnalysis, frames: Sequence[np.ndarray],
+                              bads: Sequence[np.ndarray], *,
+                              engine: Literal["bm3d", "nlm"] = "nlm",
+                              ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                              ) -> np.ndarray:
+        """New frames of the scan (the live path) denoised by the classical mode, each
+        with its own bad pixels, then held to their raw counts like the network's (rings,
+        arcs, spots: :mod:`.consistency`).
+
+        Parameters
+        ----------
+        frames
+            ``(H, W)`` counts with their bad pixels zeroed.
+        bads
+            Each frame's bad pixels.
+        ring_neighbours
+            Per frame, neighbouring raw frames whose ring means may be pooled with its own.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, H, W)`` float32.
+        """
+        stack = np.stack([np.asarray(f, np.float32) for f in frames])
+        out = np.stack([self.classical_frame(analysis, frame, engine=engine, bad=bad)
+                        for frame, bad in zip(stack, bads, strict=True)])
+        return self._hold_to_raw(analysis, stack, out,
+                                 ring_neighbours=ring_neighbours).astype(np.float32)
+
     def classical_frame(self, analysis: ScanAnalysis, frame: np.ndarray, *,
                         engine: Literal["bm3d", "nlm"] = "bm3d",
                         bad: np.ndarray | None = None) -> np.ndarray:

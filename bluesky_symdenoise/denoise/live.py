@@ -71,7 +71,7 @@ PASSTHROUGH_BEHIND = "none (keeping pace)"
 #: as the peak RSS over the scan's held state (``docs/real_detectors.md``). The memory
 #: guard claims them before each stage (:meth:`~.memory.MemoryGuard.claim`).
 _SERVE_BYTES_PER_PIXEL = 250
-_SERVE_CLASSICAL_BYTES_PER_PIXEL = 110
+_SERVE_CLASSICAL_BYTES_PER_PIXEL = 120
 #: The held-out I(q) check splits up to 4 warm-up frames, fewer on a detector above
 #: ``_IQ_CHECK_PIXELS / 4`` pixels: frames checked x pixels <= this, at least one frame.
 _IQ_CHECK_PIXELS = 1 << 21
@@ -550,10 +550,11 @@ class LiveDenoiser:
             out = engine.denoise_frames(analysis, method=self.method, frames=frames,
                                         neighbours=[previous, *frames[:-1]], flips=flips)
             return [np.asarray(o, np.float32) for o in out], by
-        return [denoiser.classical_frame(analysis, f, bad=b,
-                                         engine=classical_engine(self.method)
-                                         ).astype(np.float32)
-                for f, b in zip(frames, bads, strict=True)], by
+        out = denoiser.classical_frames_held(
+            analysis, frames, bads, engine=classical_engine(self.method),
+            ring_neighbours=[[n] if n is not None else []
+                             for n in [previous, *frames[:-1]]])
+        return list(out), by
 
     # -- the held-out I(q) check -------------------------------------------------------------
     def set_iq_integration(self, geometry: DetectorGeometry, npt: int,
@@ -585,8 +586,9 @@ class LiveDenoiser:
                 out = engine.denoise_frame(analysis, method=self.method, frame=half,
                                            neighbours=previous)
             else:
-                out = denoiser.classical_frame(analysis, half, bad=bad,
-                                               engine=classical_engine(self.method))
+                out = denoiser.classical_frames_held(
+                    analysis, [half], [bad], engine=classical_engine(self.method),
+                    ring_neighbours=[halves[:1]])[0]
             return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
                                        preserve=self.config.preserve_total_counts)[0]
 

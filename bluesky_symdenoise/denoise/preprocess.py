@@ -160,8 +160,9 @@ def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
     data[:, bad] = 0.0
     if not np.all(np.isfinite(data)):  # only masked pixels can still be non-finite
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    valid_values = data[:, ~bad]
-    integer_counts = bool(np.all(np.abs(valid_values - np.round(valid_values)) < 1e-3))
+    # Frame by frame (bad pixels are 0 by now): a frame's transients, not the scan's.
+    integer_counts = all(bool(np.all(np.abs(frame - np.rint(frame)) < 1e-3))
+                         for frame in data)
     if integrating:
         notes.append("integrating detector: shifted photon-equivalent frames, thinning uses "
                      "their rounded values")
@@ -247,7 +248,7 @@ def unusable_pixels(raw: np.ndarray, counts: np.ndarray, bad: np.ndarray) -> Unu
                 markers_per_frame = marked.sum(axis=(1, 2))
     finite = np.isfinite(counts)
     nonfinite = np.any(~finite, axis=0) & usable & ~saturated
-    negative = np.any(np.where(finite, counts, 0) < 0, axis=0) & usable & ~saturated
+    negative = np.any((counts < 0) & finite, axis=0) & usable & ~saturated
     return UnusablePixels(saturated=saturated, nonfinite=nonfinite, negative=negative,
                           markers=markers & ~saturated,
                           saturated_per_frame=saturated_per_frame,
@@ -275,14 +276,14 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     reads zero through the scan while each of its nearest neighbours that hold data (at least
     two of the four) has 15 counts or more (a chance below e^-15).
     """
-    total = np.asarray(frames, np.float64).sum(axis=0)
-    total = np.where(bad, 0.0, total)
+    total = np.asarray(frames).sum(axis=0, dtype=np.float64)  # no float64 copy of the scan
+    total[bad] = 0.0
     footprint = np.ones((3, 3), bool)
     footprint[1, 1] = False
     neighbour_third = ndimage.rank_filter(total, rank=-3, footprint=footprint, mode="constant")
     neighbour_max = ndimage.maximum_filter(total, footprint=footprint, mode="constant")
-    n_good = ndimage.convolve((~bad).astype(np.int64), footprint.astype(np.int64),
-                              mode="constant")
+    n_good = ndimage.convolve((~bad).astype(np.int8), footprint.astype(np.int8),
+                              mode="constant")  # at most 8
     reference = np.where(n_good >= 3, neighbour_third, neighbour_max)
     n_frames = frames.shape[0]
     hot = (n_good > 0) & (total > 5.0 * reference + 20.0 * np.sqrt(n_frames) + 5.0)

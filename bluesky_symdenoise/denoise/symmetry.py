@@ -405,6 +405,9 @@ class RingProfile:
         return BinReader(self, index, self._taps(index) if self._kept is not None else None)
 
 
+#: Rows per band of the local tests on a large detector (each band with its halo).
+BAND_ROWS = 256
+
 #: Per tap of a profile: each pixel's flat bin (int32), then its weight (float32).
 Taps = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
@@ -693,17 +696,19 @@ def symmetry_validity(image: np.ndarray, center: tuple[float, float],
         Relative error allowed for the resampled partner of a generic centre (added to the
         Poisson variance), so that high-count sums of sharp rings are not flagged.
     """
-    image = np.asarray(image, np.float64)
+    image = _lean_float(image)
     if image.ndim == 3:
         image = image.sum(axis=0)
     good = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
     sample = rotation180(image.shape, center).sample(image, ~good)
     paired = sample.valid & good
-    diff = np.where(paired, image - sample.values, 0.0)
+    values = sample.values.astype(image.dtype, copy=False)
+    diff = np.where(paired, image - values, image.dtype.type(0))
     # Expected variance of y - rot(y): Poisson, mean level times (1 + interpolation factor),
     # plus the bilinear resampling error of a generic centre on sharp features (a few % of
     # the level), which dominates when many frames are summed and would flag sharp rings.
-    level = np.where(paired, 0.5 * (image + sample.values), 0.0)
+    level = np.where(paired, 0.5 * (image + values), image.dtype.type(0))
+    del values
     variance = level * (1.0 + sample.weight_sq) + (interpolation_error * level) ** 2
     return _windowed_test(diff, variance, paired, good, windows, z_threshold)
 
@@ -715,22 +720,21 @@ def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
     signed sum of ``diff`` over it in units of its expected standard deviation; a pixel is a
     violation where any window covering it exceeds ``z_threshold``."""
     # A large detector's maps in float32 (half the transient memory; z is compared with a
-    # threshold of about 5, far above float32's rounding); smaller ones as they always were.
+    # threshold of about 5, far above float32's rounding), tested in bands of rows whose
+    # halo covers the filters' reach (exact; the transients are a band's, not the frame's);
+    # smaller ones as they always were.
     lean = diff.size > TAPS_KEPT_UP_TO
     if lean:
         diff, variance = diff.astype(np.float32), variance.astype(np.float32)
-    z_max = np.zeros(diff.shape, np.float32 if lean else np.float64)
-    for window in windows:
-        d_sum = ndimage.uniform_filter(diff, window, mode="constant")
-        d_sum *= window * window
-        v_sum = ndimage.uniform_filter(variance, window, mode="constant")
-        v_sum *= window * window
-        z = np.abs(d_sum) / np.sqrt(np.maximum(v_sum, 0.0) + 1.0)
-        del d_sum, v_sum
-        # A window's verdict applies to every pixel it covers.
-        z = ndimage.maximum_filter(z, window, mode="constant")
-        np.maximum(z_max, z, out=z_max)
-        del z
+        z_max = np.zeros(diff.shape, np.float32)
+        reach = max(windows)  # uniform filter's half window + maximum filter's
+        for start in range(0, diff.shape[0], BAND_ROWS):
+            stop = min(start + BAND_ROWS, diff.shape[0])
+            lo, hi = max(start - reach, 0), min(stop + reach, diff.shape[0])
+            z_max[start:stop] = _window_z_max(diff[lo:hi], variance[lo:hi],
+                                              windows)[start - lo:stop - lo]
+    else:
+        z_max = _window_z_max(diff, variance, windows)
     violation = paired & (z_max > z_threshold)
     valid = paired & ~violation
     n_good = max(int(good.sum()), 1)
@@ -742,6 +746,32 @@ def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
                           fraction_paired=float(paired.sum() / n_good),
                           fraction_violated=float(violation.sum() / n_paired),
                           chi2_per_pair=chi2)
+
+
+def _lean_float(image: np.ndarray) -> np.ndarray:
+    """An image as float64, or float32 on a large detector (half the memory; a scan's
+    summed counts are exact in float32 up to 2^24)."""
+    image = np.asarray(image)
+    large = image.size > TAPS_KEPT_UP_TO * (image.shape[0] if image.ndim == 3 else 1)
+    return image.astype(np.float32 if large else np.float64, copy=False)
+
+
+def _window_z_max(diff: np.ndarray, variance: np.ndarray, windows: tuple[int, ...]
+                  ) -> np.ndarray:
+    """Largest |z| over the windows covering each pixel (:func:`_windowed_test`)."""
+    z_max = np.zeros(diff.shape, diff.dtype)
+    for window in windows:
+        d_sum = ndimage.uniform_filter(diff, window, mode="constant")
+        d_sum *= window * window
+        v_sum = ndimage.uniform_filter(variance, window, mode="constant")
+        v_sum *= window * window
+        z = np.abs(d_sum) / np.sqrt(np.maximum(v_sum, 0.0) + 1.0)
+        del d_sum, v_sum
+        # A window's verdict applies to every pixel it covers.
+        z = ndimage.maximum_filter(z, window, mode="constant")
+        np.maximum(z_max, z, out=z_max)
+        del z
+    return z_max
 
 
 def isotropy_validity(image: np.ndarray, center: tuple[float, float],
@@ -780,13 +810,15 @@ def isotropy_validity(image: np.ndarray, center: tuple[float, float],
     SymmetryReport
         ``fraction_paired`` here is the fraction of good pixels on a usable ring.
     """
-    image = np.asarray(image, np.float64)
+    image = _lean_float(image)
     if image.ndim == 3:
         image = image.sum(axis=0)
     good = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
     ring_mean, n_pixels = ring_profile(image.shape, center, sectors, bin_width).mean(image,
                                                                                   good)
     paired = good & (n_pixels >= min_ring_pixels)
-    diff = np.where(paired, image - ring_mean, 0.0)
+    del n_pixels
+    ring_mean = ring_mean.astype(image.dtype, copy=False)
+    diff = np.where(paired, image - ring_mean, image.dtype.type(0))
     variance = np.where(paired, ring_mean + (interpolation_error * ring_mean) ** 2, 0.0)
     return _windowed_test(diff, variance, paired, good, windows, z_threshold)

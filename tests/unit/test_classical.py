@@ -172,3 +172,22 @@ def test_zs_noise2noise_improves_and_is_deterministic():
     again = zs_noise2noise(noisy, mask=mask, steps=20, seed=1, num_threads=1)
     assert np.array_equal(again, zs_noise2noise(noisy, mask=mask, steps=20, seed=1,
                                                 num_threads=1))
+
+
+def test_a_large_frame_goes_through_the_means_in_bands_with_the_same_result(monkeypatch):
+    """Above ``LARGE_FRAME_PIXELS`` the classical fast mode denoises bands of rows with a
+    halo: the frame comes out as the whole frame's (masked pixels 0)."""
+    from bluesky_symdenoise.denoise import classical
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("powder", shape=(200, 180), seed=8)
+    frame = scene.expose(3.0, np.random.default_rng(8))
+    center = scene.geometry.center
+    whole = classical.classical_denoise(frame, mask=scene.mask, center=center, engine="nlm")
+    monkeypatch.setattr(classical, "LARGE_FRAME_PIXELS", 1000)
+    monkeypatch.setattr(classical, "BAND_ROWS", 48)
+    banded = classical.classical_denoise(frame, mask=scene.mask, center=center,
+                                         engine="nlm")
+    good = ~scene.mask
+    assert banded.dtype == np.float32 and (banded[scene.mask] == 0).all()
+    np.testing.assert_allclose(banded[good], whole[good], rtol=1e-4, atol=1e-4)

@@ -303,3 +303,22 @@ def test_held_frames_keep_a_flash_and_show_no_ghost_of_it():
     for image, j in ((held[0], k - 1), (held[2], k + 1)):
         raw_ghost = abs(flash_area(frames[j], truth[j]))
         assert abs(flash_area(image, truth[j])) < max(2 * raw_ghost, 0.05)
+
+
+def test_spots_of_a_large_detector_found_in_float32_bands_are_the_whole_frames(
+        monkeypatch):
+    """Above ``TAPS_KEPT_UP_TO`` pixels the spot test runs in float32 bands of rows with a
+    halo: the same spots as the whole frame in float64."""
+    from bluesky_symdenoise.denoise import consistency
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("lattice", shape=(300, 280), seed=5)
+    image = scene.expose(30.0, np.random.default_rng(5))
+    good = ~scene.mask
+    background = np.abs(np.random.default_rng(6).normal(1.0, 0.2, image.shape))
+    whole = consistency.local_excess(image, good, background=background)
+    monkeypatch.setattr(consistency, "TAPS_KEPT_UP_TO", 1000)
+    monkeypatch.setattr(consistency, "BAND_ROWS", 40)
+    banded = consistency.local_excess(image, good, background=background)
+    assert whole.sum() > 20  # the lattice's spots are found
+    assert (banded != whole).sum() <= max(2, int(1e-3 * whole.sum()))

@@ -122,3 +122,27 @@ def test_isotropy_test_flags_texture_and_spots_not_rings():
     # texture breaks whole rings; 22.5° arcs follow it where it is slow
     assert fractions["textured", 1] > 0.3 > fractions["textured", 16], fractions
     assert fractions["lattice", 1] > 0.5 and fractions["lattice", 16] > 0.5, fractions
+
+
+def test_the_local_tests_of_a_large_detector_in_float32_bands_match_the_whole_frame(
+        monkeypatch):
+    """Above ``TAPS_KEPT_UP_TO`` pixels the 180° and isotropy tests run in float32, in bands
+    of rows with a halo: the same verdicts as the whole frame in float64."""
+    from bluesky_symdenoise.denoise import symmetry
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("textured", shape=(300, 280), seed=3)
+    image = scene.expose(20.0, np.random.default_rng(3))
+    center = scene.geometry.center
+    whole = (symmetry.symmetry_validity(image, center, scene.mask),
+             symmetry.isotropy_validity(image, center, scene.mask, sectors=16))
+    monkeypatch.setattr(symmetry, "TAPS_KEPT_UP_TO", 1000)
+    monkeypatch.setattr(symmetry, "BAND_ROWS", 40)
+    banded = (symmetry.symmetry_validity(image, center, scene.mask),
+              symmetry.isotropy_validity(image, center, scene.mask, sectors=16))
+    for full, band in zip(whole, banded, strict=True):
+        assert band.z_max.dtype == np.float32
+        np.testing.assert_allclose(band.z_max, full.z_max, rtol=1e-4, atol=1e-4)
+        assert (band.valid != full.valid).mean() < 1e-4
+        assert full.violation.any()  # the texture is found, in both
+        assert band.fraction_violated == pytest.approx(full.fraction_violated, abs=1e-4)
