@@ -11,7 +11,9 @@ each mode (``--modes``: ``network``, the plugin's default, and ``classical``, it
 2. records the process's resident memory (RSS) once the RunEngine, the detector and the
    frames exist, then runs a real RunEngine ``count`` of an ophyd.sim ``DirectImage`` with
    ``SymDenoise`` subscribed (lossless: the worker's capacity), after the warm-up waiting
-   for the fine-tuned network (at most ``--budget`` + 120 s), while a thread samples RSS
+   until its frames are published (the analysis and the held-out I(q) check done) and, in
+   the network mode, for the fine-tuned network (at most ``--budget`` + 300 s in all),
+   while a thread samples RSS
    every 20 ms: the peak growth is the plugin's extra memory (an upper bound: all the
    process's growth);
 3. frames/s = the frames after the warm-up / (first of them read -> last derived event),
@@ -139,9 +141,15 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
         for _ in range(warmup):
             yield from bps.trigger_and_read([det])
         waited = time.perf_counter()
-        while mode == "network" and time.perf_counter() < waited + budget + 120 and not any(
+
+        def settled() -> bool:  # warm-up frames published; the network trained or not
+            if len(by) < warmup:
+                return False
+            return mode != "network" or any(
                 s["network_ready"] or s.get("network") not in (None, "not trained yet")
-                for s in sd.status().values()):
+                for s in sd.status().values())
+
+        while time.perf_counter() < waited + budget + 300 and not settled():
             yield from bps.sleep(0.5)
         marks["waited"] = time.perf_counter() - waited
         marks["start"] = time.perf_counter()

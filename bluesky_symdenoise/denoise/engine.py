@@ -27,7 +27,7 @@ from .consistency import RawConsistency
 from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
 from .device import select_device
 from .inference import predict_rates
-from .memory import default_memory_budget_gb, inference_tile
+from .memory import default_memory_budget_gb, device_tile
 from .models import load_base_model, model_hash, new_model
 from .preprocess import InputError, PreparedScan, prepare_frames
 from .selection import (
@@ -148,7 +148,7 @@ class ScanDenoiser:
         self.events: list[str] = []
         #: The scan's memory budget (GB) and the network's tile core that fits it.
         self.memory_budget_gb = self.config.max_memory_gb or default_memory_budget_gb()
-        self.tile = inference_tile(self.memory_budget_gb, self.config.width)
+        self.tile = device_tile(self.device.type, self.memory_budget_gb, self.config.width)
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self, frames: np.ndarray, *, mask: np.ndarray | None = None,

@@ -45,7 +45,7 @@ from .engine import (
     thinned_neighbours,
     violation_map,
 )
-from .memory import MemoryGuard, default_memory_budget_gb
+from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
 from .selection import held_out_deviance
@@ -65,23 +65,28 @@ PASSTHROUGH = "none (passthrough)"
 PASSTHROUGH_MEMORY = "none (memory budget)"
 #: ``denoised_by`` of frames passed through raw so that a worker behind catches up.
 PASSTHROUGH_BEHIND = "none (keeping pace)"
-#: Transient memory, in bytes per pixel, of serving one frame through the network
-#: (channels, network tiles, the hold to the raw counts), through the classical fast mode,
-#: and of fine-tuning (full-frame targets and channels, batches); measured on 4 Mpx frames
-#: as the peak RSS over the scan's held state (``docs/real_detectors.md``). The memory
-#: guard claims them before each stage (:meth:`~.memory.MemoryGuard.claim`).
-_SERVE_BYTES_PER_PIXEL = 250
+#: Transient memory of the stages, measured as the peak RSS over the scan's held state on
+#: Pilatus 1M and Eiger2 4M frames (``docs/real_detectors.md``); the memory guard claims
+#: it before each stage (:meth:`~.memory.MemoryGuard.claim`). Serving through the network:
+#: the tiles' activations (a share of the budget, :func:`~.memory.inference_tile`), plus
+#: bytes per pixel of the first frame of a batch (channels, outputs, the hold to the raw
+#: counts) and of each further one.
+_SERVE_BYTES_PER_PIXEL = 170
+_SERVE_MORE_BYTES_PER_PIXEL = 100
+#: Serving through the classical fast mode (one frame at a time), bytes per pixel.
 _SERVE_CLASSICAL_BYTES_PER_PIXEL = 120
-#: The held-out I(q) check splits up to 4 warm-up frames, fewer on a detector above
-#: ``_IQ_CHECK_PIXELS / 4`` pixels: frames checked x pixels <= this, at least one frame.
-_IQ_CHECK_PIXELS = 1 << 21
-_TRAINING_BYTES_PER_PIXEL = 320
+#: Fine-tuning: bytes, plus bytes per pixel (full-frame targets and channels).
+_TRAINING_BYTES = 200 << 20
+_TRAINING_BYTES_PER_PIXEL = 240
 #: The warm-up analysis's peak (4 frames: bad pixels, centre, symmetry and isotropy
 #: tests, the holds to the raw counts).
 _ANALYSIS_BYTES_PER_PIXEL = 280
 #: The held-out I(q) check's (a frame's halves denoised, then integrated full ring and
 #: sector): classical (False) and network (True).
-_IQ_CHECK_BYTES_PER_PIXEL = {False: 210, True: 350}
+_IQ_CHECK_BYTES_PER_PIXEL = {False: 260, True: 400}
+#: The held-out I(q) check splits up to 4 warm-up frames, fewer on a detector above
+#: ``_IQ_CHECK_PIXELS / 4`` pixels: frames checked x pixels <= this, at least one frame.
+_IQ_CHECK_PIXELS = 1 << 21
 
 
 def live_cpu_settings(asked: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +324,8 @@ class LiveDenoiser:
         Never raises: a failure is recorded in :attr:`failure` and :attr:`network_note`, and
         the interim mode keeps serving.
         """
-        with self.guard.claim(self._frame_bytes(_TRAINING_BYTES_PER_PIXEL)) as over:
+        need = _TRAINING_BYTES + self._frame_bytes(_TRAINING_BYTES_PER_PIXEL)
+        with self.guard.claim(need) as over:
             if over is not None:
                 self.network_note = f"not trained ({over}): interim mode kept"
                 return
@@ -391,6 +397,12 @@ class LiveDenoiser:
                                  f">= {name} {ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------
+    def _network_bytes(self, n_frames: int) -> int:
+        """Transient memory of serving ``n_frames`` through the network, in one batch."""
+        return (int(INFERENCE_SHARE * self.guard.budget_bytes)
+                + self._frame_bytes(_SERVE_BYTES_PER_PIXEL)
+                + (n_frames - 1) * self._frame_bytes(_SERVE_MORE_BYTES_PER_PIXEL))
+
     def _frame_bytes(self, per_pixel: int) -> int:
         height, width = self.shape or (0, 0)
         return height * width * per_pixel
@@ -474,7 +486,7 @@ class LiveDenoiser:
         denoising = bool(valid) and self.method != "passthrough" and behind <= 0
         network = denoising and self._serves_network()
         # A network batch goes through in one stack; classical frames one by one.
-        need = (len(valid) * self._frame_bytes(_SERVE_BYTES_PER_PIXEL) if network
+        need = (self._network_bytes(len(valid)) if network
                 else self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL))
         with self.guard.claim(need) if denoising else nullcontext(None) as over:
             if over is None or not network:

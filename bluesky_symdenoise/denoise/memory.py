@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_MEMORY_CAP_GB", "MemoryGuard", "default_memory_budget_gb",
-           "inference_tile", "release_free_memory", "resident_bytes"]
+__all__ = ["DEFAULT_MEMORY_CAP_GB", "HEADROOM", "INFERENCE_SHARE", "MemoryGuard",
+           "default_memory_budget_gb",
+           "device_tile", "inference_tile", "release_free_memory", "resident_bytes"]
 
 #: The default budget never exceeds this (GB): what a 4 Mpx scan needs on a CPU with the
 #: lean state and tiled inference (``bench/large_frames.py`` measures it).
@@ -41,7 +42,7 @@ DEFAULT_MEMORY_FRACTION = 0.25
 #: 500 B/px at width 12 on a CPU, measured with ``predict_rates`` on 1 Mpx frames).
 _ACTIVATION_BYTES_PER_PIXEL_PER_WIDTH = 45
 #: Share of the budget that the network's activations may take at once.
-_INFERENCE_SHARE = 0.25
+INFERENCE_SHARE = 0.25
 #: Smallest tile core (pixels a side): below it the margins cost more than the core.
 _MIN_TILE = 128
 _GB = 1 << 30
@@ -97,10 +98,31 @@ def inference_tile(budget_gb: float, width: int, *, multiple: int = 8) -> int:
     ``budget_gb`` budget for a network of ``width`` (its window adds the tile margin)."""
     from .inference import TILE_MARGIN
 
-    window_pixels = _INFERENCE_SHARE * budget_gb * _GB / (
+    window_pixels = INFERENCE_SHARE * budget_gb * _GB / (
         _ACTIVATION_BYTES_PER_PIXEL_PER_WIDTH * max(width, 1))
     side = int(window_pixels ** 0.5) - 2 * TILE_MARGIN
     return max(_MIN_TILE, side - side % multiple)
+
+
+def device_tile(device: str, budget_gb: float, width: int, *,
+                free_bytes: int | None = None) -> int:
+    """The network's tile core on ``device`` (a ``torch.device`` type: ``"cpu"`` or
+    ``"cuda"``): from the scan's budget on a CPU (the process's memory), from half the GPU
+    memory free now on a GPU (``free_bytes``; default: ``torch.cuda.mem_get_info``), so a
+    4 Mpx frame goes through a large GPU in one tile and through a small one in several.
+    The out-of-memory fallback (:mod:`.device`) still halves batches if a tile does not fit.
+    """
+    if device != "cuda":
+        return inference_tile(budget_gb, width)
+    if free_bytes is None:
+        import torch
+
+        free_bytes, _ = torch.cuda.mem_get_info()
+    return inference_tile(_GPU_FREE_SHARE * free_bytes / _GB / INFERENCE_SHARE, width)
+
+
+#: Share of the GPU's free memory one forward pass's activations may take.
+_GPU_FREE_SHARE = 0.5
 
 
 @dataclass

@@ -67,21 +67,20 @@ def _pressed(engine, free_bytes: int) -> MemoryGuard:
 
 def test_the_network_serves_when_its_transients_fit(warmed_up):
     engine, frame = warmed_up
-    _pressed(engine, 400 * _MB)
+    _pressed(engine, 700 * _MB)
     [served] = engine.serve([frame])
     assert served.denoised_by == "network:base (interim)" and not served.flags
 
 
 def test_a_frame_the_network_cannot_serve_within_the_budget_goes_classical_flagged(
         warmed_up):
-    from bluesky_symdenoise.denoise.live import (
-        _SERVE_BYTES_PER_PIXEL,
-        _SERVE_CLASSICAL_BYTES_PER_PIXEL,
-    )
+    from bluesky_symdenoise.denoise.live import _SERVE_CLASSICAL_BYTES_PER_PIXEL
 
     engine, frame = warmed_up
-    network, classical = (frame.size * b for b in (_SERVE_BYTES_PER_PIXEL,
-                                                    _SERVE_CLASSICAL_BYTES_PER_PIXEL))
+    _pressed(engine, 0)
+    network = engine._network_bytes(1)  # with the pressed guard's budget
+    classical = frame.size * _SERVE_CLASSICAL_BYTES_PER_PIXEL
+    assert network > 2 * classical
     _pressed(engine, (network + classical) // 2)
     [served] = engine.serve([frame])
     assert served.denoised_by == "classical-nlm (memory budget)"
@@ -110,3 +109,13 @@ def test_fine_tuning_that_would_not_fit_is_skipped_and_says_why(warmed_up):
     engine.fine_tune(threading.Event())
     assert engine.network_note.startswith("not trained (memory budget:")
     assert not engine.network_ready
+
+
+def test_the_network_tile_comes_from_the_budget_on_a_cpu_and_free_memory_on_a_gpu():
+    from bluesky_symdenoise.denoise.memory import device_tile, inference_tile
+
+    assert device_tile("cpu", 1.5, 12) == inference_tile(1.5, 12)
+    small, large = (device_tile("cuda", 1.5, 12, free_bytes=gb << 30) for gb in (2, 80))
+    assert small < large  # a larger free GPU memory, larger tiles
+    assert large > 2162 + 128  # an Eiger2 4M frame in one tile on an 80 GB GPU
+    assert small >= 128
