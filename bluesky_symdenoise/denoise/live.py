@@ -49,6 +49,7 @@ from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
 from .selection import held_out_deviance
+from .symmetry import TAPS_KEPT_UP_TO
 
 __all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
            "live_cpu_settings"]
@@ -79,11 +80,15 @@ _SERVE_CLASSICAL_BYTES_PER_PIXEL = 120
 _TRAINING_BYTES = 200 << 20
 _TRAINING_BYTES_PER_PIXEL = 240
 #: The warm-up analysis's peak (4 frames: bad pixels, centre, symmetry and isotropy
-#: tests, the holds to the raw counts).
-_ANALYSIS_BYTES_PER_PIXEL = 280
+#: tests, the holds to the raw counts): on a detector up to ``TAPS_KEPT_UP_TO`` pixels,
+#: which keeps its ring profiles' taps and works in float64 (Pilatus 1M), and above it.
+_ANALYSIS_BYTES_PER_PIXEL = {False: 620, True: 280}
 #: The held-out I(q) check's (a frame's halves denoised, then integrated full ring and
 #: sector): classical (False) and network (True).
 _IQ_CHECK_BYTES_PER_PIXEL = {False: 260, True: 400}
+#: pyFAI's integration engines for the frames' I(q) (full ring and sector): held, and the
+#: transient of their build.
+_INTEGRATION_BYTES_PER_PIXEL = 190
 #: The held-out I(q) check splits up to 4 warm-up frames, fewer on a detector above
 #: ``_IQ_CHECK_PIXELS / 4`` pixels: frames checked x pixels <= this, at least one frame.
 _IQ_CHECK_PIXELS = 1 << 21
@@ -233,15 +238,20 @@ class LiveDenoiser:
             A warning when the frames cannot be denoised: they are then passed through raw.
         """
         self.shape, self.user_mask = (shape[0], shape[1]), mask
-        with self.guard.claim(self._frame_bytes(_ANALYSIS_BYTES_PER_PIXEL)) as over:
+        lean = shape[0] * shape[1] > TAPS_KEPT_UP_TO
+        with self.guard.claim(self._frame_bytes(_ANALYSIS_BYTES_PER_PIXEL[lean])) as over:
             if over is not None:  # the analysis itself would pass the budget
                 self.method, self.reason = "passthrough", over
                 return f"{over}: raw frames passed through"
             warning = self._warm_up(frames, mask, center)
         if warning is not None:
             return warning
-        # Room left for the lightest denoising (the classical fast mode)?
-        over = self.guard.check(self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL))
+        # Room left for the lightest denoising (the classical fast mode), beside what the
+        # I(q) of the frames will take (pyFAI's engines, held, and their build) when the
+        # scan has a geometry? If not, the analysis is let go and frames pass raw.
+        need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL + (
+            _INTEGRATION_BYTES_PER_PIXEL if center is not None else 0))
+        over = self.guard.check(need)
         if over is not None:  # what the analysis holds leaves no room to serve frames
             self.denoiser = self.analysis = None
             self.method, self.reason = "passthrough", over

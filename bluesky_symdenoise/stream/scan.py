@@ -401,11 +401,13 @@ class LiveScan:
                 else (npt, CAKE_AZIMUTHAL_BINS))
         self.derived = run = DerivedRun(engine, publisher, field, integration)
         self._declare_streams(run, shape)
+        # The held-out I(q) check before the fine-tuning starts: the two never hold their
+        # memory at once (the memory budget, :mod:`..denoise.memory`).
+        self._warn(engine.check_iq(engine.serving))
         if engine.wants_training:
             run.trainer = threading.Thread(target=self._train, args=(run,),
                                            name="symdenoise-trainer", daemon=True)
             run.trainer.start()
-        self._warn(engine.check_iq(engine.serving))
         held, self.held = self.held, []
         for seq_num, frame, received in held:
             self._serve(run, seq_num, frame, received)
