@@ -242,6 +242,7 @@ class LiveDenoiser:
         with self.guard.claim(self._frame_bytes(_ANALYSIS_BYTES_PER_PIXEL[lean])) as over:
             if over is not None:  # the analysis itself would pass the budget
                 self.method, self.reason = "passthrough", over
+                self.network_note = f"no network: {over}"
                 return f"{over}: raw frames passed through"
             warning = self._warm_up(frames, mask, center)
         if warning is not None:
@@ -255,6 +256,7 @@ class LiveDenoiser:
         if over is not None:  # what the analysis holds leaves no room to serve frames
             self.denoiser = self.analysis = None
             self.method, self.reason = "passthrough", over
+            self.network_note = f"no network: {over}"
             return f"{over}: raw frames passed through"
         if self.method not in NETWORK_METHODS:
             self.network_note = f"no network: {self.reason}"

@@ -119,3 +119,23 @@ def test_the_network_tile_comes_from_the_budget_on_a_cpu_and_free_memory_on_a_gp
     assert small < large  # a larger free GPU memory, larger tiles
     assert large > 2162 + 128  # an Eiger2 4M frame in one tile on an 80 GB GPU
     assert small >= 128
+
+
+def test_a_scan_whose_analysis_would_not_fit_passes_every_frame_raw_flagged():
+    from bluesky_symdenoise.denoise.live import LiveDenoiser
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("powder", shape=(512, 512), seed=12)
+    rng = np.random.default_rng(12)
+    frames = [scene.expose(2.0, rng) for _ in range(3)]
+    engine = LiveDenoiser(DenoiseConfig(max_memory_gb=0.05), budget_s=0)
+    warning = engine.warm_up(frames, shape=(512, 512), mask=scene.mask,
+                             center=scene.geometry.center)
+    assert warning is not None and "max_memory_gb=0.05" in warning
+    assert engine.method == "passthrough" and engine.analysis is None
+    assert engine.network_note.startswith("no network: memory budget")
+    [served] = engine.serve([frames[-1]])
+    assert served.denoised_by == "none (memory budget)"
+    assert any("raw passed through" in flag for flag in served.flags)
+    good = ~scene.mask
+    np.testing.assert_allclose(served.denoised[good], frames[-1][good])
