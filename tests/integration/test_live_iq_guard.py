@@ -10,6 +10,7 @@ from ophyd.sim import DirectImage
 from scipy.ndimage import gaussian_filter
 
 from bluesky_symdenoise.denoise import classical as classical_module
+from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.stream.callback import SymDenoise
 
 from .test_live_inline import run_scan
@@ -24,9 +25,18 @@ def _integrated(derived, key="det_img"):
 
 
 def _scan_with_fast_mode(fast_mode, RE, frames, scene, collector, derived, monkeypatch):
-    """A live scan whose classical fast mode is ``fast_mode``; returns the ``integrated``
-    stream as arrays and the summary's held-out check of that mode."""
+    """A live scan whose classical fast mode serves ``fast_mode``'s frames as they are (not
+    held to the raw counts, which would repair the damage the guard is here to catch);
+    returns the ``integrated`` stream as arrays and the summary's held-out check of that
+    mode."""
     monkeypatch.setattr(classical_module, "classical_denoise", fast_mode)
+
+    def unheld(self, analysis, frames, bads, *, engine="nlm", ring_neighbours=None):
+        return np.stack([self.classical_frame(analysis, np.asarray(f, np.float32),
+                                              engine=engine, bad=b).astype(np.float32)
+                         for f, b in zip(frames, bads, strict=True)])
+
+    monkeypatch.setattr(ScanDenoiser, "classical_frames_held", unheld)
     det = DirectImage(func=frames, name="det")
     sd = SymDenoise("det_img", center=scene.geometry.center, mask=scene.mask, budget_s=0,
                     sector=SECTOR)
