@@ -4,6 +4,8 @@ proves documents were not changed after the fact, and PSNR on valid pixels."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import event_model
 import numpy as np
@@ -59,3 +61,33 @@ def psnr(estimate: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
     """PSNR on valid pixels, peak = max of the truth there."""
     mse = float(np.mean((np.asarray(estimate, np.float64)[..., valid] - truth[valid]) ** 2))
     return 10 * np.log10(float(truth[valid].max()) ** 2 / mse)
+
+
+@contextmanager
+def running_beamline_ioc(shape: tuple[int, int], seed: int) -> Iterator:
+    """The beamline IOC (a caproto subprocess, Channel Access pinned to loopback) on a
+    powder scene; stopped, and checked stopped, on exit."""
+    from bluesky_symdenoise.detector.launch import start_beamline_ioc
+    from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
+
+    pin_ca_to_loopback()
+    ioc = start_beamline_ioc(scene="powder", shape=shape, seed=seed, counts_per_second=20.0)
+    try:
+        yield ioc
+    finally:
+        ioc.stop()
+        assert not ioc.running
+
+
+def count_and_drain(RE, detector, sd, num: int) -> str:
+    """A ``count`` of ``detector`` with ``sd`` (a subscribed SymDenoise) drained and closed
+    after it, whatever happened; asserts the plugin recorded no error. Returns the uid."""
+    from bluesky import plans as bp
+
+    try:
+        (uid,) = RE(bp.count([detector], num=num))
+        assert sd.flush(timeout=60)
+    finally:
+        assert sd.close(timeout=30)
+    assert sd.errors == []
+    return uid

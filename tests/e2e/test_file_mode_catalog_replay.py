@@ -23,12 +23,12 @@ import h5py
 import hdf5plugin  # noqa: F401  (the derived file is Bitshuffle-compressed)
 import numpy as np
 import pytest
-from bluesky import plans as bp
 
-from bluesky_symdenoise.detector.loopback import loopback_env, pin_ca_to_loopback
+from bluesky_symdenoise.detector.loopback import loopback_env
 from bluesky_symdenoise.store import derived_runs_of, registered_directories
 from bluesky_symdenoise.stream.callback import SymDenoise
 from bluesky_symdenoise.stream.derived_files import DERIVED_DATASET
+from tests.helpers import count_and_drain, running_beamline_ioc
 
 from .conftest import REPO, run
 
@@ -44,15 +44,8 @@ DERIVED_FIELD = f"{FIELD}_denoised"
 
 @pytest.fixture(scope="module")
 def beamline_ioc():
-    from bluesky_symdenoise.detector.launch import start_beamline_ioc
-
-    pin_ca_to_loopback()
-    ioc = start_beamline_ioc(scene="powder", shape=SHAPE, seed=5, counts_per_second=20.0)
-    try:
+    with running_beamline_ioc(SHAPE, seed=5) as ioc:
         yield ioc
-    finally:
-        ioc.stop()
-        assert not ioc.running
 
 
 def _live_run(beamline_ioc, RE, collector, derived, catalog_dir, frames_dir, derived_dir):
@@ -79,12 +72,7 @@ def _live_run(beamline_ioc, RE, collector, derived, catalog_dir, frames_dir, der
             sd.subscribe(derived)
             for callback in (collector, writer, sd):
                 RE.subscribe(callback)
-            try:
-                (uid,) = RE(bp.count([det], num=N_FRAMES))
-                assert sd.flush(timeout=60)
-            finally:
-                assert sd.close(timeout=30)
-            assert sd.errors == []
+            uid = count_and_drain(RE, det, sd, N_FRAMES)
         finally:
             client.context.close()
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from bluesky import plans as bp
 
-from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
 from bluesky_symdenoise.stream.callback import SymDenoise
+from tests.helpers import count_and_drain, running_beamline_ioc
 
 # ~35 s on 2 shared cores: the Tiled server start (~11 s) and the denoiser warm-up dominate.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -27,15 +26,8 @@ FIELD = "det_image"
 
 @pytest.fixture(scope="module")
 def beamline_ioc():
-    from bluesky_symdenoise.detector.launch import start_beamline_ioc
-
-    pin_ca_to_loopback()
-    ioc = start_beamline_ioc(scene="powder", shape=SHAPE, seed=4, counts_per_second=20.0)
-    try:
+    with running_beamline_ioc(SHAPE, seed=4) as ioc:
         yield ioc
-    finally:
-        ioc.stop()
-        assert not ioc.running
 
 
 def test_frames_through_hdf5_files_are_filled_and_denoised(beamline_ioc, RE, collector,
@@ -62,12 +54,7 @@ def test_frames_through_hdf5_files_are_filled_and_denoised(beamline_ioc, RE, col
             sd.subscribe(derived)
             for callback in (collector, writer, sd):
                 RE.subscribe(callback)
-            try:
-                (uid,) = RE(bp.count([det], num=N_FRAMES))
-                assert sd.flush(timeout=60)
-            finally:
-                assert sd.close(timeout=30)
-            assert sd.errors == []
+            uid = count_and_drain(RE, det, sd, N_FRAMES)
 
             # The raw run: Datum ids in the events, not arrays; one AD_HDF5 Resource.
             (descriptor,) = collector.of("descriptor")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
-from bluesky import plans as bp
 from bluesky.utils import short_uid
 from caproto.sync import client as ca_client
 from event_model import RunRouter, unpack_event_page
@@ -28,7 +27,7 @@ from event_model import RunRouter, unpack_event_page
 from bluesky_symdenoise.detector.launch import start_beamline_ioc
 from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
 from bluesky_symdenoise.stream.callback import SymDenoise
-from tests.helpers import DocumentCollector
+from tests.helpers import DocumentCollector, count_and_drain
 
 bluesky_darkframes = pytest.importorskip(
     "bluesky_darkframes", reason="bluesky-darkframes is not installed (pip install -e '.[test]')")
@@ -131,12 +130,7 @@ def test_dark_subtracted_flat_panel_frames_are_denoised_in_adu(flat_panel_ioc, R
 
     RE.subscribe(collector)
     RE.subscribe(RunRouter([dark_subtraction_then_symdenoise]))
-    try:
-        (uid,) = RE(bp.count([det], num=N_FRAMES))
-        assert sd.flush(timeout=60)
-    finally:
-        assert sd.close(timeout=30)
-    assert sd.errors == []
+    uid = count_and_drain(RE, det, sd, N_FRAMES)
     assert collector.unchanged(), "a raw document was changed"
 
     # The raw run: one dark frame (shutter closed), then the light frames, in ADU.
