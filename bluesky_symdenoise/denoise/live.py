@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -341,9 +340,27 @@ class LiveDenoiser:
             if over is not None:
                 self.network_note = f"not trained ({over}): interim mode kept"
                 return
-            self._fine_tune(cancel)
+            trained = self._fine_tune(cancel)
+        if not trained:
+            return
+        # The check serves a held-out frame through the network and through the interim
+        # mode: it needs what serving needs, claimed once training has let go of its own.
+        with self.guard.claim(self._network_bytes(2)) as over:
+            if over is not None:
+                self.network_note = f"network not checked ({over}): interim mode kept"
+                return
+            try:
+                passed, note = self._validate_network()
+            except Exception as exc:  # noqa: BLE001
+                self.network_note = f"network check failed ({exc}): interim mode kept"
+                return
+        if passed:
+            self.check_iq(f"network:{self.method}")
+            self.network_ready = True
+        self.network_note = note
 
-    def _fine_tune(self, cancel: threading.Event) -> None:
+    def _fine_tune(self, cancel: threading.Event) -> bool:
+        """Fit the network; True when it trained long enough to be checked."""
         try:
             denoiser, analysis = self._analysed()
             seconds = self.budget_s
@@ -356,29 +373,24 @@ class LiveDenoiser:
                                  "interim mode kept")
             self.failure = self.failure or f"training failed: {exc!r}"
             logger.warning("symdenoise: %s", self.network_note)
-            return
+            return False
         if log.cancelled:
             self.network_note = (f"training cut short (stopped at step {log.steps}: the raw "
                                  "run ended): interim mode kept")
-            return
+            return False
         if log.steps < self.min_training_steps:
             self.network_note = (f"only {log.steps} training steps in {log.seconds:.1f} s "
                                  f"(< {self.min_training_steps}): interim mode kept")
-            return
-        try:
-            self._validate_network()
-        except Exception as exc:  # noqa: BLE001
-            self.network_note = f"network check failed ({exc}): interim mode kept"
+            return False
+        return True
 
-    def _validate_network(self) -> None:
-        """Switch the network on only if it beats the interim mode on a held-out binomial
-        split of the last warm-up frame (:func:`~.selection.held_out_deviance`)."""
+    def _validate_network(self) -> tuple[bool, str]:
+        """Whether the network beats the interim mode on a held-out binomial split of the
+        last warm-up frame (:func:`~.selection.held_out_deviance`), and why."""
         denoiser, analysis = self._analysed()
         prepared = analysis.prepared
         if not prepared.countlike:
-            self.network_ready = True
-            self.network_note = "network used (non-integer counts: held-out check skipped)"
-            return
+            return True, "network used (non-integer counts: held-out check skipped)"
         frame, good = prepared.frames[-1], prepared.good
         # The neighbour is thinned like the frame (half of its counts), as in training.
         previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
@@ -400,13 +412,9 @@ class LiveDenoiser:
                 lambda x: denoiser.classical_frame(analysis, x, engine="nlm",
                                                    bad=prepared.bad), frame, good, 1)
         if net < ref:
-            self.check_iq(f"network:{self.method}")
-            self.network_ready = True
-            self.network_note = (f"network used: held-out deviance {net:.4f} < {name} "
-                                 f"{ref:.4f}")
-        else:
-            self.network_note = (f"fine-tuned network not used: held-out deviance {net:.4f} "
-                                 f">= {name} {ref:.4f} (budget too short?)")
+            return True, f"network used: held-out deviance {net:.4f} < {name} {ref:.4f}"
+        return False, (f"fine-tuned network not used: held-out deviance {net:.4f} >= {name} "
+                       f"{ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------
     def _network_bytes(self, n_frames: int) -> int:
@@ -491,26 +499,8 @@ class LiveDenoiser:
                 data, bad, flags = self.prepare_frame(frame)
                 prepared.append(((data, bad), flags))
         valid = [pair for pair, _ in prepared if pair is not None]
-        outputs: list[np.ndarray] = []
-        # The memory budget is claimed for the batch's transients while it is served (the
-        # trainer thread counts them); a worker behind passes raw and needs none.
         counts, bads = [c for c, _ in valid], [b for _, b in valid]
-        denoising = bool(valid) and self.method != "passthrough" and behind <= 0
-        network = denoising and self._serves_network()
-        # A network batch goes through in one stack; classical frames one by one.
-        need = (self._network_bytes(len(valid)) if network
-                else self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL))
-        with self.guard.claim(need) if denoising else nullcontext(None) as over:
-            if over is None or not network:
-                outputs, by, failure, flag = self._serve_batch(counts, bads, behind, over)
-        if over is not None and network:  # the classical fast mode may still fit
-            need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL)
-            with self.guard.claim(need) as still_over:
-                outputs, by, failure, flag = self._serve_batch(
-                    counts, bads, behind, still_over, classical=True)
-            if still_over is None and failure is None:
-                flag = f"{over}: classical fast mode instead of the network"
-        results = iter(outputs)
+        results = iter(self._serve_within_budget(counts, bads, behind))
         served = []
         for pair, flags in prepared:
             if pair is None:
@@ -518,24 +508,64 @@ class LiveDenoiser:
                                           tuple(flags), None, None))
                 continue
             raw, bad = pair
-            denoised = scale_to_raw_counts(next(results)[None], raw[None], ~bad,
+            output, by, failure, flag = next(results)
+            denoised = scale_to_raw_counts(output[None], raw[None], ~bad,
                                            zeroed=bad,
                                            preserve=self.config.preserve_total_counts)[0]
             served.append(ServedFrame(denoised, by, tuple(flags + [flag] if flag else flags),
                                       raw, bad, failure))
         return served
 
+    def _serve_within_budget(self, counts: list[np.ndarray], bads: list[np.ndarray],
+                             behind: int) -> list[tuple[np.ndarray, str, str | None, str | None]]:
+        """Per prepared frame: its output, ``denoised_by``, failure and flag.
+
+        The memory budget is claimed for a batch's transients while it is served (the
+        trainer thread counts them): the whole batch through the network, else its frames
+        one at a time, else the classical fast mode, else raw. A worker behind passes raw
+        and needs none.
+        """
+        def each(batch: tuple[list[np.ndarray], str, str | None, str | None]
+                 ) -> list[tuple[np.ndarray, str, str | None, str | None]]:
+            outputs, by, failure, flag = batch
+            return [(output, by, failure, flag) for output in outputs]
+
+        if not counts or self.method == "passthrough" or behind > 0:
+            return each(self._serve_batch(counts, bads, behind, None))
+        classical_need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL)
+        if not self._serves_network():
+            with self.guard.claim(classical_need) as over:
+                return each(self._serve_batch(counts, bads, behind, over))
+        flips = None if len(counts) <= 1 else 1  # a batch: the worker is catching up
+        over = None
+        for size in dict.fromkeys((len(counts), 1)):
+            with self.guard.claim(self._network_bytes(size)) as over:
+                if over is None:
+                    served: list[tuple[np.ndarray, str, str | None, str | None]] = []
+                    for start in range(0, len(counts), size):
+                        served += each(self._serve_batch(
+                            counts[start:start + size], bads[start:start + size], behind,
+                            None, flips=flips))
+                    return served
+        with self.guard.claim(classical_need) as still_over:  # the fast mode may still fit
+            outputs, by, failure, flag = self._serve_batch(counts, bads, behind, still_over,
+                                                           classical=True)
+        if still_over is None and failure is None:
+            flag = f"{over}: classical fast mode instead of the network"
+        return each((outputs, by, failure, flag))
+
     def _serves_network(self) -> bool:
         """Whether frames served now go through a network (fine-tuned or interim)."""
         return self.network_ready or self.interim is not None
 
     def _serve_batch(self, counts: list[np.ndarray], bads: list[np.ndarray], behind: int,
-                     over: str | None, *, classical: bool = False
+                     over: str | None, *, classical: bool = False, flips: int | None = None
                      ) -> tuple[list[np.ndarray], str, str | None, str | None]:
         """Outputs, ``denoised_by``, failure and flag of a batch of prepared frames: raw if
         the memory budget is reached (``over``) or the worker is ``behind``, else denoised
         (``classical``: by the classical fast mode, whatever serves now; raw if the
-        denoiser raises)."""
+        denoiser raises; ``flips``: the network's test-time flips, default the
+        configuration's for one frame, one for a batch)."""
         if not counts:
             return [], "none", None, None
         if over is not None:  # raw served, flagged: never more than the budget
@@ -546,8 +576,9 @@ class LiveDenoiser:
                     f"{behind} frames waiting (worker behind the detector): raw passed "
                     "through to keep pace")
         try:
-            outputs, by = self._denoise(counts, bads, None if len(counts) <= 1 else 1,
-                                        classical=classical)
+            if flips is None and len(counts) > 1:
+                flips = 1
+            outputs, by = self._denoise(counts, bads, flips, classical=classical)
         except Exception as exc:  # noqa: BLE001 - raw is served instead
             return ([c.copy() for c in counts], "none", f"denoising failed: {exc!r}",
                     f"denoising failed ({type(exc).__name__}: {exc}): raw copied")

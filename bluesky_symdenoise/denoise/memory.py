@@ -8,7 +8,7 @@ plugin starts, whichever is less), and the engine keeps to it three ways:
 
 1. what scales with the frame is held lean (ring profiles and partner plans of a large
    detector as compact per-pixel taps, :mod:`.symmetry`);
-2. the network runs in tiles whose activations fit a quarter of the budget
+2. the network runs in tiles whose activations fit a share of the budget
    (:func:`inference_tile`; the tiles are exact, :mod:`.inference`);
 3. :class:`MemoryGuard` samples the process's resident memory (RSS, not an estimate)
    before each stage: when its growth since the scan started, plus what the stages running
@@ -41,8 +41,10 @@ DEFAULT_MEMORY_FRACTION = 0.25
 #: Activation memory of one forward pass, bytes per pixel per unit of network width (about
 #: 500 B/px at width 12 on a CPU, measured with ``predict_rates`` on 1 Mpx frames).
 _ACTIVATION_BYTES_PER_PIXEL_PER_WIDTH = 45
-#: Share of the budget that the network's activations may take at once.
-INFERENCE_SHARE = 0.25
+#: Share of the budget that the network's activations may take at once: small enough that
+#: a 1 Mpx frame still goes through the network beside the scan's state within the default
+#: budget (``bench/large_frames.py``), large enough that the tiles' margins cost little.
+INFERENCE_SHARE = 0.15
 #: Smallest tile core (pixels a side): below it the margins cost more than the core.
 _MIN_TILE = 128
 _GB = 1 << 30

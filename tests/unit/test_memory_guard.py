@@ -91,6 +91,16 @@ def test_a_frame_the_network_cannot_serve_within_the_budget_goes_classical_flagg
     assert served.denoised[good].std() < frame[good].std()  # denoised, not raw
 
 
+def test_a_batch_the_network_cannot_take_at_once_goes_through_it_frame_by_frame(warmed_up):
+    engine, frame = warmed_up
+    _pressed(engine, 0)
+    one, two = engine._network_bytes(1), engine._network_bytes(2)
+    _pressed(engine, (one + two) // 2)
+    served = engine.serve([frame, frame.copy()])
+    assert [s.denoised_by for s in served] == ["network:base (interim)"] * 2
+    assert not any(s.flags for s in served)
+
+
 def test_a_frame_nothing_can_serve_within_the_budget_passes_raw_flagged(warmed_up):
     engine, frame = warmed_up
     _pressed(engine, 1 * _MB)
