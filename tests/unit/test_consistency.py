@@ -322,3 +322,40 @@ def test_spots_of_a_large_detector_found_in_float32_bands_are_the_whole_frames(
     banded = consistency.local_excess(image, good, background=background)
     assert whole.sum() > 20  # the lattice's spots are found
     assert (banded != whole).sum() <= max(2, int(1e-3 * whole.sum()))
+
+
+def test_a_floor_left_in_the_sparse_corners_is_held_to_the_raw_level():
+    """Beyond the outermost ring, in the detector's corners, each radius has few pixels and
+    few counts: a denoiser's floor there (3 times the truth, as both the network and the
+    classical mode leave at 0.1-0.25 counts/pixel) cannot be proven wrong bin by bin, and
+    the full-ring I(q) carried it. Runs of sparse radii are held together to their pooled
+    raw level."""
+    from bluesky_symdenoise.denoise.consistency import _merge_sparse_bins
+
+    scene, truth, frames, consistency = _scan("powder", 0.25, seed=7)
+    good = scene.usable
+    cy, cx = scene.geometry.center
+    rows, cols = np.indices(truth.shape)
+    radius = np.hypot(rows - cy, cols - cx)
+    corner = good & (radius > np.quantile(radius[good], 0.97))
+    floored = np.where(corner, 3.0 * truth, truth)
+    held = np.stack([consistency.apply(f, floored, neighbours=[g for g in frames if g is not f])
+                     for f in frames])
+    before = _ratio(floored, truth, corner)
+    after = _ratio(held.mean(0), truth, corner)
+    raw = _ratio(frames.mean(0), truth, corner)
+    print(f"corner level over the truth: floored {before:.2f}, held {after:.2f}, raw {raw:.2f}")
+    assert before > 2.9
+    assert abs(after - raw) < 0.35 and after < 1.5
+
+    # The runs: consecutive sparse bins only, never a bin with enough counts of its own.
+    den = np.array([20.0, 0.5, 0.5, 0.5, 20.0, 0.2, 0.2, 0.0])
+    support = np.array([1.0, 8.0, 8.0, 8.0, 1.0, 8.0, 8.0, 0.0])
+    target = np.array([20.0, 0.1, 0.2, 0.3, 20.0, 0.0, 0.1, 0.0])
+    merged = _merge_sparse_bins(den, target, support)
+    assert merged is not None
+    group_target, group_den, gain = merged
+    np.testing.assert_allclose(group_target[[0, 4]], [20.0, 20.0])
+    np.testing.assert_allclose(group_target[1:4], 0.2)
+    np.testing.assert_allclose(group_target[5:7], 0.05)
+    np.testing.assert_allclose(gain, [1, 3, 3, 3, 1, 2, 2, 1])
