@@ -366,13 +366,12 @@ BAND_HALO = 24
 
 def _in_bands(denoiser: Callable[..., np.ndarray], counts: np.ndarray, mask: np.ndarray,
               n_copies: np.ndarray, readout_sigma: float) -> np.ndarray:
-    rows = counts.shape[0]
+    from .symmetry import row_bands
+
     out = np.zeros(counts.shape, np.float32)
-    for start in range(0, rows, BAND_ROWS):
-        stop = min(start + BAND_ROWS, rows)
-        lo, hi = max(start - BAND_HALO, 0), min(stop + BAND_HALO, rows)
-        band = denoiser(counts[lo:hi], mask[lo:hi], readout_sigma=readout_sigma,
-                        n_copies=np.asarray(n_copies)[lo:hi] if np.ndim(n_copies) == 2
+    for own, read, kept in row_bands(counts.shape[0], BAND_HALO, BAND_ROWS):
+        band = denoiser(counts[read], mask[read], readout_sigma=readout_sigma,
+                        n_copies=np.asarray(n_copies)[read] if np.ndim(n_copies) == 2
                         else n_copies)
-        out[start:stop] = band[start - lo:stop - lo]
+        out[own] = band[kept]
     return out

@@ -72,6 +72,7 @@ from .symmetry import (
     RingProfile,
     isotropy_validity,
     ring_profile,
+    row_bands,
     symmetry_validity,
 )
 
@@ -797,16 +798,13 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     # growth (exact; the transients are a band's).
     marked = np.zeros(good.shape, bool)
     reach = boxes[2] // 2 + grow + 1
-    rows = good.shape[0]
-    for start in range(0, rows, BAND_ROWS):
-        stop = min(start + BAND_ROWS, rows)
-        lo, hi = max(start - reach, 0), min(stop + reach, rows)
-        band = _local_excess(np.asarray(image[lo:hi], np.float32), good[lo:hi],
+    for own, read, kept in row_bands(good.shape[0], reach, BAND_ROWS):
+        band = _local_excess(np.asarray(image[read], np.float32), good[read],
                              None if background is None
-                             else np.asarray(background[lo:hi], np.float32),
+                             else np.asarray(background[read], np.float32),
                              floor, np.float32, z_threshold=z_threshold, boxes=boxes,
                              grow=grow, background_error=background_error)
-        marked[start:stop] = band[start - lo:stop - lo]
+        marked[own] = band[kept]
     return marked
 
 

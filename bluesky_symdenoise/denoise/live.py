@@ -530,15 +530,15 @@ class LiveDenoiser:
             outputs, by, failure, flag = batch
             return [(output, by, failure, flag) for output in outputs]
 
-        if not counts or self.method == "passthrough" or behind > 0:
-            return each(self._serve_batch(counts, bads, behind, None))
-        classical_need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL)
-        if not self._serves_network():
-            with self.guard.claim(classical_need) as over:
-                return each(self._serve_batch(counts, bads, behind, over))
         flips = None if len(counts) <= 1 else 1  # a batch: the worker is catching up
+        if not counts or self.method == "passthrough" or behind > 0:
+            return each(self._serve_batch(counts, bads, behind, None, flips=flips))
+        classical_need = self._frame_bytes(_SERVE_CLASSICAL_BYTES_PER_PIXEL)
+        if not self._serves_network():  # (the trainer may switch the network on meanwhile)
+            with self.guard.claim(classical_need) as over:
+                return each(self._serve_batch(counts, bads, behind, over, flips=flips))
         over = None
-        for size in dict.fromkeys((len(counts), 1)):
+        for size in (len(counts), 1) if len(counts) > 1 else (1,):
             with self.guard.claim(self._network_bytes(size)) as over:
                 if over is None:
                     served: list[tuple[np.ndarray, str, str | None, str | None]] = []
@@ -564,8 +564,8 @@ class LiveDenoiser:
         """Outputs, ``denoised_by``, failure and flag of a batch of prepared frames: raw if
         the memory budget is reached (``over``) or the worker is ``behind``, else denoised
         (``classical``: by the classical fast mode, whatever serves now; raw if the
-        denoiser raises; ``flips``: the network's test-time flips, default the
-        configuration's for one frame, one for a batch)."""
+        denoiser raises; ``flips``: the network's test-time flips, None for the
+        configuration's)."""
         if not counts:
             return [], "none", None, None
         if over is not None:  # raw served, flagged: never more than the budget
@@ -576,8 +576,6 @@ class LiveDenoiser:
                     f"{behind} frames waiting (worker behind the detector): raw passed "
                     "through to keep pace")
         try:
-            if flips is None and len(counts) > 1:
-                flips = 1
             outputs, by = self._denoise(counts, bads, flips, classical=classical)
         except Exception as exc:  # noqa: BLE001 - raw is served instead
             return ([c.copy() for c in counts], "none", f"denoising failed: {exc!r}",

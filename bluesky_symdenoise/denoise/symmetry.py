@@ -408,6 +408,23 @@ class RingProfile:
 #: Rows per band of the local tests on a large detector (each band with its halo).
 BAND_ROWS = 256
 
+
+def row_bands(rows: int, halo: int, band_rows: int = BAND_ROWS
+              ) -> Iterator[tuple[slice, slice, slice]]:
+    """Bands of ``band_rows`` rows of a frame of ``rows`` rows, for work whose reach is at
+    most ``halo`` rows: per band, its rows, the rows to read (the band and its halo), and
+    where the band lies in what is read. Exact, and the transients are a band's.
+
+    Examples
+    --------
+    >>> [(own.start, own.stop, read.start, read.stop) for own, read, _ in row_bands(5, 1, 2)]
+    [(0, 2, 0, 3), (2, 4, 1, 5), (4, 5, 3, 5)]
+    """
+    for start in range(0, rows, band_rows):
+        stop = min(start + band_rows, rows)
+        lo, hi = max(start - halo, 0), min(stop + halo, rows)
+        yield slice(start, stop), slice(lo, hi), slice(start - lo, stop - lo)
+
 #: Per tap of a profile: each pixel's flat bin (int32), then its weight (float32).
 Taps = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
@@ -728,11 +745,8 @@ def _windowed_test(diff: np.ndarray, variance: np.ndarray, paired: np.ndarray,
         diff, variance = diff.astype(np.float32), variance.astype(np.float32)
         z_max = np.zeros(diff.shape, np.float32)
         reach = max(windows)  # uniform filter's half window + maximum filter's
-        for start in range(0, diff.shape[0], BAND_ROWS):
-            stop = min(start + BAND_ROWS, diff.shape[0])
-            lo, hi = max(start - reach, 0), min(stop + reach, diff.shape[0])
-            z_max[start:stop] = _window_z_max(diff[lo:hi], variance[lo:hi],
-                                              windows)[start - lo:stop - lo]
+        for own, read, kept in row_bands(diff.shape[0], reach, BAND_ROWS):
+            z_max[own] = _window_z_max(diff[read], variance[read], windows)[kept]
     else:
         z_max = _window_z_max(diff, variance, windows)
     violation = paired & (z_max > z_threshold)
