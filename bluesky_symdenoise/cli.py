@@ -182,17 +182,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError("give either --nats or --from/--to, not both")
         if not args.subject:
             raise ValueError("--nats needs --subject (the RunEngine publisher's subject)")
+        if args.group:
+            from .remote.group import GroupSettings, serve_nats_group
+
+            settings = GroupSettings(args.group, ack_wait=args.ack_wait)
+            return serve_nats_group(args.nats, args.subject, settings, stream=args.stream,
+                                    derived_subject=args.derived_subject,
+                                    lossless=args.lossless, ready=ready, **options)
         from .remote.jetstream import serve_nats
 
         return serve_nats(args.nats, args.subject, stream=args.stream,
-                          derived_subject=args.derived_subject, ready=ready, **options)
+                          derived_subject=args.derived_subject, lossless=args.lossless,
+                          ready=ready, **options)
+    if args.group:
+        raise ValueError("--group needs --nats (a worker group shares runs over JetStream)")
     if not (args.from_address and args.to_address):
         raise ValueError("give --from and --to (the 0MQ proxy's out and in addresses), "
                          "or --nats URL --subject SUBJECT")
     from .remote.zeromq import serve_zmq
 
     return serve_zmq(args.from_address, args.to_address, prefix=args.prefix.encode(),
-                     ready=ready, **options)
+                     lossless=args.lossless, ready=ready, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--stream", default="bluesky", help="JetStream stream name")
     srv.add_argument("--max-queue", type=int, default=64,
                      help="frames waiting for the denoiser before new ones are dropped")
+    srv.add_argument("--lossless", action="store_true",
+                     help="never drop a frame: wait for the denoiser instead (the backlog "
+                          "grows in the bus, and latency with it)")
+    srv.add_argument("--group", metavar="NAME",
+                     help="NATS: serve as a member of the worker group NAME; members share "
+                          "the raw runs (each run denoised by one member) and take over the "
+                          "runs of a member that dies")
+    srv.add_argument("--ack-wait", type=float, default=30.0, metavar="S",
+                     help="with --group: seconds without a heartbeat before a member's run "
+                          "is taken over (default 30; set when the group is first created)")
     _add_denoiser_arguments(srv)
     srv.set_defaults(func=_cmd_serve)
 

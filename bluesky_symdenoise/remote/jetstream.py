@@ -41,6 +41,14 @@ def _publisher_class() -> type:
             self.max_payload = int(max_payload)
             self.oversize = 0
 
+        def update_run_id(self, name: str, doc: dict) -> None:
+            # The ``run_id`` header follows the run of each start and stop: a worker group
+            # also closes a crashed member's derived run, a stop of another run.
+            if name == "start":
+                self.run_id = doc["uid"]
+            elif name == "stop":
+                self.run_id = doc["run_start"]
+
         def __call__(self, name: str, doc: dict) -> None:
             size = len(packb(doc, option=OPT_NAIVE_UTC | OPT_SERIALIZE_NUMPY))
             if size > self.max_payload:

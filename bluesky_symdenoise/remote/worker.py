@@ -114,18 +114,27 @@ class RemoteDenoiser:
                 self._current = None
         self.denoiser(name, doc)
 
-    def shutdown(self, reason: str, timeout: float | None = 60.0) -> bool:
-        """Close every open derived run (``exit_status="abort"``, ``reason``), publish what
-        is queued, and stop the denoiser's threads. True if all ended within ``timeout``."""
+    def end_current_run(self, reason: str, exit_status: str = "abort",
+                        timeout: float | None = 60.0) -> bool:
+        """Close the derived run of the raw run being denoised, if any (``exit_status``,
+        ``reason``: the raw run never stopped for this worker), and publish what is queued.
+        True if everything was published within ``timeout``."""
         with self._lock:
             start, self._current = self._current, None
         if start is not None:
             stop = event_model.compose_stop(
-                start=start, event_counters={}, poison_pill=[], exit_status="abort",
-                reason=f"bluesky-symdenoise serve stopped before the raw run ended: {reason}")
+                start=start, event_counters={}, poison_pill=[],
+                exit_status=cast(Any, exit_status), reason=reason)
             logger.warning("closing the derived run of %s: %s", start["uid"], reason)
             self.denoiser("stop", dict(stop))
-        flushed = self.denoiser.flush(timeout)
+        return self.denoiser.flush(timeout)
+
+    def shutdown(self, reason: str, timeout: float | None = 60.0) -> bool:
+        """Close every open derived run (``exit_status="abort"``, ``reason``), publish what
+        is queued, and stop the denoiser's threads. True if all ended within ``timeout``."""
+        flushed = self.end_current_run(
+            f"bluesky-symdenoise serve stopped before the raw run ended: {reason}",
+            timeout=timeout)
         return self.denoiser.close(timeout) and flushed
 
     @property

@@ -156,6 +156,17 @@ class SymDenoise(event_model.DocumentRouter):
         #: Frame-in to derived-event-out latencies in seconds (the latest 10 000).
         self.latencies: collections.deque[float] = collections.deque(maxlen=10_000)
 
+    @property
+    def lossless(self) -> bool:
+        """``True``: a full queue makes the caller wait; ``False`` (live): new frames are
+        dropped and counted. Settable between runs (a worker group reads a run taken over
+        from a crashed member losslessly: its frames are already recorded)."""
+        return self._queue.lossless
+
+    @lossless.setter
+    def lossless(self, value: bool) -> None:
+        self._queue.lossless = bool(value)
+
     # -- downstream --------------------------------------------------------------------------
     def subscribe(self, callback: Emit) -> int:
         """Send every derived document to ``callback(name, doc)``; returns a token."""

@@ -1,0 +1,169 @@
+"""``serve --nats URL --subject S --group NAME``: a worker group against a real nats-server.
+
+Two members share the raw runs (each run denoised by exactly one member), and a member
+killed with SIGKILL in the middle of a run has that run taken over by the group: one derived
+run completed over every frame, the dead member's derived run closed with ``fail``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from bluesky_symdenoise.simulate.scenes import make_scene
+
+from .conftest import wait_for
+from .test_serve_nats import SHAPE, SUBJECT, read_stream
+
+pytest.importorskip("bluesky_nats")
+
+GROUP = "beamline"
+
+
+def publish_run(url: str, frames: int, delay: float = 0.0, seed: int = 0) -> str:
+    """One count of ``frames`` powder frames from a RunEngine publishing to NATS; its uid."""
+    import nats
+    from bluesky import RunEngine
+    from bluesky import plans as bp
+    from bluesky_nats.nats_publisher import NATSPublisher
+    from bluesky_nats.nats_runtime import NatsRuntime
+    from bluesky_nats.outbox import Delivery, Outbox
+    from ophyd.sim import DirectImage
+
+    runtime = NatsRuntime(f"nats-io-test-{seed}")
+    try:
+        client = runtime.connect(nats.connect(url))
+        publisher = NATSPublisher(Outbox(runtime, client, delivery=Delivery.CRITICAL),
+                                  client.jetstream(), SUBJECT)
+        scene = make_scene("powder", shape=SHAPE, seed=3 + seed)
+        rng = np.random.default_rng(seed)
+        engine = RunEngine({}, context_managers=[])  # also on a thread
+        engine.subscribe(publisher)
+        det = DirectImage(func=lambda: scene.expose(2.0, rng), name="det")
+        (uid,) = engine(bp.count([det], num=frames, delay=delay))
+        assert publisher.flush()
+        return uid
+    finally:
+        runtime.close()
+
+
+def derived_runs(docs: list[tuple[str, dict]], raw_uid: str) -> list[dict]:
+    """The derived runs of ``raw_uid`` in the stream: start, stop (or None), events."""
+    runs = []
+    for start in [d for n, d in docs if n == "start" and d.get("original_run_uid") == raw_uid]:
+        stops = [d for n, d in docs if n == "stop" and d["run_start"] == start["uid"]]
+        denoised = {d["uid"] for n, d in docs if n == "descriptor"
+                    and d["run_start"] == start["uid"] and d["name"] == "denoised"}
+        events = [d for n, d in docs if n == "event" and d["descriptor"] in denoised]
+        runs.append({"start": start, "stops": stops, "events": events})
+    return runs
+
+
+def claim_record(url: str, raw_uid: str) -> dict | None:
+    """The group's ownership record of ``raw_uid`` (key-value bucket), or None."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    async def read() -> dict | None:
+        client = await nats.connect(url)
+        try:
+            kv = await client.jetstream().key_value(f"symdenoise_{GROUP}")
+            try:
+                return json.loads((await kv.get(f"run.{raw_uid}")).value)
+            except KeyNotFoundError:
+                return None
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def completed(url: str, raw_uids: list[str], frames: int):
+    """(docs, runs by raw uid) once every raw run has a derived run ended in success."""
+    docs = read_stream(url)
+    runs = {uid: derived_runs(docs, uid) for uid in raw_uids}
+    for uid in raw_uids:
+        if not any(r["stops"] and r["stops"][0]["exit_status"] == "success"
+                   for r in runs[uid]):
+            return None
+    return docs, runs
+
+
+def test_two_members_share_runs_and_each_run_gets_one_derived_run(nats_server, serve):
+    members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP)
+               for _ in range(2)]
+    uids: list[str] = []
+    threads = [threading.Thread(target=lambda s=s: uids.append(publish_run(nats_server, 3,
+                                                                            seed=s)))
+               for s in range(3)]
+    for thread in threads:  # three RunEngines publishing at once
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(uids) == 3
+
+    docs, runs = wait_for(lambda: completed(nats_server, uids, 3), 120,
+                          "a derived run of every raw run", interval=0.5)
+    for uid in uids:
+        assert len(runs[uid]) == 1, runs[uid]  # exactly one derived run per raw run
+        (run,) = runs[uid]
+        assert len(run["stops"]) == 1 and run["stops"][0]["exit_status"] == "success"
+        assert len(run["events"]) == 3
+        assert np.asarray(run["events"][0]["data"]["det_img_denoised"]).shape == SHAPE
+        record = claim_record(nats_server, uid)
+        assert record is not None and record["state"] == "done"
+        assert record["derived_uid"] == run["start"]["uid"]
+    # no derived run of a derived run
+    derived = {d["uid"] for n, d in docs if n == "start" and "original_run_uid" in d}
+    assert not [d for n, d in docs if n == "start" and d.get("original_run_uid") in derived]
+    for member in members:
+        assert member.signal(signal.SIGINT) == 0, member.output
+        assert "waiting for runs" in member.output
+
+
+def test_a_member_killed_mid_run_has_its_run_taken_over(nats_server, serve):
+    frames = 10
+    members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
+                     "--ack-wait", "3") for _ in range(2)]
+    by_pid = {str(m.popen.pid): m for m in members}
+    result: list[str] = []
+    engine = threading.Thread(
+        target=lambda: result.append(publish_run(nats_server, frames, delay=0.5)))
+    engine.start()
+
+    def owner():  # the member holding the run, once its derived run has started
+        docs = read_stream(nats_server)
+        starts = [d for n, d in docs if n == "start"]
+        raw = [d for d in starts if "original_run_uid" not in d]
+        if not raw or not [d for d in starts if d.get("original_run_uid") == raw[0]["uid"]]:
+            return None
+        record = claim_record(nats_server, raw[0]["uid"])
+        return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
+
+    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
+    victim = by_pid[record["worker"].rsplit(":", 1)[-1]]
+    assert victim.signal(signal.SIGKILL) == -signal.SIGKILL
+    engine.join(120)
+    assert result == [raw_uid]
+
+    docs, runs = wait_for(lambda: completed(nats_server, [raw_uid], frames), 120,
+                          "the run completed by the group", interval=0.5)
+    runs_of_raw = runs[raw_uid]
+    succeeded = [r for r in runs_of_raw
+                 if r["stops"] and r["stops"][0]["exit_status"] == "success"]
+    assert len(succeeded) == 1  # never two derived runs presented as complete
+    assert len(succeeded[0]["events"]) == frames  # every frame, though read after the kill
+    dead = [r for r in runs_of_raw if r is not succeeded[0]]
+    assert [r["start"]["uid"] for r in dead] == [record["derived_uid"]]
+    (stop,) = dead[0]["stops"]  # closed by the member that took the run over
+    assert stop["exit_status"] == "fail" and "stopped" in stop["reason"], stop
+    final = claim_record(nats_server, raw_uid)
+    assert final["state"] == "done" and final["takeovers"] == 1
+    assert final["derived_uid"] == succeeded[0]["start"]["uid"]
+    survivor = next(m for m in members if m is not victim)
+    assert "taking it over" in survivor.output
+    assert survivor.signal(signal.SIGINT) == 0, survivor.output
