@@ -55,7 +55,8 @@ from typing import Any
 
 from .worker import RemoteDenoiser
 
-__all__ = ["GroupSettings", "RunClaims", "serve_nats_group"]
+__all__ = ["Claim", "GroupMember", "GroupPublisher", "GroupSettings", "RunClaims",
+           "serve_nats_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class RunClaims:
             return None
 
 
-class _Claim:
+class Claim:
     """This member's hold on one run: its record, revision, and whether it is lost."""
 
     def __init__(self, claims: RunClaims, raw_uid: str, record: dict[str, Any],
@@ -190,7 +191,7 @@ class _Claim:
             return True
 
 
-class _DerivedPublisher:
+class GroupPublisher:
     """Sends derived documents to NATS for a group member.
 
     Before a derived run's start goes out its uid is written into the run's record, and
@@ -227,7 +228,7 @@ class GroupMember:
     worker
         The :class:`RemoteDenoiser` whose derived documents go to ``publisher``.
     publisher
-        The :class:`_DerivedPublisher` ``worker`` publishes through.
+        The :class:`GroupPublisher` ``worker`` publishes through.
     send
         ``send(name, doc)``: publish a document directly (a crashed member's derived stop).
     settings
@@ -239,7 +240,7 @@ class GroupMember:
     """
 
     def __init__(self, js: Any, claims: RunClaims, worker: RemoteDenoiser,
-                 publisher: _DerivedPublisher, send: Callable[[str, dict], Any],
+                 publisher: GroupPublisher, send: Callable[[str, dict], Any],
                  settings: GroupSettings, *, subject: str, derived_subject: str,
                  stream: str, lossless: bool = False) -> None:
         self.js = js
@@ -254,7 +255,7 @@ class GroupMember:
         self.lossless = lossless
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._claim: _Claim | None = None
+        self._claim: Claim | None = None
         #: Runs this member took, completed, took over from another member, gave up.
         self.counts = {"taken": 0, "completed": 0, "taken_over": 0, "failed": 0,
                        "released": 0}
@@ -336,7 +337,7 @@ class GroupMember:
             if revision is None:  # another member changed it first
                 await message.nak(delay=self.settings.ack_wait)
                 return
-        claim = _Claim(self.claims, raw_uid, record, revision)
+        claim = Claim(self.claims, raw_uid, record, revision)
         if previous is not None:
             if await self._settle_previous(claim, previous, attempt):
                 await message.ack()
@@ -352,7 +353,7 @@ class GroupMember:
             heartbeat.cancel()
             self._claim = None
 
-    async def _settle_previous(self, claim: _Claim, previous: dict[str, Any],
+    async def _settle_previous(self, claim: Claim, previous: dict[str, Any],
                                attempt: int) -> bool:
         """A run another member held: close its derived run; True if nothing is left to do
         (it had completed, or the group gives the run up)."""
@@ -413,7 +414,7 @@ class GroupMember:
         logger.warning("closing derived run %s: %s", derived_uid, reason)
         await asyncio.get_running_loop().run_in_executor(None, self.send, "stop", dict(stop))
 
-    async def _heartbeat(self, message: Any, claim: _Claim) -> None:
+    async def _heartbeat(self, message: Any, claim: Claim) -> None:
         while not claim.lost.is_set():
             await asyncio.sleep(self.settings.heartbeat)
             try:
@@ -422,7 +423,7 @@ class GroupMember:
             except Exception as exc:  # noqa: BLE001 - a blip: the next beat tries again
                 logger.warning("heartbeat of run %s failed: %r", claim.raw_uid, exc)
 
-    async def _read_run(self, raw_uid: str, from_seq: int, claim: _Claim,
+    async def _read_run(self, raw_uid: str, from_seq: int, claim: Claim,
                         stopping: asyncio.Event) -> str:
         """Feed the run's documents to the denoiser; how the reading ended: ``"stop"``,
         ``"lost"``, ``"stopping"`` or ``"idle"``."""
@@ -461,7 +462,7 @@ class GroupMember:
         finally:
             await self._drop(sub)
 
-    async def _finish(self, message: Any, claim: _Claim, outcome: str) -> None:
+    async def _finish(self, message: Any, claim: Claim, outcome: str) -> None:
         loop = asyncio.get_running_loop()
         if outcome == "stop":
             await loop.run_in_executor(None, self.worker.denoiser.flush, None)
@@ -528,7 +529,7 @@ def serve_nats_group(url: str, subject: str, settings: GroupSettings, *,
                                     max_payload=client.max_payload)
         logger.info("NATS server max_payload: %d bytes", client.max_payload)
         member_box: list[GroupMember] = []
-        publisher = _DerivedPublisher(sender, lambda n, d: member_box[0].confirm(n, d))
+        publisher = GroupPublisher(sender, lambda n, d: member_box[0].confirm(n, d))
         worker = RemoteDenoiser(publisher, lossless=lossless, **options)
     except BaseException:
         runtime.close()

@@ -167,3 +167,92 @@ def test_a_member_killed_mid_run_has_its_run_taken_over(nats_server, serve):
     survivor = next(m for m in members if m is not victim)
     assert "taking it over" in survivor.output
     assert survivor.signal(signal.SIGINT) == 0, survivor.output
+
+
+def test_a_member_stopped_cleanly_hands_its_run_over_at_once(nats_server, serve):
+    """SIGTERM mid-run: the member closes its derived run (``abort``) and gives the run
+    back at once, well before the ack wait (60 s here) would have expired."""
+    import time
+
+    frames = 10
+    members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
+                     "--ack-wait", "60") for _ in range(2)]
+    by_pid = {str(m.popen.pid): m for m in members}
+    result: list[str] = []
+    engine = threading.Thread(
+        target=lambda: result.append(publish_run(nats_server, frames, delay=0.5)))
+    engine.start()
+
+    def owner():
+        docs = read_stream(nats_server)
+        raw = [d for n, d in docs if n == "start" and "original_run_uid" not in d]
+        record = claim_record(nats_server, raw[0]["uid"]) if raw else None
+        return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
+
+    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
+    leaving = by_pid[record["worker"].rsplit(":", 1)[-1]]
+    assert leaving.signal(signal.SIGTERM) == 0, leaving.output
+    stopped_at = time.monotonic()
+    engine.join(120)
+    docs, runs = wait_for(lambda: completed(nats_server, [raw_uid], frames), 45,
+                          "the run completed by the other member", interval=0.5)
+    assert time.monotonic() - stopped_at < 45  # not the 60 s ack wait
+    succeeded = [r for r in runs[raw_uid]
+                 if r["stops"] and r["stops"][0]["exit_status"] == "success"]
+    assert len(succeeded) == 1 and len(succeeded[0]["events"]) == frames
+    (left,) = [r for r in runs[raw_uid] if r is not succeeded[0]]
+    (stop,) = left["stops"]  # closed by the member that left, not twice
+    assert stop["exit_status"] == "abort" and "the group takes it over" in stop["reason"]
+    assert claim_record(nats_server, raw_uid)["takeovers"] == 1
+    staying = next(m for m in members if m is not leaving)
+    assert staying.signal(signal.SIGINT) == 0, staying.output
+
+
+def test_a_run_whose_members_keep_dying_is_given_up_with_a_reason(nats_server):
+    """The fourth delivery of a run whose holders all died: the group closes the last
+    derived run with ``fail`` and why, marks the run ``failed``, and denoises it no more."""
+    import nats
+
+    from bluesky_symdenoise.remote.group import (
+        Claim,
+        GroupMember,
+        GroupPublisher,
+        GroupSettings,
+        RunClaims,
+    )
+    from bluesky_symdenoise.remote.worker import RemoteDenoiser
+
+    sent: list[tuple[str, dict]] = []
+
+    def send(name: str, doc: dict) -> None:
+        sent.append((name, doc))
+
+    async def scenario() -> tuple[bool, dict]:
+        client = await nats.connect(nats_server)
+        worker = RemoteDenoiser(send, budget_s=0, device="cpu")
+        try:
+            js = client.jetstream()
+            settings = GroupSettings(GROUP, ack_wait=3)
+            claims = await RunClaims.open(js, settings.resource_name)
+            previous = {"state": "running", "worker": "gpu-box-2:4242", "raw_seq": 1,
+                        "derived_uid": "derived-of-the-poison-run", "attempt": 3,
+                        "takeovers": 2}
+            revision = await claims.create("poison-run", previous)
+            assert revision is not None
+            member = GroupMember(js, claims, worker, GroupPublisher(send, lambda n, d: True),
+                                 send, settings, subject=SUBJECT, derived_subject=SUBJECT,
+                                 stream="bluesky")
+            claim = Claim(claims, "poison-run", {**previous, "takeovers": 3}, revision)
+            finished = await member._settle_previous(claim, previous, attempt=4)
+            record, _ = await claims.get("poison-run")
+            return finished, record
+        finally:
+            worker.shutdown("test over")
+            await client.close()
+
+    finished, record = asyncio.run(scenario())
+    assert finished and record["state"] == "failed"
+    ((name, stop),) = sent
+    assert name == "stop" and stop["run_start"] == "derived-of-the-poison-run"
+    assert stop["exit_status"] == "fail"
+    assert "gpu-box-2:4242" in stop["reason"] and "gave the run up after 3" in stop["reason"]
