@@ -173,3 +173,7 @@ def serve(processes):
 
 
 __all__ = ["HOST", "Process", "free_port", "signal", "wait_for"]
+
+
+# The PostgreSQL-backed Tiled server, for the worker group's end-to-end test.
+from tests.catalog.conftest import postgres_cluster, postgres_tiled, postgres_url  # noqa: E402, F401
