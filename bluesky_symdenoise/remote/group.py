@@ -343,6 +343,7 @@ class GroupMember:
                 await message.ack()
                 return
         self._claim = claim
+        self.counts["taken"] += 1
         self.publisher.muted = False
         self.worker.denoiser.lossless = self.lossless or previous is not None
         heartbeat = asyncio.create_task(self._heartbeat(message, claim))
