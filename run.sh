@@ -22,9 +22,10 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
 fi
 cmd=${1:-test}
 shift || true
-# System packages the tests use (Debian): nats-server for the NATS transport test; Xvfb and
+# System packages the tests use (Debian): nats-server for the NATS transport tests,
+# postgresql for the PostgreSQL-backed Tiled tests; Xvfb and
 # the X libraries of Qt's xcb platform for the live-view window tests. Installed when we can.
-SYSTEM_PACKAGES="nats-server xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0
+SYSTEM_PACKAGES="nats-server postgresql xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0
     libxcb-render-util0 libxkbcommon-x11-0"
 if [ "$cmd" = test ]; then
     missing=""
