@@ -46,6 +46,10 @@ class DenoiseConfig(BaseModel):
         three frames' counts; the live path pools with the previous frame); where a ring
         appeared, vanished or moved, to the frame's own (see
         :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`).
+    angular_model
+        ``auto``: after the held-out check, mix in the per-shell angular model
+        (:mod:`~bluesky_symdenoise.denoise.angular`) band by band of radius where the
+        held-out split favours it, never where it misfits; shells keep their totals.
     feature_z_threshold
         Level of the spot-scale 180° test that marks a feature without a partner.
     inference_batch
@@ -89,6 +93,7 @@ class DenoiseConfig(BaseModel):
     preserve_total_counts: bool = True
     keep_raw_consistency: bool = True
     pool_neighbour_rings: bool = True
+    angular_model: bool = True
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True

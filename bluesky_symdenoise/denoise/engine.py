@@ -23,6 +23,8 @@ from ..integrate.azimuthal import AzimuthalIntegration
 from ..integrate.heldout import IqCheck, held_out_iq
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
+from .angular import AngularBlend, angular_model, held_out_band_weights, misfit, \
+    mix_within_shells, polar_maps
 from .consistency import RawConsistency
 from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
 from .device import select_device
@@ -145,6 +147,8 @@ class ScanDenoiser:
         self.training: TrainingLog | None = None
         #: Network weight per intensity band in a mix with the classical mode (``auto``).
         self.blend: BlendWeights | None = None
+        #: Weight of the per-shell angular model per radial band (``auto``; None: unused).
+        self.angular: AngularBlend | None = None
         self.events: list[str] = []
         #: The scan's memory budget (GB) and the network's tile core that fits it.
         self.memory_budget_gb = self.config.max_memory_gb or default_memory_budget_gb()
@@ -424,6 +428,8 @@ class ScanDenoiser:
                 denoised = self.predict(analysis, method=method)
                 if self.blend is not None and not self.blend.first_only:
                     denoised = self._mix_with_classical(analysis, denoised, self.blend)
+            denoised = self._with_angular_model(analysis, prepared.frames, denoised,
+                                                _each_frames_neighbours(prepared.frames))
         denoised = analysis.noise.to_detector(self._finish(denoised, prepared),
                                               keep=~prepared.user_mask)
         elapsed = time.perf_counter() - start
@@ -458,6 +464,9 @@ class ScanDenoiser:
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
                 out = np.stack([blend.mix(n, c, analysis.prepared.good)
                                 for n, c in zip(out, classical, strict=True)])
+        if method not in _NO_DENOISER:
+            out = self._with_angular_model(analysis, stack, out,
+                                           _ring_neighbours(neighbours, ring_neighbours))
         return keep_total_counts(out, stack, analysis.prepared.good,
                                  self.config.preserve_total_counts)
 
@@ -522,14 +531,79 @@ class ScanDenoiser:
         classical = poisson_deviance(by_classical[good], rest[good])
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
         if classical < network:
-            return "classical", f"{reason}; but the classical mode won the {scores}"
+            angular = self._check_angular_model(analysis, half, halves, by_classical, rest)
+            return "classical", f"{reason}; but the classical mode won the {scores}{angular}"
         self.blend = held_out_blend(by_network, by_classical, rest, good)
         if self.blend.first_only:
-            return method, f"{reason}; {scores}"
+            angular = self._check_angular_model(analysis, half, halves, by_network, rest)
+            return method, f"{reason}; {scores}{angular}"
+        mixed = self.blend.mix(by_network, by_classical, good)
+        angular = self._check_angular_model(analysis, half, halves, mixed, rest)
         weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
         return method, (f"{reason}; {scores}; mixed with the classical mode by intensity band "
                         f"(edges {list(self.blend.edges)} x mean, network weights {weights}: "
-                        "held-out squared error)")
+                        f"held-out squared error){angular}")
+
+    def _check_angular_model(self, analysis: ScanAnalysis, half: np.ndarray,
+                             halves: Sequence[np.ndarray], estimate: np.ndarray,
+                             rest: np.ndarray) -> str:
+        """How much of the per-shell angular model (:mod:`.angular`) to mix into the
+        engine's estimate, band by band of radius, from the held-out split the network was
+        checked on: ``estimate`` and the model both see ``half`` (and the neighbours'
+        halves), and the squared error against ``rest`` sets each band's weight. Sets
+        :attr:`angular`; returns a clause for the reason."""
+        self.angular = None
+        if not self.config.angular_model or analysis.center is None:
+            return ""
+        good = analysis.prepared.good
+        by_model = self._angular_estimate(analysis, half, halves)
+        if by_model is None:
+            return ""
+        radius, _ = polar_maps(good.shape, analysis.center)
+        fitted, summary = by_model
+        blend = held_out_band_weights(fitted, np.asarray(estimate, np.float64), rest, good,
+                                      radius, summary["orders"])
+        if blend.unused:
+            return "; per-shell angular model not used (held-out squared error)"
+        self.angular = blend
+        used = sum(w > 0 for w in blend.weights)
+        return (f"; per-shell angular model mixed in on {used} of {len(blend.weights)} bands "
+                f"of {summary['band_px']} px (held-out squared error)")
+
+    def _angular_estimate(self, analysis: ScanAnalysis, frame: np.ndarray,
+                          neighbours: Sequence[np.ndarray]
+                          ) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The angular model of ``frame`` pooled with its ``neighbours`` (per frame), with
+        the pixels where it misfits set to NaN; None without a beam centre."""
+        if analysis.center is None:
+            return None
+        good = analysis.prepared.good
+        pooled = np.asarray(frame, np.float64) + sum(
+            (np.asarray(n, np.float64) for n in neighbours), np.zeros(frame.shape))
+        radius, azimuth = polar_maps(good.shape, analysis.center)
+        model, summary = angular_model(pooled, good, radius, azimuth)
+        model = np.where(misfit(pooled, model, good), np.nan, model) / (1 + len(neighbours))
+        return model, summary
+
+    def _with_angular_model(self, analysis: ScanAnalysis, frames: np.ndarray,
+                            denoised: np.ndarray,
+                            neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """``denoised`` mixed with each frame's angular model where :attr:`angular` says
+        so, each 1 px shell keeping its total (see :func:`~.angular.mix_within_shells`)."""
+        blend = self.angular
+        if blend is None or analysis.center is None:
+            return denoised
+        good = analysis.prepared.good
+        radius, _ = polar_maps(good.shape, analysis.center)
+        weight = blend.band_weight(radius)
+        out = []
+        for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
+            fitted = self._angular_estimate(analysis, frame, near)
+            if fitted is None:
+                out.append(estimate)
+                continue
+            out.append(mix_within_shells(estimate, fitted[0], weight, good, radius))
+        return np.stack(out).astype(np.float32)
 
     def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray,
                             blend: BlendWeights) -> np.ndarray:
@@ -669,6 +743,8 @@ class ScanDenoiser:
             record["training"] = self.training.as_dict()
         if self.blend is not None and method not in ("classical", "classical-nlm"):
             record["classical_mix"] = self.blend.summary()
+        if self.angular is not None:
+            record["angular_model"] = self.angular.summary()
         return record
 
 
