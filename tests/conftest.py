@@ -17,6 +17,7 @@ _HERE = Path(__file__).parent
 #: Unit tests over ~2 s each (``pytest tests/unit --durations=0``, 2 CPU cores): marked
 #: ``slow``; every other test under tests/unit is marked ``fast`` (``bash run.sh test -m fast``).
 SLOW_UNIT_TESTS = frozenset({
+    "unit/test_angular.py::test_the_engine_mixes_the_model_in_where_the_split_favours_it_and_it_pays_off",
     "unit/test_classical.py::test_bm3d_poisson_gains_over_raw",
     "unit/test_classical.py::test_zs_noise2noise_improves_and_is_deterministic",
     "unit/test_compute.py::test_batched_inference_equals_frame_by_frame",

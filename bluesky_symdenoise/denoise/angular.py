@@ -69,6 +69,34 @@ def _irls(counts: np.ndarray, design: np.ndarray, iterations: int = 6) -> np.nda
     return rate
 
 
+def _shell_fits(counts: np.ndarray, good: np.ndarray, radius: np.ndarray, shell: np.ndarray,
+                n_shells: int, iterations: int = 6) -> np.ndarray:
+    """Per 1 px shell, a level and a radial slope fitted by Poisson likelihood (the
+    iterations of :func:`_irls`, all shells at once); NaN in shells of fewer than 4 pixels."""
+    index = shell[good]
+    x = counts[good]
+    across = radius[good] - (index + 0.5)
+    n = max(n_shells, 1)
+    pixels = np.bincount(index, minlength=n).astype(np.float64)
+    mean = np.bincount(index, x, minlength=n) / np.maximum(pixels, 1.0)
+    floor = 1e-6 * np.maximum(mean, 1e-6)
+    rate = np.maximum(mean, floor)[index]
+    for _ in range(iterations):
+        w = 1.0 / rate
+        s0, s1 = np.bincount(index, w, n), np.bincount(index, w * across, n)
+        s2 = np.bincount(index, w * across * across, n)
+        t0, t1 = np.bincount(index, w * x, n), np.bincount(index, w * across * x, n)
+        det = s0 * s2 - s1 ** 2
+        solvable = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+        safe = np.where(solvable, det, 1.0)
+        level = np.where(solvable, (s2 * t0 - s1 * t1) / safe, t0 / np.maximum(s0, 1e-300))
+        slope = np.where(solvable, (s0 * t1 - s1 * t0) / safe, 0.0)
+        rate = np.maximum(level[index] + slope[index] * across, floor[index])
+    out = np.full(counts.shape, np.nan)
+    out[good] = np.where(pixels[index] >= 4, rate, np.nan)
+    return out
+
+
 def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
     return float(2.0 * np.sum(xlogy(counts, counts / rate) - (counts - rate)))
 
@@ -102,19 +130,7 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     counts = np.asarray(counts, np.float64)
     shell = np.floor(radius).astype(np.int64)
     n_shells = int(shell[good].max()) + 1 if good.any() else 0
-    isotropic = np.full(counts.shape, np.nan)
-    order_of = np.argsort(shell, axis=None, kind="stable")
-    flat_shell = shell.ravel()[order_of]
-    starts = np.searchsorted(flat_shell, np.arange(n_shells + 1))
-    flat_good = good.ravel()[order_of]
-    for k in range(n_shells):
-        members = order_of[starts[k]:starts[k + 1]][flat_good[starts[k]:starts[k + 1]]]
-        if len(members) < 4:
-            continue
-        x = counts.ravel()[members]
-        slope = radius.ravel()[members] - (k + 0.5)
-        design = np.stack([np.ones_like(slope), slope], axis=1)
-        isotropic.ravel()[members] = _irls(x, design)
+    isotropic = _shell_fits(counts, good, radius, shell, n_shells)
     model = isotropic.copy()
     orders: list[int] = []
     for first in range(0, n_shells, BAND_PX):
@@ -136,6 +152,8 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
             score = _deviance(x, rate) + np.log(n) * (len(columns) - 1)
             if score < best_score:
                 best_score, best_rate, best_order = score, rate, order
+            elif order >= best_order + 2:  # two orders in a row not supported: stop
+                break
         model[on] = best_rate
         orders.append(best_order)
     return model, {"band_px": BAND_PX, "orders": orders}

@@ -21,10 +21,16 @@ import torch
 from ..geometry import DetectorGeometry, GeometryError
 from ..integrate.azimuthal import AzimuthalIntegration
 from ..integrate.heldout import IqCheck, held_out_iq
+from .angular import (
+    AngularBlend,
+    angular_model,
+    held_out_band_weights,
+    misfit,
+    mix_within_shells,
+    polar_maps,
+)
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
-from .angular import AngularBlend, angular_model, held_out_band_weights, misfit, \
-    mix_within_shells, polar_maps
 from .consistency import RawConsistency
 from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
 from .device import select_device
@@ -398,9 +404,11 @@ class ScanDenoiser:
                               flips=flips or self.config.test_time_flips,
                               batch_size=self.config.inference_batch, tile=self.tile,
                               mixed_precision=self.config.mixed_precision, events=self.events)
-        return self._hold_to_raw(analysis, stack, rates,
+        raw_neighbours = _ring_neighbours(neighbours, ring_neighbours)
+        held = self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
-                                 ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
+                                 ring_neighbours=raw_neighbours)
+        return self._with_angular_model(analysis, stack, held, raw_neighbours)
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -428,8 +436,6 @@ class ScanDenoiser:
                 denoised = self.predict(analysis, method=method)
                 if self.blend is not None and not self.blend.first_only:
                     denoised = self._mix_with_classical(analysis, denoised, self.blend)
-            denoised = self._with_angular_model(analysis, prepared.frames, denoised,
-                                                _each_frames_neighbours(prepared.frames))
         denoised = analysis.noise.to_detector(self._finish(denoised, prepared),
                                               keep=~prepared.user_mask)
         elapsed = time.perf_counter() - start
@@ -464,9 +470,6 @@ class ScanDenoiser:
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
                 out = np.stack([blend.mix(n, c, analysis.prepared.good)
                                 for n, c in zip(out, classical, strict=True)])
-        if method not in _NO_DENOISER:
-            out = self._with_angular_model(analysis, stack, out,
-                                           _ring_neighbours(neighbours, ring_neighbours))
         return keep_total_counts(out, stack, analysis.prepared.good,
                                  self.config.preserve_total_counts)
 
@@ -522,36 +525,41 @@ class ScanDenoiser:
         halved = np.mean(halves, axis=0).astype(np.float32) if halves else None
         half, rest = binomial_split(frames[index], seed=1)
         half = half.astype(np.float32)
+        self.angular = None
         by_network = np.asarray(self.denoise_frames(
             analysis, method=method, frames=[half], neighbours=[halved],
             ring_neighbours=[halves])[0], np.float64)
+        # The network with the angular model mixed in where the split favours it: what is
+        # then compared with (and mixed with) the classical mode.
+        angular = self.check_angular_model(analysis, half, halves, by_network, rest)
+        if self.angular is not None:
+            by_network = self._with_angular_model(analysis, half[None], by_network[None],
+                                                  [halves])[0].astype(np.float64)
         by_classical = self._classical_frames(analysis, half[None], ring_neighbours=[halves]
                                               )[0].astype(np.float64)
         network = poisson_deviance(by_network[good], rest[good])
         classical = poisson_deviance(by_classical[good], rest[good])
         scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
         if classical < network:
-            angular = self._check_angular_model(analysis, half, halves, by_classical, rest)
-            return "classical", f"{reason}; but the classical mode won the {scores}{angular}"
+            self.angular = None
+            return "classical", f"{reason}; but the classical mode won the {scores}"
         self.blend = held_out_blend(by_network, by_classical, rest, good)
         if self.blend.first_only:
-            angular = self._check_angular_model(analysis, half, halves, by_network, rest)
             return method, f"{reason}; {scores}{angular}"
-        mixed = self.blend.mix(by_network, by_classical, good)
-        angular = self._check_angular_model(analysis, half, halves, mixed, rest)
         weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
         return method, (f"{reason}; {scores}; mixed with the classical mode by intensity band "
                         f"(edges {list(self.blend.edges)} x mean, network weights {weights}: "
                         f"held-out squared error){angular}")
 
-    def _check_angular_model(self, analysis: ScanAnalysis, half: np.ndarray,
-                             halves: Sequence[np.ndarray], estimate: np.ndarray,
-                             rest: np.ndarray) -> str:
+    def check_angular_model(self, analysis: ScanAnalysis, half: np.ndarray,
+                            halves: Sequence[np.ndarray], estimate: np.ndarray,
+                            rest: np.ndarray) -> str:
         """How much of the per-shell angular model (:mod:`.angular`) to mix into the
-        engine's estimate, band by band of radius, from the held-out split the network was
-        checked on: ``estimate`` and the model both see ``half`` (and the neighbours'
-        halves), and the squared error against ``rest`` sets each band's weight. Sets
-        :attr:`angular`; returns a clause for the reason."""
+        network's frames, band by band of radius, from a held-out split: ``estimate`` (the
+        network's, without the model) and the model both see ``half`` (and the neighbours'
+        halves ``halves``), and the squared error against ``rest`` sets each band's weight.
+        Sets :attr:`angular` (used from then on by :meth:`denoise_frames`); returns a
+        clause for the reason."""
         self.angular = None
         if not self.config.angular_model or analysis.center is None:
             return ""

@@ -47,7 +47,7 @@ from .engine import (
 from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
-from .selection import held_out_deviance
+from .selection import binomial_split, held_out_deviance
 from .symmetry import TAPS_KEPT_UP_TO
 
 __all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
@@ -394,6 +394,7 @@ class LiveDenoiser:
         frame, good = prepared.frames[-1], prepared.good
         # The neighbour is thinned like the frame (half of its counts), as in training.
         previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
+        angular = self._check_angular_model(denoiser, analysis, frame, previous)
 
         def by_network(x: np.ndarray) -> np.ndarray:
             return denoiser.denoise_frame(analysis, method=self.method, frame=x,
@@ -412,9 +413,24 @@ class LiveDenoiser:
                 lambda x: denoiser.classical_frame(analysis, x, engine="nlm",
                                                    bad=prepared.bad), frame, good, 1)
         if net < ref:
-            return True, f"network used: held-out deviance {net:.4f} < {name} {ref:.4f}"
+            return True, (f"network used: held-out deviance {net:.4f} < {name} {ref:.4f}"
+                          f"{angular}")
         return False, (f"fine-tuned network not used: held-out deviance {net:.4f} >= {name} "
                        f"{ref:.4f} (budget too short?)")
+
+    def _check_angular_model(self, denoiser: ScanDenoiser, analysis: ScanAnalysis,
+                             frame: np.ndarray, previous: np.ndarray | None) -> str:
+        """Set how much of the per-shell angular model the fine-tuned network's frames get
+        (:meth:`~.engine.ScanDenoiser.check_angular_model`), on the binomial split the
+        network is then checked on; a clause for the note."""
+        denoiser.angular = None
+        half, rest = binomial_split(frame, seed=1)
+        near = [] if previous is None else [previous]
+        estimate = denoiser.denoise_frames(analysis, method=self.method,
+                                           frames=[half.astype(np.float32)],
+                                           neighbours=[previous], ring_neighbours=[near])[0]
+        return denoiser.check_angular_model(analysis, half, near,
+                                            np.asarray(estimate, np.float64), rest)
 
     # -- serving -----------------------------------------------------------------------------
     def _network_bytes(self, n_frames: int) -> int:
