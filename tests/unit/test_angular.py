@@ -4,7 +4,6 @@ by shell, the order chosen by the data, misfits found, shells keeping their tota
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from bluesky_symdenoise.denoise.angular import (
     BAND_PX,
