@@ -34,7 +34,7 @@ from bluesky_symdenoise import denoise_scan
 from . import metrics
 from .quality import add_scan_arguments, first_seed, make_scan, run_method
 
-KINDS = ("powder", "textured", "saxs", "lattice", "lattice_one_sided", "insitu_drift")
+KINDS = ("powder", "textured", "saxs", "fibre", "lattice", "lattice_one_sided", "insitu_drift")
 RING_KINDS = ("powder", "textured", "insitu_drift")
 EXPOSURE_MULTIPLES = tuple(2.0 ** k for k in range(11))
 

@@ -47,7 +47,8 @@ from bluesky_symdenoise.simulate import scenes
 
 from . import metrics
 
-SCENE_KINDS = ("powder", "textured", "saxs", "lattice", "lattice_one_sided", "insitu_drift")
+SCENE_KINDS = ("powder", "textured", "saxs", "fibre", "lattice", "lattice_one_sided",
+               "insitu_drift")
 COUNTS = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 BASELINES = ("raw", "sym180", "gauss", "nlm", "bm3d", "sym180+bm3d", "iq-smooth", "zs-n2n")
 OURS = ("symmetry", "thinning", "noise2sr")

@@ -8,7 +8,7 @@ where pyFAI integrates them.
 
 Symmetry facts the denoiser relies on, and which the tests check:
 
-- powder, textured, saxs and lattice scenes are invariant under a 180° rotation about the
+- powder, textured, saxs, fibre and lattice scenes are invariant under a 180° rotation about the
   beam centre (texture and anisotropy are functions of 2χ; Bragg intensities obey Friedel's
   law; the polarisation factor depends on cos 2χ);
 - ``lattice_one_sided`` adds a feature without a partner (a negative control);
@@ -651,6 +651,79 @@ class _LatticeModel:
         return recip @ np.array([[c, s], [-s, c]])
 
 
+def fibre(*, shape: tuple[int, int] = (256, 256), center: tuple[float, float] | None = None,
+          seed: int = 0, detector: str = "Pilatus1M", pixel_size: float | None = None,
+          distance: float | None = None, wavelength: float | None = None,
+          beamstop_radius: float = 8.0, arm_angle_deg: float | None = None,
+          domains: int | None = None) -> Scene:
+    """Fibre diffraction of oriented fibres: an equatorial streak and meridional arcs.
+
+    Each orientation domain has a fibre axis at a random azimuth ``χ0``: diffuse scattering
+    from the elongated fibrils concentrated on the equator (perpendicular to the axis, a
+    streak of angular width 6-15°, decaying as ``q^-p``), and layer-line reflections on the
+    meridian: arcs of radial FWHM 2-4 px and angular width 10-25° at two or three ``q``. A
+    second domain (``domains=2``, drawn half the time when None) adds a weaker, rotated copy:
+    several orientations in one pattern. Centrosymmetric, on a weak isotropic background.
+
+    Parameters
+    ----------
+    shape, center, seed, detector, pixel_size, distance, wavelength, beamstop_radius,
+    arm_angle_deg
+        As :func:`saxs`.
+    domains
+        Orientation domains, 1 or 2 (None: drawn).
+
+    Returns
+    -------
+    Scene
+        Regions: ``"meridional_arc"`` (the strongest arc of the first domain). Info: each
+        domain's axis azimuth, streak width and arcs.
+    """
+    setup = _setup("fibre", shape=shape, center=center, seed=seed, detector=detector,
+                   pixel_size=pixel_size, distance=distance, wavelength=wavelength,
+                   beamstop_radius=beamstop_radius, arm_angle_deg=arm_angle_deg,
+                   optics="saxs")
+    rng = setup.rng
+    radius, chi = setup.maps.radius_px, setup.maps.chi
+    r_max = float(radius[setup.valid].max())
+    if domains is None:
+        domains = int(rng.integers(1, 3))
+    image = np.full(shape, float(rng.uniform(0.01, 0.03)))
+    facts, strongest = [], None
+    for d in range(int(domains)):
+        weight = 1.0 if d == 0 else float(rng.uniform(0.3, 0.6))
+        chi0 = float(rng.uniform(0.0, np.pi))
+        width = np.deg2rad(rng.uniform(6.0, 15.0))  # streak's angular σ
+        kappa_streak = 1.0 / (4.0 * width ** 2)  # von Mises in 2(χ-χ0): σ ≈ width
+        power = float(rng.uniform(2.0, 3.5))
+        core = float(rng.uniform(6.0, 12.0))
+        streak = (1.0 + (radius / core) ** 2) ** (-power / 2.0)
+        image += weight * 3.0 * streak * np.exp(kappa_streak * (np.cos(2.0 * (chi - chi0)) - 1))
+        arcs = []
+        for _ in range(int(rng.integers(2, 4))):
+            r0 = float(rng.uniform(0.25, 0.85) * r_max)
+            fwhm = float(rng.uniform(2.0, 4.0))
+            spread = np.deg2rad(rng.uniform(10.0, 25.0))
+            height = weight * float(rng.uniform(0.2, 0.8))
+            kappa = 1.0 / (4.0 * spread ** 2)
+            meridian = chi0 + np.pi / 2.0
+            radial = np.exp(-4.0 * np.log(2.0) * ((radius - r0) / fwhm) ** 2)
+            image += height * radial * np.exp(kappa * (np.cos(2.0 * (chi - meridian)) - 1))
+            arcs.append({"radius_px": r0, "fwhm_px": fwhm, "angular_sigma_deg":
+                         float(np.rad2deg(spread)), "height": height})
+            if d == 0 and (strongest is None or height > strongest[0]):
+                angular = np.cos(2.0 * (chi - meridian)) > np.cos(2.0 * spread)
+                strongest = (height, (np.abs(radius - r0) <= fwhm) & angular)
+        facts.append({"axis_chi_rad": chi0, "streak_sigma_deg": float(np.rad2deg(width)),
+                      "streak_power": power, "arcs": arcs})
+    image *= setup.maps.polarisation * setup.maps.solid_angle
+    expectation, scale = _normalise(image, setup.valid)
+    regions = {} if strongest is None else {"meridional_arc": strongest[1] & setup.valid}
+    return Scene(name="fibre", expectation=expectation, mask=setup.mask,
+                 geometry=setup.geometry, defects=setup.defects, regions=regions,
+                 info={**setup.info, "domains": facts, "normalisation": scale})
+
+
 def _q_to_pixel(qvec: np.ndarray, geometry: DetectorGeometry) -> np.ndarray:
     """Project in-plane q-vectors (nm^-1, (q_row, q_col)) to pixel positions (row, col).
 
@@ -1032,6 +1105,7 @@ SCENES: dict[str, Callable[..., Scene]] = {
     "textured": textured_powder,
     "sharp_textured": sharp_textured_powder,
     "saxs": saxs,
+    "fibre": fibre,
     "lattice": crystal_lattice,
     "lattice_one_sided": crystal_lattice_one_sided,
 }

@@ -23,7 +23,7 @@ from bluesky_symdenoise.simulate.scenes import (
     make_scene,
 )
 
-SYMMETRIC_KINDS = ["powder", "textured", "saxs", "lattice"]
+SYMMETRIC_KINDS = ["powder", "textured", "saxs", "fibre", "lattice"]
 
 
 @pytest.fixture(scope="module")
