@@ -155,6 +155,7 @@ class ScanDenoiser:
         self.blend: BlendWeights | None = None
         #: Weight of the per-shell angular model per radial band (``auto``; None: unused).
         self.angular: AngularBlend | None = None
+        self._polar: tuple[tuple[float, float], np.ndarray, np.ndarray] | None = None
         self.events: list[str] = []
         #: The scan's memory budget (GB) and the network's tile core that fits it.
         self.memory_budget_gb = self.config.max_memory_gb or default_memory_budget_gb()
@@ -567,7 +568,7 @@ class ScanDenoiser:
         by_model = self._angular_estimate(analysis, half, halves)
         if by_model is None:
             return ""
-        radius, _ = polar_maps(good.shape, analysis.center)
+        radius, _ = self._polar_maps(analysis)
         fitted, summary = by_model
         blend = held_out_band_weights(fitted, np.asarray(estimate, np.float64), rest, good,
                                       radius, summary["orders"])
@@ -588,10 +589,21 @@ class ScanDenoiser:
         good = analysis.prepared.good
         pooled = np.asarray(frame, np.float64) + sum(
             (np.asarray(n, np.float64) for n in neighbours), np.zeros(frame.shape))
-        radius, azimuth = polar_maps(good.shape, analysis.center)
+        radius, azimuth = self._polar_maps(analysis)
         model, summary = angular_model(pooled, good, radius, azimuth)
         model = np.where(misfit(pooled, model, good), np.nan, model) / (1 + len(neighbours))
         return model, summary
+
+    def _polar_maps(self, analysis: ScanAnalysis) -> tuple[np.ndarray, np.ndarray]:
+        """Radius and azimuth of every pixel about the scan's beam centre (made once)."""
+        center = analysis.center
+        if center is None:
+            raise ValueError("polar maps need a beam centre")
+        key = (float(center[0]), float(center[1]))
+        if self._polar is None or self._polar[0] != key:
+            radius, azimuth = polar_maps(analysis.prepared.good.shape, key)
+            self._polar = (key, radius, azimuth)
+        return self._polar[1], self._polar[2]
 
     def _with_angular_model(self, analysis: ScanAnalysis, frames: np.ndarray,
                             denoised: np.ndarray,
@@ -602,7 +614,7 @@ class ScanDenoiser:
         if blend is None or analysis.center is None:
             return denoised
         good = analysis.prepared.good
-        radius, _ = polar_maps(good.shape, analysis.center)
+        radius, _ = self._polar_maps(analysis)
         weight = blend.band_weight(radius)
         out = []
         for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
