@@ -46,6 +46,9 @@ MISFIT_WINDOW_PX = 5
 MISFIT_Z = 4.0
 #: Band weights within this of 0 or 1 are taken as 0 or 1.
 SNAP = 0.05
+#: Fewest of a band's pixels (as a fraction of its whole circle) on the detector for the
+#: model to be used there.
+MIN_ARC = 0.5
 
 
 def polar_maps(shape: tuple[int, int], center: tuple[float, float]
@@ -221,7 +224,10 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
         on = good & (band == b) & np.isfinite(model)
         diff = (model - other)[on]
         spread = float(np.sum(diff ** 2))
-        if on.sum() < min_pixels or spread <= 0:
+        # Less than half of the band's circle on the detector (its corners): the harmonics
+        # would be extrapolated from an arc, so the model is not used there.
+        circle = np.pi * BAND_PX ** 2 * (2 * b + 1)
+        if on.sum() < min_pixels or spread <= 0 or on.sum() < MIN_ARC * circle:
             weights.append(0.0)
             continue
         w = float(np.clip(np.sum((rest[on] - other[on]) * diff) / spread, 0.0, 1.0))
@@ -230,14 +236,20 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
                         orders=tuple(orders[:n_bands]) + (0,) * max(0, n_bands - len(orders)))
 
 
+#: Width (px) of the thin annuli whose totals :func:`mix_within_shells` keeps.
+KEPT_ANNULUS_PX = 0.25
+
+
 def mix_within_shells(estimate: np.ndarray, model: np.ndarray, weight: np.ndarray,
                       good: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """``w·model + (1 - w)·estimate``, rescaled shell by shell (1 px) to the estimate's own
-    shell totals: the model moves intensity within a ring, never between rings."""
+    """``w·model + (1 - w)·estimate``, rescaled annulus by annulus (:data:`KEPT_ANNULUS_PX`)
+    to the estimate's own totals: the model moves intensity around a ring, never between
+    radii, so the estimate's radial profile (held to the raw counts) and with it any
+    integrator's full-ring I(q) stay as they were."""
     estimate = np.asarray(estimate, np.float64)
     use = good & np.isfinite(model) & (weight > 0)
     mixed = np.where(use, weight * np.nan_to_num(model) + (1.0 - weight) * estimate, estimate)
-    shell = np.floor(radius).astype(np.int64)
+    shell = np.floor(radius / KEPT_ANNULUS_PX).astype(np.int64)
     labels = np.where(use, shell + 1, 0)
     n = int(labels.max()) + 1
     before = np.bincount(labels.ravel(), weights=estimate.ravel(), minlength=n)
