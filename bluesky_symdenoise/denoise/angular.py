@@ -46,9 +46,6 @@ MISFIT_WINDOW_PX = 5
 MISFIT_Z = 4.0
 #: Band weights within this of 0 or 1 are taken as 0 or 1.
 SNAP = 0.05
-#: Fewest of a band's pixels (as a fraction of its whole circle) on the detector for the
-#: model to be used there.
-MIN_ARC = 0.5
 
 
 def polar_maps(shape: tuple[int, int], center: tuple[float, float]
@@ -224,10 +221,7 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
         on = good & (band == b) & np.isfinite(model)
         diff = (model - other)[on]
         spread = float(np.sum(diff ** 2))
-        # Less than half of the band's circle on the detector (its corners): the harmonics
-        # would be extrapolated from an arc, so the model is not used there.
-        circle = np.pi * BAND_PX ** 2 * (2 * b + 1)
-        if on.sum() < min_pixels or spread <= 0 or on.sum() < MIN_ARC * circle:
+        if on.sum() < min_pixels or spread <= 0:
             weights.append(0.0)
             continue
         w = float(np.clip(np.sum((rest[on] - other[on]) * diff) / spread, 0.0, 1.0))
