@@ -565,13 +565,17 @@ class ScanDenoiser:
         if not self.config.angular_model or analysis.center is None:
             return ""
         good = analysis.prepared.good
-        by_model = self._angular_estimate(analysis, half, halves)
-        if by_model is None:
-            return ""
-        radius, _ = self._polar_maps(analysis)
-        fitted, summary = by_model
-        blend = held_out_band_weights(fitted, np.asarray(estimate, np.float64), rest, good,
-                                      radius, summary["orders"])
+        try:
+            by_model = self._angular_estimate(analysis, half, halves)
+            if by_model is None:
+                return ""
+            radius, _ = self._polar_maps(analysis)
+            fitted, summary = by_model
+            blend = held_out_band_weights(fitted, np.asarray(estimate, np.float64), rest,
+                                          good, radius, summary["orders"])
+        except Exception as exc:  # noqa: BLE001 - the network serves without it
+            self.events.append(f"per-shell angular model skipped: {exc!r}")
+            return f"; per-shell angular model skipped ({type(exc).__name__}: {exc})"
         if blend.unused:
             return "; per-shell angular model not used (held-out squared error)"
         self.angular = blend
@@ -609,7 +613,8 @@ class ScanDenoiser:
                             denoised: np.ndarray,
                             neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says
-        so, each 1 px shell keeping its total (see :func:`~.angular.mix_within_shells`)."""
+        so, each thin annulus keeping its total (see :func:`~.angular.mix_within_shells`).
+        A frame whose model fails is served without it (recorded in :attr:`events`)."""
         blend = self.angular
         if blend is None or analysis.center is None:
             return denoised
@@ -618,11 +623,14 @@ class ScanDenoiser:
         weight = blend.band_weight(radius)
         out = []
         for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
-            fitted = self._angular_estimate(analysis, frame, near)
-            if fitted is None:
-                out.append(estimate)
-                continue
-            out.append(mix_within_shells(estimate, fitted[0], weight, good, radius))
+            try:
+                fitted = self._angular_estimate(analysis, frame, near)
+                mixed = (estimate if fitted is None else
+                         mix_within_shells(estimate, fitted[0], weight, good, radius))
+            except Exception as exc:  # noqa: BLE001 - the network's frame is served
+                self.events.append(f"per-shell angular model skipped on a frame: {exc!r}")
+                mixed = estimate
+            out.append(mixed)
         return np.stack(out).astype(np.float32)
 
     def _mix_with_classical(self, analysis: ScanAnalysis, denoised: np.ndarray,

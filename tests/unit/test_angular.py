@@ -118,3 +118,28 @@ def test_the_engine_mixes_the_model_in_where_the_split_favours_it_and_it_pays_of
         else:
             assert "angular_model" not in result.provenance
     assert errors[True] < 0.7 * errors[False], errors
+
+
+def test_a_failing_model_is_skipped_and_said_so(monkeypatch):
+    """The angular model is an extra: if it fails, the network's frames are served as they
+    are and the reason and provenance events say why."""
+    from bluesky_symdenoise.denoise import engine
+    from bluesky_symdenoise.denoise.engine import ScanDenoiser
+    from bluesky_symdenoise.denoise.selection import binomial_split
+
+    truth = oriented_pattern(0.3)
+    frames = np.random.default_rng(8).poisson(truth, size=(3, *SHAPE)).astype(np.float32)
+    denoiser = ScanDenoiser(method="symmetry", budget_s=0)
+    analysis = denoiser.analyse(frames, center=CENTER)
+    half, rest = binomial_split(frames[1], seed=1)
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("no fit")
+
+    monkeypatch.setattr(engine, "angular_model", broken)
+    clause = denoiser.check_angular_model(analysis, half, [], half.astype(np.float64), rest)
+    assert "skipped (FloatingPointError: no fit)" in clause and denoiser.angular is None
+    denoiser.angular = engine.AngularBlend(weights=(1.0,) * 20, orders=(0,) * 20)
+    served = denoiser._with_angular_model(analysis, frames[:1], frames[:1], [[]])
+    np.testing.assert_array_equal(served, frames[:1])
+    assert any("angular model skipped on a frame" in e for e in denoiser.events)
