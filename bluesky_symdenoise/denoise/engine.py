@@ -409,7 +409,7 @@ class ScanDenoiser:
         held = self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
                                  ring_neighbours=raw_neighbours)
-        return self._with_angular_model(analysis, stack, held, raw_neighbours)
+        return self.with_angular_model(analysis, stack, held, raw_neighbours)
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -534,7 +534,7 @@ class ScanDenoiser:
         # then compared with (and mixed with) the classical mode.
         angular = self.check_angular_model(analysis, half, halves, by_network, rest)
         if self.angular is not None:
-            by_network = self._with_angular_model(analysis, half[None], by_network[None],
+            by_network = self.with_angular_model(analysis, half[None], by_network[None],
                                                   [halves])[0].astype(np.float64)
         by_classical = self._classical_frames(analysis, half[None], ring_neighbours=[halves]
                                               )[0].astype(np.float64)
@@ -609,7 +609,7 @@ class ScanDenoiser:
             self._polar = (key, radius, azimuth)
         return self._polar[1], self._polar[2]
 
-    def _with_angular_model(self, analysis: ScanAnalysis, frames: np.ndarray,
+    def with_angular_model(self, analysis: ScanAnalysis, frames: np.ndarray,
                             denoised: np.ndarray,
                             neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says

@@ -47,7 +47,7 @@ from .engine import (
 from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
-from .selection import binomial_split, held_out_deviance
+from .selection import binomial_split, held_out_deviance, poisson_deviance
 from .symmetry import TAPS_KEPT_UP_TO
 
 __all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
@@ -386,7 +386,9 @@ class LiveDenoiser:
 
     def _validate_network(self) -> tuple[bool, str]:
         """Whether the network beats the interim mode on a held-out binomial split of the
-        last warm-up frame (:func:`~.selection.held_out_deviance`), and why."""
+        last warm-up frame (:func:`~.selection.held_out_deviance`), and why; on the same
+        split, how much of the per-shell angular model its frames get
+        (:meth:`~.engine.ScanDenoiser.check_angular_model`)."""
         denoiser, analysis = self._analysed()
         prepared = analysis.prepared
         if not prepared.countlike:
@@ -394,13 +396,18 @@ class LiveDenoiser:
         frame, good = prepared.frames[-1], prepared.good
         # The neighbour is thinned like the frame (half of its counts), as in training.
         previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
-        angular = self._check_angular_model(denoiser, analysis, frame, previous)
-
-        def by_network(x: np.ndarray) -> np.ndarray:
-            return denoiser.denoise_frame(analysis, method=self.method, frame=x,
-                                          neighbours=previous)
-
-        net = held_out_deviance(by_network, frame, good, seed=1)
+        # One split: the network's half without the angular model sets the model's weights,
+        # and the two together (what would be served) are scored against the other half.
+        half, rest = binomial_split(frame, seed=1)
+        half32 = half.astype(np.float32)
+        near = [] if previous is None else [previous]
+        denoiser.angular = None
+        estimate = denoiser.denoise_frames(analysis, method=self.method, frames=[half32],
+                                           neighbours=[previous], ring_neighbours=[near])
+        angular = denoiser.check_angular_model(analysis, half, near,
+                                               np.asarray(estimate[0], np.float64), rest)
+        served = denoiser.with_angular_model(analysis, half32[None], estimate, [near])[0]
+        net = poisson_deviance(np.asarray(served, np.float64)[good], rest[good])
         interim = self.interim
         if interim is not None:
             name = "base model"
@@ -417,20 +424,6 @@ class LiveDenoiser:
                           f"{angular}")
         return False, (f"fine-tuned network not used: held-out deviance {net:.4f} >= {name} "
                        f"{ref:.4f} (budget too short?)")
-
-    def _check_angular_model(self, denoiser: ScanDenoiser, analysis: ScanAnalysis,
-                             frame: np.ndarray, previous: np.ndarray | None) -> str:
-        """Set how much of the per-shell angular model the fine-tuned network's frames get
-        (:meth:`~.engine.ScanDenoiser.check_angular_model`), on the binomial split the
-        network is then checked on; a clause for the note."""
-        denoiser.angular = None
-        half, rest = binomial_split(frame, seed=1)
-        near = [] if previous is None else [previous]
-        estimate = denoiser.denoise_frames(analysis, method=self.method,
-                                           frames=[half.astype(np.float32)],
-                                           neighbours=[previous], ring_neighbours=[near])[0]
-        return denoiser.check_angular_model(analysis, half, near,
-                                            np.asarray(estimate, np.float64), rest)
 
     # -- serving -----------------------------------------------------------------------------
     def _network_bytes(self, n_frames: int) -> int:

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -200,15 +199,18 @@ class GroupPublisher:
     """
 
     def __init__(self, publish: Callable[[str, dict], Any],
-                 confirm: Callable[[str, dict], bool]) -> None:
+                 confirm: Callable[[str, dict], bool] | None = None) -> None:
         self._publish = publish
-        self._confirm = confirm
+        #: ``confirm(name, doc)``: the member's check before a start or stop goes out
+        #: (:meth:`GroupMember.confirm`); None: every document goes out.
+        self.confirm = confirm
         self.muted = False
         #: Derived documents not sent because the run had been taken over.
         self.withheld = 0
 
     def __call__(self, name: str, doc: dict) -> None:
-        if not self.muted and name in ("start", "stop") and not self._confirm(name, doc):
+        if (not self.muted and name in ("start", "stop") and self.confirm is not None
+                and not self.confirm(name, doc)):
             self.muted = True
         if self.muted:
             self.withheld += 1
@@ -517,31 +519,21 @@ def serve_nats_group(url: str, subject: str, settings: GroupSettings, *,
     """
     import nats
     from bluesky_nats.nats_runtime import NatsRuntime
-    from bluesky_nats.outbox import Delivery, Outbox
 
-    from .jetstream import _publisher_class
+    from .jetstream import _size_checked_publisher, _stop_on_signals
 
     runtime = NatsRuntime("nats-io-symdenoise")
     loop = asyncio.new_event_loop()
     try:
-        client = runtime.connect(nats.connect(url))
-        sender = _publisher_class()(Outbox(runtime, client, delivery=Delivery.CRITICAL),
-                                    client.jetstream(), derived_subject or subject,
-                                    max_payload=client.max_payload)
-        logger.info("NATS server max_payload: %d bytes", client.max_payload)
-        member_box: list[GroupMember] = []
-        publisher = GroupPublisher(sender, lambda n, d: member_box[0].confirm(n, d))
+        sender = _size_checked_publisher(runtime, url, derived_subject or subject)
+        publisher = GroupPublisher(sender)  # confirms once the member exists
         worker = RemoteDenoiser(publisher, lossless=lossless, **options)
     except BaseException:
         runtime.close()
         loop.close()
         raise
-    stopping = asyncio.Event()
-    received: list[str] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signal.Signals(signum).name)
-        stopping.set()
+    stopping, received = _stop_on_signals(loop)
+    members: list[GroupMember] = []
 
     async def run() -> None:
         connection = await nats.connect(url)
@@ -551,13 +543,12 @@ def serve_nats_group(url: str, subject: str, settings: GroupSettings, *,
             member = GroupMember(js, claims, worker, publisher, sender, settings,
                                  subject=subject, derived_subject=derived_subject or subject,
                                  stream=stream, lossless=lossless)
-            member_box.append(member)
+            publisher.confirm = member.confirm
+            members.append(member)
             await member.run(stopping, ready)
         finally:
             await connection.close()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupt, signum)
     logger.info("serving in group %s: %s %s.> -> symdenoise -> %s.>", settings.group, url,
                 subject, derived_subject or subject)
     try:
@@ -568,7 +559,7 @@ def serve_nats_group(url: str, subject: str, settings: GroupSettings, *,
         clean = worker.shutdown(reason)
         clean = sender.flush() and clean
         clean = runtime.close() and clean
-    counts = member_box[0].counts if member_box else {}
+    counts = members[0].counts if members else {}
     logger.info("stopped (%s); runs %s; %d frames dropped; %d derived documents withheld "
                 "(run taken over), %d not sent (over max_payload)", reason, counts,
                 worker.denoiser.dropped, publisher.withheld, sender.oversize)

@@ -79,6 +79,35 @@ def _dispatcher_class() -> type:
     return NewDocumentsDispatcher
 
 
+def _size_checked_publisher(runtime: Any, url: str, subject: str) -> Any:
+    """Connect ``runtime`` (a bluesky-nats ``NatsRuntime``) to ``url``; a publisher of
+    derived documents on ``<subject>.<name>`` that never sends one over the server's
+    ``max_payload``."""
+    import nats
+    from bluesky_nats.outbox import Delivery, Outbox
+
+    client = runtime.connect(nats.connect(url))
+    publisher = _publisher_class()(Outbox(runtime, client, delivery=Delivery.CRITICAL),
+                                   client.jetstream(), subject,
+                                   max_payload=client.max_payload)
+    logger.info("NATS server max_payload: %d bytes", client.max_payload)
+    return publisher
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, list[str]]:
+    """An event SIGINT or SIGTERM sets on ``loop``, and the names of the signals received."""
+    stopping = asyncio.Event()
+    received: list[str] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
+    return stopping, received
+
+
 def serve_nats(url: str, subject: str, *, stream: str = "bluesky",
                derived_subject: str | None = None, ready: Callable[[], Any] | None = None,
                **options: Any) -> int:
@@ -90,17 +119,11 @@ def serve_nats(url: str, subject: str, *, stream: str = "bluesky",
     creates no stream). ``options`` go to
     :class:`~bluesky_symdenoise.remote.worker.RemoteDenoiser`. Main thread only.
     """
-    import nats
     from bluesky_nats.nats_runtime import NatsRuntime
-    from bluesky_nats.outbox import Delivery, Outbox
 
     runtime = NatsRuntime("nats-io-symdenoise")
     try:
-        client = runtime.connect(nats.connect(url))
-        publisher = _publisher_class()(Outbox(runtime, client, delivery=Delivery.CRITICAL),
-                                       client.jetstream(), derived_subject or subject,
-                                       max_payload=client.max_payload)
-        logger.info("NATS server max_payload: %d bytes", client.max_payload)
+        publisher = _size_checked_publisher(runtime, url, derived_subject or subject)
         worker = RemoteDenoiser(publisher, **options)
     except BaseException:
         runtime.close()
@@ -109,12 +132,7 @@ def serve_nats(url: str, subject: str, *, stream: str = "bluesky",
     dispatcher = _dispatcher_class()(subject=f"{subject}.>", servers=url, stream_name=stream,
                                      loop=loop)
     dispatcher.subscribe(worker)
-    stopping = asyncio.Event()
-    received: list[str] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signal.Signals(signum).name)
-        stopping.set()
+    stopping, received = _stop_on_signals(loop)
 
     async def run() -> None:
         async with dispatcher:
@@ -122,8 +140,6 @@ def serve_nats(url: str, subject: str, *, stream: str = "bluesky",
                 ready()
             await stopping.wait()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupt, signum)
     logger.info("serving: %s %s.> -> symdenoise -> %s.>", url, subject,
                 derived_subject or subject)
     try:

@@ -93,6 +93,28 @@ def completed(url: str, raw_uids: list[str], frames: int):
     return docs, runs
 
 
+def run_with_its_owner(url: str, members: list, frames: int):
+    """Publish one slow run on a thread; once a member has started its derived run, return
+    (the publishing thread, its result list, raw uid, the run's record, the owning member)."""
+    by_pid = {str(m.popen.pid): m for m in members}
+    result: list[str] = []
+    engine = threading.Thread(target=lambda: result.append(publish_run(url, frames,
+                                                                        delay=0.5)))
+    engine.start()
+
+    def owner():
+        docs = read_stream(url)
+        starts = [d for n, d in docs if n == "start"]
+        raw = [d for d in starts if "original_run_uid" not in d]
+        if not raw or not [d for d in starts if d.get("original_run_uid") == raw[0]["uid"]]:
+            return None
+        record = claim_record(url, raw[0]["uid"])
+        return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
+
+    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
+    return engine, result, raw_uid, record, by_pid[record["worker"].rsplit(":", 1)[-1]]
+
+
 def test_two_members_share_runs_and_each_run_gets_one_derived_run(nats_server, serve):
     members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP)
                for _ in range(2)]
@@ -129,23 +151,7 @@ def test_a_member_killed_mid_run_has_its_run_taken_over(nats_server, serve):
     frames = 10
     members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
                      "--ack-wait", "3") for _ in range(2)]
-    by_pid = {str(m.popen.pid): m for m in members}
-    result: list[str] = []
-    engine = threading.Thread(
-        target=lambda: result.append(publish_run(nats_server, frames, delay=0.5)))
-    engine.start()
-
-    def owner():  # the member holding the run, once its derived run has started
-        docs = read_stream(nats_server)
-        starts = [d for n, d in docs if n == "start"]
-        raw = [d for d in starts if "original_run_uid" not in d]
-        if not raw or not [d for d in starts if d.get("original_run_uid") == raw[0]["uid"]]:
-            return None
-        record = claim_record(nats_server, raw[0]["uid"])
-        return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
-
-    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
-    victim = by_pid[record["worker"].rsplit(":", 1)[-1]]
+    engine, result, raw_uid, record, victim = run_with_its_owner(nats_server, members, frames)
     assert victim.signal(signal.SIGKILL) == -signal.SIGKILL
     engine.join(120)
     assert result == [raw_uid]
@@ -177,20 +183,7 @@ def test_a_member_stopped_cleanly_hands_its_run_over_at_once(nats_server, serve)
     frames = 10
     members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
                      "--ack-wait", "60") for _ in range(2)]
-    by_pid = {str(m.popen.pid): m for m in members}
-    result: list[str] = []
-    engine = threading.Thread(
-        target=lambda: result.append(publish_run(nats_server, frames, delay=0.5)))
-    engine.start()
-
-    def owner():
-        docs = read_stream(nats_server)
-        raw = [d for n, d in docs if n == "start" and "original_run_uid" not in d]
-        record = claim_record(nats_server, raw[0]["uid"]) if raw else None
-        return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
-
-    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
-    leaving = by_pid[record["worker"].rsplit(":", 1)[-1]]
+    engine, result, raw_uid, record, leaving = run_with_its_owner(nats_server, members, frames)
     assert leaving.signal(signal.SIGTERM) == 0, leaving.output
     stopped_at = time.monotonic()
     engine.join(120)

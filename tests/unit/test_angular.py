@@ -140,6 +140,6 @@ def test_a_failing_model_is_skipped_and_said_so(monkeypatch):
     clause = denoiser.check_angular_model(analysis, half, [], half.astype(np.float64), rest)
     assert "skipped (FloatingPointError: no fit)" in clause and denoiser.angular is None
     denoiser.angular = engine.AngularBlend(weights=(1.0,) * 20, orders=(0,) * 20)
-    served = denoiser._with_angular_model(analysis, frames[:1], frames[:1], [[]])
+    served = denoiser.with_angular_model(analysis, frames[:1], frames[:1], [[]])
     np.testing.assert_array_equal(served, frames[:1])
     assert any("angular model skipped on a frame" in e for e in denoiser.events)
