@@ -43,6 +43,14 @@ SPREAD_TILE_PX = 16
 MAX_SPREAD_ERROR = 0.15
 #: Frame pairs used at most by :func:`calibrate`.
 MAX_PAIRS = 8
+#: The point spread (Gaussian σ, px) the lag-1 correlation must be able to see for an
+#: uncorrelated scan's gain to count as measured (a thin scintillator's; thicker ones spread
+#: more and show more).
+REFERENCE_SPREAD_PX = 0.5
+#: A pixel whose scan mean exceeds its brightest neighbour's by this many of its noise's
+#: standard deviations is left out of the calibration (a hot pixel: its own noise, not
+#: shared by the point spread, and heavy-tailed next to the pixels around it).
+HOT_Z = 8.0
 
 
 class DetectorNoise(BaseModel):
@@ -116,6 +124,9 @@ class NoiseCalibration:
         Per-pixel photon-noise variance over the mean photon count: 1 for independent pixels,
         below 1 when a point spread shares each photon between neighbours (the sum of the
         squared spread kernel).
+    gain_lower_bound
+        True where a point spread could not be measured (or could not have shown): the gain
+        is then the per-pixel slope ``g·Σk²``, at most the true gain; pass ``gain=``.
     source
         How the values were found.
     """
@@ -128,6 +139,7 @@ class NoiseCalibration:
     offset: float = 0.0
     correlation: float = 0.0
     noise_factor: float = 1.0
+    gain_lower_bound: bool = False
     source: str = "photon counting"
 
     @property
@@ -175,7 +187,8 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     ``(mean of the pair means, var(d) / 2)`` after setting aside samples beyond 6 σ of a
     first line (a pixel that changed between frames), and a straight line
     weighted by each point's variance gives ``g`` (slope) and ``σ²`` (intercept), with their
-    standard errors.
+    standard errors. Pixels that cannot follow the curve (dead or saturated: one value in
+    every frame; hot: an isolated outlier, :data:`HOT_Z`) are left out after a first line.
 
     A point spread shares each photon between neighbouring pixels: the per-pixel variance is
     then ``g·Σk²·μ + σ²``. Where the lag-1 correlation of ``d`` is significant
@@ -230,6 +243,18 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     # frames), then the line again.
     first = _line_fit(*_transfer_points(diffs, means, groups,
                                         np.broadcast_to(good, diffs.shape)))
+    # Pixels that do not follow the curve are left out, and the first line fitted again:
+    # dead or saturated ones (the same value in every frame) and hot ones (isolated
+    # outliers, HOT_Z).
+    outliers = _outliers(data, good, first[0], first[1])
+    if outliers.any() and (good & ~outliers).sum() >= 1000:
+        good = good & ~outliers
+        data = np.where(good, data, 0.0)
+        diffs = data[1:pairs + 1] - data[:pairs]
+        means = 0.5 * (data[1:pairs + 1] + data[:pairs])
+        groups = _groups(_levels(data, good, pairs), good)
+        first = _line_fit(*_transfer_points(diffs, means, groups,
+                                            np.broadcast_to(good, diffs.shape)))
     own = np.maximum(data.mean(axis=0), 0.0)  # the pixel's own level sets its clip
     expected = 2.0 * np.maximum(first[0] * own + first[1], 1e-12)
     keep = np.broadcast_to(good, diffs.shape) & (diffs ** 2 <= 36.0 * expected)
@@ -238,13 +263,30 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     correlation, correlation_error = _lag1_correlation(diffs, good)
     gain, gain_error, noise_factor = slope, slope_error, 1.0
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
+    if outliers.any():
+        source += f", {int(outliers.sum())} dead, saturated or hot pixel(s) left out"
     # A point spread shares photons between neighbours: the per-pixel slope is then g·Σk²,
     # and the noise covariances with the neighbours, pooled over the scan, give Σk².
-    if correlation > MIN_CORRELATION + 5.0 * correlation_error:
-        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
+    detectable = MIN_CORRELATION + 5.0 * correlation_error
+    lower_bound = False
+    if correlation <= detectable:
+        # No correlation seen; but where the photon noise is a small share of the noise, a
+        # scintillator's spread would not show either, and the per-pixel slope would be
+        # g·Σk², not g. Then the gain is a lower bound, with an error as large as itself.
+        level = float(np.mean(means[np.broadcast_to(good, means.shape)]))
+        share = max(slope, 0.0) * level / max(max(slope, 0.0) * level + intercept, 1e-300)
+        if share * _lag1_share(REFERENCE_SPREAD_PX) <= detectable:
+            gain_error, lower_bound = max(gain_error, abs(gain)), True
+            source += (f"; the photon noise is {100 * share:.1f} % of the noise variance: a "
+                       f"point spread of {REFERENCE_SPREAD_PX} px would not show in the "
+                       "correlations, so the gain is a lower bound (pass gain= for a flat "
+                       "panel)")
+    if correlation > detectable:
+        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0),
+                                _levels(data, good, 1)[0], slope)
         if spread is None:
             # The per-pixel slope is g·Σk²: a lower bound, its error the gain itself.
-            gain_error = gain
+            gain_error, lower_bound = gain, True
             source += (f"; correlated noise (lag-1 correlation {correlation:.3f}) but too "
                        "few pixels to measure the spread: the gain is the per-pixel slope, "
                        "a lower bound")
@@ -258,7 +300,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                 source += (f" (imprecise: ±{100 * gain_error / gain:.0f} %, too few pixels; "
                            "pass gain= if known)")
     if noise.gain is not None:
-        gain, gain_error = float(noise.gain), 0.0
+        gain, gain_error, lower_bound = float(noise.gain), 0.0, False
         source += "; gain given"
     if not np.isfinite(gain) or gain <= 0:
         raise ValueError("the photon transfer curve of this scan has no positive slope (too "
@@ -275,7 +317,29 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                             gain_error=float(gain_error), read_noise=read_noise,
                             read_noise_error=read_noise_error, offset=offset,
                             correlation=float(correlation), noise_factor=float(noise_factor),
-                            source=source)
+                            gain_lower_bound=lower_bound, source=source)
+
+
+def _outliers(data: np.ndarray, good: np.ndarray, slope: float, intercept: float
+              ) -> np.ndarray:
+    """Good pixels that cannot be used: the same value in every frame (dead or saturated),
+    or a scan mean above its 8 neighbours' brightest by :data:`HOT_Z` standard deviations
+    of a pixel's mean (``(slope · level + intercept) / frames``, the first transfer line's,
+    at the neighbours' level). A real one-pixel spot may go too; the curve does not need
+    it."""
+    from scipy import ndimage
+
+    constant = good & np.all(data == data[:1], axis=0)
+    mean = np.where(good, data.mean(axis=0), -np.inf)
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    brightest = ndimage.maximum_filter(mean, footprint=ring, mode="constant", cval=-np.inf)
+    level = np.where(np.isfinite(brightest), np.maximum(brightest, 0.0), 0.0)
+    sigma = np.sqrt(np.maximum(max(slope, 0.0) * level + intercept, 1e-12) / len(data))
+    finite = good & np.isfinite(brightest)
+    hot = np.zeros_like(good)
+    hot[finite] = mean[finite] - brightest[finite] > HOT_Z * sigma[finite]
+    return constant | hot
 
 
 def _levels(data: np.ndarray, good: np.ndarray, pairs: int) -> np.ndarray:
@@ -358,7 +422,8 @@ def _line_fit(x: np.ndarray, y: np.ndarray, spread: np.ndarray, n: np.ndarray
 
 
 def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
-                   read_variance: float) -> tuple[float, float, float, float] | None:
+                   read_variance: float, level: np.ndarray, slope: float
+                   ) -> tuple[float, float, float, float] | None:
     """Photon share ``Σk²`` and gain where a point spread correlates neighbouring pixels:
     ``(Σk², its error, gain, its error)``, or None when the photon noise is too small next
     to the readout noise to tell.
@@ -367,7 +432,12 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     samples: the frame-difference covariances ``C(l)`` summed over the lags are ``g·μ + σ²``
     whatever the spread (a photon's noise, spread by the kernel ``k``, adds up over the
     lags to what it was), so ``g = (Σ_l C(l) - σ²) / μ``, and ``Σk² = (C(0) - σ²) /
-    (Σ_l C(l) - σ²)``."""
+    (Σ_l C(l) - σ²)``.
+
+    Each pixel's terms are weighted by ``L / V²`` (``L``: the scan's ``level`` around it,
+    independent of its own noise; ``V = slope · L + σ²``, its noise variance on the
+    per-pixel transfer line): the summed covariances' noise grows as ``V``, so an unweighted
+    pool rests on the few brightest pixels and scatters with them."""
     from scipy import ndimage
 
     lags = CORRELATION_LAGS_PX
@@ -384,15 +454,21 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
                 shared += d * _shifted(d, dr, dc) * _shifted(kept, dr, dc)
     own = d[inside] ** 2 / 2.0 - read_variance
     total = own + shared[inside] / 2.0
-    level = means[inside]
-    own_mean, total_mean, level_mean = float(own.mean()), float(total.mean()), float(level.mean())
+    mean_level = np.maximum(np.broadcast_to(level, diffs.shape)[inside], 0.0)
+    variance = np.maximum(max(slope, 0.0) * mean_level + read_variance, 1e-12)
+    weight = mean_level / variance ** 2
+    if not weight.sum() > 0:
+        return None
+    weight = weight / weight.sum()
+    pixel_level = means[inside]
+    own_mean, total_mean, level_mean = (float(weight @ v) for v in (own, total, pixel_level))
     if total_mean <= 0 or level_mean <= 0:
         return None
     factor = float(np.clip(own_mean / total_mean, 0.0, 1.0))
     gain = total_mean / level_mean
     # Errors from the scatter between tiles of SPREAD_TILE_PX (a difference enters the
     # products of all its neighbours, so single samples are not independent): the delta
-    # method on the ratios of the tiles' means.
+    # method on the ratios of the tiles' weighted sums.
     pair, rows, cols = np.nonzero(inside)
     width = inside.shape[2] // SPREAD_TILE_PX + 1
     tile = (pair * (inside.shape[1] // SPREAD_TILE_PX + 1) + rows // SPREAD_TILE_PX) * width \
@@ -401,17 +477,25 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     n_tiles = int(tile.max()) + 1
     if n_tiles < 4:
         return None
-    per = np.bincount(tile).astype(np.float64)
-    means_of = [np.bincount(tile, weights=v) / per for v in (own, total, level)]
-    weights = per / per.sum()
+    sums = [np.bincount(tile, weights=weight * v) for v in (own, total, pixel_level)]
 
     def ratio_error(top: int, bottom: int) -> float:
-        a, b = means_of[top], means_of[bottom]
-        a_mean, b_mean = float(weights @ a), float(weights @ b)
-        residual = (a - a_mean * b / b_mean) / b_mean  # linearised ratio, per tile
-        return float(np.sqrt(np.sum(weights ** 2 * residual ** 2) * n_tiles / (n_tiles - 1)))
+        a, b = sums[top], sums[bottom]
+        residual = (a - a.sum() / b.sum() * b) / b.sum()  # linearised ratio, per tile
+        return float(np.sqrt(np.sum(residual ** 2) * n_tiles / (n_tiles - 1)))
 
     return factor, ratio_error(0, 1), float(gain), ratio_error(1, 2)
+
+
+def _lag1_share(psf_sigma: float) -> float:
+    """Lag-1 correlation of the photon noise alone behind a Gaussian point spread of
+    ``psf_sigma`` px (its kernel's autocorrelation at one pixel over that at zero)."""
+    from scipy import ndimage
+
+    delta = np.zeros((15, 15))
+    delta[7, 7] = 1.0
+    kernel = ndimage.gaussian_filter(delta, psf_sigma, mode="constant")
+    return float(np.sum(kernel[:, 1:] * kernel[:, :-1]) / np.sum(kernel ** 2))
 
 
 def _lag1_correlation(diffs: np.ndarray, good: np.ndarray) -> tuple[float, float]:

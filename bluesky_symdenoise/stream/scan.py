@@ -19,6 +19,7 @@ analysed, not when the plugin is imported or built.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -575,6 +576,11 @@ class LiveScan:
                     # Raw's error at the denoised rate; the check scales it (IqCheck.apply).
                     den = ai.integrate(frame.denoised, npt=npt, sector=sec,
                                        variance=np.maximum(frame.denoised, 0))
+                    if _rate_known(frame):
+                        # Raw's own sigma from the same rate: the counts around a pixel
+                        # are a noisy rate at low counts (a bin that drew few counts gets
+                        # a small sigma, and the 1σ coverage falls to ~0.5 at 0.1 c/px).
+                        raw = dataclasses.replace(raw, sigma=den.sigma)
                     intensity, sigma, fallback = run.engine.published_iq(
                         frame.denoised_by, profile, raw, den)
                     raw_intensity, raw_sigma = raw.intensity, raw.sigma
@@ -701,3 +707,9 @@ class LiveScan:
             record["latency_s"] = {"p50": float(np.percentile(self.latencies, 50)),
                                    "p95": float(np.percentile(self.latencies, 95))}
         return json.loads(json.dumps(record, default=str))
+
+
+def _rate_known(frame: ServedFrame) -> bool:
+    """Whether a served frame's denoised values estimate each pixel's Poisson rate (not a
+    raw pass-through or a failure's copy of the counts)."""
+    return frame.failure is None and not frame.denoised_by.startswith("none")

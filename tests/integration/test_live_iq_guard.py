@@ -97,4 +97,16 @@ def test_a_denoiser_that_does_not_hurt_does_not_fall_back(RE, frames, scene, col
     raw_sigma, sigma = data["det_img_iq_raw_sigma"], data["det_img_iq_denoised_sigma"]
     ok = np.isfinite(sigma) & (raw_sigma > 0)
     assert np.median(sigma[ok] / raw_sigma[ok]) < 0.6
+    # Raw's sigma is Poisson at the denoised rate: here the expectation itself, so it is the
+    # exact one (up to the pixels the frame flagged), not one from each bin's own counts.
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+    exact = AzimuthalIntegration(scene.geometry, scene.mask).integrate(
+        truth, npt=len(data["q"][0]), variance=truth).sigma
+    usable = good & ~scene.defects.hot & ~scene.defects.dead
+    scale = [float(np.asarray(e["data"]["det_img"])[usable].sum()) / float(truth[usable].sum())
+             for e in collector.stream("primary")]
+    on = exact > 0
+    ratio = raw_sigma[:, on] / (exact[on] * np.sqrt(np.array(scale))[:, None])
+    assert np.quantile(np.abs(ratio - 1.0), 0.9) < 0.05, ratio
     derived.validate()

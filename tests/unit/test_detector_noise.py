@@ -3,6 +3,8 @@ on dark-subtracted ADU frames (negative values are data)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -82,6 +84,41 @@ def test_a_point_spread_is_measured_and_the_gain_still_found(powder):
     assert 0.1 < found.noise_factor < 0.3
     assert abs(found.gain / 7.0 - 1) < 0.15
     assert abs(found.read_noise / 4.0 - 1) < 0.10
+
+
+@pytest.mark.fast
+def test_dead_and_hot_pixels_are_left_out_of_the_calibration(powder):
+    """Pixels that do not follow the transfer curve (a dead one reads the same in every
+    frame, a hot one counts its own photons) must not bend it: with 40 of each among the
+    good pixels the gain is found as on a clean detector, and the source counts them."""
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=5, seed=3)
+    rng = np.random.default_rng(11)
+    rows, cols = np.nonzero(powder.usable)
+    pick = rng.choice(len(rows), 80, replace=False)
+    dead, hot = pick[:40], pick[40:]
+    frames[:, rows[dead], cols[dead]] = 0.0
+    frames[:, rows[hot], cols[hot]] = 7.0 * rng.poisson(400.0, (len(frames), 40))
+    # (the same hot and dead pixels made the gain 13 % high before they were left out)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert abs(found.gain / 7.0 - 1) < 0.10 and abs(found.read_noise / 4.0 - 1) < 0.10
+    left_out = re.search(r"(\d+) dead, saturated or hot pixel\(s\) left out", found.source)
+    # (two hot pixels side by side hide each other; a few of 40 may)
+    assert left_out and 72 <= int(left_out.group(1)) <= 82, found.source
+
+
+@pytest.mark.fast
+def test_a_spread_hidden_under_the_readout_noise_makes_the_gain_a_lower_bound(powder):
+    """Gain 2 ADU/photon under 10 ADU of readout noise, spread by 0.7 px: the photon noise is
+    under 1 % of the variance and its correlations cannot be seen, so the per-pixel slope
+    (gain × Σk², about a sixth of the gain) is reported as what it is: a lower bound."""
+    frames = flat_panel_frames(powder, gain=2.0, read_noise=10.0, n=4, psf_sigma=0.7, seed=6)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert found.gain_lower_bound and found.gain < 2.0
+    assert found.gain_error >= found.gain and "lower bound" in found.source
+    # The same detector without a spread and with more photon noise is measured as usual.
+    clear = calibrate(flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=3, seed=5),
+                      powder.usable, DetectorNoise(kind="integrating"))
+    assert not clear.gain_lower_bound and abs(clear.gain / 7.0 - 1) < 0.10
 
 
 @pytest.mark.fast
