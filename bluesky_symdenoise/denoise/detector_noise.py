@@ -247,7 +247,8 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     # dead or saturated ones (the same value in every frame) and hot ones (isolated
     # outliers, HOT_Z).
     outliers = _outliers(data, good, first[0], first[1])
-    if outliers.any() and (good & ~outliers).sum() >= 1000:
+    left_out = int(outliers.sum()) if (good & ~outliers).sum() >= 1000 else 0
+    if left_out:
         good = good & ~outliers
         data = np.where(good, data, 0.0)
         diffs = data[1:pairs + 1] - data[:pairs]
@@ -263,8 +264,8 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     correlation, correlation_error = _lag1_correlation(diffs, good)
     gain, gain_error, noise_factor = slope, slope_error, 1.0
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
-    if outliers.any():
-        source += f", {int(outliers.sum())} dead, saturated or hot pixel(s) left out"
+    if left_out:
+        source += f", {left_out} dead, saturated or hot pixel(s) left out"
     # A point spread shares photons between neighbours: the per-pixel slope is then g·Σk²,
     # and the noise covariances with the neighbours, pooled over the scan, give Σk².
     detectable = MIN_CORRELATION + 5.0 * correlation_error
@@ -282,8 +283,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                        "correlations, so the gain is a lower bound (pass gain= for a flat "
                        "panel)")
     if correlation > detectable:
-        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0),
-                                _levels(data, good, 1)[0], slope)
+        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
         if spread is None:
             # The per-pixel slope is g·Σk²: a lower bound, its error the gain itself.
             gain_error, lower_bound = gain, True
@@ -422,8 +422,7 @@ def _line_fit(x: np.ndarray, y: np.ndarray, spread: np.ndarray, n: np.ndarray
 
 
 def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
-                   read_variance: float, level: np.ndarray, slope: float
-                   ) -> tuple[float, float, float, float] | None:
+                   read_variance: float) -> tuple[float, float, float, float] | None:
     """Photon share ``Σk²`` and gain where a point spread correlates neighbouring pixels:
     ``(Σk², its error, gain, its error)``, or None when the photon noise is too small next
     to the readout noise to tell.
@@ -432,12 +431,7 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     samples: the frame-difference covariances ``C(l)`` summed over the lags are ``g·μ + σ²``
     whatever the spread (a photon's noise, spread by the kernel ``k``, adds up over the
     lags to what it was), so ``g = (Σ_l C(l) - σ²) / μ``, and ``Σk² = (C(0) - σ²) /
-    (Σ_l C(l) - σ²)``.
-
-    Each pixel's terms are weighted by ``L / V²`` (``L``: the scan's ``level`` around it,
-    independent of its own noise; ``V = slope · L + σ²``, its noise variance on the
-    per-pixel transfer line): the summed covariances' noise grows as ``V``, so an unweighted
-    pool rests on the few brightest pixels and scatters with them."""
+    (Σ_l C(l) - σ²)``."""
     from scipy import ndimage
 
     lags = CORRELATION_LAGS_PX
@@ -454,21 +448,15 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
                 shared += d * _shifted(d, dr, dc) * _shifted(kept, dr, dc)
     own = d[inside] ** 2 / 2.0 - read_variance
     total = own + shared[inside] / 2.0
-    mean_level = np.maximum(np.broadcast_to(level, diffs.shape)[inside], 0.0)
-    variance = np.maximum(max(slope, 0.0) * mean_level + read_variance, 1e-12)
-    weight = mean_level / variance ** 2
-    if not weight.sum() > 0:
-        return None
-    weight = weight / weight.sum()
-    pixel_level = means[inside]
-    own_mean, total_mean, level_mean = (float(weight @ v) for v in (own, total, pixel_level))
+    level = means[inside]
+    own_mean, total_mean, level_mean = float(own.mean()), float(total.mean()), float(level.mean())
     if total_mean <= 0 or level_mean <= 0:
         return None
     factor = float(np.clip(own_mean / total_mean, 0.0, 1.0))
     gain = total_mean / level_mean
     # Errors from the scatter between tiles of SPREAD_TILE_PX (a difference enters the
     # products of all its neighbours, so single samples are not independent): the delta
-    # method on the ratios of the tiles' weighted sums.
+    # method on the ratios of the tiles' means.
     pair, rows, cols = np.nonzero(inside)
     width = inside.shape[2] // SPREAD_TILE_PX + 1
     tile = (pair * (inside.shape[1] // SPREAD_TILE_PX + 1) + rows // SPREAD_TILE_PX) * width \
@@ -477,12 +465,15 @@ def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
     n_tiles = int(tile.max()) + 1
     if n_tiles < 4:
         return None
-    sums = [np.bincount(tile, weights=weight * v) for v in (own, total, pixel_level)]
+    per = np.bincount(tile).astype(np.float64)
+    means_of = [np.bincount(tile, weights=v) / per for v in (own, total, level)]
+    weights = per / per.sum()
 
     def ratio_error(top: int, bottom: int) -> float:
-        a, b = sums[top], sums[bottom]
-        residual = (a - a.sum() / b.sum() * b) / b.sum()  # linearised ratio, per tile
-        return float(np.sqrt(np.sum(residual ** 2) * n_tiles / (n_tiles - 1)))
+        a, b = means_of[top], means_of[bottom]
+        a_mean, b_mean = float(weights @ a), float(weights @ b)
+        residual = (a - a_mean * b / b_mean) / b_mean  # linearised ratio, per tile
+        return float(np.sqrt(np.sum(weights ** 2 * residual ** 2) * n_tiles / (n_tiles - 1)))
 
     return factor, ratio_error(0, 1), float(gain), ratio_error(1, 2)
 
