@@ -125,8 +125,10 @@ class NoiseCalibration:
         below 1 when a point spread shares each photon between neighbours (the sum of the
         squared spread kernel).
     gain_lower_bound
-        True where a point spread could not be measured (or could not have shown): the gain
-        is then the per-pixel slope ``g·Σk²``, at most the true gain; pass ``gain=``.
+        True where the gain is not a measurement: a point spread could not be measured (or
+        could not have shown), so the gain is the per-pixel slope ``g·Σk²``, at most the
+        true gain; or no photon noise showed under the readout noise at all, so it is the
+        top of the slope's 2σ range. Pass ``gain=``.
     source
         How the values were found.
     """
@@ -303,9 +305,18 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
         gain, gain_error, lower_bound = float(noise.gain), 0.0, False
         source += "; gain given"
     if not np.isfinite(gain) or gain <= 0:
-        raise ValueError("the photon transfer curve of this scan has no positive slope (too "
-                         "little intensity variation or too few counts): pass gain= and "
-                         "read_noise=")
+        # No photon noise measurable under the readout noise. The noise is then the
+        # readout's; a gain at the top of the slope's 2σ range keeps the photon term as
+        # large as the data allow, and the frames are denoised with that model, flagged.
+        ceiling = slope + 2.0 * slope_error
+        if not (np.isfinite(ceiling) and ceiling > 0 and intercept > 0):
+            raise ValueError("the photon transfer curve of this scan has no positive slope "
+                             "(too little intensity variation or too few counts): pass gain= "
+                             "and read_noise=")
+        gain, gain_error, lower_bound = float(ceiling), float(ceiling), True
+        source += (f"; no photon noise measurable under the readout noise (slope "
+                   f"{slope:.3g} ± {slope_error:.3g}): the gain is set to the top of its 2σ "
+                   f"range, {ceiling:.3g}, not measured (pass gain=)")
     read_variance = max(intercept, 0.0)
     read_noise = float(np.sqrt(read_variance))
     read_noise_error = (float(intercept_error / (2.0 * read_noise)) if read_noise > 0

@@ -115,6 +115,13 @@ def test_a_spread_hidden_under_the_readout_noise_makes_the_gain_a_lower_bound(po
     found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
     assert found.gain_lower_bound and found.gain < 2.0
     assert found.gain_error >= found.gain and "lower bound" in found.source
+    # Another draw of it shows no photon noise at all (the slope comes out below 0): the
+    # frames are still calibrated, with the readout noise, and the gain is flagged.
+    frames = flat_panel_frames(powder, gain=2.0, read_noise=10.0, n=4, psf_sigma=0.7, seed=5)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert found.gain_lower_bound and 0 < found.gain < 2.0
+    assert "no photon noise measurable" in found.source
+    assert abs(found.read_noise / 10.0 - 1) < 0.05
     # The same detector without a spread and with more photon noise is measured as usual.
     clear = calibrate(flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=3, seed=5),
                       powder.usable, DetectorNoise(kind="integrating"))
