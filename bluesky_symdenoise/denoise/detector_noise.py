@@ -272,7 +272,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     # and the noise covariances with the neighbours, pooled over the scan, give Σk².
     detectable = MIN_CORRELATION + 5.0 * correlation_error
     lower_bound = False
-    if correlation <= detectable:
+    if correlation <= detectable and gain > 0:
         # No correlation seen; but where the photon noise is a small share of the noise, a
         # scintillator's spread would not show either, and the per-pixel slope would be
         # g·Σk², not g. Then the gain is a lower bound, with an error as large as itself.
