@@ -65,7 +65,8 @@ START_KEYS = {"poni": "pyFAI PONI file path or PONI dict",
 #: Most frames a worker that has fallen behind denoises in one call.
 MAX_LIVE_BATCH = 8
 #: How the derived run's I(q) sigmas are made (its provenance).
-_IQ_SIGMA = ("raw: Poisson, each pixel's variance the counts around it (0.7 px Gaussian); "
+_IQ_SIGMA = ("raw: Poisson, each pixel's variance its denoised value (the counts around it, "
+             "a 0.7 px Gaussian, for a frame passed through raw); "
              "denoised: calibrated per q block on held-out binomial splits of the warm-up "
              "frames, once per serving mode (integrate.heldout); where the denoised I(q) is "
              "worse than raw beyond the check's noise it falls back to raw "
