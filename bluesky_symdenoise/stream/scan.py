@@ -571,16 +571,19 @@ class LiveScan:
         if counts is not None and bad is not None:  # not a skipped frame
             try:
                 ai = integrator_for(integration.geometry, bad)
+                rate = np.maximum(frame.denoised, 0)
+                # Raw's own sigma is Poisson at the denoised rate (den.sigma below) where
+                # the frame was denoised: the counts around a pixel are a noisy rate at low
+                # counts (a bin that drew few counts gets a small sigma, and the 1σ coverage
+                # falls to ~0.5 at 0.1 c/px).
+                rate_known = _rate_known(frame)
                 for profile, (prefix, sec) in enumerate(zip(prefixes, (None, sector),
                                                             strict=False)):
-                    raw = ai.integrate(counts, npt=npt, sector=sec, error_model="poisson")
+                    raw = ai.integrate(counts, npt=npt, sector=sec,
+                                       error_model=None if rate_known else "poisson")
                     # Raw's error at the denoised rate; the check scales it (IqCheck.apply).
-                    den = ai.integrate(frame.denoised, npt=npt, sector=sec,
-                                       variance=np.maximum(frame.denoised, 0))
-                    if _rate_known(frame):
-                        # Raw's own sigma from the same rate: the counts around a pixel
-                        # are a noisy rate at low counts (a bin that drew few counts gets
-                        # a small sigma, and the 1σ coverage falls to ~0.5 at 0.1 c/px).
+                    den = ai.integrate(frame.denoised, npt=npt, sector=sec, variance=rate)
+                    if rate_known:
                         raw = dataclasses.replace(raw, sigma=den.sigma)
                     intensity, sigma, fallback = run.engine.published_iq(
                         frame.denoised_by, profile, raw, den)
