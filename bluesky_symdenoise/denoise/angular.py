@@ -4,23 +4,27 @@ An oriented SAXS or fibre pattern is, ring by ring, a few angular harmonics:
 ``I(r, χ) = I0(r) · (1 + Σ_m [c_m(r) cos mχ + s_m(r) sin mχ])``. Fitting that to the counts
 pools every pixel of a shell (hundreds) where a local denoiser pools tens.
 
-:func:`angular_model` fits it in two steps, both by Poisson likelihood (iteratively
-reweighted least squares, the weights ``1 / λ``):
+:func:`angular_model` fits it band by band (:data:`BAND_PX` px of radius), by Poisson
+likelihood (Fisher scoring), in the form ``λ = exp(s(r)) · (1 + Σ harmonics)``:
 
-1. **Shells** of 1 px: the isotropic part, a level and a radial slope per shell.
-2. **Bands** of :data:`BAND_PX` shells: the relative angular modulation, harmonics
-   ``m = 1 .. M`` whose coefficients vary linearly with radius over the band; the order
-   ``M`` (0 to :data:`MAX_ORDER`) is chosen per band by the Bayesian information criterion
-   on the Poisson deviance, so the data decide how many harmonics they support.
+1. **The isotropic part** ``s(r)``: a cubic spline in radius, knots every 1 or 2 px (the
+   Bayesian information criterion chooses). On the log scale it follows the steep decay next
+   to a beamstop (a Guinier region drops by several times per pixel), which a level and a
+   linear slope per 1 px shell cannot.
+2. **The relative angular modulation**: pairs of terms (order ``m``'s cosine and sine, and
+   their linear change across the band, ``m = 1 .. M``) added by forward selection: the pair
+   a score test ranks first is fitted and kept while the Bayesian information criterion on
+   the Poisson deviance improves. A centrosymmetric pattern thus gets its even orders
+   without paying for the odd ones.
 
 The model is only an estimate where it fits. :func:`misfit` finds the pixels whose
 neighbourhood departs from it beyond the Poisson noise (spots, streaks, one-sided features,
-the beamstop's edge, sharp rings the radial slope cannot follow), and the engine decides per
+the beamstop's edge, sharp rings the radial spline cannot follow), and the engine decides per
 band, on a held-out binomial split, how much of the model to mix into its own estimate
 (:func:`held_out_band_weights`); it keeps its own estimate where the model misfits. The mix
-is redistributed within each 1 px shell so that the shell's total is the engine's own: the
-model changes how a ring's intensity is spread, never the ring's mean (the raw-consistency
-holds of :mod:`.consistency` stay in force).
+is rescaled within each 1 px shell so that the shell's total is the engine's own: the model
+changes how intensity is spread around a ring and across the shell's width, never a shell's
+mean (the raw-consistency holds of :mod:`.consistency` stay in force at 1 px and coarser).
 """
 
 from __future__ import annotations
@@ -46,6 +50,17 @@ MISFIT_WINDOW_PX = 5
 MISFIT_Z = 4.0
 #: Band weights within this of 0 or 1 are taken as 0 or 1.
 SNAP = 0.05
+#: Knot spacings (px) tried for the cubic spline in radius that carries a band's isotropic
+#: part (the information criterion chooses per band).
+RADIAL_KNOTS_PX = (1.0, 2.0)
+#: Weight of the spline's second-difference penalty, per count of the band and basis
+#: function: small, it only carries the spline across radii without pixels.
+SMOOTHING = 1e-4
+#: Newton steps of the first fit of a band (from its shell means) and of each further order
+#: (from the fit before it).
+FIRST_ITERATIONS = 10
+NEXT_ITERATIONS = 6
+_LOG_FLOOR = -30.0
 
 
 def polar_maps(shape: tuple[int, int], center: tuple[float, float]
@@ -56,56 +71,116 @@ def polar_maps(shape: tuple[int, int], center: tuple[float, float]
     return np.hypot(dr, dc), np.arctan2(dr, dc)
 
 
-def _irls(counts: np.ndarray, design: np.ndarray, iterations: int = 6) -> np.ndarray:
-    """Poisson fit of ``λ = design @ θ`` (identity link); the fitted ``λ`` (kept positive)."""
-    floor = 1e-6 * max(float(counts.mean()), 1e-6)
-    rate = np.full(len(counts), max(float(counts.mean()), floor))
+def _cubic_bspline(radius: np.ndarray, first: float, knot: float, n_basis: int
+                   ) -> np.ndarray:
+    """Uniform cubic B-spline basis in ``radius`` (knots every ``knot`` px from
+    ``first - knot``): ``n_basis`` columns, four non-zero per row."""
+    t = (radius - first) / knot + 1.0
+    cell = np.clip(np.floor(t).astype(np.int64), 1, n_basis - 3)
+    f = t - cell
+    weights = np.stack([(1 - f) ** 3, 3 * f ** 3 - 6 * f ** 2 + 4,
+                        -3 * f ** 3 + 3 * f ** 2 + 3 * f + 1, f ** 3], axis=1) / 6.0
+    basis = np.zeros((len(radius), n_basis))
+    rows = np.arange(len(radius))
+    for k in range(4):
+        basis[rows, cell - 1 + k] = weights[:, k]
+    return basis
+
+
+def _scoring(x: np.ndarray, spline: np.ndarray, modulation: np.ndarray, theta: np.ndarray,
+             penalty: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson fit of ``λ = exp(spline @ β) · (1 + modulation @ γ)`` by Fisher scoring
+    from ``θ = (β, γ)``, with the quadratic ``penalty`` on ``θ``; returns ``θ`` and ``λ``."""
+    n_basis = spline.shape[1]
+    floor = 1e-6 * max(float(x.mean()), 1e-6)
+    rate = np.empty(len(x))
     for _ in range(iterations):
-        weighted = design / rate[:, None]
-        normal = weighted.T @ design
+        base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
+        rate = np.maximum(base * (1.0 + modulation @ theta[n_basis:]), floor)
+        jacobian = np.hstack([spline * rate[:, None], modulation * base[:, None]])
+        weighted = jacobian / rate[:, None]
+        normal = weighted.T @ jacobian + penalty
+        gradient = weighted.T @ (x - rate) - penalty @ theta
+        # A vanishing ridge keeps terms the pixels cannot tell apart (a band seen on a
+        # short arc only) determined.
         normal[np.diag_indices_from(normal)] += 1e-9 * max(float(np.trace(normal)), 1e-30)
-        theta = np.linalg.solve(normal, weighted.T @ counts)
-        rate = np.maximum(design @ theta, floor)
-    return rate
-
-
-def _shell_fits(counts: np.ndarray, good: np.ndarray, radius: np.ndarray, shell: np.ndarray,
-                n_shells: int, iterations: int = 6) -> np.ndarray:
-    """Per 1 px shell, a level and a radial slope fitted by Poisson likelihood (the
-    iterations of :func:`_irls`, all shells at once); NaN in shells of fewer than 4 pixels."""
-    index = shell[good]
-    x = counts[good]
-    across = radius[good] - (index + 0.5)
-    n = max(n_shells, 1)
-    pixels = np.bincount(index, minlength=n).astype(np.float64)
-    mean = np.bincount(index, x, minlength=n) / np.maximum(pixels, 1.0)
-    floor = 1e-6 * np.maximum(mean, 1e-6)
-    rate = np.maximum(mean, floor)[index]
-    for _ in range(iterations):
-        w = 1.0 / rate
-        s0, s1 = np.bincount(index, w, n), np.bincount(index, w * across, n)
-        s2 = np.bincount(index, w * across * across, n)
-        t0, t1 = np.bincount(index, w * x, n), np.bincount(index, w * across * x, n)
-        det = s0 * s2 - s1 ** 2
-        solvable = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
-        safe = np.where(solvable, det, 1.0)
-        level = np.where(solvable, (s2 * t0 - s1 * t1) / safe, t0 / np.maximum(s0, 1e-300))
-        slope = np.where(solvable, (s0 * t1 - s1 * t0) / safe, 0.0)
-        rate = np.maximum(level[index] + slope[index] * across, floor[index])
-    out = np.full(counts.shape, np.nan)
-    out[good] = np.where(pixels[index] >= 4, rate, np.nan)
-    return out
+        theta = theta + np.linalg.lstsq(normal, gradient, rcond=None)[0]
+    base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
+    rate = np.maximum(base * (1.0 + modulation @ theta[n_basis:]), floor)
+    return theta, rate
 
 
 def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
     return float(2.0 * np.sum(xlogy(counts, counts / rate) - (counts - rate)))
 
 
-def _harmonics(chi: np.ndarray, order: int) -> list[np.ndarray]:
-    terms = []
-    for m in range(1, order + 1):
-        terms += [np.cos(m * chi), np.sin(m * chi)]
-    return terms
+def _score_test(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.ndarray
+                ) -> float:
+    """Score statistic of adding modulation ``terms`` to a fit (``rate``, isotropic part
+    ``base``): about the deviance the terms would remove, without fitting them."""
+    gradient = terms.T @ ((x - rate) / rate * base)
+    information = (terms * (base ** 2 / rate)[:, None]).T @ terms
+    information[np.diag_indices_from(information)] += 1e-12 * max(
+        float(np.trace(information)), 1e-30)
+    return float(gradient @ np.linalg.lstsq(information, gradient, rcond=None)[0])
+
+
+def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int
+                ) -> tuple[np.ndarray, int]:
+    """One band's fit: the radial spline, then the angular terms two by two (order ``m``'s
+    cosine and sine, then their change across the band) while the Bayesian information
+    criterion on the Poisson deviance supports them."""
+    n = len(x)
+    shell = np.floor(radius - first).astype(np.int64)
+    pixels = np.bincount(shell, minlength=BAND_PX)
+    shell_mean = np.bincount(shell, x, minlength=BAND_PX) / np.maximum(pixels, 1)
+    start = np.log(np.maximum(shell_mean[shell], max(float(x.mean()), 1e-6) * 1e-2))
+    # The isotropic part: the knot spacing the information criterion prefers.
+    fits = []
+    for knot in RADIAL_KNOTS_PX:
+        n_basis = int(np.ceil(BAND_PX / knot)) + 3
+        spline = _cubic_bspline(radius, first, knot, n_basis)
+        # A weak second-difference penalty on the spline (relative to the counts'
+        # weight): radii without pixels (the beamstop, a gap) take their neighbours' course.
+        second = np.diff(np.eye(n_basis), 2, axis=0)
+        smooth = SMOOTHING * max(float(x.sum()), 1.0) / n_basis * second.T @ second
+        beta = np.linalg.lstsq(spline, start, rcond=None)[0]
+        theta, rate = _scoring(x, spline, np.zeros((n, 0)), beta, smooth, FIRST_ITERATIONS)
+        fits.append((_deviance(x, rate) + np.log(n) * n_basis, n_basis, spline, smooth,
+                     theta, rate))
+    _, n_basis, spline, smooth, theta, best_rate = min(fits, key=lambda fit: fit[0])
+    best_score, best_order = _deviance(x, best_rate), 0
+    across = (radius - (first + BAND_PX / 2)) / BAND_PX
+    # Candidate pairs of terms: order m's cosine and sine, and (once those are in) their
+    # change across the band. Forward selection: the candidate the score test ranks first
+    # is fitted and kept while the information criterion improves.
+    candidates: dict[tuple[int, bool], np.ndarray] = {}
+    for m in range(1, MAX_ORDER + 1):
+        cos, sin = np.cos(m * azimuth), np.sin(m * azimuth)
+        candidates[(m, False)] = np.stack([cos, sin], axis=1)
+        candidates[(m, True)] = np.stack([cos * across, sin * across], axis=1)
+    chosen: list[tuple[int, bool]] = []
+    modulation = np.zeros((n, 0))
+    while (n_basis + modulation.shape[1] + 2) * PIXELS_PER_PARAMETER <= n:
+        base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
+        open_ = [key for key in candidates if key not in chosen
+                 and (not key[1] or (key[0], False) in chosen)]
+        if not open_:
+            break
+        ranks = [_score_test(candidates[key], x, best_rate, base) for key in open_]
+        key = open_[int(np.argmax(ranks))]
+        trial = np.hstack([modulation, candidates[key]])
+        penalty = np.zeros((n_basis + trial.shape[1],) * 2)
+        penalty[:n_basis, :n_basis] = smooth
+        fitted, rate = _scoring(x, spline, trial, np.concatenate([theta, np.zeros(2)]),
+                                penalty, NEXT_ITERATIONS)
+        score = _deviance(x, rate) + np.log(n) * trial.shape[1]
+        if score >= best_score:
+            break
+        chosen.append(key)
+        modulation, theta, best_rate, best_score = trial, fitted, rate, score
+        best_order = max(best_order, key[0])
+    return best_rate, best_order
 
 
 def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
@@ -124,38 +199,24 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     Returns
     -------
     (numpy.ndarray, dict)
-        The fitted expectation (``NaN`` where a shell had too few pixels), and a summary:
-        the order chosen per band.
+        The fitted expectation (``NaN`` where a band had too few pixels or no counts), and
+        a summary: the order chosen per band.
     """
     counts = np.asarray(counts, np.float64)
     shell = np.floor(radius).astype(np.int64)
     n_shells = int(shell[good].max()) + 1 if good.any() else 0
-    isotropic = _shell_fits(counts, good, radius, shell, n_shells)
-    model = isotropic.copy()
+    model = np.full(counts.shape, np.nan)
     orders: list[int] = []
+    n_basis = int(np.ceil(BAND_PX / max(RADIAL_KNOTS_PX))) + 3
     for first in range(0, n_shells, BAND_PX):
-        on = good & np.isfinite(isotropic) & (shell >= first) & (shell < first + BAND_PX)
-        n = int(on.sum())
-        if n < PIXELS_PER_PARAMETER * 5:
+        on = good & (shell >= first) & (shell < first + BAND_PX)
+        x = counts[on]
+        if len(x) < PIXELS_PER_PARAMETER * n_basis or x.sum() <= 0:
             orders.append(0)
             continue
-        x, base = counts[on], np.maximum(isotropic[on], 1e-12)
-        across = (radius[on] - (first + BAND_PX / 2)) / BAND_PX
-        best_score, best_rate, best_order = _deviance(x, base), base, 0
-        for order in range(1, MAX_ORDER + 1):
-            columns = [base]
-            for term in _harmonics(azimuth[on], order):
-                columns += [base * term, base * term * across]
-            if len(columns) * PIXELS_PER_PARAMETER > n:
-                break
-            rate = _irls(x, np.stack(columns, axis=1))
-            score = _deviance(x, rate) + np.log(n) * (len(columns) - 1)
-            if score < best_score:
-                best_score, best_rate, best_order = score, rate, order
-            elif order >= best_order + 2:  # two orders in a row not supported: stop
-                break
-        model[on] = best_rate
-        orders.append(best_order)
+        rate, order = _band_model(x, radius[on], azimuth[on], first)
+        model[on] = rate
+        orders.append(order)
     return model, {"band_px": BAND_PX, "orders": orders}
 
 
@@ -230,16 +291,19 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
                         orders=tuple(orders[:n_bands]) + (0,) * max(0, n_bands - len(orders)))
 
 
-#: Width (px) of the thin annuli whose totals :func:`mix_within_shells` keeps.
-KEPT_ANNULUS_PX = 0.25
+#: Width (px) of the shells whose totals :func:`mix_within_shells` keeps.
+KEPT_ANNULUS_PX = 1.0
 
 
 def mix_within_shells(estimate: np.ndarray, model: np.ndarray, weight: np.ndarray,
                       good: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """``w·model + (1 - w)·estimate``, rescaled annulus by annulus (:data:`KEPT_ANNULUS_PX`)
-    to the estimate's own totals: the model moves intensity around a ring, never between
-    radii, so the estimate's radial profile (held to the raw counts) and with it any
-    integrator's full-ring I(q) stay as they were."""
+    """``w·model + (1 - w)·estimate``, rescaled shell by shell (:data:`KEPT_ANNULUS_PX`) to
+    the estimate's own totals: the model moves intensity around a ring and across a shell's
+    width, never between shells, so the estimate's radial profile at 1 px (held to the raw
+    counts) and with it the full-ring I(q) in bins of a pixel or more stay as they were.
+    Within a shell the model's radial course replaces the estimate's: next to a beamstop,
+    where the intensity falls several times per pixel, the network's is the larger error
+    (``bench/heldout.py``, SAXS)."""
     estimate = np.asarray(estimate, np.float64)
     use = good & np.isfinite(model) & (weight > 0)
     mixed = np.where(use, weight * np.nan_to_num(model) + (1.0 - weight) * estimate, estimate)
