@@ -56,8 +56,8 @@ RADIAL_KNOTS_PX = (1.0, 2.0)
 #: Weight of the spline's second-difference penalty, per count of the band and basis
 #: function: small, it only carries the spline across radii without pixels.
 SMOOTHING = 1e-4
-#: Newton steps of the first fit of a band (from its shell means) and of each further order
-#: (from the fit before it).
+#: Fisher-scoring steps of the first fit of a band (from its shell means) and of each fit
+#: with a further pair of terms (from the fit before it).
 FIRST_ITERATIONS = 10
 NEXT_ITERATIONS = 6
 _LOG_FLOOR = -30.0
@@ -111,7 +111,10 @@ def _scoring(x: np.ndarray, spline: np.ndarray, modulation: np.ndarray, theta: n
 
 
 def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
-    return float(2.0 * np.sum(xlogy(counts, counts / rate) - (counts - rate)))
+    """Poisson deviance; an integrating detector's photon-equivalent values below 0 (its
+    readout noise) count as 0 in the log term, so the deviance stays finite."""
+    positive = np.maximum(counts, 0.0)
+    return float(2.0 * np.sum(xlogy(positive, positive / rate) - (counts - rate)))
 
 
 def _score_test(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.ndarray
@@ -175,7 +178,7 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
         fitted, rate = _scoring(x, spline, trial, np.concatenate([theta, np.zeros(2)]),
                                 penalty, NEXT_ITERATIONS)
         score = _deviance(x, rate) + np.log(n) * trial.shape[1]
-        if score >= best_score:
+        if not score < best_score:  # no better (or not finite): stop
             break
         chosen.append(key)
         modulation, theta, best_rate, best_score = trial, fitted, rate, score

@@ -173,3 +173,19 @@ def test_a_band_seen_on_a_short_arc_only_is_fitted_without_raising():
     fitted = np.isfinite(model) & good
     assert fitted.sum() > 0.5 * good.sum()
     assert np.mean((model - truth)[fitted] ** 2) < np.mean((counts - truth)[fitted] ** 2)
+
+
+def test_photon_equivalent_values_below_zero_keep_the_fit_finite():
+    """An integrating detector's dark-subtracted photon-equivalent frames hold values below
+    0 (readout noise): the deviance stays finite, so the order choice still works."""
+    radius, azimuth = polar_maps(SHAPE, CENTER)
+    truth = oriented_pattern(0.3)
+    rng = np.random.default_rng(13)
+    frame = rng.poisson(truth) + rng.normal(0.0, 0.6, SHAPE)
+    assert (frame < 0).any()
+    good = np.ones(SHAPE, bool)
+    model, summary = angular_model(frame, good, radius, azimuth)
+    inner = np.isfinite(model) & (radius > 4) & (radius < 60)
+    assert np.isfinite(model[inner]).all()
+    assert np.mean((model - truth)[inner] ** 2) < np.mean((frame - truth)[inner] ** 2) / 10
+    assert all(0 < order <= 4 for order in summary["orders"][1:5]), summary
