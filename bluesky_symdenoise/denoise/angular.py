@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.interpolate import BSpline
 from scipy.special import xlogy
 
 __all__ = ["AngularBlend", "BAND_PX", "MAX_ORDER", "angular_model", "held_out_band_weights",
@@ -71,43 +72,47 @@ def polar_maps(shape: tuple[int, int], center: tuple[float, float]
     return np.hypot(dr, dc), np.arctan2(dr, dc)
 
 
-def _cubic_bspline(radius: np.ndarray, first: float, knot: float, n_basis: int
-                   ) -> np.ndarray:
-    """Uniform cubic B-spline basis in ``radius`` (knots every ``knot`` px from
-    ``first - knot``): ``n_basis`` columns, four non-zero per row."""
-    t = (radius - first) / knot + 1.0
-    cell = np.clip(np.floor(t).astype(np.int64), 1, n_basis - 3)
-    f = t - cell
-    weights = np.stack([(1 - f) ** 3, 3 * f ** 3 - 6 * f ** 2 + 4,
-                        -3 * f ** 3 + 3 * f ** 2 + 3 * f + 1, f ** 3], axis=1) / 6.0
-    basis = np.zeros((len(radius), n_basis))
-    rows = np.arange(len(radius))
-    for k in range(4):
-        basis[rows, cell - 1 + k] = weights[:, k]
-    return basis
+def _n_basis(knot: float) -> int:
+    """Cubic B-splines on a band of :data:`BAND_PX` px with knots every ``knot`` px."""
+    return int(np.ceil(BAND_PX / knot)) + 3
+
+
+def _cubic_bspline(radius: np.ndarray, first: float, knot: float) -> np.ndarray:
+    """Uniform cubic B-spline basis in ``radius`` over the band from ``first``
+    (:func:`_n_basis` columns)."""
+    n_basis = _n_basis(knot)
+    knots = first + knot * (np.arange(n_basis + 4) - 3.0)
+    return BSpline.design_matrix(radius, knots, 3).toarray()
+
+
+def _ridge_solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix⁻¹ · vector`` with a vanishing ridge: terms the pixels cannot tell apart (a
+    band seen on a short arc only) stay determined instead of making the solve fail."""
+    matrix = matrix.copy()
+    matrix[np.diag_indices_from(matrix)] += 1e-9 * max(float(np.trace(matrix)), 1e-30)
+    return np.linalg.lstsq(matrix, vector, rcond=None)[0]
+
+
+def _predict(spline: np.ndarray, modulation: np.ndarray, theta: np.ndarray, floor: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The isotropic part ``exp(spline @ β)`` and the rate ``λ`` (at least ``floor``)."""
+    n_basis = spline.shape[1]
+    base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
+    return base, np.maximum(base * (1.0 + modulation @ theta[n_basis:]), floor)
 
 
 def _scoring(x: np.ndarray, spline: np.ndarray, modulation: np.ndarray, theta: np.ndarray,
              penalty: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
     """Poisson fit of ``λ = exp(spline @ β) · (1 + modulation @ γ)`` by Fisher scoring
     from ``θ = (β, γ)``, with the quadratic ``penalty`` on ``θ``; returns ``θ`` and ``λ``."""
-    n_basis = spline.shape[1]
     floor = 1e-6 * max(float(x.mean()), 1e-6)
-    rate = np.empty(len(x))
     for _ in range(iterations):
-        base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
-        rate = np.maximum(base * (1.0 + modulation @ theta[n_basis:]), floor)
+        base, rate = _predict(spline, modulation, theta, floor)
         jacobian = np.hstack([spline * rate[:, None], modulation * base[:, None]])
         weighted = jacobian / rate[:, None]
-        normal = weighted.T @ jacobian + penalty
-        gradient = weighted.T @ (x - rate) - penalty @ theta
-        # A vanishing ridge keeps terms the pixels cannot tell apart (a band seen on a
-        # short arc only) determined.
-        normal[np.diag_indices_from(normal)] += 1e-9 * max(float(np.trace(normal)), 1e-30)
-        theta = theta + np.linalg.lstsq(normal, gradient, rcond=None)[0]
-    base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
-    rate = np.maximum(base * (1.0 + modulation @ theta[n_basis:]), floor)
-    return theta, rate
+        theta = theta + _ridge_solve(weighted.T @ jacobian + penalty,
+                                     weighted.T @ (x - rate) - penalty @ theta)
+    return theta, _predict(spline, modulation, theta, floor)[1]
 
 
 def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
@@ -123,9 +128,7 @@ def _score_test(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.nda
     ``base``): about the deviance the terms would remove, without fitting them."""
     gradient = terms.T @ ((x - rate) / rate * base)
     information = (terms * (base ** 2 / rate)[:, None]).T @ terms
-    information[np.diag_indices_from(information)] += 1e-12 * max(
-        float(np.trace(information)), 1e-30)
-    return float(gradient @ np.linalg.lstsq(information, gradient, rcond=None)[0])
+    return float(gradient @ _ridge_solve(information, gradient))
 
 
 def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int
@@ -141,8 +144,8 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
     # The isotropic part: the knot spacing the information criterion prefers.
     fits = []
     for knot in RADIAL_KNOTS_PX:
-        n_basis = int(np.ceil(BAND_PX / knot)) + 3
-        spline = _cubic_bspline(radius, first, knot, n_basis)
+        n_basis = _n_basis(knot)
+        spline = _cubic_bspline(radius, first, knot)
         # A weak second-difference penalty on the spline (relative to the counts'
         # weight): radii without pixels (the beamstop, a gap) take their neighbours' course.
         second = np.diff(np.eye(n_basis), 2, axis=0)
@@ -165,7 +168,7 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
     chosen: list[tuple[int, bool]] = []
     modulation = np.zeros((n, 0))
     while (n_basis + modulation.shape[1] + 2) * PIXELS_PER_PARAMETER <= n:
-        base = np.exp(np.clip(spline @ theta[:n_basis], _LOG_FLOOR, 30.0))
+        base, _ = _predict(spline, modulation, theta, 0.0)
         open_ = [key for key in candidates if key not in chosen
                  and (not key[1] or (key[0], False) in chosen)]
         if not open_:
@@ -210,7 +213,7 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     n_shells = int(shell[good].max()) + 1 if good.any() else 0
     model = np.full(counts.shape, np.nan)
     orders: list[int] = []
-    n_basis = int(np.ceil(BAND_PX / max(RADIAL_KNOTS_PX))) + 3
+    n_basis = _n_basis(max(RADIAL_KNOTS_PX))
     for first in range(0, n_shells, BAND_PX):
         on = good & (shell >= first) & (shell < first + BAND_PX)
         x = counts[on]
