@@ -17,6 +17,11 @@ likelihood (Fisher scoring), in the form ``λ = exp(s(r)) · (1 + Σ harmonics)`
    the Poisson deviance improves. A centrosymmetric pattern thus gets its even orders
    without paying for the odd ones.
 
+Choosing the knots and terms costs several times fitting them. A scan's frames at one dose
+support the same structure, so :class:`ScanAngularModel` chooses it on the first frame and
+only refits the coefficients of the next ones (chosen afresh every :data:`REFRESH_FRAMES`
+frames, and for a frame at another dose).
+
 The model is only an estimate where it fits. :func:`misfit` finds the pixels whose
 neighbourhood departs from it beyond the Poisson noise (spots, streaks, one-sided features,
 the beamstop's edge, sharp rings the radial spline cannot follow), and the engine decides per
@@ -29,6 +34,7 @@ mean (the raw-consistency holds of :mod:`.consistency` stay in force at 1 px and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +43,8 @@ from scipy import ndimage
 from scipy.interpolate import BSpline
 from scipy.special import xlogy
 
-__all__ = ["AngularBlend", "BAND_PX", "MAX_ORDER", "angular_model", "held_out_band_weights",
-           "misfit", "polar_maps"]
+__all__ = ["AngularBlend", "BAND_PX", "BandStructure", "MAX_ORDER", "ScanAngularModel",
+           "angular_model", "held_out_band_weights", "misfit", "polar_maps"]
 
 #: Radial width of the bands sharing one angular series, in pixels.
 BAND_PX = 8
@@ -61,6 +67,9 @@ SMOOTHING = 1e-4
 #: with a further pair of terms (from the fit before it).
 FIRST_ITERATIONS = 10
 NEXT_ITERATIONS = 6
+#: Fisher-scoring steps of a refit with a band's structure fixed, from its fitted
+#: coefficients (another frame of the scan: close to them already).
+REFIT_ITERATIONS = 4
 _LOG_FLOOR = -30.0
 
 
@@ -70,6 +79,32 @@ def polar_maps(shape: tuple[int, int], center: tuple[float, float]
     rows, cols = np.indices(shape, dtype=np.float64)
     dr, dc = rows - center[0], cols - center[1]
     return np.hypot(dr, dc), np.arctan2(dr, dc)
+
+
+@dataclass(frozen=True, eq=False)
+class BandStructure:
+    """What the information criterion chose for one band, to refit other frames with.
+
+    Attributes
+    ----------
+    first
+        The band's first shell (px from the centre).
+    knot
+        The radial spline's knot spacing (px).
+    terms
+        The angular terms kept, as ``(order, across)`` pairs in the order they came in
+        (``across``: the pair's linear change across the band).
+    theta
+        The fitted coefficients (spline, then terms): a refit's start.
+    total
+        The counts of the band that fit saw (a refit's start is rescaled to its own).
+    """
+
+    first: int
+    knot: float
+    terms: tuple[tuple[int, bool], ...]
+    theta: np.ndarray
+    total: float
 
 
 def _n_basis(knot: float) -> int:
@@ -131,8 +166,32 @@ def _score_test(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.nda
     return float(gradient @ _ridge_solve(information, gradient))
 
 
+def _term(key: tuple[int, bool], azimuth: np.ndarray, across: np.ndarray) -> np.ndarray:
+    """The pair of angular terms ``key = (m, across)``: ``cos mχ`` and ``sin mχ``, times the
+    position across the band if ``across``."""
+    m, changes = key
+    pair = np.stack([np.cos(m * azimuth), np.sin(m * azimuth)], axis=1)
+    return pair * across[:, None] if changes else pair
+
+
+def _across(radius: np.ndarray, first: int) -> np.ndarray:
+    """Position across the band from ``first``, -1/2 .. 1/2."""
+    return (radius - (first + BAND_PX / 2)) / BAND_PX
+
+
+def _smoothing(x: np.ndarray, n_basis: int, n_terms: int) -> np.ndarray:
+    """A weak second-difference penalty on the spline (relative to the counts' weight):
+    radii without pixels (the beamstop, a gap) take their neighbours' course. Zero on the
+    ``n_terms`` angular terms."""
+    second = np.diff(np.eye(n_basis), 2, axis=0)
+    penalty = np.zeros((n_basis + n_terms,) * 2)
+    penalty[:n_basis, :n_basis] = (SMOOTHING * max(float(x.sum()), 1.0) / n_basis
+                                   * second.T @ second)
+    return penalty
+
+
 def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int
-                ) -> tuple[np.ndarray, int]:
+                ) -> tuple[np.ndarray, BandStructure]:
     """One band's fit: the radial spline, then the angular terms two by two (order ``m``'s
     cosine and sine, then their change across the band) while the Bayesian information
     criterion on the Poisson deviance supports them."""
@@ -146,25 +205,19 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
     for knot in RADIAL_KNOTS_PX:
         n_basis = _n_basis(knot)
         spline = _cubic_bspline(radius, first, knot)
-        # A weak second-difference penalty on the spline (relative to the counts'
-        # weight): radii without pixels (the beamstop, a gap) take their neighbours' course.
-        second = np.diff(np.eye(n_basis), 2, axis=0)
-        smooth = SMOOTHING * max(float(x.sum()), 1.0) / n_basis * second.T @ second
+        smooth = _smoothing(x, n_basis, 0)
         beta = np.linalg.lstsq(spline, start, rcond=None)[0]
         theta, rate = _scoring(x, spline, np.zeros((n, 0)), beta, smooth, FIRST_ITERATIONS)
-        fits.append((_deviance(x, rate) + np.log(n) * n_basis, n_basis, spline, smooth,
-                     theta, rate))
-    _, n_basis, spline, smooth, theta, best_rate = min(fits, key=lambda fit: fit[0])
-    best_score, best_order = _deviance(x, best_rate), 0
-    across = (radius - (first + BAND_PX / 2)) / BAND_PX
+        fits.append((_deviance(x, rate) + np.log(n) * n_basis, knot, spline, theta, rate))
+    _, knot, spline, theta, best_rate = min(fits, key=lambda fit: fit[0])
+    n_basis = spline.shape[1]
+    best_score = _deviance(x, best_rate)
+    across = _across(radius, first)
     # Candidate pairs of terms: order m's cosine and sine, and (once those are in) their
     # change across the band. Forward selection: the candidate the score test ranks first
     # is fitted and kept while the information criterion improves.
-    candidates: dict[tuple[int, bool], np.ndarray] = {}
-    for m in range(1, MAX_ORDER + 1):
-        cos, sin = np.cos(m * azimuth), np.sin(m * azimuth)
-        candidates[(m, False)] = np.stack([cos, sin], axis=1)
-        candidates[(m, True)] = np.stack([cos * across, sin * across], axis=1)
+    candidates = {(m, changes): _term((m, changes), azimuth, across)
+                  for m in range(1, MAX_ORDER + 1) for changes in (False, True)}
     chosen: list[tuple[int, bool]] = []
     modulation = np.zeros((n, 0))
     while (n_basis + modulation.shape[1] + 2) * PIXELS_PER_PARAMETER <= n:
@@ -176,21 +229,52 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
         ranks = [_score_test(candidates[key], x, best_rate, base) for key in open_]
         key = open_[int(np.argmax(ranks))]
         trial = np.hstack([modulation, candidates[key]])
-        penalty = np.zeros((n_basis + trial.shape[1],) * 2)
-        penalty[:n_basis, :n_basis] = smooth
         fitted, rate = _scoring(x, spline, trial, np.concatenate([theta, np.zeros(2)]),
-                                penalty, NEXT_ITERATIONS)
+                                _smoothing(x, n_basis, trial.shape[1]), NEXT_ITERATIONS)
         score = _deviance(x, rate) + np.log(n) * trial.shape[1]
         if not score < best_score:  # no better (or not finite): stop
             break
         chosen.append(key)
         modulation, theta, best_rate, best_score = trial, fitted, rate, score
-        best_order = max(best_order, key[0])
-    return best_rate, best_order
+    structure = BandStructure(first=first, knot=knot, terms=tuple(chosen), theta=theta,
+                              total=float(x.sum()))
+    return best_rate, structure
+
+
+def _refit_band(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray,
+                structure: BandStructure) -> np.ndarray:
+    """The band's model of another frame: the same spline and terms as ``structure``, only
+    the coefficients refitted (from its own, the level rescaled to this frame's counts)."""
+    spline = _cubic_bspline(radius, structure.first, structure.knot)
+    n_basis = spline.shape[1]
+    across = _across(radius, structure.first)
+    modulation = (np.hstack([_term(key, azimuth, across) for key in structure.terms])
+                  if structure.terms else np.zeros((len(x), 0)))
+    theta = np.array(structure.theta, np.float64)
+    # B-splines sum to one: a shift of every spline coefficient rescales the band.
+    theta[:n_basis] += np.log(max(float(x.sum()), 1e-6) / max(structure.total, 1e-6))
+    floor = 1e-6 * max(float(x.mean()), 1e-6)
+    start = _deviance(x, _predict(spline, modulation, theta, floor)[1])
+    _, rate = _scoring(x, spline, modulation, theta,
+                       _smoothing(x, n_basis, modulation.shape[1]), REFIT_ITERATIONS)
+    # Fisher scoring has no step control: a refit that went astray (a term the pixels
+    # barely constrain, a rate pushed to its floor) is not worse than its start, else the
+    # band is fitted afresh.
+    if not _deviance(x, rate) <= start:
+        rate, _ = _band_model(x, radius, azimuth, structure.first)
+    return rate
+
+
+def _order(structure: BandStructure | None) -> int:
+    """The highest harmonic order a band's structure kept (0: isotropic or no fit)."""
+    return max((m for m, _ in structure.terms), default=0) if structure else 0
 
 
 def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
-                  azimuth: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+                  azimuth: np.ndarray, *,
+                  structure: Sequence[BandStructure | None] | None = None,
+                  bands: Sequence[int] | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit the shell-by-shell angular series to ``counts``.
 
     Parameters
@@ -201,29 +285,91 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
         Pixels that hold data.
     radius, azimuth
         :func:`polar_maps` about the beam centre.
+    structure
+        Per band, the structure another frame of the scan chose (``summary["structure"]``
+        of an earlier call): only the coefficients are refitted, several times faster than
+        choosing the knots and terms again. None: chosen here.
+    bands
+        Only these bands (index from the centre) are fitted; None: all.
 
     Returns
     -------
     (numpy.ndarray, dict)
-        The fitted expectation (``NaN`` where a band had too few pixels or no counts), and
-        a summary: the order chosen per band.
+        The fitted expectation (``NaN`` where a band had too few pixels or no counts, or
+        was not asked for), and a summary: the order chosen per band, and the structure
+        per band (None where not fitted).
     """
     counts = np.asarray(counts, np.float64)
     shell = np.floor(radius).astype(np.int64)
     n_shells = int(shell[good].max()) + 1 if good.any() else 0
     model = np.full(counts.shape, np.nan)
-    orders: list[int] = []
+    chosen: list[BandStructure | None] = []
     n_basis = _n_basis(max(RADIAL_KNOTS_PX))
-    for first in range(0, n_shells, BAND_PX):
+    for index, first in enumerate(range(0, n_shells, BAND_PX)):
+        given = (structure[index] if structure is not None and index < len(structure)
+                 else None)
         on = good & (shell >= first) & (shell < first + BAND_PX)
         x = counts[on]
-        if len(x) < PIXELS_PER_PARAMETER * n_basis or x.sum() <= 0:
-            orders.append(0)
+        if ((bands is not None and index not in bands)
+                or (structure is not None and given is None)
+                or len(x) < PIXELS_PER_PARAMETER * n_basis or x.sum() <= 0):
+            chosen.append(None)
             continue
-        rate, order = _band_model(x, radius[on], azimuth[on], first)
+        if given is None:
+            rate, given = _band_model(x, radius[on], azimuth[on], first)
+        else:
+            rate = _refit_band(x, radius[on], azimuth[on], given)
         model[on] = rate
-        orders.append(order)
-    return model, {"band_px": BAND_PX, "orders": orders}
+        chosen.append(given)
+    return model, {"band_px": BAND_PX, "orders": [_order(c) for c in chosen],
+                   "structure": chosen}
+
+
+#: A frame whose counts are within this factor of a structure's frame reuses it.
+SAME_DOSE_FACTOR = 1.4
+#: Frames served with one structure before its knots and terms are chosen afresh (a
+#: pattern that changes during the scan: a texture appearing, a ring fading).
+REFRESH_FRAMES = 16
+
+
+class ScanAngularModel:
+    """The angular model of a scan's frames, with each band's knots and terms chosen once.
+
+    Choosing a band's structure (the knot spacing, the terms by forward selection) costs
+    several times its refit. Frames of one scan at one dose support the same structure, so
+    the first frame at a dose chooses it (:func:`angular_model`), and the next ones only
+    refit the coefficients from it; every :data:`REFRESH_FRAMES` frames it is chosen afresh.
+    A frame at another dose (a held-out half) gets its own: the information criterion keeps
+    fewer terms at fewer counts.
+
+    Parameters
+    ----------
+    bands
+        Only these bands (index from the centre) are fitted: those the engine mixes in.
+    """
+
+    def __init__(self, bands: Sequence[int] | None = None) -> None:
+        self.bands = None if bands is None else tuple(bands)
+        #: Per dose: the counts of the frame that chose, the structure, frames served since.
+        self._chosen: list[list[Any]] = []
+
+    def fit(self, counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
+            azimuth: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """:func:`angular_model` of ``counts``, from the structure chosen at its dose."""
+        total = float(np.sum(np.asarray(counts, np.float64)[good]))
+        for entry in self._chosen:
+            level, structure, served = entry
+            same_dose = (level > 0 and total > 0
+                         and abs(np.log(total / level)) < np.log(SAME_DOSE_FACTOR))
+            if same_dose and served < REFRESH_FRAMES:
+                entry[2] += 1
+                return angular_model(counts, good, radius, azimuth, structure=structure,
+                                     bands=self.bands)
+        model, summary = angular_model(counts, good, radius, azimuth, bands=self.bands)
+        self._chosen = [e for e in self._chosen if not (
+            e[0] > 0 and total > 0 and abs(np.log(total / e[0])) < np.log(SAME_DOSE_FACTOR))]
+        self._chosen.append([total, summary["structure"], 1])
+        return model, summary
 
 
 def misfit(counts: np.ndarray, model: np.ndarray, good: np.ndarray) -> np.ndarray:

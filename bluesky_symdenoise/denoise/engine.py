@@ -23,6 +23,7 @@ from ..integrate.azimuthal import AzimuthalIntegration
 from ..integrate.heldout import IqCheck, held_out_iq
 from .angular import (
     AngularBlend,
+    ScanAngularModel,
     angular_model,
     held_out_band_weights,
     misfit,
@@ -155,6 +156,8 @@ class ScanDenoiser:
         self.blend: BlendWeights | None = None
         #: Weight of the per-shell angular model per radial band (``auto``; None: unused).
         self.angular: AngularBlend | None = None
+        #: The blend the fitter serves, and its structures per band chosen once per dose.
+        self._angular_fitter: tuple[AngularBlend, ScanAngularModel] | None = None
         self._polar: tuple[tuple[float, float], np.ndarray, np.ndarray] | None = None
         self.events: list[str] = []
         #: The scan's memory budget (GB) and the network's tile core that fits it.
@@ -584,17 +587,22 @@ class ScanDenoiser:
                 f"of {summary['band_px']} px (held-out squared error)")
 
     def _angular_estimate(self, analysis: ScanAnalysis, frame: np.ndarray,
-                          neighbours: Sequence[np.ndarray]
+                          neighbours: Sequence[np.ndarray],
+                          fitter: ScanAngularModel | None = None
                           ) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The angular model of ``frame`` pooled with its ``neighbours`` (per frame), with
-        the pixels where it misfits set to NaN; None without a beam centre."""
+        the pixels where it misfits set to NaN; None without a beam centre. With a
+        ``fitter``, its bands and the structure it chose on an earlier frame."""
         if analysis.center is None:
             return None
         good = analysis.prepared.good
         pooled = np.asarray(frame, np.float64) + sum(
             (np.asarray(n, np.float64) for n in neighbours), np.zeros(frame.shape))
         radius, azimuth = self._polar_maps(analysis)
-        model, summary = angular_model(pooled, good, radius, azimuth)
+        if fitter is None:
+            model, summary = angular_model(pooled, good, radius, azimuth)
+        else:
+            model, summary = fitter.fit(pooled, good, radius, azimuth)
         model = np.where(misfit(pooled, model, good), np.nan, model) / (1 + len(neighbours))
         return model, summary
 
@@ -621,10 +629,14 @@ class ScanDenoiser:
         good = analysis.prepared.good
         radius, _ = self._polar_maps(analysis)
         weight = blend.band_weight(radius)
+        if self._angular_fitter is None or self._angular_fitter[0] is not blend:
+            self._angular_fitter = (blend, ScanAngularModel(
+                bands=[b for b, w in enumerate(blend.weights) if w > 0]))
+        fitter = self._angular_fitter[1]
         out = []
         for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
             try:
-                fitted = self._angular_estimate(analysis, frame, near)
+                fitted = self._angular_estimate(analysis, frame, near, fitter)
                 mixed = (estimate if fitted is None else
                          mix_within_shells(estimate, fitted[0], weight, good, radius))
             except Exception as exc:  # noqa: BLE001 - the network's frame is served

@@ -7,6 +7,8 @@ import numpy as np
 
 from bluesky_symdenoise.denoise.angular import (
     BAND_PX,
+    REFRESH_FRAMES,
+    ScanAngularModel,
     angular_model,
     held_out_band_weights,
     misfit,
@@ -56,6 +58,52 @@ def test_a_steep_decay_next_to_a_beamstop_is_followed_and_a_weak_orientation_fou
     model_error = np.mean((model - truth)[inner] ** 2)
     assert model_error < raw_error / 15, (model_error, raw_error)
     assert summary["orders"][1] == 2, summary
+
+
+def test_another_frame_refitted_with_a_chosen_structure_is_as_good_as_choosing_again():
+    """A scan's frames share each band's knots and terms: refitting only the coefficients
+    of another frame gives its model as well as choosing the structure again would."""
+    truth = oriented_pattern(0.3, level=10.0)
+    good = np.ones(SHAPE, bool)
+    good[:, 140:] = False
+    radius, azimuth = polar_maps(SHAPE, CENTER)
+    rng = np.random.default_rng(21)
+    first, second = (rng.poisson(truth).astype(float) for _ in range(2))
+    _, chosen = angular_model(first, good, radius, azimuth)
+    fresh, summary = angular_model(second, good, radius, azimuth)
+    refit, again = angular_model(second, good, radius, azimuth, structure=chosen["structure"],
+                                 bands=[1, 2, 3])
+    use = good & np.isfinite(refit)
+    assert use.any() and not np.isfinite(refit[radius < BAND_PX]).any()  # band 0 not asked
+    error = np.mean((refit - truth)[use] ** 2) / np.mean((fresh - truth)[use] ** 2)
+    assert 0.8 < error < 1.1, error
+    assert again["orders"][1:4] == chosen["orders"][1:4]
+
+
+def test_the_scan_model_chooses_once_per_dose_and_again_after_a_while(monkeypatch):
+    """:class:`ScanAngularModel` chooses the structure on the first frame at a dose, refits
+    the next ones, chooses again for a frame at half the dose (a held-out half) and after
+    :data:`REFRESH_FRAMES` frames."""
+    from bluesky_symdenoise.denoise import angular
+
+    chosen = []
+    band_model = angular._band_model
+    monkeypatch.setattr(angular, "_band_model",
+                        lambda *a, **k: chosen.append(1) or band_model(*a, **k))
+    truth = oriented_pattern(0.3, level=10.0)
+    good = np.ones(SHAPE, bool)
+    radius, azimuth = polar_maps(SHAPE, CENTER)
+    rng = np.random.default_rng(22)
+    fitter = ScanAngularModel(bands=[2])
+    fitter.fit(rng.poisson(truth).astype(float), good, radius, azimuth)
+    assert len(chosen) == 1  # one band asked for, chosen once
+    for _ in range(REFRESH_FRAMES - 1):
+        model, _ = fitter.fit(rng.poisson(truth).astype(float), good, radius, azimuth)
+    assert len(chosen) == 1 and np.isfinite(model[(radius >= 16) & (radius < 24)]).all()
+    fitter.fit(rng.poisson(truth / 2).astype(float), good, radius, azimuth)
+    assert len(chosen) == 2  # another dose
+    fitter.fit(rng.poisson(truth).astype(float), good, radius, azimuth)
+    assert len(chosen) == 3  # the first dose's structure has served its frames
 
 
 def test_an_isotropic_pattern_gets_no_harmonics():
@@ -140,7 +188,7 @@ def test_the_engine_mixes_the_model_in_where_the_split_favours_it_and_it_pays_of
 def test_a_failing_model_is_skipped_and_said_so(monkeypatch):
     """The angular model is an extra: if it fails, the network's frames are served as they
     are and the reason and provenance events say why."""
-    from bluesky_symdenoise.denoise import engine
+    from bluesky_symdenoise.denoise import angular, engine
     from bluesky_symdenoise.denoise.engine import ScanDenoiser
     from bluesky_symdenoise.denoise.selection import binomial_split
 
@@ -154,6 +202,7 @@ def test_a_failing_model_is_skipped_and_said_so(monkeypatch):
         raise FloatingPointError("no fit")
 
     monkeypatch.setattr(engine, "angular_model", broken)
+    monkeypatch.setattr(angular, "angular_model", broken)  # the per-scan fitter's
     clause = denoiser.check_angular_model(analysis, half, [], half.astype(np.float64), rest)
     assert "skipped (FloatingPointError: no fit)" in clause and denoiser.angular is None
     denoiser.angular = engine.AngularBlend(weights=(1.0,) * 20, orders=(0,) * 20)
