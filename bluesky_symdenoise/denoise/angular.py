@@ -4,7 +4,8 @@ An oriented SAXS or fibre pattern is, ring by ring, a few angular harmonics:
 ``I(r, χ) = I0(r) · (1 + Σ_m [c_m(r) cos mχ + s_m(r) sin mχ])``. Fitting that to the counts
 pools every pixel of a shell (hundreds) where a local denoiser pools tens.
 
-:func:`angular_model` fits it band by band (:data:`BAND_PX` px of radius), by Poisson
+:func:`angular_model` fits it band by band (:data:`BAND_PX` px of radius, from the innermost
+shell with data), by Poisson
 likelihood (Fisher scoring), in the form ``λ = exp(s(r)) · (1 + Σ harmonics)``:
 
 1. **The isotropic part** ``s(r)``: a cubic spline in radius, knots every 1 or 2 px (the
@@ -44,7 +45,8 @@ from scipy.interpolate import BSpline
 from scipy.special import xlogy
 
 __all__ = ["AngularBlend", "BAND_PX", "BandStructure", "MAX_ORDER", "ScanAngularModel",
-           "angular_model", "held_out_band_weights", "misfit", "polar_maps"]
+           "angular_model", "band_index", "band_origin", "held_out_band_weights", "misfit",
+           "polar_maps"]
 
 #: Radial width of the bands sharing one angular series, in pixels.
 BAND_PX = 8
@@ -79,6 +81,18 @@ def polar_maps(shape: tuple[int, int], center: tuple[float, float]
     rows, cols = np.indices(shape, dtype=np.float64)
     dr, dc = rows - center[0], cols - center[1]
     return np.hypot(dr, dc), np.arctan2(dr, dc)
+
+
+def band_origin(radius: np.ndarray, good: np.ndarray) -> int:
+    """The first band's first shell: the innermost shell with data (the beamstop's edge),
+    so that no band holds only the few pixels between a shell boundary and the beamstop
+    (too few to fit: the brightest pixels of a SAXS pattern would go without the model)."""
+    return int(np.floor(radius[good].min())) if good.any() else 0
+
+
+def band_index(radius: np.ndarray, origin: int) -> np.ndarray:
+    """Each pixel's band of :data:`BAND_PX` shells, counted from ``origin``."""
+    return ((np.floor(radius).astype(np.int64) - origin) // BAND_PX).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,7 +319,8 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     model = np.full(counts.shape, np.nan)
     chosen: list[BandStructure | None] = []
     n_basis = _n_basis(max(RADIAL_KNOTS_PX))
-    for index, first in enumerate(range(0, n_shells, BAND_PX)):
+    origin = band_origin(radius, good)
+    for index, first in enumerate(range(origin, n_shells, BAND_PX)):
         given = (structure[index] if structure is not None and index < len(structure)
                  else None)
         on = good & (shell >= first) & (shell < first + BAND_PX)
@@ -321,8 +336,8 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
             rate = _refit_band(x, radius[on], azimuth[on], given)
         model[on] = rate
         chosen.append(given)
-    return model, {"band_px": BAND_PX, "orders": [_order(c) for c in chosen],
-                   "structure": chosen}
+    return model, {"band_px": BAND_PX, "origin_px": origin,
+                   "orders": [_order(c) for c in chosen], "structure": chosen}
 
 
 #: A frame whose counts are within this factor of a structure's frame reuses it.
@@ -393,13 +408,16 @@ class AngularBlend:
     Attributes
     ----------
     weights
-        One weight in [0, 1] per band of :data:`BAND_PX` shells from the centre.
+        One weight in [0, 1] per band of :data:`BAND_PX` shells from ``origin``.
     orders
         The harmonic order the held-out fit chose per band (for the record).
+    origin
+        The first band's first shell (:func:`band_origin`).
     """
 
     weights: tuple[float, ...]
     orders: tuple[int, ...]
+    origin: int = 0
 
     @property
     def unused(self) -> bool:
@@ -408,13 +426,13 @@ class AngularBlend:
 
     def band_weight(self, radius: np.ndarray) -> np.ndarray:
         """Each pixel's weight from its band."""
-        band = np.minimum((np.floor(radius) // BAND_PX).astype(np.int64),
-                          len(self.weights) - 1)
-        return np.asarray(self.weights, np.float64)[np.maximum(band, 0)]
+        band = np.clip(band_index(radius, self.origin), 0, len(self.weights) - 1)
+        return np.asarray(self.weights, np.float64)[band]
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description for provenance."""
-        return {"band_px": BAND_PX, "model_weights": [round(w, 3) for w in self.weights],
+        return {"band_px": BAND_PX, "origin_px": self.origin,
+                "model_weights": [round(w, 3) for w in self.weights],
                 "orders": list(self.orders)}
 
 
@@ -426,8 +444,10 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
     ``model`` and ``other`` estimate one half of a binomial split, ``rest`` is the other
     half (independent of both), so the least-squares weight against it is the data's choice
     (as :func:`~.selection.held_out_blend`, with bands of radius instead of intensity).
-    Pixels where the model is ``NaN`` do not count."""
-    band = (np.floor(radius) // BAND_PX).astype(np.int64)
+    Pixels where the model is ``NaN`` do not count. The bands are :func:`angular_model`'s
+    (from :func:`band_origin`)."""
+    origin = band_origin(radius, good)
+    band = band_index(radius, origin)
     n_bands = int(band[good].max()) + 1 if good.any() else 0
     weights = []
     for b in range(n_bands):
@@ -440,11 +460,32 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
         w = float(np.clip(np.sum((rest[on] - other[on]) * diff) / spread, 0.0, 1.0))
         weights.append(0.0 if w <= SNAP else 1.0 if w >= 1.0 - SNAP else w)
     return AngularBlend(weights=tuple(weights),
-                        orders=tuple(orders[:n_bands]) + (0,) * max(0, n_bands - len(orders)))
+                        orders=tuple(orders[:n_bands]) + (0,) * max(0, n_bands - len(orders)),
+                        origin=origin)
 
 
 #: Width (px) of the shells whose totals :func:`mix_within_shells` keeps.
 KEPT_ANNULUS_PX = 1.0
+#: Fewest pixels a kept shell holds: sparser ones (a sliver of a shell outside the beamstop,
+#: the detector's corners) share their total with the next shells out.
+KEPT_MIN_PIXELS = 20
+
+
+def _kept_groups(shell: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Per shell index, the group whose total is kept: consecutive shells joined until a
+    group has :data:`KEPT_MIN_PIXELS` used pixels (a short last group joins the one before)."""
+    n = int(shell.max()) + 1 if shell.size else 0
+    pixels = np.bincount(shell[use], minlength=n)
+    group = np.zeros(n, np.int64)
+    current, held = 0, 0
+    for k in range(n):
+        group[k] = current
+        held += pixels[k]
+        if held >= KEPT_MIN_PIXELS:
+            current, held = current + 1, 0
+    if 0 < held < KEPT_MIN_PIXELS and current > 0:
+        group[group == current] = current - 1
+    return group
 
 
 def mix_within_shells(estimate: np.ndarray, model: np.ndarray, weight: np.ndarray,
@@ -455,12 +496,15 @@ def mix_within_shells(estimate: np.ndarray, model: np.ndarray, weight: np.ndarra
     counts) and with it the full-ring I(q) in bins of a pixel or more stay as they were.
     Within a shell the model's radial course replaces the estimate's: next to a beamstop,
     where the intensity falls several times per pixel, the network's is the larger error
-    (``bench/heldout.py``, SAXS)."""
+    (``bench/heldout.py``, SAXS). A shell with fewer than :data:`KEPT_MIN_PIXELS` pixels
+    (a sliver outside the beamstop: kept alone, its total would be its one or two pixels'
+    own values, and the model could change nothing there) shares its total with the next
+    shells out."""
     estimate = np.asarray(estimate, np.float64)
     use = good & np.isfinite(model) & (weight > 0)
     mixed = np.where(use, weight * np.nan_to_num(model) + (1.0 - weight) * estimate, estimate)
     shell = np.floor(radius / KEPT_ANNULUS_PX).astype(np.int64)
-    labels = np.where(use, shell + 1, 0)
+    labels = np.where(use, _kept_groups(shell, use)[shell] + 1, 0)
     n = int(labels.max()) + 1
     before = np.bincount(labels.ravel(), weights=estimate.ravel(), minlength=n)
     after = np.bincount(labels.ravel(), weights=mixed.ravel(), minlength=n)
