@@ -28,6 +28,17 @@ def oriented_pattern(anisotropy: float, chi0: float = 0.7, level: float = 40.0) 
     return decay * (1.0 + anisotropy * np.cos(2.0 * (azimuth - chi0)))
 
 
+def guinier_behind_a_beamstop(edge_px: float, seed: int):
+    """A Guinier decay falling by 2.5 times a pixel from a beamstop of radius ``edge_px``,
+    with a weak 2-fold orientation: radius, azimuth, valid pixels, truth and counts."""
+    radius, azimuth = polar_maps(SHAPE, CENTER)
+    good = radius >= edge_px
+    truth = (250.0 * np.exp(-0.9 * (radius - edge_px)) + 0.4) * (
+        1.0 + 0.15 * np.cos(2.0 * (azimuth - 0.3)))
+    counts = np.where(good, np.random.default_rng(seed).poisson(truth), 0).astype(float)
+    return radius, azimuth, good, truth, counts
+
+
 def test_an_oriented_pattern_is_recovered_far_better_than_raw_and_its_order_found():
     truth = oriented_pattern(0.4)
     good = np.ones(SHAPE, bool)
@@ -48,11 +59,7 @@ def test_a_steep_decay_next_to_a_beamstop_is_followed_and_a_weak_orientation_fou
     """Next to a beamstop a Guinier decay falls by 2.5 times a pixel: the radial spline
     (on the log scale) follows it inside each shell, and a weak 2-fold orientation is found
     without the odd orders it does not have."""
-    radius, azimuth = polar_maps(SHAPE, CENTER)
-    good = radius >= 8.0
-    truth = (250.0 * np.exp(-0.9 * (radius - 8.0)) + 0.4) * (
-        1.0 + 0.15 * np.cos(2.0 * (azimuth - 0.3)))
-    counts = np.where(good, np.random.default_rng(11).poisson(truth), 0).astype(float)
+    radius, azimuth, good, truth, counts = guinier_behind_a_beamstop(8.0, seed=11)
     model, summary = angular_model(counts, good, radius, azimuth)
     inner = good & (radius < 16)
     raw_error = np.mean((counts - truth)[inner] ** 2)
@@ -111,11 +118,7 @@ def test_bands_start_at_the_beamstop_edge_so_its_brightest_pixels_get_the_model(
     """A beamstop whose edge is not on a band boundary (here 7.9 px: a sliver of shell 7
     outside it) must not leave those pixels, the brightest of a SAXS pattern, in a band
     too sparse to fit: the bands start at the innermost shell with data."""
-    radius, azimuth = polar_maps(SHAPE, CENTER)
-    good = radius >= 7.9
-    truth = (250.0 * np.exp(-0.9 * (radius - 7.9)) + 0.4) * (
-        1.0 + 0.15 * np.cos(2.0 * (azimuth - 0.3)))
-    counts = np.where(good, np.random.default_rng(12).poisson(truth), 0).astype(float)
+    radius, azimuth, good, truth, counts = guinier_behind_a_beamstop(7.9, seed=12)
     model, summary = angular_model(counts, good, radius, azimuth)
     assert summary["origin_px"] == 7
     edge = good & (radius < 8.0)
