@@ -272,7 +272,7 @@ def _refit_band(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray,
     _, rate = _scoring(x, spline, modulation, theta,
                        _smoothing(x, n_basis, modulation.shape[1]), REFIT_ITERATIONS)
     # Fisher scoring has no step control: a refit that went astray (a term the pixels
-    # barely constrain, a rate pushed to its floor) is not worse than its start, else the
+    # barely constrain, a rate pushed to its floor) ends worse than it started; then the
     # band is fitted afresh.
     if not _deviance(x, rate) <= start:
         rate, _ = _band_model(x, radius, azimuth, structure.first)
@@ -304,7 +304,7 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
         of an earlier call): only the coefficients are refitted, several times faster than
         choosing the knots and terms again. None: chosen here.
     bands
-        Only these bands (index from the centre) are fitted; None: all.
+        Only these bands (index from :func:`band_origin`) are fitted; None: all.
 
     Returns
     -------
@@ -360,7 +360,8 @@ class ScanAngularModel:
     Parameters
     ----------
     bands
-        Only these bands (index from the centre) are fitted: those the engine mixes in.
+        Only these bands (index from :func:`band_origin`) are fitted: those the engine
+        mixes in.
     """
 
     def __init__(self, bands: Sequence[int] | None = None) -> None:
