@@ -373,17 +373,19 @@ class ScanAngularModel:
             azimuth: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """:func:`angular_model` of ``counts``, from the structure chosen at its dose."""
         total = float(np.sum(np.asarray(counts, np.float64)[good]))
+
+        def same_dose(level: float) -> bool:
+            return (level > 0 and total > 0
+                    and abs(np.log(total / level)) < np.log(SAME_DOSE_FACTOR))
+
         for entry in self._chosen:
             level, structure, served = entry
-            same_dose = (level > 0 and total > 0
-                         and abs(np.log(total / level)) < np.log(SAME_DOSE_FACTOR))
-            if same_dose and served < REFRESH_FRAMES:
+            if same_dose(level) and served < REFRESH_FRAMES:
                 entry[2] += 1
                 return angular_model(counts, good, radius, azimuth, structure=structure,
                                      bands=self.bands)
         model, summary = angular_model(counts, good, radius, azimuth, bands=self.bands)
-        self._chosen = [e for e in self._chosen if not (
-            e[0] > 0 and total > 0 and abs(np.log(total / e[0])) < np.log(SAME_DOSE_FACTOR))]
+        self._chosen = [e for e in self._chosen if not same_dose(e[0])]
         self._chosen.append([total, summary["structure"], 1])
         return model, summary
 
