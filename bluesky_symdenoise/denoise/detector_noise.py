@@ -124,6 +124,10 @@ class NoiseCalibration:
         Per-pixel photon-noise variance over the mean photon count: 1 for independent pixels,
         below 1 when a point spread shares each photon between neighbours (the sum of the
         squared spread kernel).
+    correlated
+        Whether the lag-1 correlation is significant (neighbouring pixels share noise): the
+        engine then trains on neighbouring frames, not on thinned halves
+        (:class:`~.targets.FramePairs`), and checks against a neighbouring frame.
     gain_lower_bound
         True where the gain is not a measurement: a point spread could not be measured (or
         could not have shown), so the gain is the per-pixel slope ``g·Σk²``, at most the
@@ -141,6 +145,7 @@ class NoiseCalibration:
     offset: float = 0.0
     correlation: float = 0.0
     noise_factor: float = 1.0
+    correlated: bool = False
     gain_lower_bound: bool = False
     source: str = "photon counting"
 
@@ -328,6 +333,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                             gain_error=float(gain_error), read_noise=read_noise,
                             read_noise_error=read_noise_error, offset=offset,
                             correlation=float(correlation), noise_factor=float(noise_factor),
+                            correlated=bool(correlation > detectable),
                             gain_lower_bound=lower_bound, source=source)
 
 

@@ -43,11 +43,13 @@ from .selection import (
     BlendWeights,
     binomial_split,
     held_out_blend,
+    mean_squared_error,
     poisson_deviance,
 )
 from .symmetry import VIOLATION_BITS, SymmetryReport, refine_center
 from .targets import (
     SUBSAMPLING_CHANNELS,
+    FramePairs,
     SubsamplingPairs,
     SupervisedPairs,
     ThinningPairs,
@@ -59,8 +61,8 @@ from .targets import (
 from .training import PairSource, TrainingLog, fit
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
-           "classical_engine", "keep_total_counts", "scale_to_raw_counts", "scan_geometry",
-           "symmetry_usage", "uses_partners", "violation_map"]
+           "classical_engine", "frame_targets", "keep_total_counts", "scale_to_raw_counts",
+           "scan_geometry", "symmetry_usage", "uses_partners", "violation_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +290,9 @@ class ScanDenoiser:
                 low = prepare_frames(pairs[0], ~context.good, detect_defects=False).frames
                 high = prepare_frames(pairs[1], ~context.good, detect_defects=False).frames
                 source = SupervisedPairs(low, high, context, seed=cfg.seed)
+            elif frame_targets(analysis):
+                source = FramePairs(frames, context, use_neighbours=cfg.use_neighbour_frames,
+                                    seed=cfg.seed)
             else:
                 source = ThinningPairs(frames, context, p_range=cfg.thinning_p,
                                        use_neighbours=cfg.use_neighbour_frames, seed=cfg.seed)
@@ -472,7 +477,8 @@ class ScanDenoiser:
                 classical = self._classical_frames(
                     analysis, stack,
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
-                out = np.stack([blend.mix(n, c, analysis.prepared.good)
+                kept = self._angular_share(analysis)
+                out = np.stack([blend.mix(n, c, analysis.prepared.good, kept)
                                 for n, c in zip(out, classical, strict=True)])
         return keep_total_counts(out, stack, analysis.prepared.good,
                                  self.config.preserve_total_counts)
@@ -524,11 +530,24 @@ class ScanDenoiser:
             return method, reason + "; held-out check skipped (non-integer counts)"
         frames, good = prepared.frames, prepared.good
         index = len(frames) // 2
-        # The neighbours are thinned like the frame, so both denoisers see one dose.
-        halves = thinned_neighbours(frames, index, seed=1, which=0)
+        if frame_targets(analysis):
+            # Neighbouring pixels share noise: a binomial half shares it with the other
+            # half, a neighbouring frame does not. The frame is denoised with its other
+            # neighbour only and scored against the next frame.
+            target = index + 1 if index + 1 < len(frames) else index - 1
+            half = np.asarray(frames[index], np.float32)
+            rest = np.asarray(frames[target], np.float64)
+            halves = [np.asarray(frames[i], np.float32) for i in (index - 1, index + 1)
+                      if 0 <= i < len(frames) and i != target]
+            score: Callable[[np.ndarray, np.ndarray], float] = mean_squared_error
+            scored_by = "held-out squared error against the next frame"
+        else:
+            # The neighbours are thinned like the frame, so both denoisers see one dose.
+            halves = thinned_neighbours(frames, index, seed=1, which=0)
+            half_counts, rest = binomial_split(frames[index], seed=1)
+            half = half_counts.astype(np.float32)
+            score, scored_by = poisson_deviance, "held-out deviance"
         halved = np.mean(halves, axis=0).astype(np.float32) if halves else None
-        half, rest = binomial_split(frames[index], seed=1)
-        half = half.astype(np.float32)
         self.angular = None
         by_network = np.asarray(self.denoise_frames(
             analysis, method=method, frames=[half], neighbours=[halved],
@@ -541,13 +560,14 @@ class ScanDenoiser:
                                                   [halves])[0].astype(np.float64)
         by_classical = self._classical_frames(analysis, half[None], ring_neighbours=[halves]
                                               )[0].astype(np.float64)
-        network = poisson_deviance(by_network[good], rest[good])
-        classical = poisson_deviance(by_classical[good], rest[good])
-        scores = f"held-out deviance: network {network:.4f}, classical {classical:.4f}"
+        network = score(by_network[good], rest[good])
+        classical = score(by_classical[good], rest[good])
+        scores = f"{scored_by}: network {network:.4f}, classical {classical:.4f}"
         if classical < network:
             self.angular = None
             return "classical", f"{reason}; but the classical mode won the {scores}"
-        self.blend = held_out_blend(by_network, by_classical, rest, good)
+        self.blend = held_out_blend(by_network, by_classical, rest, good,
+                                    kept=self._angular_share(analysis))
         if self.blend.first_only:
             return method, f"{reason}; {scores}{angular}"
         weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
@@ -655,9 +675,21 @@ class ScanDenoiser:
             ring_neighbours=_each_frames_neighbours(frames))
         self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
         good = analysis.prepared.good
-        return np.stack([blend.mix(net, cla, good)
+        kept = self._angular_share(analysis)
+        return np.stack([blend.mix(net, cla, good, kept)
                          for net, cla in zip(denoised, classical, strict=True)]
                         ).astype(np.float32)
+
+    def _angular_share(self, analysis: ScanAnalysis) -> np.ndarray | None:
+        """Per pixel, the angular model's weight (:attr:`angular`): the share of the
+        network's frame that the classical mix leaves as it is. The model pools a whole
+        shell and the neighbouring frames; a single frame's classical estimate mixed into
+        it brings back that frame's noise (next to a SAXS beamstop, where the held-out
+        split's few bright pixels gave the classical mode a weight: ``bench/heldout.py``)."""
+        if self.angular is None or analysis.center is None:
+            return None
+        radius, _ = self._polar_maps(analysis)
+        return self.angular.band_weight(radius)
 
     def _training_seconds(self, analysis: ScanAnalysis, method: str, start: float) -> float:
         cfg = self.config
@@ -929,6 +961,13 @@ def symmetry_usage(analysis: ScanAnalysis, method: str,
 
 def _padded(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
     return tuple(-(-s // multiple) * multiple for s in shape)
+
+
+def frame_targets(analysis: ScanAnalysis) -> bool:
+    """Whether the scan's independent copies are its frames, not thinned halves: where
+    neighbouring pixels share noise (an integrating detector's point spread, measured by
+    :func:`~.detector_noise.calibrate`) and the scan has more than one frame."""
+    return analysis.noise.correlated and len(analysis.prepared.frames) >= 2
 
 
 def thinned_neighbours(frames: np.ndarray, index: int, *, seed: int,

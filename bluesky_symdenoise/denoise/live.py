@@ -39,6 +39,7 @@ from .engine import (
     ScanAnalysis,
     ScanDenoiser,
     classical_engine,
+    frame_targets,
     scale_to_raw_counts,
     symmetry_usage,
     thinned_neighbours,
@@ -47,7 +48,7 @@ from .engine import (
 from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
-from .selection import binomial_split, held_out_deviance, poisson_deviance
+from .selection import binomial_split, mean_squared_error, poisson_deviance
 from .symmetry import TAPS_KEPT_UP_TO
 
 __all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
@@ -393,36 +394,45 @@ class LiveDenoiser:
         prepared = analysis.prepared
         if not prepared.countlike:
             return True, "network used (non-integer counts: held-out check skipped)"
-        frame, good = prepared.frames[-1], prepared.good
-        # The neighbour is thinned like the frame (half of its counts), as in training.
-        previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
-        # One split: the network's half without the angular model sets the model's weights,
-        # and the two together (what would be served) are scored against the other half.
-        half, rest = binomial_split(frame, seed=1)
-        half32 = half.astype(np.float32)
+        good = prepared.good
+        if frame_targets(analysis):
+            # Neighbouring pixels share noise (a point spread): the next-to-last warm-up
+            # frame is scored against the last, which shares no noise with it.
+            score: Callable[[np.ndarray, np.ndarray], float] = mean_squared_error
+            scored_by = "held-out squared error"
+            half32 = np.asarray(prepared.frames[-2], np.float32)
+            rest = np.asarray(prepared.frames[-1], np.float64)
+            previous = prepared.frames[-3] if len(prepared.frames) > 2 else None
+        else:
+            # One split: the network's half without the angular model sets the model's
+            # weights, and the two together (what would be served) are scored against the
+            # other half. The neighbour is thinned like the frame (half of its counts).
+            score, scored_by = poisson_deviance, "held-out deviance"
+            half, rest = binomial_split(prepared.frames[-1], seed=1)
+            half32 = half.astype(np.float32)
+            previous = prepared.frames[-2] * 0.5 if len(prepared.frames) > 1 else None
         near = [] if previous is None else [previous]
         denoiser.angular = None
         estimate = denoiser.denoise_frames(analysis, method=self.method, frames=[half32],
                                            neighbours=[previous], ring_neighbours=[near])
-        angular = denoiser.check_angular_model(analysis, half, near,
+        angular = denoiser.check_angular_model(analysis, half32, near,
                                                np.asarray(estimate[0], np.float64), rest)
         served = denoiser.with_angular_model(analysis, half32[None], estimate, [near])[0]
-        net = poisson_deviance(np.asarray(served, np.float64)[good], rest[good])
+        net = score(np.asarray(served, np.float64)[good], rest[good])
         interim = self.interim
         if interim is not None:
             name = "base model"
-            ref = held_out_deviance(
-                lambda x: interim.denoise_frame(analysis, method=self.method, frame=x,
-                                                neighbours=previous), frame, good, 1)
+            reference = interim.denoise_frame(analysis, method=self.method, frame=half32,
+                                              neighbours=previous)
         else:
             name = "NLM"
-            ref = held_out_deviance(
-                lambda x: denoiser.classical_frame(analysis, x, engine="nlm",
-                                                   bad=prepared.bad), frame, good, 1)
+            reference = denoiser.classical_frame(analysis, half32, engine="nlm",
+                                                 bad=prepared.bad)
+        ref = score(np.asarray(reference, np.float64)[good], rest[good])
         if net < ref:
-            return True, (f"network used: held-out deviance {net:.4f} < {name} {ref:.4f}"
+            return True, (f"network used: {scored_by} {net:.4f} < {name} {ref:.4f}"
                           f"{angular}")
-        return False, (f"fine-tuned network not used: held-out deviance {net:.4f} >= {name} "
+        return False, (f"fine-tuned network not used: {scored_by} {net:.4f} >= {name} "
                        f"{ref:.4f} (budget too short?)")
 
     # -- serving -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import xlogy
 
 __all__ = ["BLEND_BAND_EDGES", "BLEND_SNAP", "BlendWeights", "binomial_split", "held_out_blend",
-           "held_out_deviance", "intensity_bands", "poisson_deviance"]
+           "held_out_deviance", "intensity_bands", "mean_squared_error", "poisson_deviance"]
 
 #: Intensity bands of :func:`held_out_blend`, in multiples of the frame's mean counts.
 BLEND_BAND_EDGES: tuple[float, ...] = (4.0, 32.0)
@@ -63,6 +63,14 @@ def poisson_deviance(rate: np.ndarray, counts: np.ndarray) -> float:
     return float(np.mean(rate - counts + xlogy(counts, counts / rate)))
 
 
+def mean_squared_error(estimate: np.ndarray, other: np.ndarray) -> float:
+    """Mean squared difference of an estimate from an independent noisy copy: the held-out
+    score for noise that is not Poisson (a lower value is a better estimate of the mean
+    under any zero-mean noise independent of the estimate)."""
+    return float(np.mean((np.asarray(estimate, np.float64) - np.asarray(other, np.float64))
+                         ** 2))
+
+
 @dataclass(frozen=True)
 class BlendWeights:
     """Weight of the first of two estimates per intensity band (the second gets the rest).
@@ -86,12 +94,17 @@ class BlendWeights:
         """Whether the first estimate is used alone everywhere."""
         return all(w >= 1.0 for w in self.weights)
 
-    def mix(self, first: np.ndarray, second: np.ndarray, good: np.ndarray) -> np.ndarray:
+    def mix(self, first: np.ndarray, second: np.ndarray, good: np.ndarray,
+            kept: np.ndarray | None = None) -> np.ndarray:
         """``w·first + (1 - w)·second`` with each pixel's band weight (bands as in
-        :func:`held_out_blend`, from these two estimates)."""
+        :func:`held_out_blend`, from these two estimates). ``kept``: per pixel, the share
+        of ``first`` that ``second`` does not replace (its weight becomes
+        ``w + (1 - w)·kept``), as :func:`held_out_blend` was given it."""
         first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
         w = np.asarray(self.weights, np.float64)[intensity_bands(first, second, good,
                                                                  self.edges)]
+        if kept is not None:
+            w = w + (1.0 - w) * np.clip(kept, 0.0, 1.0)
         return w * first + (1.0 - w) * second
 
     def summary(self) -> dict:
@@ -111,7 +124,8 @@ def intensity_bands(first: np.ndarray, second: np.ndarray, good: np.ndarray,
 
 def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
                    good: np.ndarray, *, edges: tuple[float, ...] = BLEND_BAND_EDGES,
-                   min_pixels: int = 50, snap: float = BLEND_SNAP) -> BlendWeights:
+                   min_pixels: int = 50, snap: float = BLEND_SNAP,
+                   kept: np.ndarray | None = None) -> BlendWeights:
     """Per intensity band, the mix of two estimates closest to the held-out half.
 
     ``first`` and ``second`` estimate the expectation of one half of a binomial split and
@@ -136,18 +150,27 @@ def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
     snap
         Weights at or above it become 1: the first estimate alone (a weight that close to
         1 is within the split's noise, and the second estimate need not be computed).
+    kept
+        Per pixel, the share of ``first`` that the mix leaves as it is
+        (:meth:`BlendWeights.mix`): the engine's angular model, which pools a whole shell
+        and the neighbouring frames, is not mixed with a single frame's classical estimate;
+        only the network's share is. Each band's weight is then the least-squares one for
+        that mix, and pixels with ``kept`` = 1 do not count.
     """
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
     bands = intensity_bands(first, second, good, edges)
+    share = (np.ones(first.shape) if kept is None
+             else 1.0 - np.clip(np.asarray(kept, np.float64), 0.0, 1.0))
     weights, pixels = [], []
     for band in range(len(edges) + 1):
-        on = good & (bands == band)
+        on = good & (bands == band) & (share > 0)
         pixels.append(int(on.sum()))
-        diff = (first - second)[on]
+        # out = first - (1 - w)·share·(first - second): least squares against ``rest``
+        diff = share[on] * (first - second)[on]
         spread = float(np.sum(diff ** 2))
         if on.sum() < min_pixels or spread <= 0:
             weights.append(1.0)
             continue
-        w = float(np.sum((rest[on] - second[on]) * diff)) / spread
+        w = 1.0 - float(np.sum((first[on] - rest[on]) * diff)) / spread
         weights.append(1.0 if w >= snap else float(np.clip(w, 0.0, 1.0)))
     return BlendWeights(edges=tuple(edges), weights=tuple(weights), pixels=tuple(pixels))

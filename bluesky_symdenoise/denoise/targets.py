@@ -8,6 +8,12 @@ sees, so minimising a Poisson loss against it learns the expectation.
   built from ``x1`` alone (its 180° partner and thinned neighbouring frames included); the
   target is ``x2``, plus ``x2``'s 180° partner where symmetry holds (the symmetry partner as a
   second independent target, as in Zhou et al. 2024).
+* :class:`FramePairs` (self-supervised, frames whose neighbouring pixels share noise: an
+  integrating detector's point spread): a frame in, a neighbouring frame of the scan (and
+  its 180° partner) out. Thinning splits a photon between input and target only where it
+  landed; a point spread puts the same photon into the input's neighbouring pixels, so the
+  two halves are not independent there, and a network trained on them learns to keep part
+  of the noise. Two exposures share no photon.
 * :class:`SubsamplingPairs` (Noise2SR, zero-shot from one frame): keep one random pixel of
   every 2×2 cell, predict the held-out pixels.
 * :class:`SupervisedPairs` (Oppliger et al. 2024): a short exposure in, the long one out.
@@ -34,8 +40,8 @@ from .channels import (
     window_partner_values,
 )
 
-__all__ = ["Batch", "SubsamplingPairs", "SupervisedPairs", "ThinningPairs", "TruthPairs",
-           "neighbour_mean", "random_crop_origin"]
+__all__ = ["Batch", "FramePairs", "SubsamplingPairs", "SupervisedPairs", "ThinningPairs",
+           "TruthPairs", "neighbour_mean", "random_crop_origin"]
 
 
 @dataclass
@@ -204,6 +210,79 @@ class ThinningPairs:
         per_frame = max(2, self.counts[0].size // PIXELS_PER_PATCH)
         while len(items) < batch_size:
             index = int(self.rng.integers(len(self.counts)))
+            items += self._one_frame(index, min(per_frame, batch_size - len(items)), patch)
+        return _stack(items)
+
+
+class FramePairs:
+    """Self-supervised pairs across frames (Noise2Noise): a frame in, a neighbouring one out.
+
+    Valid under any zero-mean noise independent between exposures, spatially correlated
+    included, for frames of one expectation (a static or slowly changing sample: the
+    engine uses it only where the noise is correlated, see
+    :class:`~.detector_noise.NoiseCalibration`). The input is the whole frame, at the dose
+    the network serves; the other neighbouring frame, if any, is the neighbour channel.
+    The target is the neighbouring frame's value plus its 180° partner's where symmetry
+    holds. Targets are not rounded or clipped: the Poisson loss is linear in them, so a
+    negative value (readout noise) keeps their mean right.
+
+    Parameters
+    ----------
+    frames
+        ``(N, H, W)`` photon-equivalent frames of one scan (bad pixels zeroed), ``N >= 2``.
+    ctx
+        The scan's channel context (good pixels, symmetry).
+    use_neighbours
+        Feed the other neighbouring frame as a channel.
+    seed
+        Random seed.
+    """
+
+    def __init__(self, frames: np.ndarray, ctx: ChannelContext, *,
+                 use_neighbours: bool = True, seed: int = 0) -> None:
+        if len(frames) < 2:
+            raise ValueError("FramePairs needs at least two frames")
+        self.frames = np.asarray(frames, np.float32)
+        self.ctx = ctx
+        self.use_neighbours = use_neighbours
+        self.rng = np.random.default_rng(seed)
+
+    def _one_frame(self, index: int, patches: int, patch: int):
+        rng, good = self.rng, self.ctx.good
+        near = [i for i in (index - 1, index + 1) if 0 <= i < len(self.frames)]
+        target_index = int(rng.choice(near))
+        other = [i for i in near if i != target_index] if self.use_neighbours else []
+        frame = np.where(good, self.frames[index], 0.0).astype(np.float32)
+        target_frame = np.where(good, self.frames[target_index], 0.0).astype(np.float32)
+        level = mean_level(frame, good)
+        means = ring_means(frame, self.ctx)
+        partnered = self.ctx.partner is not None and self.ctx.symmetric.any()
+        height, width = good.shape
+        items = []
+        for _ in range(patches):
+            row, col = random_crop_origin(good.shape, patch, rng)
+            window = (row, col, min(patch, height - row), min(patch, width - col))
+            region = (slice(row, row + window[2]), slice(col, col + window[3]))
+            neighbours = self.frames[other[0]][region] if other else None
+            channels = window_channels(frame, self.ctx, window, level=level,
+                                       neighbours=neighbours, means=means)
+            here = good[region]
+            target = np.where(here, target_frame[region], 0.0).astype(np.float32)
+            copies = here.astype(np.float32)
+            if partnered:
+                target = target + window_partner_values(target_frame, self.ctx, window)
+                copies = copies + self.ctx.symmetric[region]
+            items.append((_crop(channels, (0, 0), patch), _crop(target, (0, 0), patch),
+                          _crop(copies, (0, 0), patch), level))
+        return items
+
+    def sample(self, batch_size: int, patch: int) -> Batch:
+        """Draw ``batch_size`` random patches, two per frame drawn (more on a large
+        detector, as :meth:`ThinningPairs.sample`)."""
+        items: list = []
+        per_frame = max(2, self.frames[0].size // PIXELS_PER_PATCH)
+        while len(items) < batch_size:
+            index = int(self.rng.integers(len(self.frames)))
             items += self._one_frame(index, min(per_frame, batch_size - len(items)), patch)
         return _stack(items)
 

@@ -53,7 +53,11 @@ def poisson_loss(output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.
     """
     rate = (batch["copies"] * batch["scale"] * output.float()).clamp(min=1e-6)
     target = batch["target"]
-    deviance = rate - target + torch.xlogy(target, target) - target * torch.log(rate)
+    # The xlogy term (a constant: it makes the deviance 0 at rate = target) is taken at
+    # target >= 0: an integrating detector's targets may be negative (FramePairs), and
+    # the loss is linear in the target, so its minimum stays at the target's mean.
+    positive = target.clamp(min=0)
+    deviance = rate - target + torch.xlogy(positive, positive) - target * torch.log(rate)
     weight = batch["copies"] > 0
     norm = (batch["copies"] * batch["scale"]).sum().clamp(min=1e-6)
     return (deviance * weight).sum() / norm

@@ -182,3 +182,62 @@ def test_the_network_serves_integrating_frames_without_bias(powder):
     assert abs(out[:, quiet].mean() / truth[quiet].mean() - 1) < 0.1
     assert abs(out[:, ring].sum() / (3 * truth[ring].sum()) - 1) < 0.05
     assert result.provenance["detector_noise"]["source"] == "given"
+
+
+def _lag_correlations(batch) -> tuple[float, float]:
+    """Correlation of the input's noise with the target's, at the same pixel and one pixel
+    apart (a flat field: the noise is the deviation from each patch's mean)."""
+    x = batch.inputs[:, 0] * batch.scale[:, 0]
+    t = batch.target[:, 0] / np.maximum(batch.copies[:, 0], 1)
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    t = t - t.mean(axis=(1, 2), keepdims=True)
+    same = np.corrcoef(x.ravel(), t.ravel())[0, 1]
+    next_pixel = np.corrcoef(x[:, :, 1:].ravel(), t[:, :, :-1].ravel())[0, 1]
+    return float(same), float(next_pixel)
+
+
+@pytest.mark.fast
+def test_under_a_point_spread_the_targets_are_neighbouring_frames_with_independent_noise():
+    """A point spread puts one photon into neighbouring pixels: a thinned half's target
+    then shares noise with its input (and the network learns to keep it); a neighbouring
+    frame's does not, so the engine trains on frames there."""
+    from bluesky_symdenoise.denoise.engine import ScanDenoiser, frame_targets
+    from bluesky_symdenoise.denoise.targets import FramePairs, ThinningPairs
+
+    rng = np.random.default_rng(2)
+    shape = (96, 96)
+    frames = np.stack([7.0 * ndimage.gaussian_filter(rng.poisson(4.0, shape).astype(float),
+                                                     0.7) + rng.normal(0, 2.0, shape)
+                       for _ in range(3)]).astype(np.float32)
+    denoiser = ScanDenoiser(detector={"kind": "integrating"})
+    analysis = denoiser.analyse(frames, center=(47.5, 47.5))
+    assert analysis.noise.correlated and frame_targets(analysis)
+    frames_same, frames_next = _lag_correlations(
+        FramePairs(analysis.prepared.frames, analysis.context, seed=0).sample(16, 96))
+    thinned_same, thinned_next = _lag_correlations(
+        ThinningPairs(analysis.prepared.frames, analysis.context, seed=0).sample(16, 96))
+    assert abs(frames_same) < 0.03 and abs(frames_next) < 0.03
+    assert abs(thinned_same) > 0.2 and thinned_next > 0.04
+    # Without a spread the thinned halves are independent, and thinning is kept.
+    plain = np.stack([7.0 * rng.poisson(4.0, shape) + rng.normal(0, 2.0, shape)
+                      for _ in range(3)]).astype(np.float32)
+    assert not frame_targets(denoiser.analyse(plain, center=(47.5, 47.5)))
+
+
+@pytest.mark.slow
+def test_under_a_point_spread_the_network_is_checked_against_the_next_frame(powder):
+    frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=3, psf_sigma=0.7, seed=9)
+    good = powder.usable
+    truth = 7.0 * ndimage.gaussian_filter(powder.scaled(1.0), 0.7)
+    ours = denoise_scan(frames, mask=powder.mask, center=powder.geometry.center,
+                        budget_s=20, detector="integrating")
+    assert "held-out squared error against the next frame" in ours.reason, ours.reason
+    assert ours.provenance["detector_noise"]["correlated"]
+    classical = denoise_scan(frames, mask=powder.mask, center=powder.geometry.center,
+                             method="classical", detector="integrating")
+    error = {name: np.mean((r.denoised[1][good] - truth[good]) ** 2)
+             for name, r in (("ours", ours), ("classical", classical))}
+    raw = np.mean((frames[1][good] - truth[good]) ** 2)
+    assert error["ours"] < error["classical"] < raw, (error, raw)
+    for raw_frame, den in zip(frames, ours.denoised, strict=True):
+        assert abs(den[good].sum() / raw_frame[good].sum() - 1) < 0.01
