@@ -566,8 +566,7 @@ class ScanDenoiser:
         if classical < network:
             self.angular = None
             return "classical", f"{reason}; but the classical mode won the {scores}"
-        self.blend = held_out_blend(by_network, by_classical, rest, good,
-                                    kept=self._angular_share(analysis))
+        self.blend = held_out_blend(by_network, by_classical, rest, good)
         if self.blend.first_only:
             return method, f"{reason}; {scores}{angular}"
         weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
@@ -685,7 +684,10 @@ class ScanDenoiser:
         network's frame that the classical mix leaves as it is. The model pools a whole
         shell and the neighbouring frames; a single frame's classical estimate mixed into
         it brings back that frame's noise (next to a SAXS beamstop, where the held-out
-        split's few bright pixels gave the classical mode a weight: ``bench/heldout.py``)."""
+        split's few bright pixels gave the classical mode a weight: ``bench/heldout.py``).
+        The band weights themselves are fitted as before, on the whole mix: fitted on the
+        network's share alone, at half dose, they took in more of the classical mode than
+        served the full-dose frames (every cell of ``bench/heldout.py`` lost 0.1-0.8 dB)."""
         if self.angular is None or analysis.center is None:
             return None
         radius, _ = self._polar_maps(analysis)

@@ -99,7 +99,7 @@ class BlendWeights:
         """``w·first + (1 - w)·second`` with each pixel's band weight (bands as in
         :func:`held_out_blend`, from these two estimates). ``kept``: per pixel, the share
         of ``first`` that ``second`` does not replace (its weight becomes
-        ``w + (1 - w)·kept``), as :func:`held_out_blend` was given it."""
+        ``w + (1 - w)·kept``)."""
         first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
         w = np.asarray(self.weights, np.float64)[intensity_bands(first, second, good,
                                                                  self.edges)]
@@ -124,8 +124,7 @@ def intensity_bands(first: np.ndarray, second: np.ndarray, good: np.ndarray,
 
 def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
                    good: np.ndarray, *, edges: tuple[float, ...] = BLEND_BAND_EDGES,
-                   min_pixels: int = 50, snap: float = BLEND_SNAP,
-                   kept: np.ndarray | None = None) -> BlendWeights:
+                   min_pixels: int = 50, snap: float = BLEND_SNAP) -> BlendWeights:
     """Per intensity band, the mix of two estimates closest to the held-out half.
 
     ``first`` and ``second`` estimate the expectation of one half of a binomial split and
@@ -150,27 +149,18 @@ def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
     snap
         Weights at or above it become 1: the first estimate alone (a weight that close to
         1 is within the split's noise, and the second estimate need not be computed).
-    kept
-        Per pixel, the share of ``first`` that the mix leaves as it is
-        (:meth:`BlendWeights.mix`): the engine's angular model, which pools a whole shell
-        and the neighbouring frames, is not mixed with a single frame's classical estimate;
-        only the network's share is. Each band's weight is then the least-squares one for
-        that mix, and pixels with ``kept`` = 1 do not count.
     """
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
     bands = intensity_bands(first, second, good, edges)
-    share = (np.ones(first.shape) if kept is None
-             else 1.0 - np.clip(np.asarray(kept, np.float64), 0.0, 1.0))
     weights, pixels = [], []
     for band in range(len(edges) + 1):
-        on = good & (bands == band) & (share > 0)
+        on = good & (bands == band)
         pixels.append(int(on.sum()))
-        # out = first - (1 - w)·share·(first - second): least squares against ``rest``
-        diff = share[on] * (first - second)[on]
+        diff = (first - second)[on]
         spread = float(np.sum(diff ** 2))
         if on.sum() < min_pixels or spread <= 0:
             weights.append(1.0)
             continue
-        w = 1.0 - float(np.sum((first[on] - rest[on]) * diff)) / spread
+        w = float(np.sum((rest[on] - second[on]) * diff)) / spread
         weights.append(1.0 if w >= snap else float(np.clip(w, 0.0, 1.0)))
     return BlendWeights(edges=tuple(edges), weights=tuple(weights), pixels=tuple(pixels))

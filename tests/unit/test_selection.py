@@ -2,7 +2,11 @@
 
 import numpy as np
 
-from bluesky_symdenoise.denoise.selection import binomial_split, held_out_blend
+from bluesky_symdenoise.denoise.selection import (
+    BlendWeights,
+    binomial_split,
+    held_out_blend,
+)
 
 
 def _scene():
@@ -50,26 +54,20 @@ def test_two_equally_good_independent_estimates_are_averaged():
     assert 0.35 < blend.weights[0] < 0.65
 
 
-def test_a_kept_share_is_not_mixed_and_does_not_set_the_weight():
-    """Pixels whose share of the first estimate is kept (the engine's angular model) keep
-    it in the mix, and the band's weight is fitted on what the mix can change."""
+
+def test_a_kept_share_of_the_first_estimate_is_not_mixed():
+    """``kept`` (the engine's angular model's weight) is the share of the first estimate
+    that the second does not replace: w + (1 - w)·kept of the first."""
     rng = np.random.default_rng(5)
-    truth = np.full((64, 128), 20.0)
-    rest = rng.poisson(truth).astype(float)
-    first = truth + rng.normal(0, 3.0, truth.shape)     # worse than the second here
-    second = truth + rng.normal(0, 1.0, truth.shape)
-    kept = np.zeros(truth.shape)
-    kept[:, 64:] = 1.0
-    # where kept, the first estimate is good and the second is far off
-    second[:, 64:] = truth[:, 64:] + 10.0
-    first[:, 64:] = truth[:, 64:]
-    good = np.ones(truth.shape, bool)
-    plain = held_out_blend(first, second, rest, good, edges=())
-    blend = held_out_blend(first, second, rest, good, edges=(), kept=kept)
-    # without ``kept`` the far-off half pulls the weight to the first estimate; with it,
-    # the weight is the one for the left half alone (mostly the second estimate)
-    assert blend.weights[0] < 0.3 < plain.weights[0]
+    first = rng.normal(20.0, 3.0, (32, 64))
+    second = rng.normal(20.0, 1.0, (32, 64))
+    kept = np.zeros(first.shape)
+    kept[:, 32:] = 1.0
+    kept[:8, :32] = 0.5
+    good = np.ones(first.shape, bool)
+    blend = BlendWeights(edges=(), weights=(0.25,), pixels=(first.size,))
     mixed = blend.mix(first, second, good, kept)
-    np.testing.assert_allclose(mixed[:, 64:], first[:, 64:])
-    w = blend.weights[0]
-    np.testing.assert_allclose(mixed[:, :64], w * first[:, :64] + (1 - w) * second[:, :64])
+    np.testing.assert_allclose(mixed[:, 32:], first[:, 32:])
+    np.testing.assert_allclose(mixed[8:, :32], 0.25 * first[8:, :32] + 0.75 * second[8:, :32])
+    w = 0.25 + 0.75 * 0.5
+    np.testing.assert_allclose(mixed[:8, :32], w * first[:8, :32] + (1 - w) * second[:8, :32])
