@@ -25,6 +25,7 @@ Each ``sample`` returns a :class:`Batch`; the loss compares ``copies * scale * o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,48 @@ def _integer_counts(frame: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(frame, 0, None)).astype(np.int64)
 
 
+def _window_items(ctx: ChannelContext, source: np.ndarray, target_frame: np.ndarray, *,
+                  level: float, means: tuple[np.ndarray | None, ...], scale: float,
+                  neighbours: Callable[[tuple[slice, slice]], np.ndarray | None],
+                  patches: int, patch: int, rng: np.random.Generator) -> list:
+    """``patches`` random training patches: the input channels of ``source`` in a window
+    (:func:`~.channels.window_channels`, its neighbour channel from
+    ``neighbours(region)``), the target ``target_frame`` there plus its 180° partners
+    where symmetry holds, the number of copies summed, and ``scale``."""
+    good = ctx.good
+    partnered = ctx.partner is not None and ctx.symmetric.any()
+    height, width = good.shape
+    items = []
+    for _ in range(patches):
+        row, col = random_crop_origin(good.shape, patch, rng)
+        window = (row, col, min(patch, height - row), min(patch, width - col))
+        region = (slice(row, row + window[2]), slice(col, col + window[3]))
+        channels = window_channels(source, ctx, window, level=level,
+                                   neighbours=neighbours(region), means=means)
+        here = good[region]
+        target = np.where(here, target_frame[region], 0).astype(np.float32)
+        copies = here.astype(np.float32)
+        if partnered:
+            target = target + window_partner_values(target_frame, ctx, window)
+            copies = copies + ctx.symmetric[region]
+        items.append((_crop(channels, (0, 0), patch), _crop(target, (0, 0), patch),
+                      _crop(copies, (0, 0), patch), scale))
+    return items
+
+
+def _sample_frames(one_frame: Callable[[int, int, int], list], shape: tuple[int, ...],
+                   batch_size: int, patch: int, rng: np.random.Generator) -> Batch:
+    """``batch_size`` patches from frames drawn at random from a ``(N, H, W)`` scan,
+    ``one_frame(index, patches, patch)`` giving a frame's: two per frame, more on a large
+    detector (one per :data:`PIXELS_PER_PATCH` pixels)."""
+    items: list = []
+    per_frame = max(2, int(np.prod(shape[1:])) // PIXELS_PER_PATCH)
+    while len(items) < batch_size:
+        index = int(rng.integers(shape[0]))
+        items += one_frame(index, min(per_frame, batch_size - len(items)), patch)
+    return _stack(items)
+
+
 class ThinningPairs:
     """Self-supervised pairs by binomial thinning, with symmetry and neighbouring frames.
 
@@ -178,40 +221,22 @@ class ThinningPairs:
         level = mean_level(x1, good)
         means = ring_means(x1, self.ctx)
         x2 = counts - x1  # float32, whole counts
-        partnered = self.ctx.partner is not None and self.ctx.symmetric.any()
         picks = ([i for i in (index - 1, index + 1) if 0 <= i < len(self.counts)]
                  if self.use_neighbours else [])
-        scale = level * (1.0 - p) / p
-        items = []
-        height, width = good.shape
-        for _ in range(patches):
-            row, col = random_crop_origin(good.shape, patch, rng)
-            window = (row, col, min(patch, height - row), min(patch, width - col))
-            region = (slice(row, row + window[2]), slice(col, col + window[3]))
-            neighbours = (np.mean([rng.binomial(self.counts[i][region], p) for i in picks],
-                                  axis=0) if picks else None)
-            channels = window_channels(x1, self.ctx, window, level=level,
-                                       neighbours=neighbours, means=means)
-            here = good[region]
-            target = np.where(here, x2[region], 0).astype(np.float32)
-            copies = here.astype(np.float32)
-            if partnered:
-                target = target + window_partner_values(x2, self.ctx, window)
-                copies = copies + self.ctx.symmetric[region]
-            items.append((_crop(channels, (0, 0), patch), _crop(target, (0, 0), patch),
-                          _crop(copies, (0, 0), patch), scale))
-        return items
+
+        def thinned_neighbours(region: tuple[slice, slice]) -> np.ndarray | None:
+            return (np.mean([rng.binomial(self.counts[i][region], p) for i in picks],
+                            axis=0) if picks else None)
+
+        return _window_items(self.ctx, x1, x2, level=level, means=means,
+                             scale=level * (1.0 - p) / p, neighbours=thinned_neighbours,
+                             patches=patches, patch=patch, rng=rng)
 
     def sample(self, batch_size: int, patch: int) -> Batch:
         """Draw ``batch_size`` random patches: two per thinned frame, more on a large
         detector (one per :data:`PIXELS_PER_PATCH` pixels), whose frames give many
         far-apart patches per thinning and cost a second or more each to thin."""
-        items: list = []
-        per_frame = max(2, self.counts[0].size // PIXELS_PER_PATCH)
-        while len(items) < batch_size:
-            index = int(self.rng.integers(len(self.counts)))
-            items += self._one_frame(index, min(per_frame, batch_size - len(items)), patch)
-        return _stack(items)
+        return _sample_frames(self._one_frame, self.counts.shape, batch_size, patch, self.rng)
 
 
 class FramePairs:
@@ -255,36 +280,18 @@ class FramePairs:
         frame = np.where(good, self.frames[index], 0.0).astype(np.float32)
         target_frame = np.where(good, self.frames[target_index], 0.0).astype(np.float32)
         level = mean_level(frame, good)
-        means = ring_means(frame, self.ctx)
-        partnered = self.ctx.partner is not None and self.ctx.symmetric.any()
-        height, width = good.shape
-        items = []
-        for _ in range(patches):
-            row, col = random_crop_origin(good.shape, patch, rng)
-            window = (row, col, min(patch, height - row), min(patch, width - col))
-            region = (slice(row, row + window[2]), slice(col, col + window[3]))
-            neighbours = self.frames[other[0]][region] if other else None
-            channels = window_channels(frame, self.ctx, window, level=level,
-                                       neighbours=neighbours, means=means)
-            here = good[region]
-            target = np.where(here, target_frame[region], 0.0).astype(np.float32)
-            copies = here.astype(np.float32)
-            if partnered:
-                target = target + window_partner_values(target_frame, self.ctx, window)
-                copies = copies + self.ctx.symmetric[region]
-            items.append((_crop(channels, (0, 0), patch), _crop(target, (0, 0), patch),
-                          _crop(copies, (0, 0), patch), level))
-        return items
+
+        def other_frame(region: tuple[slice, slice]) -> np.ndarray | None:
+            return self.frames[other[0]][region] if other else None
+
+        return _window_items(self.ctx, frame, target_frame, level=level,
+                             means=ring_means(frame, self.ctx), scale=level,
+                             neighbours=other_frame, patches=patches, patch=patch, rng=rng)
 
     def sample(self, batch_size: int, patch: int) -> Batch:
         """Draw ``batch_size`` random patches, two per frame drawn (more on a large
         detector, as :meth:`ThinningPairs.sample`)."""
-        items: list = []
-        per_frame = max(2, self.frames[0].size // PIXELS_PER_PATCH)
-        while len(items) < batch_size:
-            index = int(self.rng.integers(len(self.frames)))
-            items += self._one_frame(index, min(per_frame, batch_size - len(items)), patch)
-        return _stack(items)
+        return _sample_frames(self._one_frame, self.frames.shape, batch_size, patch, self.rng)
 
 
 class SupervisedPairs:
