@@ -61,8 +61,9 @@ from .targets import (
 from .training import PairSource, TrainingLog, fit
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
-           "classical_engine", "frame_targets", "keep_total_counts", "scale_to_raw_counts",
-           "scan_geometry", "symmetry_usage", "uses_partners", "violation_map"]
+           "classical_engine", "frame_targets", "keep_total_counts", "next_frame_split",
+           "scale_to_raw_counts", "scan_geometry", "symmetry_usage", "uses_partners",
+           "violation_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -477,9 +478,7 @@ class ScanDenoiser:
                 classical = self._classical_frames(
                     analysis, stack,
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
-                kept = self._angular_share(analysis)
-                out = np.stack([blend.mix(n, c, analysis.prepared.good, kept)
-                                for n, c in zip(out, classical, strict=True)])
+                out = self._mixed(analysis, out, classical, blend)
         return keep_total_counts(out, stack, analysis.prepared.good,
                                  self.config.preserve_total_counts)
 
@@ -534,11 +533,7 @@ class ScanDenoiser:
             # Neighbouring pixels share noise: a binomial half shares it with the other
             # half, a neighbouring frame does not. The frame is denoised with its other
             # neighbour only and scored against the next frame.
-            target = index + 1 if index + 1 < len(frames) else index - 1
-            half = np.asarray(frames[index], np.float32)
-            rest = np.asarray(frames[target], np.float64)
-            halves = [np.asarray(frames[i], np.float32) for i in (index - 1, index + 1)
-                      if 0 <= i < len(frames) and i != target]
+            half, rest, halves = next_frame_split(frames, index)
             score: Callable[[np.ndarray, np.ndarray], float] = mean_squared_error
             scored_by = "held-out squared error against the next frame"
         else:
@@ -673,21 +668,25 @@ class ScanDenoiser:
             analysis, frames,
             ring_neighbours=_each_frames_neighbours(frames))
         self.model_origin = f"{self.model_origin}, mixed with classical (bm3d)"
-        good = analysis.prepared.good
+        return self._mixed(analysis, denoised, classical, blend).astype(np.float32)
+
+    def _mixed(self, analysis: ScanAnalysis, network: np.ndarray, classical: np.ndarray,
+               blend: BlendWeights) -> np.ndarray:
+        """Each network frame mixed with its classical one by ``blend``, in the network's
+        share of a pixel only: the angular model's share (its weight, :attr:`angular`) is
+        left as it is. The model pools a whole shell and the neighbouring frames; a single
+        frame's classical estimate mixed into it brings back that frame's noise (next to a
+        SAXS beamstop, where the held-out split's few bright pixels give the classical mode
+        a weight: ``bench/heldout.py``). The band weights are fitted on the whole mix:
+        fitted on the network's share alone, at the split's half dose, they take in more
+        of the classical mode than serves the full-dose frames."""
         kept = self._angular_share(analysis)
+        good = analysis.prepared.good
         return np.stack([blend.mix(net, cla, good, kept)
-                         for net, cla in zip(denoised, classical, strict=True)]
-                        ).astype(np.float32)
+                         for net, cla in zip(network, classical, strict=True)])
 
     def _angular_share(self, analysis: ScanAnalysis) -> np.ndarray | None:
-        """Per pixel, the angular model's weight (:attr:`angular`): the share of the
-        network's frame that the classical mix leaves as it is. The model pools a whole
-        shell and the neighbouring frames; a single frame's classical estimate mixed into
-        it brings back that frame's noise (next to a SAXS beamstop, where the held-out
-        split's few bright pixels gave the classical mode a weight: ``bench/heldout.py``).
-        The band weights themselves are fitted as before, on the whole mix: fitted on the
-        network's share alone, at half dose, they took in more of the classical mode than
-        served the full-dose frames (every cell of ``bench/heldout.py`` lost 0.1-0.8 dB)."""
+        """Per pixel, the angular model's weight (:attr:`angular`), or None without it."""
         if self.angular is None or analysis.center is None:
             return None
         radius, _ = self._polar_maps(analysis)
@@ -970,6 +969,18 @@ def frame_targets(analysis: ScanAnalysis) -> bool:
     neighbouring pixels share noise (an integrating detector's point spread, measured by
     :func:`~.detector_noise.calibrate`) and the scan has more than one frame."""
     return analysis.noise.correlated and len(analysis.prepared.frames) >= 2
+
+
+def next_frame_split(frames: np.ndarray, index: int
+                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The held-out split of ``frames[index]`` where neighbouring pixels share noise
+    (:func:`frame_targets`): the frame itself (float32), the next frame (the previous one
+    for the last frame) as the independent copy it is scored against (float64), and its
+    other neighbouring frames, the ones it may be denoised with (float32)."""
+    target = index + 1 if index + 1 < len(frames) else index - 1
+    others = [np.asarray(frames[i], np.float32) for i in (index - 1, index + 1)
+              if 0 <= i < len(frames) and i != target]
+    return np.asarray(frames[index], np.float32), np.asarray(frames[target], np.float64), others
 
 
 def thinned_neighbours(frames: np.ndarray, index: int, *, seed: int,

@@ -40,6 +40,7 @@ from .engine import (
     ScanDenoiser,
     classical_engine,
     frame_targets,
+    next_frame_split,
     scale_to_raw_counts,
     symmetry_usage,
     thinned_neighbours,
@@ -400,9 +401,8 @@ class LiveDenoiser:
             # frame is scored against the last, which shares no noise with it.
             score: Callable[[np.ndarray, np.ndarray], float] = mean_squared_error
             scored_by = "held-out squared error"
-            half32 = np.asarray(prepared.frames[-2], np.float32)
-            rest = np.asarray(prepared.frames[-1], np.float64)
-            previous = prepared.frames[-3] if len(prepared.frames) > 2 else None
+            half32, rest, others = next_frame_split(prepared.frames, len(prepared.frames) - 2)
+            previous = others[0] if others else None
         else:
             # One split: the network's half without the angular model sets the model's
             # weights, and the two together (what would be served) are scored against the

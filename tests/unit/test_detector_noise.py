@@ -241,3 +241,15 @@ def test_under_a_point_spread_the_network_is_checked_against_the_next_frame(powd
     assert error["ours"] < error["classical"] < raw, (error, raw)
     for raw_frame, den in zip(frames, ours.denoised, strict=True):
         assert abs(den[good].sum() / raw_frame[good].sum() - 1) < 0.01
+
+
+@pytest.mark.fast
+def test_the_next_frame_split_scores_a_frame_against_an_exposure_it_does_not_see():
+    from bluesky_symdenoise.denoise.engine import next_frame_split
+
+    frames = np.arange(4)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    frame, rest, others = next_frame_split(frames, 1)  # the offline check: the middle frame
+    assert frame[0, 0] == 1 and rest[0, 0] == 2 and [o[0, 0] for o in others] == [0]
+    frame, rest, others = next_frame_split(frames, 3)  # the last frame: the previous one
+    assert frame[0, 0] == 3 and rest[0, 0] == 2 and others == []
+    assert rest.dtype == np.float64 and frame.dtype == np.float32
