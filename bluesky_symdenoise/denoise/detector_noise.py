@@ -20,6 +20,7 @@ curve from the differences of consecutive frames) unless the user gives them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +38,9 @@ TRANSFER_GROUPS = 24
 #: differences exceeds this plus five of its standard errors (a point spread of 1 px under
 #: a readout noise ten times the photon noise still gives ~0.005).
 MIN_CORRELATION = 0.002
+#: Lags (rows, columns) at which a point spread's covariances are compared with a Gaussian
+#: spread's: the diagonals and two pixels along each axis.
+SHAPE_LAGS = ((1, 1), (1, -1), (0, 2), (2, 0))
 #: Tiles (px) whose scatter gives the error of the spread's measurement.
 SPREAD_TILE_PX = 16
 #: A spread measured less precisely than this (relative error of the gain) is flagged.
@@ -198,13 +202,19 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     every frame; hot: an isolated outlier, :data:`HOT_Z`) are left out after a first line.
 
     A point spread shares each photon between neighbouring pixels: the per-pixel variance is
-    then ``g·Σk²·μ + σ²``. Where the lag-1 correlation of ``d`` is significant
-    (:data:`MIN_CORRELATION`), the gain is measured instead from the noise covariances
-    summed over lags up to :data:`CORRELATION_LAGS_PX` (their sum is ``g·μ`` whatever the
-    spread) over the mean level, and ``noise_factor = Σk²`` is recorded, with errors from
-    the scatter between tiles; a gain less precise than :data:`MAX_SPREAD_ERROR` is flagged
-    in the source. Where that sum cannot be measured at all, the gain stays the per-pixel
-    slope, a lower bound, with an error as large as itself.
+    then ``g·Σk²·μ + σ²``, and neighbouring pixels share photon noise. The spread is seen
+    by the lag-1 correlation of ``d`` (:data:`MIN_CORRELATION`) or, more sensitively under
+    a large readout noise, by the covariance of neighbouring differences against the level
+    (:func:`_neighbour_covariance`; the readout noise is not shared, so it is photon noise
+    alone). Then the photon noise's lag-1 correlation along rows and columns gives ``Σk²``
+    for a Gaussian spread, and ``g`` = slope / ``Σk²`` (:func:`_gain_from_neighbours`), with
+    ``noise_factor = Σk²`` recorded. The shape is checked at :data:`SHAPE_LAGS`: a spread
+    wider than a Gaussian's takes the gain from the noise covariances summed over lags up
+    to :data:`CORRELATION_LAGS_PX` (their sum is ``g·μ`` whatever the spread) instead, with
+    errors from the scatter between tiles. A gain less precise than
+    :data:`MAX_SPREAD_ERROR` is flagged in the source. Where a spread could not have been
+    seen, or the sum cannot be measured, the gain is the per-pixel slope, a lower bound,
+    with an error as large as itself.
 
     Given values (``noise.gain``, ``noise.read_noise``) are used as they are.
 
@@ -269,43 +279,65 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     lag0 = _transfer_points(diffs, means, groups, keep)
     slope, intercept, slope_error, intercept_error = _line_fit(*lag0)
     correlation, correlation_error = _lag1_correlation(diffs, good)
+    covariance, covariance_error = _neighbour_covariance(diffs, means, keep, groups, slope,
+                                                         intercept)
+    weights = 1.0 / np.maximum(covariance_error, 1e-300) ** 2
+    shared = float(np.sum(weights * covariance) / np.sum(weights))
+    shared_error = float(1.0 / np.sqrt(np.sum(weights)))
     gain, gain_error, noise_factor = slope, slope_error, 1.0
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
     if left_out:
         source += f", {left_out} dead, saturated or hot pixel(s) left out"
     # A point spread shares photons between neighbours: the per-pixel slope is then g·Σk²,
-    # and the noise covariances with the neighbours, pooled over the scan, give Σk².
+    # and neighbouring pixels share photon noise. Either test sees it: the correlation of
+    # the differences, or their photon covariance against the level (more sensitive under
+    # a large readout noise, which it leaves out).
     detectable = MIN_CORRELATION + 5.0 * correlation_error
+    correlated = correlation > detectable or shared > 5.0 * shared_error
     lower_bound = False
-    if correlation <= detectable and gain > 0:
+    if not correlated and gain > 0:
         # No correlation seen; but where the photon noise is a small share of the noise, a
         # scintillator's spread would not show either, and the per-pixel slope would be
         # g·Σk², not g. Then the gain is a lower bound, with an error as large as itself.
         level = float(np.mean(means[np.broadcast_to(good, means.shape)]))
         share = max(slope, 0.0) * level / max(max(slope, 0.0) * level + intercept, 1e-300)
-        if share * _lag1_share(REFERENCE_SPREAD_PX) <= detectable:
+        reference = _lag1_share(REFERENCE_SPREAD_PX)
+        if (share * reference <= detectable
+                and max(slope, 0.0) * reference <= 5.0 * shared_error):
             gain_error, lower_bound = max(gain_error, abs(gain)), True
             source += (f"; the photon noise is {100 * share:.1f} % of the noise variance: a "
                        f"point spread of {REFERENCE_SPREAD_PX} px would not show in the "
                        "correlations, so the gain is a lower bound (pass gain= for a flat "
                        "panel)")
-    if correlation > detectable:
-        spread = _spread_factor(diffs, means, keep, max(intercept, 0.0))
-        if spread is None:
-            # The per-pixel slope is g·Σk²: a lower bound, its error the gain itself.
-            gain_error, lower_bound = gain, True
-            source += (f"; correlated noise (lag-1 correlation {correlation:.3f}) but too "
-                       "few pixels to measure the spread: the gain is the per-pixel slope, "
-                       "a lower bound")
-        else:
-            noise_factor, _, gain, gain_error = spread
-            source += (f"; correlated noise (lag-1 correlation {correlation:.3f}, per-pixel "
-                       f"slope {slope:.3g}): gain from the noise covariances summed over "
-                       f"±{CORRELATION_LAGS_PX} px over the mean level, photon share "
-                       f"Σk² = {noise_factor:.3f}")
-            if gain_error > MAX_SPREAD_ERROR * gain:
-                source += (f" (imprecise: ±{100 * gain_error / gain:.0f} %, too few pixels; "
-                           "pass gain= if known)")
+    if correlated and slope > 0:
+        gain, gain_error, noise_factor, _, rho = _gain_from_neighbours(
+            slope, slope_error, covariance, covariance_error)
+        source += (f"; correlated noise (lag-1 correlation {correlation:.3f}; of the photon "
+                   f"noise {rho:.3f}, per-pixel slope {slope:.3g}): gain = slope / Σk², "
+                   f"Σk² = {noise_factor:.3f} for a Gaussian spread of that correlation")
+        # The Gaussian shape is checked at the diagonals and two pixels out. A spread with
+        # a wider tail (more covariance there than a Gaussian's) would make that gain too
+        # low: then the covariances summed over ±4 px, which assume no shape, give it.
+        further, further_error = _neighbour_covariance(diffs, means, keep, groups, slope,
+                                                       intercept, lags=SHAPE_LAGS,
+                                                       summed=True)
+        excess, excess_error = _wider_than_gaussian(slope, covariance, covariance_error,
+                                                    further[0], further_error[0])
+        if excess > 3.0 * excess_error:
+            summed = _spread_factor(diffs, means, keep, max(intercept, 0.0))
+            source += (f"; the spread is wider than a Gaussian's (covariance at the "
+                       f"diagonals and 2 px {excess / excess_error:.1f} σ above it)")
+            if summed is None:
+                gain_error, lower_bound = max(gain_error, gain), True
+                source += ", and too few pixels to sum it: the gain is a lower bound"
+            else:
+                noise_factor, _, gain, gain_error = summed
+                source += (f": gain from the noise covariances summed over "
+                           f"±{CORRELATION_LAGS_PX} px over the mean level, "
+                           f"Σk² = {noise_factor:.3f}")
+        if gain_error > MAX_SPREAD_ERROR * gain:
+            source += (f" (imprecise: ±{100 * gain_error / gain:.0f} %, too few pixels or "
+                       "photons; pass gain= if known)")
     if noise.gain is not None:
         gain, gain_error, lower_bound = float(noise.gain), 0.0, False
         source += "; gain given"
@@ -333,7 +365,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                             gain_error=float(gain_error), read_noise=read_noise,
                             read_noise_error=read_noise_error, offset=offset,
                             correlation=float(correlation), noise_factor=float(noise_factor),
-                            correlated=bool(correlation > detectable),
+                            correlated=bool(correlated),
                             gain_lower_bound=lower_bound, source=source)
 
 
@@ -521,3 +553,173 @@ def _lag1_correlation(diffs: np.ndarray, good: np.ndarray) -> tuple[float, float
     if not values:
         return 0.0, 1.0
     return float(np.mean(values)), float(1.0 / np.sqrt(max(n, 1)))
+
+
+def _neighbour_covariance(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
+                          groups: np.ndarray, slope: float, intercept: float,
+                          lags: tuple[tuple[int, int], ...] = ((0, 1), (1, 0)),
+                          summed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Photon noise covariance of pixels ``lag`` apart per ADU of mean level: ``(a, σ_a)``,
+    one value per lag (by default one pixel along rows and one along columns), or one for
+    the sum over ``lags`` when ``summed``.
+
+    Per intensity group, the mean of ``d_i · d_{i+lag} / 2`` over kept pairs of pixels is
+    their noise covariance; the readout noise is not shared between pixels, so it is
+    ``a · μ`` for the photon noise alone, and a line through the origin against the groups'
+    mean levels gives ``a`` (= ``g · A(lag)``, the spread kernel's autocorrelation there).
+    Weighted by the model's variance of each point, ``(slope · μ + σ²)² / n``; the error is
+    a sandwich estimate from the measured variances (summed per pixel first when
+    ``summed``, so that the lags' shared noise counts)."""
+    kept = keep.astype(np.float64)
+    d = np.where(keep, diffs, 0.0)
+    products, levels, valid = [], [], []
+    for dr, dc in lags:
+        products.append(d * _shifted(d, dr, dc) / 2.0)
+        # The pair's level: the mean over the box from one pixel to the other, where the
+        # photons they share land (its ends alone would miss a spot between them).
+        levels.append(np.mean([_shifted(means, r, c)
+                               for r in range(min(dr, 0), max(dr, 0) + 1)
+                               for c in range(min(dc, 0), max(dc, 0) + 1)], axis=0))
+        valid.append(keep & (_shifted(kept, dr, dc) > 0))
+    if summed:
+        products = [np.sum(products, axis=0)]
+        levels = [np.mean(levels, axis=0)]
+        valid = [np.all(valid, axis=0)]
+    slopes, errors = [], []
+    for product, between, both in zip(products, levels, valid, strict=True):
+        labels = np.where(both, groups, -1)
+        level, value, variance, count = [], [], [], []
+        for g in range(int(labels.max()) + 1):
+            members = labels == g
+            n = int(members.sum())
+            if n < 50:
+                continue
+            p = product[members]
+            level.append(float(between[members].mean()))
+            value.append(float(p.mean()))
+            variance.append(float(p.var() / n))
+            count.append(n)
+        x, y, v, n_ = (np.asarray(z, np.float64) for z in (level, value, variance, count))
+        if len(x) < 3:
+            slopes.append(0.0)
+            errors.append(np.inf)
+            continue
+        w = n_ / np.maximum(max(slope, 0.0) * np.abs(x) + max(intercept, 0.0), 1e-12) ** 2
+        norm = float(np.sum(w * x * x))
+        slopes.append(float(np.sum(w * x * y)) / norm)
+        errors.append(float(np.sqrt(np.sum(w * w * x * x * v))) / norm)
+    return np.asarray(slopes), np.asarray(errors)
+
+
+@cache
+def _spread_table(family: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over Gaussian point spreads of σ from 0 to 4 px, along one axis: the lag-1
+    correlation ``ρ`` of the photon noise, ``T = 1 / Σ_i k_i²`` of the kernel (the sum of
+    its noise correlations over all lags) and the lag-2 correlation. ``family``: ``"grid"``
+    (the Gaussian sampled on the pixel grid, as :func:`_lag1_share`) or ``"pixel"``
+    (integrated over each pixel)."""
+    from scipy import ndimage, special
+
+    x = np.arange(-20, 21, dtype=np.float64)
+    rho, total, rho2 = [0.0], [1.0], [0.0]
+    for sigma in np.linspace(0.01, 4.0, 400):
+        if family == "grid":
+            kernel = ndimage.gaussian_filter1d((x == 0).astype(np.float64), sigma,
+                                               mode="constant")
+        else:
+            scale = np.sqrt(2.0) * sigma
+            kernel = 0.5 * (special.erf((x + 0.5) / scale) - special.erf((x - 0.5) / scale))
+        kernel /= kernel.sum()
+        zero = float(np.sum(kernel ** 2))
+        rho.append(float(np.sum(kernel[1:] * kernel[:-1])) / zero)
+        total.append(1.0 / zero)
+        rho2.append(float(np.sum(kernel[2:] * kernel[:-2])) / zero)
+    order = np.argsort(rho)
+    return np.asarray(rho)[order], np.asarray(total)[order], np.asarray(rho2)[order]
+
+
+def _spread_total(rho: float, family: str = "grid") -> float:
+    """``T = 1 / Σ k²`` of a one-dimensional Gaussian spread whose lag-1 correlation is
+    ``rho`` (:func:`_spread_table`)."""
+    r, t, _ = _spread_table(family)
+    return float(np.interp(np.clip(rho, 0.0, r[-1]), r, t))
+
+
+def _spread_lag2(rho: float) -> float:
+    """Lag-2 correlation of a one-dimensional Gaussian spread whose lag-1 correlation is
+    ``rho``."""
+    r, _, r2 = _spread_table("grid")
+    return float(np.interp(np.clip(rho, 0.0, r[-1]), r, r2))
+
+
+def _per_axis(covariance: np.ndarray, covariance_error: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbouring covariances of the two axes, pooled where they agree within 3 σ
+    (an isotropic spread), as they are otherwise."""
+    a, e = np.asarray(covariance, np.float64), np.asarray(covariance_error, np.float64)
+    if abs(a[0] - a[1]) <= 3.0 * float(np.hypot(e[0], e[1])):
+        w = 1.0 / np.maximum(e, 1e-300) ** 2
+        pooled = float(np.sum(w * a) / np.sum(w))
+        return np.array([pooled, pooled]), np.full(2, 1.0 / np.sqrt(np.sum(w)))
+    return a, e
+
+
+def _wider_than_gaussian(slope: float, covariance: np.ndarray, covariance_error: np.ndarray,
+                         further: float, further_error: float) -> tuple[float, float]:
+    """How far the covariance summed over :data:`SHAPE_LAGS` (``further``, per ADU of level
+    summed over those lags) exceeds a Gaussian spread's with the measured lag-1
+    correlations: ``(excess, its error)``. A spread with a wider tail than a Gaussian's (as
+    a scintillator's often has) shows as a positive excess."""
+    a, e = _per_axis(covariance, covariance_error)
+
+    def predicted(ax: float, ay: float) -> float:
+        rho_x, rho_y = ax / slope, ay / slope  # along rows (lag (0, 1)) and columns
+        return slope * (2.0 * rho_x * rho_y + _spread_lag2(rho_x) + _spread_lag2(rho_y))
+
+    # The prediction's own error, from those of the lag-1 covariances, counts too.
+    step = 1e-3 * max(abs(slope), 1e-12)
+    d_x = (predicted(a[0] + step, a[1]) - predicted(a[0] - step, a[1])) / (2 * step)
+    d_y = (predicted(a[0], a[1] + step) - predicted(a[0], a[1] - step)) / (2 * step)
+    if a[0] == a[1]:  # pooled: one error for both
+        prediction_error = abs(d_x + d_y) * e[0]
+    else:
+        prediction_error = float(np.hypot(d_x * e[0], d_y * e[1]))
+    return (float(further) - predicted(a[0], a[1]),
+            float(np.hypot(further_error, prediction_error)))
+
+
+def _gain_from_neighbours(slope: float, slope_error: float, covariance: np.ndarray,
+                          covariance_error: np.ndarray
+                          ) -> tuple[float, float, float, float, float]:
+    """Gain and photon share ``Σk²`` of a point spread from the per-pixel slope
+    ``g·Σk²`` and the neighbouring covariances ``a = g·A(1)`` along each axis:
+    ``(gain, its error, Σk², its error, ρ)`` with ``ρ = a / slope`` the photon noise's
+    lag-1 correlation (the mean of the two axes).
+
+    For a separable spread kernel, ``Σk² = 1 / (T_x · T_y)`` where ``T`` of each axis
+    follows from its ``ρ`` (:func:`_spread_total`, a Gaussian kernel); the axes are pooled
+    where they agree within 3 σ. The error propagates those of the slope and of ``a``, and
+    adds the difference between a kernel sampled on the pixel grid and one integrated over
+    the pixels (the shape's own uncertainty, about 1 %)."""
+    a, e = _per_axis(covariance, covariance_error)
+
+    def gain_of(s: float, ax: float, ay: float, family: str = "grid") -> float:
+        return s * _spread_total(ax / s, family) * _spread_total(ay / s, family)
+
+    gain = gain_of(slope, a[0], a[1])
+    pooled_axes = a[0] == a[1]
+    step = 1e-4 * max(abs(slope), 1e-12)
+    d_slope = (gain_of(slope + step, a[0], a[1]) - gain_of(slope - step, a[0], a[1])) / (2 * step)
+    if pooled_axes:
+        d_a = (gain_of(slope, a[0] + step, a[1] + step)
+               - gain_of(slope, a[0] - step, a[1] - step)) / (2 * step)
+        variance = (d_slope * slope_error) ** 2 + (d_a * e[0]) ** 2
+    else:
+        d_x = (gain_of(slope, a[0] + step, a[1]) - gain_of(slope, a[0] - step, a[1])) / (2 * step)
+        d_y = (gain_of(slope, a[0], a[1] + step) - gain_of(slope, a[0], a[1] - step)) / (2 * step)
+        variance = (d_slope * slope_error) ** 2 + (d_x * e[0]) ** 2 + (d_y * e[1]) ** 2
+    shape = 0.5 * abs(gain_of(slope, a[0], a[1], "pixel") - gain)
+    gain_error = float(np.sqrt(variance + shape ** 2))
+    factor = slope / gain
+    factor_error = factor * float(np.hypot(gain_error / gain, slope_error / slope))
+    return float(gain), gain_error, float(factor), factor_error, float(np.mean(a) / slope)
