@@ -129,8 +129,9 @@ class NoiseCalibration:
         below 1 when a point spread shares each photon between neighbours (the sum of the
         squared spread kernel).
     correlated
-        Whether the lag-1 correlation is significant (neighbouring pixels share noise): the
-        engine then trains on neighbouring frames, not on thinned halves
+        Whether neighbouring pixels share noise: the lag-1 correlation, or the
+        neighbours' photon covariance against the level, is significant. The engine then
+        trains on neighbouring frames, not on thinned halves
         (:class:`~.targets.FramePairs`), and checks against a neighbouring frame.
     gain_lower_bound
         True where the gain is not a measurement: a point spread could not be measured (or
@@ -281,9 +282,11 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     correlation, correlation_error = _lag1_correlation(diffs, good)
     covariance, covariance_error = _neighbour_covariance(diffs, means, keep, groups, slope,
                                                          intercept)
+    # Both axes pooled (inf error: too few intensity groups to tell, so nothing seen).
     weights = 1.0 / np.maximum(covariance_error, 1e-300) ** 2
-    shared = float(np.sum(weights * covariance) / np.sum(weights))
-    shared_error = float(1.0 / np.sqrt(np.sum(weights)))
+    total_weight = float(np.sum(weights))
+    shared = float(np.sum(weights * covariance)) / total_weight if total_weight > 0 else 0.0
+    shared_error = 1.0 / np.sqrt(total_weight) if total_weight > 0 else float("inf")
     gain, gain_error, noise_factor = slope, slope_error, 1.0
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
     if left_out:
@@ -309,7 +312,14 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                        f"point spread of {REFERENCE_SPREAD_PX} px would not show in the "
                        "correlations, so the gain is a lower bound (pass gain= for a flat "
                        "panel)")
-    if correlated and slope > 0:
+    if correlated and slope > 0 and not np.all(np.isfinite(covariance_error)):
+        # Too few intensity groups to measure the spread: the per-pixel slope, g·Σk², is
+        # a lower bound, with an error as large as itself.
+        gain_error, lower_bound = max(gain_error, gain), True
+        source += (f"; correlated noise (lag-1 correlation {correlation:.3f}) but too few "
+                   "intensity groups to measure the spread: the gain is the per-pixel slope, "
+                   "a lower bound")
+    elif correlated and slope > 0:
         gain, gain_error, noise_factor, _, rho = _gain_from_neighbours(
             slope, slope_error, covariance, covariance_error)
         source += (f"; correlated noise (lag-1 correlation {correlation:.3f}; of the photon "
