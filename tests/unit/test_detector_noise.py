@@ -158,10 +158,9 @@ def test_a_spread_under_a_large_readout_noise_is_measured_with_honest_errors(pow
 @pytest.mark.fast
 def test_a_spread_wider_than_a_gaussian_is_seen_and_summed(powder):
     """Half the light spread by 0.5 px and half by 1.5 px (a scintillator's long tail):
-    a Gaussian spread with the same lag-1 correlation would have Σk² 1.8 times as large,
-    and the gain from it would be 40 % low. The covariances two pixels out and at the
-    diagonals show the wider tail, and the gain then comes from the covariances summed
-    over ±4 px."""
+    a Gaussian spread with the same lag-1 correlation would have a larger Σk², and the
+    gain from it would be too low. The covariances two pixels out and at the diagonals
+    show the wider tail, and the gain then comes from the covariances summed over ±4 px."""
     frames = flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=6, psf_sigma=0.5,
                                tail=(0.5, 1.5), seed=3)
     found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
