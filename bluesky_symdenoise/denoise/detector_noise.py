@@ -19,6 +19,7 @@ curve from the differences of consecutive frames) unless the user gives them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
@@ -283,10 +284,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     covariance, covariance_error = _neighbour_covariance(diffs, means, keep, groups, slope,
                                                          intercept)
     # Both axes pooled (inf error: too few intensity groups to tell, so nothing seen).
-    weights = 1.0 / np.maximum(covariance_error, 1e-300) ** 2
-    total_weight = float(np.sum(weights))
-    shared = float(np.sum(weights * covariance)) / total_weight if total_weight > 0 else 0.0
-    shared_error = 1.0 / np.sqrt(total_weight) if total_weight > 0 else float("inf")
+    shared, shared_error = _pooled(covariance, covariance_error)
     gain, gain_error, noise_factor = slope, slope_error, 1.0
     source = f"photon transfer over {pairs} frame pair(s), {len(lag0[0])} intensity groups"
     if left_out:
@@ -320,7 +318,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                    "intensity groups to measure the spread: the gain is the per-pixel slope, "
                    "a lower bound")
     elif correlated and slope > 0:
-        gain, gain_error, noise_factor, _, rho = _gain_from_neighbours(
+        gain, gain_error, noise_factor, rho = _gain_from_neighbours(
             slope, slope_error, covariance, covariance_error)
         source += (f"; correlated noise (lag-1 correlation {correlation:.3f}; of the photon "
                    f"noise {rho:.3f}, per-pixel slope {slope:.3g}): gain = slope / Σk², "
@@ -442,19 +440,26 @@ def _transfer_points(diffs: np.ndarray, means: np.ndarray, groups: np.ndarray,
     that variance's own variance and the number of samples; samples off ``keep`` are left
     out."""
     products = np.where(keep, diffs, 0.0) ** 2
-    level, variance, spread, count = [], [], [], []
     labels = np.where(keep, np.broadcast_to(groups, diffs.shape), -1)
+    return _group_points(products / 2.0, means, labels)
+
+
+def _group_points(values: np.ndarray, level: np.ndarray, labels: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group label (``-1``: left out; groups of under 50 samples skipped): the mean
+    ``level``, the mean of ``values``, that mean's variance (``var / n``) and ``n``."""
+    mean_level, mean, spread, count = [], [], [], []
     for g in range(int(labels.max()) + 1):
         members = labels == g
         n = int(members.sum())
         if n < 50:
             continue
-        p = products[members] / 2.0
-        level.append(float(means[members].mean()))
-        variance.append(float(p.mean()))
-        spread.append(float(p.var() / n))
+        v = values[members]
+        mean_level.append(float(level[members].mean()))
+        mean.append(float(v.mean()))
+        spread.append(float(v.var() / n))
         count.append(n)
-    return (np.asarray(level), np.asarray(variance), np.asarray(spread),
+    return (np.asarray(mean_level), np.asarray(mean), np.asarray(spread),
             np.asarray(count, np.float64))
 
 
@@ -582,39 +587,33 @@ def _neighbour_covariance(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray
     ``summed``, so that the lags' shared noise counts)."""
     kept = keep.astype(np.float64)
     d = np.where(keep, diffs, 0.0)
-    products, levels, valid = [], [], []
+    # Per lag (or their sum, accumulated: a 4 Mpx scan holds few frame-sized arrays) the
+    # products, the pair's level and where both samples are kept.
+    terms: list[list[np.ndarray]] = []
     for dr, dc in lags:
-        products.append(d * _shifted(d, dr, dc) / 2.0)
+        product = d * _shifted(d, dr, dc) / 2.0
         # The pair's level: the mean over the box from one pixel to the other, where the
         # photons they share land (its ends alone would miss a spot between them).
-        levels.append(np.mean([_shifted(means, r, c)
-                               for r in range(min(dr, 0), max(dr, 0) + 1)
-                               for c in range(min(dc, 0), max(dc, 0) + 1)], axis=0))
-        valid.append(keep & (_shifted(kept, dr, dc) > 0))
+        between = np.mean([_shifted(means, r, c)
+                           for r in range(min(dr, 0), max(dr, 0) + 1)
+                           for c in range(min(dc, 0), max(dc, 0) + 1)], axis=0)
+        both = keep & (_shifted(kept, dr, dc) > 0)
+        if summed and terms:
+            terms[0][0] += product
+            terms[0][1] += between
+            terms[0][2] &= both
+        else:
+            terms.append([product, between, both])
     if summed:
-        products = [np.sum(products, axis=0)]
-        levels = [np.mean(levels, axis=0)]
-        valid = [np.all(valid, axis=0)]
+        terms[0][1] /= len(lags)
     slopes, errors = [], []
-    for product, between, both in zip(products, levels, valid, strict=True):
-        labels = np.where(both, groups, -1)
-        level, value, variance, count = [], [], [], []
-        for g in range(int(labels.max()) + 1):
-            members = labels == g
-            n = int(members.sum())
-            if n < 50:
-                continue
-            p = product[members]
-            level.append(float(between[members].mean()))
-            value.append(float(p.mean()))
-            variance.append(float(p.var() / n))
-            count.append(n)
-        x, y, v, n_ = (np.asarray(z, np.float64) for z in (level, value, variance, count))
+    for product, between, both in terms:
+        x, y, v, n = _group_points(product, between, np.where(both, groups, -1))
         if len(x) < 3:
             slopes.append(0.0)
             errors.append(np.inf)
             continue
-        w = n_ / np.maximum(max(slope, 0.0) * np.abs(x) + max(intercept, 0.0), 1e-12) ** 2
+        w = n / np.maximum(max(slope, 0.0) * np.abs(x) + max(intercept, 0.0), 1e-12) ** 2
         norm = float(np.sum(w * x * x))
         slopes.append(float(np.sum(w * x * y)) / norm)
         errors.append(float(np.sqrt(np.sum(w * w * x * x * v))) / norm)
@@ -662,16 +661,37 @@ def _spread_lag2(rho: float) -> float:
     return float(np.interp(np.clip(rho, 0.0, r[-1]), r, r2))
 
 
+def _pooled(covariance: np.ndarray, covariance_error: np.ndarray) -> tuple[float, float]:
+    """The two axes' covariances pooled by their inverse variances: ``(value, error)``;
+    ``(0, inf)`` where neither was measured."""
+    w = 1.0 / np.maximum(np.asarray(covariance_error, np.float64), 1e-300) ** 2
+    total = float(np.sum(w))
+    if total <= 0:
+        return 0.0, float("inf")
+    return float(np.sum(w * np.asarray(covariance, np.float64))) / total, 1.0 / np.sqrt(total)
+
+
 def _per_axis(covariance: np.ndarray, covariance_error: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
     """The neighbouring covariances of the two axes, pooled where they agree within 3 σ
     (an isotropic spread), as they are otherwise."""
     a, e = np.asarray(covariance, np.float64), np.asarray(covariance_error, np.float64)
     if abs(a[0] - a[1]) <= 3.0 * float(np.hypot(e[0], e[1])):
-        w = 1.0 / np.maximum(e, 1e-300) ** 2
-        pooled = float(np.sum(w * a) / np.sum(w))
-        return np.array([pooled, pooled]), np.full(2, 1.0 / np.sqrt(np.sum(w)))
+        pooled, error = _pooled(a, e)
+        return np.array([pooled, pooled]), np.full(2, error)
     return a, e
+
+
+def _axis_error(of: Callable[[float, float], float], a: np.ndarray, e: np.ndarray,
+                step: float) -> float:
+    """Standard error of ``of(a_x, a_y)`` from the axes' errors ``e`` (central differences
+    of ``step``); pooled axes (equal values, :func:`_per_axis`) carry one error for both."""
+    if a[0] == a[1]:
+        slope = (of(a[0] + step, a[1] + step) - of(a[0] - step, a[1] - step)) / (2 * step)
+        return abs(slope) * float(e[0])
+    d_x = (of(a[0] + step, a[1]) - of(a[0] - step, a[1])) / (2 * step)
+    d_y = (of(a[0], a[1] + step) - of(a[0], a[1] - step)) / (2 * step)
+    return float(np.hypot(d_x * e[0], d_y * e[1]))
 
 
 def _wider_than_gaussian(slope: float, covariance: np.ndarray, covariance_error: np.ndarray,
@@ -687,24 +707,17 @@ def _wider_than_gaussian(slope: float, covariance: np.ndarray, covariance_error:
         return slope * (2.0 * rho_x * rho_y + _spread_lag2(rho_x) + _spread_lag2(rho_y))
 
     # The prediction's own error, from those of the lag-1 covariances, counts too.
-    step = 1e-3 * max(abs(slope), 1e-12)
-    d_x = (predicted(a[0] + step, a[1]) - predicted(a[0] - step, a[1])) / (2 * step)
-    d_y = (predicted(a[0], a[1] + step) - predicted(a[0], a[1] - step)) / (2 * step)
-    if a[0] == a[1]:  # pooled: one error for both
-        prediction_error = abs(d_x + d_y) * e[0]
-    else:
-        prediction_error = float(np.hypot(d_x * e[0], d_y * e[1]))
+    prediction_error = _axis_error(predicted, a, e, 1e-3 * max(abs(slope), 1e-12))
     return (float(further) - predicted(a[0], a[1]),
             float(np.hypot(further_error, prediction_error)))
 
 
 def _gain_from_neighbours(slope: float, slope_error: float, covariance: np.ndarray,
-                          covariance_error: np.ndarray
-                          ) -> tuple[float, float, float, float, float]:
+                          covariance_error: np.ndarray) -> tuple[float, float, float, float]:
     """Gain and photon share ``Σk²`` of a point spread from the per-pixel slope
     ``g·Σk²`` and the neighbouring covariances ``a = g·A(1)`` along each axis:
-    ``(gain, its error, Σk², its error, ρ)`` with ``ρ = a / slope`` the photon noise's
-    lag-1 correlation (the mean of the two axes).
+    ``(gain, its error, Σk², ρ)`` with ``ρ = a / slope`` the photon noise's lag-1
+    correlation (the mean of the two axes).
 
     For a separable spread kernel, ``Σk² = 1 / (T_x · T_y)`` where ``T`` of each axis
     follows from its ``ρ`` (:func:`_spread_total`, a Gaussian kernel); the axes are pooled
@@ -717,19 +730,9 @@ def _gain_from_neighbours(slope: float, slope_error: float, covariance: np.ndarr
         return s * _spread_total(ax / s, family) * _spread_total(ay / s, family)
 
     gain = gain_of(slope, a[0], a[1])
-    pooled_axes = a[0] == a[1]
     step = 1e-4 * max(abs(slope), 1e-12)
     d_slope = (gain_of(slope + step, a[0], a[1]) - gain_of(slope - step, a[0], a[1])) / (2 * step)
-    if pooled_axes:
-        d_a = (gain_of(slope, a[0] + step, a[1] + step)
-               - gain_of(slope, a[0] - step, a[1] - step)) / (2 * step)
-        variance = (d_slope * slope_error) ** 2 + (d_a * e[0]) ** 2
-    else:
-        d_x = (gain_of(slope, a[0] + step, a[1]) - gain_of(slope, a[0] - step, a[1])) / (2 * step)
-        d_y = (gain_of(slope, a[0], a[1] + step) - gain_of(slope, a[0], a[1] - step)) / (2 * step)
-        variance = (d_slope * slope_error) ** 2 + (d_x * e[0]) ** 2 + (d_y * e[1]) ** 2
+    from_a = _axis_error(lambda ax, ay: gain_of(slope, ax, ay), a, e, step)
     shape = 0.5 * abs(gain_of(slope, a[0], a[1], "pixel") - gain)
-    gain_error = float(np.sqrt(variance + shape ** 2))
-    factor = slope / gain
-    factor_error = factor * float(np.hypot(gain_error / gain, slope_error / slope))
-    return float(gain), gain_error, float(factor), factor_error, float(np.mean(a) / slope)
+    gain_error = float(np.sqrt((d_slope * slope_error) ** 2 + from_a ** 2 + shape ** 2))
+    return float(gain), gain_error, float(slope / gain), float(np.mean(a) / slope)
