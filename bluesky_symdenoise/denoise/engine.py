@@ -486,7 +486,8 @@ class ScanDenoiser:
                  integration: AzimuthalIntegration, npt: int,
                  sectors: Sequence[tuple[float, float] | None] = (None,),
                  serve: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
-                 frames: np.ndarray | None = None, max_frames: int = 4) -> list[IqCheck]:
+                 frames: np.ndarray | None = None, max_frames: int = 4,
+                 ring_prior: bool = True) -> list[IqCheck]:
         """Held-out check of this scan's denoised I(q) (:func:`~..integrate.heldout.
         held_out_iq`): calibrated sigmas and the q ranges that fall back to raw.
 
@@ -495,7 +496,8 @@ class ScanDenoiser:
         which)``, default :meth:`serve_frames` with the neighbours thinned like the frame,
         half ``which`` of each: see :func:`~..integrate.heldout.held_out_iq`) and its
         I(q) scored against the other half's, raw and denoised, for the full ring (None)
-        and each sector in ``sectors``. Once per scan: two denoising passes per frame.
+        and each sector in ``sectors``, a sector's squared bias shrunk towards the full
+        ring's (``ring_prior``). Once per scan: two denoising passes per frame.
         """
         frames = analysis.prepared.frames if frames is None else np.asarray(frames)
         if len(frames) > max_frames:  # spread over the scan
@@ -508,7 +510,7 @@ class ScanDenoiser:
                                      neighbours=[near], ring_neighbours=[halves])[0]
 
         return held_out_iq(serve or by_engine, list(frames), integration, npt=npt,
-                           sectors=sectors)
+                           sectors=sectors, ring_prior=ring_prior)
 
     def _check_against_classical(self, analysis: ScanAnalysis, method: str,
                                  reason: str) -> tuple[str, str]:

@@ -28,6 +28,20 @@ the ratio below :data:`BIAS_FLOOR` times the variance part is it stopped there),
 at :data:`RATIO_FLOOR`, and the denoised sigma is ``sqrt(ratio)`` times raw's
 Poisson sigma at the denoised rate.
 
+A sector's squared bias borrows from the full ring's. Its own estimate carries the noise
+of raw's I(q) in the sector (a product of the two raw halves' errors, about ±0.1 of raw's
+variance over a window on a 30° sector of a few frames), often more than the bias itself;
+the full ring's is measured on all the pixels (12 times a 30° sector's). Where the pattern
+is isotropic, the sector's bias relative to its intensity is the ring's, so the ring's
+squared bias, carried to the sector's q bins and scaled by the squared ratio of their
+denoised intensities, is the sector's prior. The sector's own estimate is shrunk towards
+it by the positive-part James-Stein rule, ``prior + max(0, 1 - n² / d²) · d`` with ``d``
+its difference from the prior and ``n²`` its noise (the frame-to-frame scatter of its
+window means, pooled over the profile): kept where it differs from the prior beyond its
+noise (a texture the denoiser smooths along the ring biases a sector and not the ring),
+the prior's elsewhere. With one frame split, the noise is not measured and the sector's
+own estimate is used.
+
 Fallback: the block sums S of (3) are tested against their own noise, measured on the same
 scan (the frame-to-frame scatter of the block sums, normalised, pooled over blocks by a low
 quantile); a block whose z = S / noise exceeds ``z_alarm`` falls back to raw (the denoised
@@ -36,6 +50,8 @@ I(q) and its sigma replaced by raw's there).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,7 +105,10 @@ class IqCheck:
         The threshold used.
     noise
         The check's own noise, measured: ``kappa`` (mean square of the normalised
-        differences) and ``rho`` (their correlation between neighbouring bins).
+        differences) and ``rho`` (their correlation between neighbouring bins); with two
+        frames or more, ``bias_noise`` (the squared bias's noise over its window, in units
+        of raw's variance) and, for a sector shrunk towards the full ring, ``bias_kept``
+        (the mean weight its own squared bias kept: 0 all the ring's, 1 all its own).
     """
 
     q_nm: np.ndarray
@@ -150,7 +169,7 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
                 frames: Sequence[np.ndarray], integration: AzimuthalIntegration, *,
                 npt: int, sectors: Sequence[tuple[float, float] | None] = (None,),
                 unit: str = "q_nm^-1", seed: int = 1, block: int = BLOCK,
-                z_alarm: float = Z_ALARM) -> list[IqCheck]:
+                z_alarm: float = Z_ALARM, ring_prior: bool = True) -> list[IqCheck]:
     """Split each frame, denoise one half, and score its I(q) against the other's.
 
     Parameters
@@ -174,6 +193,9 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
         q bins pooled per block.
     z_alarm
         A block falls back to raw above this z.
+    ring_prior
+        Shrink each sector's squared bias towards the full ring's (module docstring); the
+        full ring is checked too when ``sectors`` lacks it. False: each profile alone.
 
     Returns
     -------
@@ -182,14 +204,17 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
     """
     if len(frames) == 0:
         raise ValueError("held_out_iq needs at least one frame")
-    # Per sector, the four terms' per-frame profiles.
-    totals: list[list[list[np.ndarray]]] = [[[], [], [], []] for _ in sectors]
-    q: list[np.ndarray] = [np.empty(0)] * len(sectors)
+    profiles = list(sectors)
+    if ring_prior and any(s is not None for s in profiles) and None not in profiles:
+        profiles.append(None)
+    # Per profile, the four terms' per-frame profiles, and the denoised halves' I(q).
+    totals: list[list[list[np.ndarray]]] = [[[], [], [], [], []] for _ in profiles]
+    q: list[np.ndarray] = [np.empty(0)] * len(profiles)
     for index, frame in enumerate(frames):
         halves = binomial_split(frame, seed + index)
         estimates = [np.asarray(denoise(h.astype(np.float32), index, which), np.float64)
                      for which, h in enumerate(halves)]
-        for which, sector in enumerate(sectors):
+        for which, sector in enumerate(profiles):
             den = [integration.integrate(e, npt=npt, sector=sector, unit=unit,
                                          variance=np.maximum(e, 0.0)) for e in estimates]
             i_a, i_b = (integration.integrate(h, npt=npt, sector=sector, unit=unit).intensity
@@ -203,21 +228,96 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
             v = 0.5 * (sigma_a ** 2 + sigma_b ** 2)
             u = 0.5 * ((den[0].intensity - i_b) ** 2 + (den[1].intensity - i_a) ** 2)
             spread = 0.5 * (den[0].intensity - den[1].intensity) ** 2
-            terms = [u - 0.5 * (i_a - i_b) ** 2, v, u - (i_a - i_b) ** 2, spread]
+            level = 0.5 * (den[0].intensity + den[1].intensity)
+            terms = [u - 0.5 * (i_a - i_b) ** 2, v, u - (i_a - i_b) ** 2, spread, level]
             if index == 0:
                 q[which] = den[0].q_nm
             for kept, term in zip(totals[which], terms, strict=True):
                 kept.append(term)
-    return [_pooled(q[which], *(np.array(t) for t in totals[which]), block=block,
+    parts = [_ProfileParts.measure(q[which], *(np.array(t) for t in totals[which]),
+                                   block=block) for which in range(len(profiles))]
+    if ring_prior and None in profiles:
+        ring = parts[profiles.index(None)]
+        parts = [p if sector is None else p.towards(ring)
+                 for p, sector in zip(parts, profiles, strict=True)]
+    return [_pooled(parts[which], *(np.array(t) for t in totals[which][:4]), block=block,
                     z_alarm=z_alarm) for which in range(len(sectors))]
 
 
-def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
+def _mean_over(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred running mean over ``width`` entries (fewer at the ends)."""
+    ones = np.ones_like(values)
+    return (uniform_filter1d(values, width, mode="constant")
+            / uniform_filter1d(ones, width, mode="constant"))
+
+
+@dataclass(frozen=True)
+class _ProfileParts:
+    """The two parts of one profile's sigma ratio, per bin (NaN on empty bins): the
+    variance part (2) / V and the squared bias (1) - (2) over V, pooled over centred
+    windows; with the bias's noise over its window, the raw half's variance V per frame and
+    the denoised halves' I(q), smoothed like the bias (to carry a squared bias between
+    profiles)."""
+
+    q: np.ndarray
+    valid: np.ndarray
+    variance: np.ndarray
+    bias: np.ndarray
+    bias_noise: float
+    raw_variance: np.ndarray
+    level: np.ndarray
+    bias_kept: float = math.nan
+
+    @classmethod
+    def measure(cls, q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
+                spread_f: np.ndarray, level_f: np.ndarray, *, block: int) -> _ProfileParts:
+        """From the per-frame terms, ``(frames, npt)`` each (see :func:`held_out_iq`)."""
+        frames = len(mse_f)
+        mse, var, spread = mse_f.sum(0), var_f.sum(0), spread_f.sum(0)
+        valid = var > 0
+        variance, bias, level = (np.full(len(q), np.nan) for _ in range(3))
+        width = BIAS_BLOCKS * block
+        # Equal weights: every bin's sigma is calibrated, not only the strongest bins'. The
+        # variance part (2) is precise and pooled over 3 blocks' width; the bias part
+        # (1) - (2) is as noisy as raw, so it is pooled over BIAS_BLOCKS blocks' width.
+        variance[valid] = _mean_over(spread[valid] / var[valid], 3 * block)
+        bias[valid] = _mean_over((mse[valid] - spread[valid]) / var[valid], width)
+        level[valid] = _mean_over(level_f.mean(0)[valid], width)
+        noise = math.nan
+        if frames >= 2 and valid.any():
+            # Each frame's bias part in units of the mean raw variance per frame: their mean
+            # over frames is ``bias``, their scatter its noise.
+            per_frame = np.stack([_mean_over((m - s)[valid] / var[valid] * frames, width)
+                                  for m, s in zip(mse_f, spread_f, strict=True)])
+            noise = float(np.median(per_frame.var(axis=0, ddof=1) / frames))
+        return cls(q, valid, variance, bias, noise, var / frames, level)
+
+    def towards(self, ring: _ProfileParts) -> _ProfileParts:
+        """This sector's parts with its squared bias shrunk towards the full ring's (module
+        docstring); unchanged where either lacks what that needs."""
+        known = ring.valid & np.isfinite(ring.bias) & (ring.level > 0)
+        if not (np.isfinite(self.bias_noise) and self.bias_noise > 0 and known.sum() >= 2):
+            return self
+        v = self.valid
+        # The ring's squared bias relative to its squared intensity, at this profile's q.
+        relative = np.interp(self.q[v], ring.q[known], (ring.bias * ring.raw_variance
+                                                        / ring.level ** 2)[known])
+        prior = relative * self.level[v] ** 2 / self.raw_variance[v]
+        difference = self.bias[v] - prior
+        kept = np.clip(1.0 - self.bias_noise / np.maximum(difference ** 2, 1e-300), 0.0, 1.0)
+        bias = self.bias.copy()
+        bias[v] = prior + kept * difference
+        return dataclasses.replace(self, bias=bias, bias_kept=float(np.mean(kept)))
+
+
+def _pooled(parts: _ProfileParts, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
             spread_f: np.ndarray, *, block: int, z_alarm: float) -> IqCheck:
-    """Pool one profile's per-frame, per-bin terms (``(frames, npt)`` each; see the module
-    docstring) by blocks of q bins."""
+    """One profile's check: its sigma ratio from ``parts``, and its fall-back from the
+    per-frame, per-bin terms (``(frames, npt)`` each; see the module docstring) pooled by
+    blocks of q bins."""
+    q = parts.q
     frames = len(mse_f)
-    mse, var, diff, spread = mse_f.sum(0), var_f.sum(0), diff_f.sum(0), spread_f.sum(0)
+    diff, var = diff_f.sum(0), var_f.sum(0)
     valid = var > 0
     blocks = np.full(len(q), -1)
     blocks[valid] = np.arange(int(valid.sum())) // block
@@ -228,23 +328,15 @@ def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndar
     if n_blocks == 0:
         return IqCheck(q, ratio, fallback, z, frames, block, z_alarm,
                        {"kappa": np.nan, "rho": np.nan})
+
     def by_block(values: np.ndarray) -> np.ndarray:
         return np.bincount(blocks[valid], weights=values[valid], minlength=n_blocks)
 
     sums = {name: by_block(values) for name, values in
             (("diff", diff), ("var2", (var / frames) ** 2))}
-    # Sigma: the full-dose ratio, bin by bin, from each bin's terms over its variance
-    # (equal weights: every bin's sigma is calibrated, not only the strongest bins'). The
-    # variance part (2) is precise and pooled over 3 blocks' width; the bias part
-    # (1) - (2) is as noisy as raw, so it is pooled over BIAS_BLOCKS blocks' width and kept
-    # with its sign down to BIAS_FLOOR times the variance part.
-    def mean_over(values: np.ndarray, width: int) -> np.ndarray:  # centred, over valid bins
-        ones = np.ones_like(values)
-        return (uniform_filter1d(values, width, mode="constant")
-                / uniform_filter1d(ones, width, mode="constant"))
-
-    variance = mean_over(spread[valid] / var[valid], 3 * block)
-    bias = mean_over((mse[valid] - spread[valid]) / var[valid], BIAS_BLOCKS * block)
+    # Sigma: the full-dose ratio, bin by bin; the squared bias kept with its sign down to
+    # BIAS_FLOOR times the variance part.
+    variance, bias = parts.variance[valid], parts.bias[valid]
     ratio[valid] = np.maximum(variance + 2.0 * bias,
                               np.maximum(BIAS_FLOOR * variance, RATIO_FLOOR))
     # Fallback: each block's summed difference against its noise, measured on this scan.
@@ -271,5 +363,9 @@ def _pooled(q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndar
     z_block = np.where(noise > 0, sums["diff"] / np.maximum(noise, 1e-300), 0.0)
     z[valid] = z_block[blocks[valid]]
     fallback[valid] = z_block[blocks[valid]] > z_alarm
-    return IqCheck(q, ratio, fallback, z, frames, block, z_alarm,
-                   {"kappa": kappa, "rho": rho})
+    measured = {"kappa": kappa, "rho": rho}
+    if np.isfinite(parts.bias_noise):
+        measured["bias_noise"] = parts.bias_noise
+    if np.isfinite(parts.bias_kept):
+        measured["bias_kept"] = parts.bias_kept
+    return IqCheck(q, ratio, fallback, z, frames, block, z_alarm, measured)

@@ -140,3 +140,68 @@ def test_no_fall_back_at_the_boundary_beyond_the_false_alarm_rate(scene):
         flagged += [c.fallback[np.isfinite(c.ratio)].mean() for c in checks]
     print(f"false-alarm fraction of bins {np.mean(flagged):.4f}")
     assert np.mean(flagged) <= 0.05
+
+
+#: The published 30° sector's rotations by multiples of 30° inside pyFAI's (-180°, 180°).
+ROTATED = [(-15.0 + 30.0 * k, 15.0 + 30.0 * k) for k in range(-5, 6)]
+
+
+def test_a_sector_borrows_the_full_rings_bias_on_an_isotropic_pattern(scene):
+    """An unbiased denoiser of known error (the half averaged with four independent draws
+    of its expectation: ratio 0.2 everywhere). A 30° sector's own squared bias is noise as
+    large as that ratio; shrunk towards the full ring's (12 times the pixels), its sigma
+    ratio must scatter less about 0.2 over the 11 sectors, and keep little of its own."""
+    geometry, truth, mask = scene
+    integ = AzimuthalIntegration(geometry, mask)
+
+    def with_four_twins(half, index, which):  # the same draws with and without the prior
+        rng = np.random.default_rng(1000 * index + which)
+        return np.where(mask, 0, (half + sum(rng.poisson(0.5 * truth) for _ in range(4))) / 5)
+
+    frames = _frames(truth, mask, 4, seed=5)
+    deviation = {}
+    for prior in (False, True):
+        checks = held_out_iq(with_four_twins, frames, integ, npt=NPT, sectors=ROTATED,
+                             ring_prior=prior)
+        assert len(checks) == len(ROTATED)  # the full ring is checked, not returned
+        deviation[prior] = np.mean([np.nanmean(np.abs(np.log(c.ratio / 0.2)))
+                                    for c in checks])
+        kept = [c.noise.get("bias_kept") for c in checks]
+    print(f"mean |log(ratio / 0.2)| over 11 sectors: own {deviation[False]:.3f}, "
+          f"towards the ring {deviation[True]:.3f}")
+    assert deviation[True] < 0.8 * deviation[False]
+    assert all(k is not None for k in kept) and np.mean(kept) < 0.5
+
+
+def test_a_sector_keeps_its_own_bias_where_the_denoiser_smooths_an_anisotropy():
+    """A denoiser that takes 30 % of an anisotropic pattern's azimuthal modulation away:
+    the full ring's I(q) is unbiased, a sector's is not. The ring's prior must not hide
+    that bias: the sector keeps most of its own squared bias, and its sigma ratio stays
+    well above the ring's."""
+    geometry = DetectorGeometry.from_center((128, 128), (60.5, 63.3))
+    q, chi = geometry.q_map(), geometry.chi_map()
+    truth = (0.3 + 2.0 * np.exp(-q / 1.0)) * (1 + 0.6 * np.cos(2 * chi))
+    mask = np.zeros(geometry.shape, bool)
+    mask[55:66, 58:69] = True
+    integ = AzimuthalIntegration(geometry, mask)
+    radius = np.rint(geometry.radius_map()).astype(int)[~mask]
+    ring_mean = (np.bincount(radius, truth[~mask]) / np.maximum(np.bincount(radius), 1))
+    flattened = np.zeros_like(truth)
+    flattened[~mask] = 0.7 * truth[~mask] + 0.3 * ring_mean[radius]
+
+    def smoothing_the_anisotropy(half, index, which):
+        rng = np.random.default_rng(1000 * index + which)
+        return np.where(mask, 0, sum(rng.poisson(0.5 * flattened) for _ in range(4)) / 4)
+
+    frames = _frames(truth, mask, 4, seed=5)
+    ratios = {}
+    for prior in (False, True):
+        ring, sector = held_out_iq(smoothing_the_anisotropy, frames, integ, npt=NPT,
+                                   sectors=(None, SECTOR), ring_prior=prior)
+        ratios[prior] = float(np.nanmedian(sector.ratio))
+    print(f"median ratio: ring {np.nanmedian(ring.ratio):.3f}, sector own "
+          f"{ratios[False]:.3f}, towards the ring {ratios[True]:.3f}, kept "
+          f"{sector.noise['bias_kept']:.2f}")
+    assert sector.noise["bias_kept"] >= 0.7
+    assert ratios[True] >= 0.8 * ratios[False]
+    assert ratios[True] >= 3.0 * np.nanmedian(ring.ratio)
