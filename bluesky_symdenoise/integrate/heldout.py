@@ -234,13 +234,15 @@ def held_out_iq(denoise: Callable[[np.ndarray, int, int], np.ndarray],
                 q[which] = den[0].q_nm
             for kept, term in zip(totals[which], terms, strict=True):
                 kept.append(term)
-    parts = [_ProfileParts.measure(q[which], *(np.array(t) for t in totals[which]),
-                                   block=block) for which in range(len(profiles))]
+    # (1) - V, V, (3), (2) and the denoised level, each (frames, npt), per profile.
+    stacked = [[np.array(t) for t in totals[which]] for which in range(len(profiles))]
+    parts = [_ProfileParts.measure(q[which], mse_f, var_f, spread_f, level_f, block=block)
+             for which, (mse_f, var_f, _, spread_f, level_f) in enumerate(stacked)]
     if ring_prior and None in profiles:
         ring = parts[profiles.index(None)]
         parts = [p if sector is None else p.towards(ring)
                  for p, sector in zip(parts, profiles, strict=True)]
-    return [_pooled(parts[which], *(np.array(t) for t in totals[which][:4]), block=block,
+    return [_pooled(parts[which], stacked[which][1], stacked[which][2], block=block,
                     z_alarm=z_alarm) for which in range(len(sectors))]
 
 
@@ -269,7 +271,7 @@ class _ProfileParts:
     bias_kept: float = math.nan
 
     @classmethod
-    def measure(cls, q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
+    def measure(cls, q: np.ndarray, mse_f: np.ndarray, var_f: np.ndarray,
                 spread_f: np.ndarray, level_f: np.ndarray, *, block: int) -> _ProfileParts:
         """From the per-frame terms, ``(frames, npt)`` each (see :func:`held_out_iq`)."""
         frames = len(mse_f)
@@ -310,15 +312,14 @@ class _ProfileParts:
         return dataclasses.replace(self, bias=bias, bias_kept=float(np.mean(kept)))
 
 
-def _pooled(parts: _ProfileParts, mse_f: np.ndarray, var_f: np.ndarray, diff_f: np.ndarray,
-            spread_f: np.ndarray, *, block: int, z_alarm: float) -> IqCheck:
+def _pooled(parts: _ProfileParts, var_f: np.ndarray, diff_f: np.ndarray, *, block: int,
+            z_alarm: float) -> IqCheck:
     """One profile's check: its sigma ratio from ``parts``, and its fall-back from the
-    per-frame, per-bin terms (``(frames, npt)`` each; see the module docstring) pooled by
-    blocks of q bins."""
-    q = parts.q
-    frames = len(mse_f)
+    per-frame, per-bin V and (3) (``(frames, npt)`` each; see the module docstring) pooled
+    by blocks of q bins."""
+    q, valid = parts.q, parts.valid
+    frames = len(diff_f)
     diff, var = diff_f.sum(0), var_f.sum(0)
-    valid = var > 0
     blocks = np.full(len(q), -1)
     blocks[valid] = np.arange(int(valid.sum())) // block
     n_blocks = int(blocks.max()) + 1
