@@ -28,19 +28,19 @@ the ratio below :data:`BIAS_FLOOR` times the variance part is it stopped there),
 at :data:`RATIO_FLOOR`, and the denoised sigma is ``sqrt(ratio)`` times raw's
 Poisson sigma at the denoised rate.
 
-A sector's squared bias borrows from the full ring's. Its own estimate carries the noise
-of raw's I(q) in the sector (a product of the two raw halves' errors, about ±0.1 of raw's
-variance over a window on a 30° sector of a few frames), often more than the bias itself;
-the full ring's is measured on all the pixels (12 times a 30° sector's). Where the pattern
-is isotropic, the sector's bias relative to its intensity is the ring's, so the ring's
-squared bias, carried to the sector's q bins and scaled by the squared ratio of their
-denoised intensities, is the sector's prior. The sector's own estimate is shrunk towards
-it by the positive-part James-Stein rule, ``prior + max(0, 1 - n² / d²) · d`` with ``d``
-its difference from the prior and ``n²`` its noise (the frame-to-frame scatter of its
-window means, pooled over the profile): kept where it differs from the prior beyond its
-noise (a texture the denoiser smooths along the ring biases a sector and not the ring),
-the prior's elsewhere. With one frame split, the noise is not measured and the sector's
-own estimate is used.
+A sector's squared bias borrows from the full ring's. Its own estimate carries the noise of
+raw's I(q) in the sector (a product of the two raw halves' errors: per bin of the order of
+raw's variance itself, so over a window of 42 bins and 3 frames of the order of 1/√126 ≈ 0.1
+of it), often more than the bias itself; the full ring's is measured on all the pixels (12
+times a 30° sector's). Where the pattern is isotropic, the sector's bias relative to its
+intensity is the ring's, so the ring's squared bias, carried to the sector's q bins and
+scaled by the squared ratio of their denoised intensities, is the sector's prior. The
+sector's own estimate is shrunk towards it by the positive-part James-Stein rule, ``prior +
+max(0, 1 - n² / d²) · d`` with ``d`` its difference from the prior and ``n²`` its noise (the
+frame-to-frame scatter of its window means, pooled over the profile): kept where it differs
+from the prior beyond its noise (a texture the denoiser smooths along the ring biases a
+sector and not the ring), the prior's elsewhere. With one frame split, the noise is not
+measured and the sector's own estimate is used.
 
 Fallback: the block sums S of (3) are tested against their own noise, measured on the same
 scan (the frame-to-frame scatter of the block sums, normalised, pooled over blocks by a low
