@@ -38,8 +38,9 @@ scale where the raw data are precise enough to prove the network wrong:
   background between them.
 * **frames**: a frame's ring means are pooled with its neighbouring frames' where they agree
   within the noise (:func:`pooled_ring_means`), and are its own where a ring appeared,
-  vanished or moved: on a static or slowly changing scan the full-ring I(q) rests on two
-  or three frames' counts, and a transition is not smeared.
+  vanished or moved (a drift of the whole pattern is measured on the whole profile,
+  :mod:`.ring_drift`): on a static or slowly changing scan the full-ring I(q) rests on two
+  or three frames' counts, and neither a transition nor a drift is smeared.
 * **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
   test: a one-sided satellite, a spot of a second phase) or a local excess over its
   surroundings off the rings, measured over the radial background (a spot of any kind: the
@@ -64,6 +65,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.stats import chi2
 
 from .channels import ARC_SECTORS
+from .ring_drift import DRIFT_BIAS_SIGMAS, DRIFT_Z, RadialDrift, moved_bins, radial_drift
 from .symmetry import (
     BAND_ROWS,
     TAPS_KEPT_UP_TO,
@@ -284,7 +286,8 @@ class RawConsistency:
                     float(self.whole_ring_scope.sum()) / n_good, 4)
                 if self.whole_ring_scope is not None else 0.0,
                 "pool_window_bins": POOL_WINDOW_BINS, "pool_change_p": POOL_CHANGE_P,
-                "pool_single_z": POOL_SINGLE_Z}
+                "pool_single_z": POOL_SINGLE_Z, "pool_drift_z": DRIFT_Z,
+                "pool_drift_bias_sigmas": DRIFT_BIAS_SIGMAS}
 
     def apply(self, raw: np.ndarray, denoised: np.ndarray, *,
               partners_used: bool = True,
@@ -318,14 +321,25 @@ class RawConsistency:
         raw = np.where(good, raw, 0.0).astype(np.float32)
         out = np.maximum(np.where(good, denoised, 0.0).astype(np.float32), 0.0)
         neighbours = [np.where(good, n, 0.0).astype(np.float32) for n in neighbours]
+        drifts = self.drifts(raw, neighbours)
         for step in self._hold_steps:
-            step.match(raw, out, neighbours if step.pooled else ())
+            step.match(raw, out, neighbours if step.pooled else (), drifts)
         spot_sums = self._spot_sums[bool(partners_used)]
         if spot_sums.index.size:
             out = spot_sums.match(raw, out)
         out = np.asarray(out, np.float32)
         np.copyto(out, np.asarray(denoised, np.float32), where=~good)
         return out
+
+    def drifts(self, raw: np.ndarray, neighbours: Sequence[np.ndarray]
+               ) -> list[RadialDrift | None]:
+        """Per neighbouring frame, its rings' radial drift against ``raw``'s
+        (:func:`~.ring_drift.radial_drift`, whole rings in 1 px bins over the good pixels;
+        None without a beam centre)."""
+        profile = next((p for p in self.ring_levels if p.bin_width == RING_BIN_PX), None)
+        if profile is None:
+            return [None] * len(neighbours)
+        return [radial_drift(profile, self.good, raw, near) for near in neighbours]
 
     def _steps(self) -> tuple[_HeldBins, ...]:
         """The ring holds :meth:`apply` makes, in order, with their bins found once.
@@ -369,7 +383,8 @@ class RawConsistency:
 
 
 def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.ndarray,
-                      neighbours: Sequence[np.ndarray] = ()
+                      neighbours: Sequence[np.ndarray] = (), *,
+                      expected: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The raw ring means a frame is held to: its own, pooled with its neighbours' where
     these agree with it.
@@ -380,10 +395,12 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
     sum of z² over the :data:`POOL_WINDOW_BINS` bins either side is significant at
     :data:`POOL_CHANGE_P` (a ring that appeared, vanished, moved or grew), or its own z
     exceeds :data:`POOL_SINGLE_Z`; changed bins, grown by the window, do not take that
-    neighbour. Each bin's target is the mean of the frame's and the agreeing neighbours'
-    means. A change smaller than the test can see is smaller than the noise of one
-    frame's mean, so pooling it adds a bias below that noise; on a steady drift the bias
-    is systematic (``docs/methods.md``: drifting rings).
+    neighbour. That local test has little power where bins rest on few pixels or counts,
+    so a neighbour whose rings moved as a whole (a drift measured on the whole profile,
+    :func:`~.ring_drift.radial_drift`; whole-ring profiles only) also does not pool where
+    the move is predicted to change its mean by more than half the frame's bin noise
+    (:func:`~.ring_drift.moved_bins`). Each bin's target is the mean of the frame's and the
+    agreeing neighbours' means (``docs/methods.md``: drifting rings).
 
     Parameters
     ----------
@@ -395,6 +412,10 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         The frame's counts (0 off ``measured_on`` is fine).
     neighbours
         Neighbouring raw frames at the same dose (none: no pooling).
+    expected
+        Per bin of ``profile``, the frame's expected mean (its denoised frame's), from which
+        a drift's change is predicted; default: the raw frames' mean, whose noise marks
+        more bins moved than the drift moves.
 
     Returns
     -------
@@ -402,22 +423,34 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         ``target`` and ``dose`` (frames behind the target) read back at every pixel;
         ``frames``: per bin, how many frames the target pools (1: the frame's own).
     """
+    drifts = ([radial_drift(profile, measured_on, raw, near) for near in neighbours]
+              if profile.sectors == 1 else [])
     target, frames = _pooled_bin_means(
-        lambda image: profile.bin_means(image, measured_on), raw, neighbours)
+        lambda image: profile.bin_means(image, measured_on), raw, neighbours,
+        profile=profile, drifts=drifts, expected=expected)
     return profile.read_back(target), profile.read_back(frames), frames
 
 
 def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                      raw: np.ndarray, neighbours: Sequence[np.ndarray]
+                      raw: np.ndarray, neighbours: Sequence[np.ndarray], *,
+                      profile: RingProfile | None = None,
+                      drifts: Sequence[RadialDrift | None] = (),
+                      expected: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per bin: the target of :func:`pooled_ring_means` and how many frames it pools.
-    ``bin_means(image)`` gives an image's bin means and their weights."""
+    ``bin_means(image)`` gives an image's bin means and their weights on ``profile``'s
+    bins; ``drifts``: per neighbour, its rings' drift against the frame's (or None), whose
+    moved bins (:func:`~.ring_drift.moved_bins`, predicted from the ``expected`` bin means,
+    default the mean of the frame's and its neighbours') count as changed."""
     own, weight = bin_means(raw)
+    if expected is None and any(d is not None and d.significant for d in drifts):
+        expected = (own + sum(bin_means(n)[0] for n in neighbours)) / (1 + len(neighbours))
     total, frames = own.copy(), np.ones(own.shape)
     tested = weight > 0
     width = 2 * POOL_WINDOW_BINS + 1
-    for neighbour in neighbours:
+    for n, neighbour in enumerate(neighbours):
         near, _ = bin_means(neighbour)
+        drift = drifts[n] if n < len(drifts) else None
         var = np.maximum(0.5 * (own + near), 0.0) / np.maximum(weight, 1e-12) * 2.0
         usable = tested & (var > 0)
         z2 = np.where(usable, (own - near) ** 2 / np.where(usable, var, 1.0), 0.0)
@@ -426,8 +459,10 @@ def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.nda
                       * width).astype(np.int64)
         # chi2.sf(window_sum, dof) < POOL_CHANGE_P, by the level's precomputed quantiles
         significant = usable & (window_sum > _POOL_CHI2_LEVEL[np.clip(dof, 1, width)])
-        changed = ndimage.binary_dilation(significant | (z2 > POOL_SINGLE_Z ** 2),
-                                          iterations=POOL_WINDOW_BINS) | ~usable
+        changed = significant | (z2 > POOL_SINGLE_Z ** 2)
+        if drift is not None and profile is not None and expected is not None:
+            changed |= moved_bins(drift, profile, expected, weight)
+        changed = ndimage.binary_dilation(changed, iterations=POOL_WINDOW_BINS) | ~usable
         total += np.where(changed, 0.0, near)
         frames += ~changed
     target = total / frames
@@ -496,13 +531,18 @@ class _HeldBins:
         return sums / np.maximum(self.weights, 1e-12), self.weights
 
     def match(self, raw: np.ndarray, out: np.ndarray,
-              neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
+              neighbours: Sequence[np.ndarray] = (),
+              drifts: Sequence[RadialDrift | None] = ()) -> np.ndarray:
         """``out`` (a contiguous float array) scaled towards the raw means, in place;
-        returns it. The per-pixel arithmetic is float32: the bins' means are sums over
-        many pixels (float64), each pixel's factor needs no more."""
+        returns it. ``drifts``: per neighbour, its rings' drift against ``raw``'s
+        (:meth:`RawConsistency.drifts`). The per-pixel arithmetic is float32: the bins'
+        means are sums over many pixels (float64), each pixel's factor needs no more."""
         strict = self.shrink and not self.sparse
-        target, dose = _pooled_bin_means(self.bin_means, raw,
-                                         neighbours if self.pooled else ())
+        moved = self.pooled and any(d is not None and d.significant for d in drifts)
+        target, dose = _pooled_bin_means(
+            self.bin_means, raw, neighbours if self.pooled else (),
+            profile=self.scatter.profile, drifts=drifts,
+            expected=self.bin_means(out)[0] if moved else None)
         reader = self.kept_reader
         if reader is None:
             reader = self.scatter.profile.reader(_int32(np.flatnonzero(self.held)))

@@ -1,0 +1,90 @@
+"""Frame pooling and drifting rings: the whole-profile drift test (denoise/ring_drift.py)."""
+
+import numpy as np
+from scipy import ndimage
+
+from bluesky_symdenoise.denoise.consistency import POOL_WINDOW_BINS, pooled_ring_means
+from bluesky_symdenoise.denoise.ring_drift import DRIFT_Z, moved_bins, radial_drift
+from bluesky_symdenoise.denoise.symmetry import ring_profile
+from bluesky_symdenoise.simulate import scenes
+
+
+def _drift_series(counts, seed, amount):
+    """Three frames of a powder whose rings move outwards by ``amount`` px per frame at the
+    strongest ring (every ring scaling with it)."""
+    series = scenes.insitu_series("powder", n_frames=3, change="ring_drift",
+                                  shape=(128, 128), seed=seed, amount=amount)
+    rng = np.random.default_rng(seed)
+    frames = series.expose(counts, rng).astype(np.float64)
+    good = ~series.mask & ~series.defects.bad
+    return series, series.scaled(counts), frames, good
+
+
+def test_the_drift_of_a_neighbours_rings_is_measured_with_an_honest_error():
+    # Static frames: the measured scale is noise, within its stated error.
+    z_static = []
+    for seed in range(6):
+        series, _, frames, good = _drift_series(1.0, seed=40 + seed, amount=0.0)
+        profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
+        drift = radial_drift(profile, good, frames[1], frames[0])
+        z_static.append(drift.scale / drift.error)
+        assert not drift.significant
+    assert np.sqrt(np.mean(np.square(z_static))) < 2.5, z_static
+    # Rings moving outwards by 0.7 px a frame at the strongest ring: the next frame's
+    # rings lie further out, the previous frame's further in, both far beyond the noise.
+    series, _, frames, good = _drift_series(1.0, seed=50, amount=0.7)
+    profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
+    after = radial_drift(profile, good, frames[1], frames[2])
+    before = radial_drift(profile, good, frames[1], frames[0])
+    assert after.significant and before.significant
+    assert after.scale > DRIFT_Z * after.error and before.scale < -DRIFT_Z * before.error
+    # The scale is the size of the move: the d-spacings' scale between the frames (small
+    # angles: radius ∝ 1 / d).
+    scales = series.info["real_space_scale"]
+    expected = scales[1] / scales[2] - 1.0
+    assert 0.5 * expected < after.scale < 1.5 * expected, (after.scale, expected)
+
+
+def test_a_drifting_ring_is_not_pooled_where_it_moved_and_the_rest_still_is():
+    series, truth, frames, good = _drift_series(1.0, seed=51, amount=0.7)
+    profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
+    true_means, weight = profile.bin_means(truth[1], good)
+    # The change is predicted from the frame's expected profile (the engine's: its
+    # denoised frame's; here the truth's).
+    _, _, pooled = pooled_ring_means(profile, good, frames[1], [frames[0], frames[2]],
+                                     expected=true_means)
+    noise = np.sqrt(np.maximum(true_means, 0.0) / np.maximum(weight, 1e-12))
+    change = np.maximum(*(np.abs(profile.bin_means(truth[k], good)[0] - true_means)
+                          for k in (0, 2)))
+    counted = weight > 20
+    moved = counted & (change > 2.0 * noise)  # the rings' flanks, moved beyond the noise
+    # Between the rings, nothing moved (nor within the change test's window of a move).
+    still = counted & ~ndimage.binary_dilation(change >= 0.1 * noise,
+                                               iterations=POOL_WINDOW_BINS)
+    assert moved.sum() >= 10 and still.sum() >= 10
+    # Where the rings moved, the frame keeps its own means (the local test alone pooled
+    # some of them: the drift moves little per bin in the corners) ...
+    assert np.mean(pooled[moved] == 1) > 0.9, pooled[moved]
+    # ... where nothing moved, the three frames are still pooled.
+    assert np.mean(pooled[still] == 3) > 0.9, pooled[still]
+    # Without an expected profile, the raw frames' mean (noisier) stops more of the pooling,
+    # never less.
+    _, _, noisy = pooled_ring_means(profile, good, frames[1], [frames[0], frames[2]])
+    assert np.mean(noisy[moved] == 1) > 0.9 and np.all(noisy[counted] <= pooled[counted])
+    # The moved bins are those the drift changes, predicted from the expected profile, at
+    # any binning.
+    drift = radial_drift(profile, good, frames[1], frames[2])
+    marked = moved_bins(drift, profile, true_means, weight)
+    towards_next = np.abs(profile.bin_means(truth[2], good)[0] - true_means) > 2.0 * noise
+    assert marked[counted & towards_next].mean() > 0.9 and marked[still].mean() < 0.1
+    coarse = ring_profile(good.shape, series.geometry.center, 1, 4.0)
+    assert moved_bins(drift, coarse, *coarse.bin_means(truth[1], good)).any()
+
+
+def test_pooling_of_static_frames_is_unchanged_by_the_drift_test():
+    series, truth, frames, good = _drift_series(1.0, seed=52, amount=0.0)
+    profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
+    _, _, pooled = pooled_ring_means(profile, good, frames[1], [frames[0], frames[2]])
+    _, weight = profile.bin_means(truth[1], good)
+    counted = weight > 20
+    assert np.mean(pooled[counted] == 3) > 0.9
