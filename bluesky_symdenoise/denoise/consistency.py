@@ -65,7 +65,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.stats import chi2
 
 from .channels import ARC_SECTORS
-from .ring_drift import DRIFT_BIAS_SIGMAS, DRIFT_Z, RadialDrift, moved_bins, radial_drift
+from .ring_drift import DRIFT_BIAS_SIGMAS, DRIFT_Z, RadialDrift, moved_bins, radial_drifts
 from .symmetry import (
     BAND_ROWS,
     TAPS_KEPT_UP_TO,
@@ -337,9 +337,10 @@ class RawConsistency:
         (:func:`~.ring_drift.radial_drift`, whole rings in 1 px bins over the good pixels;
         None without a beam centre)."""
         profile = next((p for p in self.ring_levels if p.bin_width == RING_BIN_PX), None)
-        if profile is None:
+        if profile is None or not neighbours:
             return [None] * len(neighbours)
-        return [radial_drift(profile, self.good, raw, near) for near in neighbours]
+        found: list[RadialDrift | None] = [*radial_drifts(profile, self.good, raw, neighbours)]
+        return found
 
     def _steps(self) -> tuple[_HeldBins, ...]:
         """The ring holds :meth:`apply` makes, in order, with their bins found once.
@@ -423,8 +424,8 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
         ``target`` and ``dose`` (frames behind the target) read back at every pixel;
         ``frames``: per bin, how many frames the target pools (1: the frame's own).
     """
-    drifts = ([radial_drift(profile, measured_on, raw, near) for near in neighbours]
-              if profile.sectors == 1 else [])
+    drifts = (radial_drifts(profile, measured_on, raw, neighbours)
+              if profile.sectors == 1 and len(neighbours) else [])
     target, frames = _pooled_bin_means(
         lambda image: profile.bin_means(image, measured_on), raw, neighbours,
         profile=profile, drifts=drifts, expected=expected)

@@ -26,13 +26,15 @@ smaller than the whole profile can see, so per bin it is far below the noise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .symmetry import RingProfile
 
-__all__ = ["DRIFT_BIAS_SIGMAS", "DRIFT_Z", "RadialDrift", "moved_bins", "radial_drift"]
+__all__ = ["DRIFT_BIAS_SIGMAS", "DRIFT_Z", "RadialDrift", "moved_bins", "radial_drift",
+           "radial_drifts"]
 
 #: Significance (in stated errors) of the radial scale above which a neighbour has moved.
 DRIFT_Z = 5.0
@@ -73,11 +75,23 @@ def radial_drift(profile: RingProfile, good: np.ndarray, raw: np.ndarray,
     RadialDrift
         ``scale`` and its ``error`` (``inf`` when the profile has no structure to measure it).
     """
+    return radial_drifts(profile, good, raw, [neighbour])[0]
+
+
+def radial_drifts(profile: RingProfile, good: np.ndarray, raw: np.ndarray,
+                  neighbours: Sequence[np.ndarray]) -> list[RadialDrift]:
+    """:func:`radial_drift` of each neighbour, the frame's profile taken once."""
     own, weight = profile.bin_means(raw, good)
-    near, _ = profile.bin_means(neighbour, good)
+    return [_fit_drift(own, profile.bin_means(near, good)[0], weight, profile.bin_width)
+            for near in neighbours]
+
+
+def _fit_drift(own: np.ndarray, near: np.ndarray, weight: np.ndarray,
+               bin_width: float) -> RadialDrift:
+    """The weighted least-squares fit of the module docstring on one pair of profiles."""
     mean = 0.5 * (own + near)
-    radius = np.arange(mean.size) * profile.bin_width
-    slope = radius * np.gradient(mean, profile.bin_width)
+    radius = np.arange(mean.size) * bin_width
+    slope = radius * np.gradient(mean, bin_width)
     var = (own + near) / np.maximum(weight, 1e-12)
     use = (weight >= 1.0) & (var > 0)
     if use.sum() < 4:
