@@ -426,7 +426,7 @@ def pooled_ring_means(profile: RingProfile, measured_on: np.ndarray, raw: np.nda
     """
     drifts = (radial_drifts(profile, measured_on, raw, neighbours)
               if profile.sectors == 1 and len(neighbours) else [])
-    target, frames = _pooled_bin_means(
+    target, frames, _ = _pooled_bin_means(
         lambda image: profile.bin_means(image, measured_on), raw, neighbours,
         profile=profile, drifts=drifts, expected=expected)
     return profile.read_back(target), profile.read_back(frames), frames
@@ -437,8 +437,9 @@ def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.nda
                       profile: RingProfile | None = None,
                       drifts: Sequence[RadialDrift | None] = (),
                       expected: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Per bin: the target of :func:`pooled_ring_means` and how many frames it pools.
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin: the target of :func:`pooled_ring_means`, how many frames it pools, and
+    how many the local change test alone would pool (no bin left out for a drift).
     ``bin_means(image)`` gives an image's bin means and their weights on ``profile``'s
     bins; ``drifts``: per neighbour, its rings' drift against the frame's (or None), whose
     moved bins (:func:`~.ring_drift.moved_bins`, predicted from the ``expected`` bin means,
@@ -447,6 +448,7 @@ def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.nda
     if expected is None and any(d is not None and d.significant for d in drifts):
         expected = (own + sum(bin_means(n)[0] for n in neighbours)) / (1 + len(neighbours))
     total, frames = own.copy(), np.ones(own.shape)
+    frames_local = frames.copy()
     tested = weight > 0
     width = 2 * POOL_WINDOW_BINS + 1
     for n, neighbour in enumerate(neighbours):
@@ -461,13 +463,15 @@ def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.nda
         # chi2.sf(window_sum, dof) < POOL_CHANGE_P, by the level's precomputed quantiles
         significant = usable & (window_sum > _POOL_CHI2_LEVEL[np.clip(dof, 1, width)])
         changed = significant | (z2 > POOL_SINGLE_Z ** 2)
+        local = ndimage.binary_dilation(changed, iterations=POOL_WINDOW_BINS) | ~usable
         if drift is not None and profile is not None and expected is not None:
             changed |= moved_bins(drift, profile, expected, weight)
         changed = ndimage.binary_dilation(changed, iterations=POOL_WINDOW_BINS) | ~usable
         total += np.where(changed, 0.0, near)
         frames += ~changed
+        frames_local += ~local
     target = total / frames
-    return target, frames
+    return target, frames, frames_local
 
 
 #: chi2.isf(POOL_CHANGE_P, dof) for dof 0..window (index 0 unused): the window sum of z²
@@ -540,7 +544,7 @@ class _HeldBins:
         means are sums over many pixels (float64), each pixel's factor needs no more."""
         strict = self.shrink and not self.sparse
         moved = self.pooled and any(d is not None and d.significant for d in drifts)
-        target, dose = _pooled_bin_means(
+        target, dose, dose_runs = _pooled_bin_means(
             self.bin_means, raw, neighbours if self.pooled else (),
             profile=self.scatter.profile, drifts=drifts,
             expected=self.bin_means(out)[0] if moved else None)
@@ -556,7 +560,11 @@ class _HeldBins:
         whole_ring = self.scatter.profile.sectors == 1
         for _ in range(self.passes):
             den_means = self.bin_means(out)[0]
-            merged = (_merge_sparse_bins(den_means, target, self.weights * dose)
+            # Runs of sparse bins are formed with the frames the local change test pools,
+            # not fewer where a drift is: a ring the denoiser missed then keeps a run as
+            # short as on a static scan, instead of having its raw counts spread over a
+            # longer one (the bins' own targets still leave out the moved neighbours).
+            merged = (_merge_sparse_bins(den_means, target, self.weights * dose_runs)
                       if whole_ring else None)
             in_run: np.ndarray | bool = False
             if merged is None:
