@@ -89,13 +89,19 @@ def test_a_drifting_ring_is_not_pooled_where_it_moved_and_the_rest_still_is():
     assert moved_bins(drift, coarse, *coarse.bin_means(truth[1], good)).any()
 
 
-def test_pooling_of_static_frames_is_unchanged_by_the_drift_test():
+def test_pooling_of_static_frames_is_unchanged_by_the_drift_test(monkeypatch):
     series, truth, frames, good = _drift_series(1.0, seed=52, amount=0.0)
     profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
-    _, _, pooled = pooled_ring_means(profile, good, frames[1], [frames[0], frames[2]])
+    target, _, pooled = pooled_ring_means(profile, good, frames[1], [frames[0], frames[2]])
     _, weight = profile.bin_means(truth[1], good)
-    counted = weight > 20
-    assert np.mean(pooled[counted] == 3) > 0.9
+    assert np.mean(pooled[weight > 20] == 3) > 0.9
+    # No drift is seen, so the targets are exactly those of the local change test alone.
+    monkeypatch.setattr(sys.modules["bluesky_symdenoise.denoise.ring_drift"], "DRIFT_Z",
+                        np.inf)
+    target_alone, _, pooled_alone = pooled_ring_means(profile, good, frames[1],
+                                                      [frames[0], frames[2]])
+    np.testing.assert_array_equal(pooled, pooled_alone)
+    np.testing.assert_array_equal(target, target_alone)
 
 
 @pytest.mark.parametrize("counts", [1.0, 0.25])
