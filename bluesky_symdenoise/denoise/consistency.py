@@ -445,14 +445,14 @@ def _pooled_bin_means(bin_means: Callable[[np.ndarray], tuple[np.ndarray, np.nda
     moved bins (:func:`~.ring_drift.moved_bins`, predicted from the ``expected`` bin means,
     default the mean of the frame's and its neighbours') count as changed."""
     own, weight = bin_means(raw)
+    nears = [bin_means(neighbour)[0] for neighbour in neighbours]
     if expected is None and any(d is not None and d.significant for d in drifts):
-        expected = (own + sum(bin_means(n)[0] for n in neighbours)) / (1 + len(neighbours))
+        expected = (own + sum(nears)) / (1 + len(nears))
     total, frames = own.copy(), np.ones(own.shape)
     frames_local = frames.copy()
     tested = weight > 0
     width = 2 * POOL_WINDOW_BINS + 1
-    for n, neighbour in enumerate(neighbours):
-        near, _ = bin_means(neighbour)
+    for n, near in enumerate(nears):
         drift = drifts[n] if n < len(drifts) else None
         var = np.maximum(0.5 * (own + near), 0.0) / np.maximum(weight, 1e-12) * 2.0
         usable = tested & (var > 0)
