@@ -82,7 +82,8 @@ __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
            "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
-           "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums", "local_excess",
+           "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
+           "UNCONVERGED_FACTOR", "local_excess",
            "pooled_ring_means", "radial_background"]
 
 #: Windows (px) of the local 180° test that finds features without a partner: spot-sized,
@@ -128,6 +129,10 @@ ARC_MATCH_PASSES = 1
 MIN_RING_COUNTS = 10.0
 #: ... and at least this many symmetric pixels lie behind its mean.
 MIN_RING_PIXELS = 12.0
+#: A ring hold's means have not converged at a pixel whose last pass still scaled it by
+#: more than this (relative); a held pixel off the measured ones then takes what its bins'
+#: means received, not the product of the factors asked for.
+UNCONVERGED_FACTOR = 0.05
 
 
 @dataclass(frozen=True)
@@ -554,6 +559,20 @@ class _HeldBins:
         index = reader.index
         assert index is not None  # a reader of the held pixels
         flat = out.reshape(-1)
+        # A held pixel off the measured ones (a ring's pixels that failed the isotropy
+        # test) takes every pass's factor, as the measured pixels at its radius do, where
+        # the means converged. Where they did not (the edge of the ring scope: a bin's few
+        # measured pixels share their factor with the next bin, held outright to another
+        # level), the factors asked for stay large pass after pass while the means barely
+        # move, and their product took such pixels past the raw level several-fold; there
+        # they take the correction their bins' means received instead.
+        on_means = self.measured[index]
+        off_means = None if on_means.all() else np.flatnonzero(~on_means)
+        before = before_off = None
+        if off_means is not None:
+            before = self.bin_means(out)[0]
+            before_off = flat[index[off_means]].copy()
+        factor = None
         # frames' worth of measured pixels behind the target at each held pixel
         n_at = (reader @ self.weights).astype(np.float32)
         n_at *= reader @ dose
@@ -599,6 +618,16 @@ class _HeldBins:
             factor += 1.0
             flat[index] *= factor
             del raw_at
+        if off_means is not None and before is not None and before_off is not None \
+                and factor is not None:
+            still = np.abs(factor[off_means] - 1.0) > UNCONVERGED_FACTOR
+            if still.any():
+                after = self.bin_means(out)[0]
+                received = np.divide(after, before, out=np.ones_like(after),
+                                     where=before > 0)
+                redo = off_means[still]
+                flat[index[redo]] = (before_off[still]
+                                     * (reader @ received)[redo].astype(np.float32))
         return out
 
 
