@@ -567,12 +567,11 @@ class _HeldBins:
         # move, and their product took such pixels past the raw level several-fold; there
         # they take the correction their bins' means received instead.
         on_means = self.measured[index]
-        off_means = None if on_means.all() else np.flatnonzero(~on_means)
-        before = before_off = None
-        if off_means is not None:
-            before = self.bin_means(out)[0]
-            before_off = flat[index[off_means]].copy()
-        factor = None
+        unmeasured = None  # (their places in index, bin means and their values before)
+        if not on_means.all():
+            off = np.flatnonzero(~on_means)
+            unmeasured = (off, self.bin_means(out)[0], flat[index[off]].copy())
+        factor: np.ndarray | None = None
         # frames' worth of measured pixels behind the target at each held pixel
         n_at = (reader @ self.weights).astype(np.float32)
         n_at *= reader @ dose
@@ -618,15 +617,15 @@ class _HeldBins:
             factor += 1.0
             flat[index] *= factor
             del raw_at
-        if off_means is not None and before is not None and before_off is not None \
-                and factor is not None:
-            still = np.abs(factor[off_means] - 1.0) > UNCONVERGED_FACTOR
+        if unmeasured is not None and factor is not None:
+            off, means_before, values_before = unmeasured
+            still = np.abs(factor[off] - 1.0) > UNCONVERGED_FACTOR
             if still.any():
                 after = self.bin_means(out)[0]
-                received = np.divide(after, before, out=np.ones_like(after),
-                                     where=before > 0)
-                redo = off_means[still]
-                flat[index[redo]] = (before_off[still]
+                received = np.divide(after, means_before, out=np.ones_like(after),
+                                     where=means_before > 0)
+                redo = off[still]
+                flat[index[redo]] = (values_before[still]
                                      * (reader @ received)[redo].astype(np.float32))
         return out
 
