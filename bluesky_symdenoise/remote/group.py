@@ -285,7 +285,6 @@ class GroupMember:
     # -- the event loop ------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event, ready: Callable[[], Any] | None = None) -> None:
         """Take runs until ``stopping`` is set."""
-        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         self.loop = asyncio.get_running_loop()
@@ -302,7 +301,10 @@ class GroupMember:
             while not stopping.is_set():
                 try:
                     messages = await starts.fetch(1, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # No messages: nats-py raises its own TimeoutError, or a bare
+                    # asyncio.TimeoutError (the builtin one, which its own subclasses) when
+                    # the deadline passes between its two pull requests.
                     continue
                 for message in messages:
                     await self._take(message, stopping)
@@ -385,7 +387,6 @@ class GroupMember:
 
     async def _find_stop(self, derived_uid: str, from_seq: int) -> dict | None:
         """The stop document of the derived run ``derived_uid`` in the stream, if any."""
-        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from ormsgpack import unpackb
 
@@ -398,7 +399,7 @@ class GroupMember:
             while True:
                 try:
                     messages = await sub.fetch(64, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
                     return None
                 for message in messages:
                     if (message.headers or {}).get("run_id") == derived_uid:
@@ -430,7 +431,6 @@ class GroupMember:
                         stopping: asyncio.Event) -> str:
         """Feed the run's documents to the denoiser; how the reading ended: ``"stop"``,
         ``"lost"``, ``"stopping"`` or ``"idle"``."""
-        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from ormsgpack import unpackb
 
@@ -449,7 +449,7 @@ class GroupMember:
                     return "stopping"
                 try:
                     messages = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
                     if time.monotonic() - last_document > self.settings.idle_timeout:
                         return "idle"
                     continue

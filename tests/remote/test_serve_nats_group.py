@@ -22,12 +22,20 @@ from .test_serve_nats import SHAPE, SUBJECT, read_stream
 pytest.importorskip("bluesky_nats")
 
 GROUP = "beamline"
+#: Frames a held run sends before it waits: more than a member's warm-up (4 frames), after
+#: which the member starts its derived run.
+HELD_AFTER = 5
 
 
-def publish_run(url: str, frames: int, delay: float = 0.0, seed: int = 0) -> str:
-    """One count of ``frames`` powder frames from a RunEngine publishing to NATS; its uid."""
+def publish_run(url: str, frames: int, delay: float = 0.0, seed: int = 0,
+                hold: threading.Event | None = None) -> str:
+    """One count of ``frames`` powder frames from a RunEngine publishing to NATS; its uid.
+
+    With ``hold``, the run waits after :data:`HELD_AFTER` frames until ``hold`` is set: a
+    test acts on a member while the raw run is surely still open, not after it ended."""
     import nats
     from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
     from bluesky import plans as bp
     from bluesky_nats.nats_publisher import NATSPublisher
     from bluesky_nats.nats_runtime import NatsRuntime
@@ -44,7 +52,16 @@ def publish_run(url: str, frames: int, delay: float = 0.0, seed: int = 0) -> str
         engine = RunEngine({}, context_managers=[])  # also on a thread
         engine.subscribe(publisher)
         det = DirectImage(func=lambda: scene.expose(2.0, rng), name="det")
-        (uid,) = engine(bp.count([det], num=frames, delay=delay))
+        shots = 0
+
+        def shot(detectors):  # count()'s per_shot
+            nonlocal shots
+            shots += 1
+            while hold is not None and shots == HELD_AFTER + 1 and not hold.is_set():
+                yield from bps.sleep(0.1)
+            return (yield from bps.trigger_and_read(detectors))
+
+        (uid,) = engine(bp.count([det], num=frames, delay=delay, per_shot=shot))
         assert publisher.flush()
         return uid
     finally:
@@ -93,13 +110,14 @@ def completed(url: str, raw_uids: list[str], frames: int):
     return docs, runs
 
 
-def run_with_its_owner(url: str, members: list, frames: int):
-    """Publish one slow run on a thread; once a member has started its derived run, return
-    (the publishing thread, its result list, raw uid, the run's record, the owning member)."""
+def run_with_its_owner(url: str, members: list, frames: int, hold: threading.Event):
+    """Publish one slow run on a thread, held open after a few frames until ``hold`` is set;
+    once a member has started its derived run, return (the publishing thread, its result
+    list, raw uid, the run's record, the owning member)."""
     by_pid = {str(m.popen.pid): m for m in members}
     result: list[str] = []
-    engine = threading.Thread(target=lambda: result.append(publish_run(url, frames,
-                                                                        delay=0.5)))
+    engine = threading.Thread(target=lambda: result.append(
+        publish_run(url, frames, delay=0.5, hold=hold)))
     engine.start()
 
     def owner():
@@ -111,7 +129,12 @@ def run_with_its_owner(url: str, members: list, frames: int):
         record = claim_record(url, raw[0]["uid"])
         return (raw[0]["uid"], record) if record and record.get("derived_uid") else None
 
-    raw_uid, record = wait_for(owner, 60, "a member to start the derived run", interval=0.2)
+    try:
+        raw_uid, record = wait_for(owner, 60, "a member to start the derived run",
+                                   interval=0.2)
+    except BaseException:
+        hold.set()  # let the run end: its thread must not outlive the test
+        raise
     return engine, result, raw_uid, record, by_pid[record["worker"].rsplit(":", 1)[-1]]
 
 
@@ -151,8 +174,11 @@ def test_a_member_killed_mid_run_has_its_run_taken_over(nats_server, serve):
     frames = 10
     members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
                      "--ack-wait", "3") for _ in range(2)]
-    engine, result, raw_uid, record, victim = run_with_its_owner(nats_server, members, frames)
+    hold = threading.Event()
+    engine, result, raw_uid, record, victim = run_with_its_owner(nats_server, members, frames,
+                                                                 hold)
     assert victim.signal(signal.SIGKILL) == -signal.SIGKILL
+    hold.set()  # the raw run goes on only after the kill
     engine.join(120)
     assert result == [raw_uid]
 
@@ -183,9 +209,12 @@ def test_a_member_stopped_cleanly_hands_its_run_over_at_once(nats_server, serve)
     frames = 10
     members = [serve("--nats", nats_server, "--subject", SUBJECT, "--group", GROUP,
                      "--ack-wait", "60") for _ in range(2)]
-    engine, result, raw_uid, record, leaving = run_with_its_owner(nats_server, members, frames)
+    hold = threading.Event()
+    engine, result, raw_uid, record, leaving = run_with_its_owner(nats_server, members, frames,
+                                                                  hold)
     assert leaving.signal(signal.SIGTERM) == 0, leaving.output
     stopped_at = time.monotonic()
+    hold.set()  # the raw run goes on only once the member has left
     engine.join(120)
     docs, runs = wait_for(lambda: completed(nats_server, [raw_uid], frames), 45,
                           "the run completed by the other member", interval=0.5)
