@@ -117,7 +117,7 @@ def run_with_its_owner(url: str, members: list, frames: int, hold: threading.Eve
     by_pid = {str(m.popen.pid): m for m in members}
     result: list[str] = []
     engine = threading.Thread(target=lambda: result.append(
-        publish_run(url, frames, delay=0.5, hold=hold)))
+        publish_run(url, frames, delay=0.5, hold=hold)), daemon=True)
     engine.start()
 
     def owner():
@@ -177,8 +177,10 @@ def test_a_member_killed_mid_run_has_its_run_taken_over(nats_server, serve):
     hold = threading.Event()
     engine, result, raw_uid, record, victim = run_with_its_owner(nats_server, members, frames,
                                                                  hold)
-    assert victim.signal(signal.SIGKILL) == -signal.SIGKILL
-    hold.set()  # the raw run goes on only after the kill
+    try:
+        assert victim.signal(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        hold.set()  # the raw run goes on only after the kill
     engine.join(120)
     assert result == [raw_uid]
 
@@ -212,9 +214,11 @@ def test_a_member_stopped_cleanly_hands_its_run_over_at_once(nats_server, serve)
     hold = threading.Event()
     engine, result, raw_uid, record, leaving = run_with_its_owner(nats_server, members, frames,
                                                                   hold)
-    assert leaving.signal(signal.SIGTERM) == 0, leaving.output
+    try:
+        assert leaving.signal(signal.SIGTERM) == 0, leaving.output
+    finally:
+        hold.set()  # the raw run goes on only once the member has left
     stopped_at = time.monotonic()
-    hold.set()  # the raw run goes on only once the member has left
     engine.join(120)
     docs, runs = wait_for(lambda: completed(nats_server, [raw_uid], frames), 45,
                           "the run completed by the other member", interval=0.5)
