@@ -40,7 +40,7 @@ from bluesky_symdenoise.denoise.classical import (
     symmetry_average,
 )
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
-from bluesky_symdenoise.denoise.preprocess import find_defects
+from bluesky_symdenoise.denoise.preprocess import find_defects, find_ring_defects
 from bluesky_symdenoise.denoise.symmetry import symmetry_validity
 from bluesky_symdenoise.denoise.zero_shot import zs_noise2noise
 from bluesky_symdenoise.simulate import scenes
@@ -70,8 +70,12 @@ class BenchScan:
     @property
     def baseline_mask(self) -> np.ndarray:
         """What a careful user masks before a classical denoiser: gaps, beamstop and the
-        hot/dead pixels the same detection as ours finds."""
-        return self.mask | find_defects(self.frames.astype(np.float64), self.mask)
+        hot/dead pixels the same detection as ours finds (against their neighbours, then
+        against their own ring)."""
+        frames = self.frames.astype(np.float64)
+        bad = self.mask | find_defects(frames, self.mask)
+        total = np.where(bad, 0.0, frames.sum(axis=0))
+        return bad | find_ring_defects(total, ~bad, self.geometry.center)
 
     @property
     def scored(self) -> np.ndarray:

@@ -38,7 +38,7 @@ from .device import select_device
 from .inference import predict_rates
 from .memory import default_memory_budget_gb, device_tile
 from .models import load_base_model, model_hash, new_model
-from .preprocess import InputError, PreparedScan, prepare_frames
+from .preprocess import InputError, PreparedScan, find_ring_defects, prepare_frames
 from .selection import (
     BlendWeights,
     binomial_split,
@@ -191,6 +191,14 @@ class ScanDenoiser:
                          f"{noise.read_noise_error:.2g} ADU, offset {noise.offset:g} ADU "
                          f"({noise.source})")
         center = _resolve_center(shape, center, poni, notes)
+        if center is not None:
+            # Hot pixels on a steep profile, which only their ring can show (the centre is
+            # refined below on the sum without them).
+            note = prepared.add_defects(find_ring_defects(prepared.frames.sum(axis=0),
+                                                          prepared.good, center),
+                                        "far above their own ring")
+            if note:
+                notes.append(note)
         scan_sum = prepared.frames.sum(axis=0)
         symmetry = isotropy = None
         if center is not None:

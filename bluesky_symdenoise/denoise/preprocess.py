@@ -25,8 +25,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "prepare_frames",
-           "unusable_pixels"]
+__all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "find_ring_defects",
+           "prepare_frames", "unusable_pixels"]
 
 
 #: Per-frame counts a scan's note lists before it abbreviates.
@@ -82,6 +82,20 @@ class PreparedScan:
     @property
     def good(self) -> np.ndarray:
         return ~self.bad
+
+    def add_defects(self, found: np.ndarray, how: str) -> str:
+        """Exclude more hot or dead pixels (``found``, bool ``(H, W)``) found ``how``, as
+        :func:`prepare_frames` excludes its own: zeroed in the frames and noted. Returns
+        the note ("" when none was new)."""
+        found = np.asarray(found, bool) & ~self.bad
+        if not found.any():
+            return ""
+        note = f"found {int(found.sum())} unmasked hot pixels {how}"
+        self.notes.append(note)
+        self.defects = self.defects | found
+        self.bad = self.bad | found
+        self.frames[:, found] = 0.0
+        return note
 
 
 def prepare_frames(frames: np.ndarray, mask: np.ndarray | None = None, *,
@@ -300,3 +314,77 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     least = np.where(n_cross > 0, np.min(cross, axis=0), 0.0)
     dead = (total == 0) & (n_cross >= 2) & (least >= 15.0)
     return (hot | dead) & ~bad
+
+
+def find_ring_defects(total: np.ndarray, good: np.ndarray, center: tuple[float, float], *,
+                      z_threshold: float = 8.0, tolerance: float = 0.15,
+                      isolation: float = 0.05, min_ring_pixels: float = 12.0) -> np.ndarray:
+    """Hot pixels that stand out from their own ring, where :func:`find_defects` cannot see
+    them: on a steep radial profile (a SAXS curve by the beamstop) a pixel's brightest
+    neighbours are themselves bright, so a pixel at several times its expectation there is
+    not five times its third-brightest neighbour.
+
+    A pixel is hot here when all of these hold:
+
+    * its scan sum exceeds the mean of its ring (0.5 px radial bins, read back bilinearly,
+      the pixel itself and the other candidates left out) by ``z_threshold`` standard
+      deviations of Poisson counts plus ``tolerance`` of the level (the resampling of a
+      steep profile), and is more than twice that level;
+    * it is isolated: the third largest excess over their own ring among its eight
+      neighbours is below ``isolation`` of its excess and within 3 standard deviations, so
+      a spot (whose neighbours share its light) and a cluster of more than three pixels are
+      never taken;
+    * its ring is otherwise isotropic: no other pixel within 1 px of its radius stands 5
+      standard deviations off its ring (outside the 3 x 3 neighbourhoods of the
+      candidates); textured rings, lattices and one-sided features are left alone.
+
+    Parameters
+    ----------
+    total
+        ``(H, W)`` the scan's summed counts (bad pixels any value).
+    good
+        ``(H, W)`` pixels that hold data.
+    center
+        Beam centre ``(row, col)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool ``(H, W)``: the hot pixels found (all ``good``).
+    """
+    # Imported here: symmetry's ring profiles are the only thing this module needs of it.
+    from .symmetry import ring_profile
+
+    total = np.asarray(total, np.float64)
+    good = np.asarray(good, bool)
+    profile = ring_profile(total.shape, center, 1, 0.5)
+    candidates = np.zeros(total.shape, bool)
+    for _ in range(2):  # the second pass leaves the first pass's candidates out of the level
+        level, support = profile.mean(total, good & ~candidates)
+        level = np.maximum(level, 0.0)
+        usable = good & (support >= min_ring_pixels)
+        sd = np.sqrt(level + (tolerance * level) ** 2 + 1.0)
+        excess = total - level
+        z = np.where(usable, excess / sd, 0.0)
+        candidates = usable & (z > z_threshold) & (total > 2.0 * level)
+        if not candidates.any():
+            return candidates
+    footprint = np.ones((3, 3), bool)
+    footprint[1, 1] = False
+    floor = -1e30  # pixels without data never make a neighbour look bright
+    third_excess = ndimage.rank_filter(np.where(usable, excess, floor), rank=-3,
+                                       footprint=footprint, mode="constant", cval=floor)
+    third_z = ndimage.rank_filter(np.where(usable, z, floor), rank=-3, footprint=footprint,
+                                  mode="constant", cval=floor)
+    candidates &= (third_excess < isolation * excess) & (third_z < 3.0)
+    if not candidates.any():
+        return candidates
+    # The ring's other outliers, counted per 1 px of radius.
+    rows, cols = np.indices(total.shape)
+    radius = np.floor(np.hypot(rows - center[0], cols - center[1])).astype(np.int64)
+    near_candidate = ndimage.binary_dilation(candidates, structure=np.ones((3, 3), bool))
+    others = usable & (np.abs(z) > 5.0) & ~near_candidate
+    per_radius = np.bincount(radius[others], minlength=int(radius.max()) + 3)
+    padded = np.concatenate([[0], per_radius, [0]])
+    around = padded[:-2] + padded[1:-1] + padded[2:]  # radius r-1, r, r+1
+    return candidates & (around[radius] == 0)

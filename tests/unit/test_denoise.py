@@ -241,6 +241,52 @@ def test_the_edge_of_a_beamstop_next_to_the_direct_beam_is_not_hot():
     assert found.sum() == 2
 
 
+def _steep_saxs_scan(seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float],
+                                          np.ndarray]:
+    """Three frames of a SAXS curve falling steeply from a beamstop, and its expectation."""
+    rows, cols = np.indices((96, 96))
+    center = (47.6, 48.3)
+    radius = np.hypot(rows - center[0], cols - center[1])
+    beamstop = radius < 6
+    rate = 300.0 * (radius / 6.0) ** -4.0 + 0.3
+    rate[beamstop] = 0.0
+    frames = np.random.default_rng(seed).poisson(rate, size=(3, 96, 96)).astype(float)
+    return frames, beamstop, center, rate
+
+
+def test_a_hot_pixel_on_a_steep_curve_is_found_against_its_own_ring():
+    from bluesky_symdenoise.denoise.preprocess import find_defects, find_ring_defects
+
+    frames, beamstop, center, rate = _steep_saxs_scan(3)
+    hot = (52, 57)  # 10 px from the centre, where the curve halves within 2 px
+    frames[:, hot[0], hot[1]] = np.random.default_rng(4).poisson(3.5 * rate[hot], size=3)
+    # A sharp one-sided spot (sigma 0.6 px, no partner) on the same curve is data.
+    rows, cols = np.indices(rate.shape)
+    spot = 40.0 * np.exp(-((rows - 30.2) ** 2 + (cols - 70.4) ** 2) / (2 * 0.6 ** 2))
+    frames += np.random.default_rng(5).poisson(spot, size=frames.shape)
+    assert not find_defects(frames, beamstop)[hot]  # its neighbours are bright themselves
+    found = find_ring_defects(frames.sum(axis=0), ~beamstop, center)
+    assert found[hot] and found.sum() == 1
+
+    analysis = ScanDenoiser().analyse(frames, mask=beamstop, center=center)
+    assert analysis.prepared.defects[hot] and analysis.prepared.bad[hot]
+    assert not analysis.prepared.frames[:, hot[0], hot[1]].any()
+    assert any("far above their own ring" in note for note in analysis.notes)
+
+
+def test_textured_rings_and_lattices_hold_no_ring_defects():
+    from bluesky_symdenoise.denoise.preprocess import find_ring_defects, prepare_frames
+
+    for kind in ("sharp_textured", "lattice_one_sided", "fibre"):
+        scene = scenes.make_scene(kind, shape=(128, 128), seed=11)
+        rng = np.random.default_rng(12)
+        frames = np.stack([scene.expose(10.0, rng) for _ in range(3)])
+        prepared = prepare_frames(frames, scene.mask, bad_pixels="mask")
+        found = find_ring_defects(prepared.frames.sum(axis=0), prepared.good,
+                                  scene.geometry.center)
+        assert not (found & ~scene.defects.hot).any(), kind
+
+
 def test_fine_tuning_defaults_to_60_s_on_cpu_and_20_s_on_gpu():
     config = DenoiseConfig()
     assert config.budget_s is None
