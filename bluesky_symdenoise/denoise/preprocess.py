@@ -13,8 +13,11 @@ Rules (documented in ``docs/faults.md``, "Bad input"):
   those markers are not counts, so they are masked and counted, never refused as negative
   values (an integrating detector's frames excepted: there they are data).
 * Hot pixels (isolated, far above all eight neighbours) and dead pixels (zero through a
-  scan whose neighbourhood has many counts) are found automatically; the result at them is
-  the denoiser's estimate from their neighbourhood.
+  scan whose neighbourhood has many counts) are found automatically; once the beam centre is
+  known, so are isolated hot pixels far above their own ring where that ring is otherwise
+  isotropic (:func:`find_ring_defects`: a defect on a steep SAXS curve, whose neighbours are
+  bright themselves). The result at them is the denoiser's estimate from their
+  neighbourhood.
 """
 
 from __future__ import annotations

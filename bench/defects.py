@@ -1,0 +1,200 @@
+"""How many of the simulator's hot pixels the engine finds, and which it takes wrongly.
+
+Each scan (``--frames`` frames of a ``--size``² bench scene, :func:`.quality.make_scan`)
+goes through the engine's own checks: :func:`~bluesky_symdenoise.denoise.preprocess.
+prepare_frames` (hot pixels against their neighbours, dead pixels), then, with the beam
+centre, :func:`~bluesky_symdenoise.denoise.preprocess.find_ring_defects` (hot pixels
+against their own ring). The simulator knows its hot pixels (``scene.defects.hot``), so per
+scene and count level the table counts:
+
+* the hot pixels outside the mask, and how many the neighbour test finds;
+* how many of the rest the ring test finds (its recall on what the first test missed);
+* pixels each test takes that are not hot or dead in the simulator (false defects: a spot or
+  ring pixel repaired from its neighbourhood, its counts lost).
+
+A hot pixel both tests miss is one whose counts stay within a few times its ring's level
+(the simulator draws a hot pixel's rate log-uniformly in 50-500 counts per frame, whatever
+the scene, so on a bright ring it can be close to the ring's own level).
+
+    python -m bench.defects --seeds 5
+    python -m bench.defects --bench-scans       # which kept bench results' scans it changes
+
+``--bench-scans`` runs the engine's analysis (:meth:`~bluesky_symdenoise.denoise.engine.
+ScanDenoiser.analyse`, nothing trained) on every offline scan of the kept results
+(``bench/results``: heldout, iq, bias, iq_transition, flat_panel) and on the warm-up frames
+of the live ones (throughput, large_frames), and lists those where the ring test found a
+pixel: only their rows can change with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from bluesky_symdenoise.denoise.preprocess import find_ring_defects, prepare_frames
+from bluesky_symdenoise.simulate import scenes
+
+from .quality import make_scan
+
+KINDS = ("powder", "textured", "sharp_textured", "saxs", "fibre", "lattice",
+         "lattice_one_sided")
+COUNTS = (0.1, 0.25, 1.0, 10.0)
+
+
+def count_defects(kind: str, counts: float, *, size: int, frames: int,
+                  seed: int) -> dict[str, int]:
+    """One scan's hot pixels (unmasked), found by each test, and false defects."""
+    scan = make_scan(kind, counts, size=size, n_frames=frames, seed=seed)
+    truth = scenes.make_scene(kind, shape=(size, size), seed=seed).defects
+    prepared = prepare_frames(scan.frames, scan.mask, bad_pixels="mask")
+    by_ring = find_ring_defects(prepared.frames.sum(axis=0), prepared.good,
+                                scan.geometry.center)
+    hot = truth.hot & ~scan.mask
+    by_neighbours = prepared.defects
+    return {"hot": int(hot.sum()),
+            "neighbours": int((by_neighbours & hot).sum()),
+            "ring": int((by_ring & hot).sum()),
+            "false_neighbours": int((by_neighbours & ~truth.bad).sum()),
+            "false_ring": int((by_ring & ~truth.bad).sum())}
+
+
+def _found_by_ring(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
+                   integrating: bool = False) -> list[str]:
+    from bluesky_symdenoise.denoise.api import detector_noise
+    from bluesky_symdenoise.denoise.engine import ScanDenoiser
+
+    options = {"detector": detector_noise("integrating")} if integrating else {}
+    analysis = ScanDenoiser(None, **options).analyse(frames, mask=mask, center=center,
+                                                     bad_pixels="mask")
+    return [note for note in analysis.notes if "far above their own ring" in note]
+
+
+def _bench_scans():
+    """(label, frames, mask, centre, integrating) of every scan the kept results measured
+    (their commands are in bench/results)."""
+    from bluesky_symdenoise.simulate.scenes import insitu_series
+
+    from . import flat_panel
+    from .large_frames import _scan
+
+    for seed0, kinds in ((469895, ("powder", "textured", "lattice", "lattice_one_sided",
+                                    "insitu_drift", "saxs", "fibre")),
+                         (212357, ("saxs", "fibre")), (5281, ("saxs", "fibre"))):
+        for i, kind in enumerate(kinds):
+            for j, counts in enumerate((1.0, 0.25)):
+                scan = make_scan(kind, counts, size=256, n_frames=3, seed=seed0 + 100 * i + j)
+                yield (f"heldout --seed {seed0}: {kind} {counts:g}", scan.frames, scan.mask,
+                       scan.geometry.center, False)
+    for kinds in (("powder", "textured", "sharp_textured"), ("saxs", "lattice", "insitu_drift")):
+        for i, kind in enumerate(kinds):
+            for j, counts in enumerate((0.1, 0.25, 1.0, 10.0)):
+                for k in range(3):
+                    seed = 1 + 1000 * k + 100 * i + j
+                    scan = make_scan(kind, counts, size=128, n_frames=3, seed=seed)
+                    yield (f"iq: {kind} {counts:g} seed {seed}", scan.frames, scan.mask,
+                           scan.geometry.center, False)
+    for kind, counts, n_scans, n_frames, seed0 in (("lattice_one_sided", 0.25, 4, 3, 451001),
+                                                  ("powder", 0.1, 8, 6, 450726)):
+        for k in range(n_scans):
+            scan = make_scan(kind, counts, size=256, n_frames=n_frames, seed=seed0 + k)
+            yield (f"bias: {kind} seed {seed0 + k}", scan.frames, scan.mask,
+                   scan.geometry.center, False)
+    for j, counts in enumerate((0.25, 1.0, 10.0)):
+        for change in ("phase_flash", "phase_appearing"):
+            series = insitu_series("powder", n_frames=7, change=change, shape=(128, 128),
+                                   seed=1 + j)
+            raw = series.expose(counts, np.random.default_rng(1 + j)).astype(np.float32)
+            yield (f"iq_transition: {change} {counts:g}", raw, series.mask,
+                   series.geometry.center, False)
+    for name, kinds, gains, reads, psfs, design, seed0, n_frames in (
+            ("default grid", flat_panel.SCENES, (2, 7, 20), (1, 4, 10), (0, 0.7), "star",
+             4100, 3),
+            ("unseen", flat_panel.SCENES, (3, 12), (2, 6), (0.5,), "full", 8300, 3),
+            ("9 frames", ("sharp_textured", "lattice_one_sided"), (3, 12), (2, 6), (0.5,),
+             "full", 8300, 9)):
+        grid = flat_panel.detector_grid(gains, reads, psfs, design)
+        for i, kind in enumerate(kinds):
+            scene_seed = seed0 + 100 * i
+            scene = scenes.make_scene(kind, shape=(128, 128), seed=scene_seed,
+                                      detector=flat_panel.DETECTOR)
+            for j, (gain, read, psf) in enumerate(grid):
+                scan = flat_panel.make_flat_scan(scene, 1.0, gain=gain, read_noise=read,
+                                                 psf_sigma=psf, n_frames=n_frames,
+                                                 seed=scene_seed + 1 + j)
+                yield (f"flat_panel {name}: {kind} gain {gain:g} read {read:g} psf {psf:g}",
+                       scan.frames, scene.mask, scene.geometry.center, True)
+    scene = scenes.make_scene("powder", shape=(256, 256), seed=474001)
+    rng = np.random.default_rng(474001)
+    yield ("throughput (warm-up)", np.stack([scene.expose(1.0, rng) for _ in range(4)]),
+           scene.mask, scene.geometry.center, False)
+    for detector, kind, seed in (("256x256", "powder", 20261201),
+                                 ("Pilatus1M", "powder", 20261201),
+                                 ("Eiger2_4M", "powder", 20261201),
+                                 ("Pilatus2M", "textured", 7), ("Eiger2_4M", "textured", 7),
+                                 ("Pilatus6M", "textured", 7)):
+        raw, _, mask, geometry, _ = _scan(detector, kind, 1.0, 4, seed)
+        yield (f"large_frames (warm-up): {detector} {kind}", np.stack(raw), mask,
+               geometry.center, False)
+
+
+def list_bench_scans() -> int:
+    n_scans = n_found = 0
+    for label, frames, mask, center, integrating in _bench_scans():
+        n_scans += 1
+        notes = _found_by_ring(frames, mask, center, integrating)
+        if notes:
+            n_found += 1
+            print(f"- {label}: {'; '.join(notes)}", flush=True)
+    print(f"\nThe ring test found a pixel on {n_found} of {n_scans} scans.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenes", nargs="+", default=list(KINDS))
+    parser.add_argument("--counts", nargs="+", type=float, default=list(COUNTS))
+    parser.add_argument("--seeds", type=int, default=5, help="scans per cell")
+    parser.add_argument("--seed", type=int, default=1000, help="first seed")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--bench-scans", action="store_true",
+                        help="list the kept bench results' scans the ring test changes")
+    args = parser.parse_args(argv)
+    if args.bench_scans:
+        return list_bench_scans()
+    print(f"`python -m bench.defects --scenes {' '.join(args.scenes)} --counts "
+          f"{' '.join(f'{c:g}' for c in args.counts)} --seeds {args.seeds} --seed {args.seed} "
+          f"--size {args.size} --frames {args.frames}`")
+    print()
+    print(f"Seeds `seed + 7 k`, k < {args.seeds}, the same scene for each count level.")
+    print()
+    print("| scene | c/px | hot pixels | found by neighbours | missed | of those found by "
+          "ring | false defects, neighbours / ring |")
+    print("|---|---|---|---|---|---|---|")
+    total = dict.fromkeys(("hot", "neighbours", "ring", "false_neighbours", "false_ring"), 0)
+    for kind in args.scenes:
+        for counts in args.counts:
+            cell = dict.fromkeys(total, 0)
+            for k in range(args.seeds):
+                found = count_defects(kind, counts, size=args.size, frames=args.frames,
+                                      seed=args.seed + 7 * k)
+                for key, value in found.items():
+                    cell[key] += value
+            for key, value in cell.items():
+                total[key] += value
+            missed = cell["hot"] - cell["neighbours"]
+            print(f"| {kind} | {counts:g} | {cell['hot']} | {cell['neighbours']} | {missed} "
+                  f"| {cell['ring']} | {cell['false_neighbours']} / {cell['false_ring']} |",
+                  flush=True)
+    missed = total["hot"] - total["neighbours"]
+    print()
+    print(f"All: {total['hot']} hot pixels; the neighbour test found {total['neighbours']}, "
+          f"the ring test {total['ring']} of the {missed} it missed; false defects: "
+          f"{total['false_neighbours']} by the neighbour test, {total['false_ring']} by the "
+          "ring test.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
