@@ -10,7 +10,10 @@ scene and count level the table counts:
 * the hot pixels outside the mask, and how many the neighbour test finds;
 * how many of the rest the ring test finds (its recall on what the first test missed);
 * pixels each test takes that are not hot or dead in the simulator (false defects: a spot or
-  ring pixel repaired from its neighbourhood, its counts lost).
+  ring pixel repaired from its neighbourhood, its counts lost);
+* how far the neighbour test's finds stand above their own 22.5° arc (scan sum over the
+  arc's mean): the least of the true hot pixels' and the most of the false defects' (a gap
+  between them is room for a rule that tells them apart).
 
 A hot pixel both tests miss is one whose counts stay within a few times its ring's level
 (the simulator draws a hot pixel's rate log-uniformly in 50-500 counts per frame, whatever
@@ -33,6 +36,7 @@ import argparse
 import numpy as np
 
 from bluesky_symdenoise.denoise.preprocess import find_ring_defects, prepare_frames
+from bluesky_symdenoise.denoise.symmetry import ring_profile
 from bluesky_symdenoise.simulate import scenes
 
 from .quality import make_scan
@@ -52,7 +56,19 @@ def count_defects(kind: str, counts: float, *, size: int, frames: int,
                                 scan.geometry.center)
     hot = truth.hot & ~scan.mask
     by_neighbours = prepared.defects
+    # Each neighbour-test find's raw scan sum over its 22.5° arc's mean (the other good
+    # pixels at its radius and azimuth): how far a false defect stands above its own arc.
+    total = scan.frames.sum(axis=0, dtype=np.float64)
+    good = ~scan.mask & ~by_neighbours
+    arc, _ = ring_profile(total.shape, scan.geometry.center, 16, 0.5).mean(
+        np.where(good, total, 0.0), good)
+    over_arc = total / np.maximum(arc, 1e-9)
+    found_hot = by_neighbours & truth.hot
+    found_false = by_neighbours & ~truth.bad
     return {"hot": int(hot.sum()),
+            "hot_over_arc_min": float(over_arc[found_hot].min()) if found_hot.any() else np.inf,
+            "false_over_arc_max": (float(over_arc[found_false].max()) if found_false.any()
+                                   else 0.0),
             "neighbours": int((by_neighbours & hot).sum()),
             "ring": int((by_ring & hot).sum()),
             "false_neighbours": int((by_neighbours & ~truth.bad).sum()),
@@ -170,29 +186,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Seeds `seed + 7 k`, k < {args.seeds}, the same scene for each count level.")
     print()
     print("| scene | c/px | hot pixels | found by neighbours | missed | of those found by "
-          "ring | false defects, neighbours / ring |")
-    print("|---|---|---|---|---|---|---|")
-    total = dict.fromkeys(("hot", "neighbours", "ring", "false_neighbours", "false_ring"), 0)
+          "ring | false defects, neighbours / ring | over their arc: hot found, least / "
+          "false, most |")
+    print("|---|---|---|---|---|---|---|---|")
+    counted = ("hot", "neighbours", "ring", "false_neighbours", "false_ring")
+    total = dict.fromkeys(counted, 0)
+    least_hot, most_false = np.inf, 0.0
     for kind in args.scenes:
         for counts in args.counts:
-            cell = dict.fromkeys(total, 0)
+            cell = dict.fromkeys(counted, 0)
+            cell_hot, cell_false = np.inf, 0.0
             for k in range(args.seeds):
                 found = count_defects(kind, counts, size=args.size, frames=args.frames,
                                       seed=args.seed + 7 * k)
-                for key, value in found.items():
-                    cell[key] += value
+                for key in counted:
+                    cell[key] += found[key]
+                cell_hot = min(cell_hot, found["hot_over_arc_min"])
+                cell_false = max(cell_false, found["false_over_arc_max"])
             for key, value in cell.items():
                 total[key] += value
+            least_hot, most_false = min(least_hot, cell_hot), max(most_false, cell_false)
             missed = cell["hot"] - cell["neighbours"]
             print(f"| {kind} | {counts:g} | {cell['hot']} | {cell['neighbours']} | {missed} "
-                  f"| {cell['ring']} | {cell['false_neighbours']} / {cell['false_ring']} |",
-                  flush=True)
+                  f"| {cell['ring']} | {cell['false_neighbours']} / {cell['false_ring']} "
+                  f"| {cell_hot:.2f} / {cell_false:.2f} |", flush=True)
     missed = total["hot"] - total["neighbours"]
     print()
     print(f"All: {total['hot']} hot pixels; the neighbour test found {total['neighbours']}, "
           f"the ring test {total['ring']} of the {missed} it missed; false defects: "
           f"{total['false_neighbours']} by the neighbour test, {total['false_ring']} by the "
-          "ring test.")
+          f"ring test. The neighbour test's finds over their 22.5° arc's mean: hot pixels at "
+          f"least {least_hot:.2f}, false defects at most {most_false:.2f} (0: none).")
     return 0
 
 
