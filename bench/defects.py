@@ -47,8 +47,10 @@ COUNTS = (0.1, 0.25, 1.0, 10.0)
 
 
 def count_defects(kind: str, counts: float, *, size: int, frames: int,
-                  seed: int) -> dict[str, int]:
-    """One scan's hot pixels (unmasked), found by each test, and false defects."""
+                  seed: int) -> dict[str, float]:
+    """One scan's hot pixels (unmasked), found by each test, and false defects (counts);
+    the least of the hot pixels' and the most of the false defects' scan sum over their
+    arc's mean, among the neighbour test's finds."""
     scan = make_scan(kind, counts, size=size, n_frames=frames, seed=seed)
     truth = scenes.make_scene(kind, shape=(size, size), seed=seed).defects
     prepared = prepare_frames(scan.frames, scan.mask, bad_pixels="mask")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = count_defects(kind, counts, size=args.size, frames=args.frames,
                                       seed=args.seed + 7 * k)
                 for key in counted:
-                    cell[key] += found[key]
+                    cell[key] += int(found[key])
                 cell_hot = min(cell_hot, found["hot_over_arc_min"])
                 cell_false = max(cell_false, found["false_over_arc_max"])
             for key, value in cell.items():
