@@ -191,15 +191,15 @@ class ScanDenoiser:
                          f"{noise.read_noise_error:.2g} ADU, offset {noise.offset:g} ADU "
                          f"({noise.source})")
         center = _resolve_center(shape, center, poni, notes)
+        scan_sum = prepared.frames.sum(axis=0)
         if center is not None:
             # Hot pixels on a steep profile, which only their ring can show (the centre is
             # refined below on the sum without them).
-            note = prepared.add_defects(find_ring_defects(prepared.frames.sum(axis=0),
-                                                          prepared.good, center),
-                                        "far above their own ring")
+            found = find_ring_defects(scan_sum, prepared.good, center)
+            note = prepared.add_defects(found, "far above their own ring")
             if note:
                 notes.append(note)
-        scan_sum = prepared.frames.sum(axis=0)
+                scan_sum[found] = 0.0  # as the frames, zeroed there
         symmetry = isotropy = None
         if center is not None:
             mean_sum = float(scan_sum[prepared.good].mean()) if prepared.good.any() else 0.0

@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .symmetry import _offsets, ring_profile
+
 __all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "find_ring_defects",
            "prepare_frames", "unusable_pixels"]
 
@@ -355,9 +357,6 @@ def find_ring_defects(total: np.ndarray, good: np.ndarray, center: tuple[float, 
     numpy.ndarray
         Bool ``(H, W)``: the hot pixels found (all ``good``).
     """
-    # Imported here: symmetry's ring profiles are the only thing this module needs of it.
-    from .symmetry import ring_profile
-
     total = np.asarray(total, np.float64)
     good = np.asarray(good, bool)
     profile = ring_profile(total.shape, center, 1, 0.5)
@@ -383,8 +382,7 @@ def find_ring_defects(total: np.ndarray, good: np.ndarray, center: tuple[float, 
     if not candidates.any():
         return candidates
     # The ring's other outliers, counted per 1 px of radius.
-    rows, cols = np.indices(total.shape)
-    radius = np.floor(np.hypot(rows - center[0], cols - center[1])).astype(np.int64)
+    radius = np.floor(np.hypot(*_offsets(total.shape, center))).astype(np.int64)
     near_candidate = ndimage.binary_dilation(candidates, structure=np.ones((3, 3), bool))
     others = usable & (np.abs(z) > 5.0) & ~near_candidate
     per_radius = np.bincount(radius[others], minlength=int(radius.max()) + 3)
