@@ -1,9 +1,11 @@
 """Real detector sizes: frames/s, latency, peak memory growth and quality, live.
 
 For each detector (``--detectors``: ``256x256``, or pyFAI registry names such as
-``Pilatus1M`` (1043 x 981) and ``Eiger2_4M`` (2162 x 2068), whose module gaps are masked) and
-each mode (``--modes``: ``network``, the plugin's default, and ``classical``, its fast mode,
-``budget_s=0``), one fresh Python process:
+``Pilatus1M`` (1043 x 981) and ``Eiger2_4M`` (2162 x 2068), whose module gaps are masked, or
+``Perkin_integrating``: a flat panel's whole 2048 x 2048 frame in ADU,
+:data:`FLAT_PANEL_NOISE`, dark subtracted, as :mod:`bench.flat_panel` makes them, the plugin
+told ``detector="integrating"``) and each mode (``--modes``: ``network``, the plugin's
+default, and ``classical``, its fast mode, ``budget_s=0``), one fresh Python process:
 
 1. simulates a scan on the detector (``--scene``, ``--counts`` per pixel, ``--frames`` frames
    after the plugin's warm-up; :func:`bluesky_symdenoise.simulate.detectors.
@@ -48,12 +50,26 @@ import numpy as np
 
 DETECTORS = ("256x256", "Pilatus1M", "Eiger2_4M")
 MODES = ("network", "classical")
+#: An integrating flat panel (pyFAI ``Perkin``, 200 µm) at a PerkinElmer XRD 1621's size.
+FLAT_PANEL = "Perkin_integrating"
+FLAT_PANEL_SHAPE = (2048, 2048)
+#: Its detector: gain (ADU/photon), readout noise (ADU) and point spread (px), the centre of
+#: :mod:`bench.flat_panel`'s unseen grid.
+FLAT_PANEL_NOISE = {"gain": 7.0, "read_noise": 4.0, "psf_sigma": 0.5}
 
 
 def _scan(detector: str, scene: str, counts: float, n_frames: int, seed: int):
     """(raw frames, truth, mask, geometry, scored) of a simulated scan on ``detector``;
     ``scored``: the pixels quality is measured on (not masked, not flagged by the simulator
     as dead, hot or overflowing)."""
+    if detector == FLAT_PANEL:  # ADU, dark subtracted; the truth in ADU too
+        from bench.flat_panel import make_flat_scan
+        from bluesky_symdenoise.simulate.scenes import make_scene
+
+        made = make_scene(scene, shape=FLAT_PANEL_SHAPE, seed=seed, detector="Perkin")
+        flat = make_flat_scan(made, counts, n_frames=n_frames, seed=seed, **FLAT_PANEL_NOISE)
+        return (list(flat.frames), FLAT_PANEL_NOISE["gain"] * flat.truth, made.mask,
+                made.geometry, made.usable)
     if "x" in detector and detector.replace("x", "").isdigit():
         from bluesky_symdenoise.simulate.scenes import make_scene
 
@@ -111,7 +127,8 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
     config = {"max_memory_gb": max_memory_gb} if max_memory_gb else None
     sd = SymDenoise("det_img", center=geometry.center, mask=mask, lossless=True,
                     max_queue=frames + warmup + 4, budget_s=0 if mode == "classical" else budget,
-                    derived_files=out_dir, inline_limit_bytes=0, config=config)
+                    derived_files=out_dir, inline_limit_bytes=0, config=config,
+                    detector="integrating" if detector == FLAT_PANEL else None)
     by: dict[int, str] = {}
     flags: dict[int, str] = {}
     out_times: dict[int, float] = {}

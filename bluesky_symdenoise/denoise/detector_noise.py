@@ -19,7 +19,7 @@ curve from the differences of consecutive frames) unless the user gives them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
@@ -241,7 +241,9 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
         return NoiseCalibration(kind="integrating", gain=float(noise.gain),
                                 read_noise=float(noise.read_noise), offset=offset,
                                 source="given")
-    data = np.asarray(frames, np.float64)
+    # A float32 copy (zeroed off the good pixels below; half the memory of float64, and
+    # exact for ADU up to 2^24); each frame pair's statistics are taken in float64.
+    data = np.array(frames, np.float32)
     if data.ndim == 2:
         data = data[None]
     if len(data) < 2:
@@ -252,16 +254,13 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     if good.sum() < 1000:
         raise ValueError(f"only {int(good.sum())} good pixels: too few to estimate the "
                          "detector's gain and readout noise; pass gain= and read_noise=")
-    data = np.where(good, data - offset, 0.0)
+    data -= np.float32(offset)
+    data[:, ~good] = 0.0
     pairs = min(len(data) - 1, MAX_PAIRS)
-    diffs = data[1:pairs + 1] - data[:pairs]
-    means = 0.5 * (data[1:pairs + 1] + data[:pairs])
-    levels = _levels(data, good, pairs)
-    groups = _groups(levels, good)
+    groups = _groups(_levels(data, good), good)
     # A first line, then samples beyond 6 σ of it set aside (a pixel that changed between
     # frames), then the line again.
-    first = _line_fit(*_transfer_points(diffs, means, groups,
-                                        np.broadcast_to(good, diffs.shape)))
+    first = _line_fit(*_transfer_points(data, pairs, good, groups))
     # Pixels that do not follow the curve are left out, and the first line fitted again:
     # dead or saturated ones (the same value in every frame) and hot ones (isolated
     # outliers, HOT_Z).
@@ -269,20 +268,17 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     left_out = int(outliers.sum()) if (good & ~outliers).sum() >= 1000 else 0
     if left_out:
         good = good & ~outliers
-        data = np.where(good, data, 0.0)
-        diffs = data[1:pairs + 1] - data[:pairs]
-        means = 0.5 * (data[1:pairs + 1] + data[:pairs])
-        groups = _groups(_levels(data, good, pairs), good)
-        first = _line_fit(*_transfer_points(diffs, means, groups,
-                                            np.broadcast_to(good, diffs.shape)))
+        data[:, outliers] = 0.0
+        groups = _groups(_levels(data, good), good)
+        first = _line_fit(*_transfer_points(data, pairs, good, groups))
     own = np.maximum(data.mean(axis=0), 0.0)  # the pixel's own level sets its clip
     expected = 2.0 * np.maximum(first[0] * own + first[1], 1e-12)
-    keep = np.broadcast_to(good, diffs.shape) & (diffs ** 2 <= 36.0 * expected)
-    lag0 = _transfer_points(diffs, means, groups, keep)
+    del own
+    lag0 = _transfer_points(data, pairs, good, groups, expected)
     slope, intercept, slope_error, intercept_error = _line_fit(*lag0)
-    correlation, correlation_error = _lag1_correlation(diffs, good)
-    covariance, covariance_error = _neighbour_covariance(diffs, means, keep, groups, slope,
-                                                         intercept)
+    correlation, correlation_error = _lag1_correlation(data, pairs, good)
+    covariance, covariance_error = _neighbour_covariance(data, pairs, good, expected, groups,
+                                                         slope, intercept)
     # Both axes pooled (inf error: too few intensity groups to tell, so nothing seen).
     shared, shared_error = _pooled(covariance, covariance_error)
     gain, gain_error, noise_factor = slope, slope_error, 1.0
@@ -300,7 +296,7 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
         # No correlation seen; but where the photon noise is a small share of the noise, a
         # scintillator's spread would not show either, and the per-pixel slope would be
         # g·Σk², not g. Then the gain is a lower bound, with an error as large as itself.
-        level = float(np.mean(means[np.broadcast_to(good, means.shape)]))
+        level = _mean_level(data, pairs, good)
         share = max(slope, 0.0) * level / max(max(slope, 0.0) * level + intercept, 1e-300)
         reference = _lag1_share(REFERENCE_SPREAD_PX)
         if (share * reference <= detectable
@@ -326,13 +322,13 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
         # The Gaussian shape is checked at the diagonals and two pixels out. A spread with
         # a wider tail (more covariance there than a Gaussian's) would make that gain too
         # low: then the covariances summed over ±4 px, which assume no shape, give it.
-        further, further_error = _neighbour_covariance(diffs, means, keep, groups, slope,
-                                                       intercept, lags=SHAPE_LAGS,
+        further, further_error = _neighbour_covariance(data, pairs, good, expected, groups,
+                                                       slope, intercept, lags=SHAPE_LAGS,
                                                        summed=True)
         excess, excess_error = _wider_than_gaussian(slope, covariance, covariance_error,
                                                     further[0], further_error[0])
         if excess > 3.0 * excess_error:
-            summed = _spread_factor(diffs, means, keep, max(intercept, 0.0))
+            summed = _spread_factor(data, pairs, good, expected, max(intercept, 0.0))
             source += (f"; the spread is wider than a Gaussian's (covariance at the "
                        f"diagonals and 2 px {excess / excess_error:.1f} σ above it)")
             if summed is None:
@@ -399,11 +395,11 @@ def _outliers(data: np.ndarray, good: np.ndarray, slope: float, intercept: float
     return constant | hot
 
 
-def _levels(data: np.ndarray, good: np.ndarray, pairs: int) -> np.ndarray:
-    """Per frame pair: each pixel's level from data whose noise is independent of the
-    pixel's own: the scan's mean over a ring of pixels 3 px away (7 × 7 minus 5 × 5), so
-    that neither the pair's noise, nor a noise common to every frame (one dark frame
-    subtracted from all), nor a point spread of up to ~1 px ties it to the pixel."""
+def _levels(data: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Each pixel's level from data whose noise is independent of the pixel's own: the
+    scan's mean over a ring of pixels 3 px away (7 × 7 minus 5 × 5), so that neither a
+    frame pair's noise, nor a noise common to every frame (one dark frame subtracted from
+    all), nor a point spread of up to ~1 px ties it to the pixel."""
     from scipy import ndimage
 
     ring = np.ones((7, 7))
@@ -411,17 +407,15 @@ def _levels(data: np.ndarray, good: np.ndarray, pairs: int) -> np.ndarray:
     mean = np.where(good, data.mean(axis=0), 0.0)
     weight = ndimage.convolve(good.astype(np.float64), ring, mode="constant")
     summed = ndimage.convolve(mean, ring, mode="constant")
-    level = np.divide(summed, weight, out=np.zeros_like(summed), where=weight > 0)
-    return np.broadcast_to(level, (pairs, *level.shape))
+    return np.divide(summed, weight, out=np.zeros_like(summed), where=weight > 0)
 
 
 def _groups(level: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """Group label per pixel and pair (-1 off ``good``): quantiles of ``level``."""
-    use = np.broadcast_to(good, level.shape)
-    values = level[use]
+    """Group label per pixel (``-1`` off ``good``): quantiles of ``level``."""
+    values = level[good]
     edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, TRANSFER_GROUPS + 1)[1:-1]))
-    labels = np.full(level.shape, -1, np.int64)
-    labels[use] = np.searchsorted(edges, values, side="right")
+    labels = np.full(level.shape, -1, np.int16)
+    labels[good] = np.searchsorted(edges, values, side="right")
     return labels
 
 
@@ -434,33 +428,61 @@ def _shifted(image: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
-def _transfer_points(diffs: np.ndarray, means: np.ndarray, groups: np.ndarray,
-                     keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per intensity group: the mean ADU of the pairs, their noise variance (``var(d) / 2``,
-    that variance's own variance and the number of samples; samples off ``keep`` are left
-    out."""
-    products = np.where(keep, diffs, 0.0) ** 2
-    labels = np.where(keep, np.broadcast_to(groups, diffs.shape), -1)
-    return _group_points(products / 2.0, means, labels)
+def _frame_pairs(data: np.ndarray, pairs: int, good: np.ndarray,
+                 expected: np.ndarray | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per consecutive frame pair, one at a time (a 4 Mpx scan holds few frame-sized
+    arrays): its difference, its mean and the samples kept (``good``, and within 6 σ of
+    the first transfer line, ``d² ≤ 36 · expected``, where ``expected`` is given)."""
+    for p in range(pairs):
+        d = np.subtract(data[p + 1], data[p], dtype=np.float64)
+        m = np.add(data[p + 1], data[p], dtype=np.float64)
+        m *= 0.5
+        yield d, m, (good if expected is None else good & (d * d <= 36.0 * expected))
 
 
-def _group_points(values: np.ndarray, level: np.ndarray, labels: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per group label (``-1``: left out; groups of under 50 samples skipped): the mean
-    ``level``, the mean of ``values``, that mean's variance (``var / n``) and ``n``."""
-    mean_level, mean, spread, count = [], [], [], []
-    for g in range(int(labels.max()) + 1):
-        members = labels == g
-        n = int(members.sum())
-        if n < 50:
-            continue
-        v = values[members]
-        mean_level.append(float(level[members].mean()))
-        mean.append(float(v.mean()))
-        spread.append(float(v.var() / n))
-        count.append(n)
-    return (np.asarray(mean_level), np.asarray(mean), np.asarray(spread),
-            np.asarray(count, np.float64))
+def _mean_level(data: np.ndarray, pairs: int, good: np.ndarray) -> float:
+    """Mean ADU level of the pairs' means over the good pixels."""
+    return float(np.mean([m[good].mean() for _, m, _ in _frame_pairs(data, pairs, good)]))
+
+
+def _transfer_points(data: np.ndarray, pairs: int, good: np.ndarray, groups: np.ndarray,
+                     expected: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per intensity group: the mean ADU of the pairs, their noise variance (``var(d) / 2``),
+    that variance's own variance and the number of samples, over the samples each pair
+    keeps (:func:`_frame_pairs`)."""
+    sums = _GroupSums()
+    for d, m, keep in _frame_pairs(data, pairs, good, expected):
+        sums.add(d * d / 2.0, m, np.where(keep, groups, -1))
+    return sums.points()
+
+
+class _GroupSums:
+    """Sums per group label (``-1``: left out), added one frame pair at a time: the count,
+    the sums of ``values`` and of their squares, and the sum of ``level``."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros((4, TRANSFER_GROUPS + 1))
+
+    def add(self, values: np.ndarray, level: np.ndarray, labels: np.ndarray) -> None:
+        bins = np.where(labels < 0, TRANSFER_GROUPS, labels).ravel()
+        size = TRANSFER_GROUPS + 1
+        values = values.ravel()
+        self.sums[0] += np.bincount(bins, minlength=size)
+        self.sums[1] += np.bincount(bins, weights=values, minlength=size)
+        self.sums[2] += np.bincount(bins, weights=values * values, minlength=size)
+        self.sums[3] += np.bincount(bins, weights=level.ravel(), minlength=size)
+
+    def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per group of at least 50 samples: the mean ``level``, the mean of ``values``,
+        that mean's variance (``var / n``) and ``n``."""
+        n, first, second, level = self.sums[:, :TRANSFER_GROUPS]
+        use = n >= 50
+        n, first, second, level = n[use], first[use], second[use], level[use]
+        mean = first / n
+        variance = np.maximum(second / n - mean * mean, 0.0)
+        return level / n, mean, variance / n, n
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray, spread: np.ndarray, n: np.ndarray
@@ -485,53 +507,63 @@ def _line_fit(x: np.ndarray, y: np.ndarray, spread: np.ndarray, n: np.ndarray
     return float(a), float(b), float(np.sqrt(covariance[0, 0])), float(np.sqrt(covariance[1, 1]))
 
 
-def _spread_factor(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
+def _spread_factor(data: np.ndarray, pairs: int, good: np.ndarray, expected: np.ndarray,
                    read_variance: float) -> tuple[float, float, float, float] | None:
     """Photon share ``Σk²`` and gain where a point spread correlates neighbouring pixels:
     ``(Σk², its error, gain, its error)``, or None when the photon noise is too small next
     to the readout noise to tell.
 
     Pooled over the samples whose window of :data:`CORRELATION_LAGS_PX` lies on kept
-    samples: the frame-difference covariances ``C(l)`` summed over the lags are ``g·μ + σ²``
-    whatever the spread (a photon's noise, spread by the kernel ``k``, adds up over the
-    lags to what it was), so ``g = (Σ_l C(l) - σ²) / μ``, and ``Σk² = (C(0) - σ²) /
-    (Σ_l C(l) - σ²)``."""
+    samples (:func:`_frame_pairs`): the frame-difference covariances ``C(l)`` summed over
+    the lags are ``g·μ + σ²`` whatever the spread (a photon's noise, spread by the kernel
+    ``k``, adds up over the lags to what it was), so ``g = (Σ_l C(l) - σ²) / μ``, and
+    ``Σk² = (C(0) - σ²) / (Σ_l C(l) - σ²)``."""
     from scipy import ndimage
 
     lags = CORRELATION_LAGS_PX
-    d = np.where(keep, diffs, 0.0)
-    kept = keep.astype(np.float64)
     window = np.ones((2 * lags + 1, 2 * lags + 1), bool)
-    inside = keep & np.stack([ndimage.binary_erosion(k, window) for k in keep])
-    if inside.sum() < 1000:
+    h, w = good.shape
+    rows_of, width = h // SPREAD_TILE_PX + 1, w // SPREAD_TILE_PX + 1
+    tile_of = ((np.arange(h) // SPREAD_TILE_PX)[:, None] * width
+               + (np.arange(w) // SPREAD_TILE_PX)[None, :])
+    # Per tile of SPREAD_TILE_PX (a frame pair's tiles apart from another's): samples and
+    # the sums of own, total and level.
+    size = pairs * rows_of * width
+    per_tile = np.zeros((4, size))
+    for p, (d, m, keep) in enumerate(_frame_pairs(data, pairs, good, expected)):
+        d[~keep] = 0.0
+        inside = keep & ndimage.binary_erosion(keep, window)
+        shared = np.zeros_like(d)
+        for dr in range(-lags, lags + 1):
+            for dc in range(-lags, lags + 1):
+                if dr or dc:
+                    product = _shifted(d, dr, dc)  # in place: few frame-sized arrays
+                    product *= d
+                    product[~_shifted(keep, dr, dc)] = 0.0
+                    shared += product
+        own = d[inside] ** 2 / 2.0 - read_variance
+        total = own + shared[inside] / 2.0
+        tile = tile_of[inside] + p * rows_of * width
+        per_tile[0] += np.bincount(tile, minlength=size)
+        for k, v in enumerate((own, total, m[inside]), start=1):
+            per_tile[k] += np.bincount(tile, weights=v, minlength=size)
+    per_tile = per_tile[:, per_tile[0] > 0]
+    per, count = per_tile[0], float(per_tile[0].sum())
+    if count < 1000:
         return None
-    shared = np.zeros_like(d)
-    for dr in range(-lags, lags + 1):
-        for dc in range(-lags, lags + 1):
-            if dr or dc:
-                shared += d * _shifted(d, dr, dc) * _shifted(kept, dr, dc)
-    own = d[inside] ** 2 / 2.0 - read_variance
-    total = own + shared[inside] / 2.0
-    level = means[inside]
-    own_mean, total_mean, level_mean = float(own.mean()), float(total.mean()), float(level.mean())
+    own_mean, total_mean, level_mean = (float(per_tile[k].sum()) / count for k in (1, 2, 3))
     if total_mean <= 0 or level_mean <= 0:
         return None
     factor = float(np.clip(own_mean / total_mean, 0.0, 1.0))
     gain = total_mean / level_mean
-    # Errors from the scatter between tiles of SPREAD_TILE_PX (a difference enters the
-    # products of all its neighbours, so single samples are not independent): the delta
-    # method on the ratios of the tiles' means.
-    pair, rows, cols = np.nonzero(inside)
-    width = inside.shape[2] // SPREAD_TILE_PX + 1
-    tile = (pair * (inside.shape[1] // SPREAD_TILE_PX + 1) + rows // SPREAD_TILE_PX) * width \
-        + cols // SPREAD_TILE_PX
-    _, tile = np.unique(tile, return_inverse=True)
-    n_tiles = int(tile.max()) + 1
+    # Errors from the scatter between tiles (a difference enters the products of all its
+    # neighbours, so single samples are not independent): the delta method on the ratios
+    # of the tiles' means.
+    n_tiles = len(per)
     if n_tiles < 4:
         return None
-    per = np.bincount(tile).astype(np.float64)
-    means_of = [np.bincount(tile, weights=v) / per for v in (own, total, level)]
-    weights = per / per.sum()
+    means_of = per_tile[1:] / per
+    weights = per / count
 
     def ratio_error(top: int, bottom: int) -> float:
         a, b = means_of[top], means_of[bottom]
@@ -553,62 +585,77 @@ def _lag1_share(psf_sigma: float) -> float:
     return float(np.sum(kernel[:, 1:] * kernel[:, :-1]) / np.sum(kernel ** 2))
 
 
-def _lag1_correlation(diffs: np.ndarray, good: np.ndarray) -> tuple[float, float]:
+def _lag1_correlation(data: np.ndarray, pairs: int, good: np.ndarray
+                      ) -> tuple[float, float]:
     """Lag-1 correlation of the frame-difference noise (rows and columns averaged) and its
     standard error."""
     values, n = [], 0
     for dr, dc in ((0, 1), (1, 0)):
-        both = good & _shifted(good.astype(np.float64), dr, dc).astype(bool)
-        a = diffs[:, both]
-        b = _shifted(diffs, dr, dc)[:, both]
-        scale = np.sqrt(np.mean(a * a) * np.mean(b * b))
-        if scale > 0:
-            values.append(float(np.mean(a * b) / scale))
-            n += a.size
+        both = good & _shifted(good, dr, dc)
+        products = np.zeros(3)  # Σ a·a, Σ b·b, Σ a·b
+        for d, _, _ in _frame_pairs(data, pairs, good):
+            a, b = d[both], _shifted(d, dr, dc)[both]
+            products += (np.dot(a, a), np.dot(b, b), np.dot(a, b))
+        samples = pairs * int(both.sum())
+        scale = np.sqrt(products[0] * products[1]) / max(samples, 1)
+        if samples and scale > 0:
+            values.append(float(products[2] / samples / scale))
+            n += samples
     if not values:
         return 0.0, 1.0
     return float(np.mean(values)), float(1.0 / np.sqrt(max(n, 1)))
 
 
-def _neighbour_covariance(diffs: np.ndarray, means: np.ndarray, keep: np.ndarray,
-                          groups: np.ndarray, slope: float, intercept: float,
+def _neighbour_covariance(data: np.ndarray, pairs: int, good: np.ndarray,
+                          expected: np.ndarray, groups: np.ndarray, slope: float,
+                          intercept: float,
                           lags: tuple[tuple[int, int], ...] = ((0, 1), (1, 0)),
                           summed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Photon noise covariance of pixels ``lag`` apart per ADU of mean level: ``(a, σ_a)``,
     one value per lag (by default one pixel along rows and one along columns), or one for
     the sum over ``lags`` when ``summed``.
 
-    Per intensity group, the mean of ``d_i · d_{i+lag} / 2`` over kept pairs of pixels is
-    their noise covariance; the readout noise is not shared between pixels, so it is
-    ``a · μ`` for the photon noise alone, and a line through the origin against the groups'
-    mean levels gives ``a`` (= ``g · A(lag)``, the spread kernel's autocorrelation there).
-    Weighted by the model's variance of each point, ``(slope · μ + σ²)² / n``; the error is
-    a sandwich estimate from the measured variances (summed per pixel first when
-    ``summed``, so that the lags' shared noise counts)."""
-    kept = keep.astype(np.float64)
-    d = np.where(keep, diffs, 0.0)
-    # Per lag (or their sum, accumulated: a 4 Mpx scan holds few frame-sized arrays) the
-    # products, the pair's level and where both samples are kept.
-    terms: list[list[np.ndarray]] = []
-    for dr, dc in lags:
-        product = d * _shifted(d, dr, dc) / 2.0
-        # The pair's level: the mean over the box from one pixel to the other, where the
-        # photons they share land (its ends alone would miss a spot between them).
-        between = np.mean([_shifted(means, r, c)
-                           for r in range(min(dr, 0), max(dr, 0) + 1)
-                           for c in range(min(dc, 0), max(dc, 0) + 1)], axis=0)
-        both = keep & (_shifted(kept, dr, dc) > 0)
-        if summed and terms:
-            terms[0][0] += product
-            terms[0][1] += between
-            terms[0][2] &= both
-        else:
-            terms.append([product, between, both])
-    if summed:
-        terms[0][1] /= len(lags)
+    Per intensity group, the mean of ``d_i · d_{i+lag} / 2`` over kept pairs of pixels
+    (:func:`_frame_pairs`) is their noise covariance; the readout noise is not shared
+    between pixels, so it is ``a · μ`` for the photon noise alone, and a line through the
+    origin against the groups' mean levels gives ``a`` (= ``g · A(lag)``, the spread
+    kernel's autocorrelation there). Weighted by the model's variance of each point,
+    ``(slope · μ + σ²)² / n``; the error is a sandwich estimate from the measured variances
+    (summed per pixel first when ``summed``, so that the lags' shared noise counts)."""
+    sums = [_GroupSums() for _ in range(1 if summed else len(lags))]
+    for d, m, keep in _frame_pairs(data, pairs, good, expected):
+        d[~keep] = 0.0
+        # Per lag (or their sum, accumulated) the products, the pair's level and where
+        # both samples are kept (built in place: a 4 Mpx scan holds few frame-sized arrays).
+        terms: list[np.ndarray] = []
+        for k, (dr, dc) in enumerate(lags):
+            product = _shifted(d, dr, dc)
+            product *= d
+            product /= 2.0
+            # The pair's level: the mean over the box from one pixel to the other, where
+            # the photons they share land (its ends alone would miss a spot between them).
+            box = [(r, c) for r in range(min(dr, 0), max(dr, 0) + 1)
+                   for c in range(min(dc, 0), max(dc, 0) + 1)]
+            between = np.zeros_like(m)
+            for r, c in box:
+                between += _shifted(m, r, c)
+            between /= len(box)
+            both = keep & _shifted(keep, dr, dc)
+            if not summed:
+                sums[k].add(product, between, np.where(both, groups, -1))
+            elif terms:
+                terms[0] += product
+                terms[1] += between
+                terms[2] &= both
+            else:
+                terms = [product, between, both]
+            del product, between, both  # before the next lag's are made
+        if summed:
+            terms[1] /= len(lags)
+            sums[0].add(terms[0], terms[1], np.where(terms[2], groups, -1))
     slopes, errors = [], []
-    for product, between, both in terms:
-        x, y, v, n = _group_points(product, between, np.where(both, groups, -1))
+    for into in sums:
+        x, y, v, n = into.points()
         if len(x) < 3:
             slopes.append(0.0)
             errors.append(np.inf)

@@ -182,6 +182,9 @@ class LiveDenoiser:
         #: Pre-trained base model serving frames while the per-scan model trains.
         self.interim: ScanDenoiser | None = None
         self.analysis: ScanAnalysis | None = None
+        #: The noise model the warm-up found; kept when the analysis is let go for memory
+        #: (raw frames passed through are still an integrating detector's ADU).
+        self._calibration: NoiseCalibration | None = None
         self.user_mask: np.ndarray | None = None
         self.shape: tuple[int, int] | None = None
         self.method = "none"
@@ -270,6 +273,7 @@ class LiveDenoiser:
             stack = np.stack([f for f in frames if f.shape == self.shape and _numeric(f)])
             self.analysis = analysis = denoiser.analyse(stack, mask=mask, center=center,
                                                         bad_pixels="mask")
+            self._calibration = analysis.noise
             self.method, self.reason = self._choose_method(denoiser, analysis)
         except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
             self.method, self.reason = "passthrough", f"analysis failed: {exc}"
@@ -453,8 +457,19 @@ class LiveDenoiser:
 
     @property
     def noise(self) -> NoiseCalibration:
-        """The detector's noise model found at the warm-up (photon counting before it)."""
-        return self.analysis.noise if self.analysis is not None else NoiseCalibration()
+        """The detector's noise model found at the warm-up, kept when the analysis is let go
+        for memory. Before the warm-up, or where it did not calibrate an integrating
+        detector's frames (the analysis did not fit the memory budget, or failed), photon
+        counting, or for an integrating detector the identity in its own units: negative
+        values stay data, and raw frames pass through as they came, in ADU."""
+        if self._calibration is not None:
+            return self._calibration
+        detector = self.config.detector
+        if detector.integrating:
+            return NoiseCalibration(kind="integrating", offset=float(detector.offset or 0.0),
+                                    source="not calibrated (no analysis of the scan): frames "
+                                           "passed through in ADU")
+        return NoiseCalibration()
 
     def prepare_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """A new frame's counts with its bad pixels zeroed: the scan's (or the user's mask

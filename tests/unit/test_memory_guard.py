@@ -149,3 +149,76 @@ def test_a_scan_whose_analysis_would_not_fit_passes_every_frame_raw_flagged():
     assert any("raw passed through" in flag for flag in served.flags)
     good = ~scene.mask
     np.testing.assert_allclose(served.denoised[good], frames[-1][good])
+
+
+def _flat_panel_frames(seed: int, size: int, n: int = 4):
+    """Dark-subtracted flat-panel frames in ADU (a third of the pixels negative)."""
+    from bluesky_symdenoise.simulate.noise import measure_dark
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("powder", shape=(size, size), seed=seed, detector="Perkin")
+    rng = np.random.default_rng(seed)
+    dark = measure_dark(scene.expectation.shape, rng=rng, read_noise=4.0, offset=100.0)
+    frames = [scene.expose_integrating(1.0, rng, gain=7.0, read_noise=4.0, offset=100.0,
+                                       dark=dark) for _ in range(n)]
+    return scene, frames
+
+
+def _served_in_adu(engine, frame):
+    [served] = engine.serve([frame])
+    assert served.denoised_by == "none (memory budget)"
+    assert not any("negative" in flag for flag in served.flags), served.flags
+    return engine.noise.to_detector(served.denoised, keep=~served.bad)
+
+
+@pytest.mark.fast
+def test_an_integrating_scan_whose_analysis_would_not_fit_passes_its_adu_as_they_came():
+    """Negative ADU are data: raw frames passed through for memory keep them (they were
+    once masked as broken pixels, a third of a weak flat-panel frame lost)."""
+    from bluesky_symdenoise.denoise.detector_noise import DetectorNoise
+    from bluesky_symdenoise.denoise.live import LiveDenoiser
+
+    scene, frames = _flat_panel_frames(21, 512)
+    good = ~scene.mask
+    assert (frames[-1][good] < 0).mean() > 0.1
+    engine = LiveDenoiser(DenoiseConfig(max_memory_gb=0.05,
+                                        detector=DetectorNoise(kind="integrating")), budget_s=0)
+    warning = engine.warm_up(frames[:3], shape=(512, 512), mask=scene.mask,
+                             center=scene.geometry.center)
+    assert warning is not None and engine.analysis is None
+    assert engine.noise.integrating and "not calibrated" in engine.noise.source
+    out = _served_in_adu(engine, frames[-1])
+    np.testing.assert_allclose(out[good], frames[-1][good], atol=1e-3)
+
+
+@pytest.mark.fast
+def test_an_integrating_scan_let_go_after_its_analysis_keeps_its_calibration():
+    """The analysis fits, then nothing else does (a concurrent stage holds the rest): the
+    analysis is let go, the calibration is kept, and raw frames pass in ADU, negatives
+    included."""
+    from bluesky_symdenoise.denoise.detector_noise import DetectorNoise
+    from bluesky_symdenoise.denoise.live import LiveDenoiser
+
+    class RoomForTheAnalysisOnly(MemoryGuard):
+        """Grants the first claim (the analysis), refuses every later one, as a guard with
+        a concurrent stage's claim taking the rest of the budget would."""
+
+        checks = 0
+
+        def check(self, needed_bytes: int = 0) -> str | None:
+            self.checks += 1
+            if self.checks == 1:
+                return None
+            return "memory budget: the rest is held by a concurrent stage"
+
+    scene, frames = _flat_panel_frames(22, 256)
+    engine = LiveDenoiser(DenoiseConfig(detector=DetectorNoise(kind="integrating")),
+                          budget_s=0)
+    engine.guard = RoomForTheAnalysisOnly(budget_gb=1.0)
+    warning = engine.warm_up(frames[:3], shape=(256, 256), mask=scene.mask,
+                             center=scene.geometry.center)
+    assert warning is not None and engine.analysis is None
+    assert engine.noise.integrating and abs(engine.noise.gain / 7.0 - 1) < 0.15
+    good = ~scene.mask
+    out = _served_in_adu(engine, frames[-1])
+    np.testing.assert_allclose(out[good], frames[-1][good], atol=1e-2)
