@@ -3,17 +3,22 @@
 Each scan (``--frames`` frames of a ``--size``² bench scene, :func:`.quality.make_scan`)
 goes through the engine's own checks: :func:`~bluesky_symdenoise.denoise.preprocess.
 prepare_frames` (hot pixels against their neighbours, dead pixels), then, with the beam
-centre, :func:`~bluesky_symdenoise.denoise.preprocess.find_ring_defects` (hot pixels
-against their own ring). The simulator knows its hot pixels (``scene.defects.hot``), so per
-scene and count level the table counts:
+centre, :func:`~bluesky_symdenoise.denoise.preprocess.sharp_ring_pixels` (the neighbour
+test's hot pixels no brighter than three times their own 22.5° arc's median are taken back
+as a sharp ring's pixels) and :func:`~bluesky_symdenoise.denoise.preprocess.find_ring_defects` (hot
+pixels against their own ring). The simulator knows its hot pixels (``scene.defects.hot``),
+so per scene and count level the table counts:
 
-* the hot pixels outside the mask, and how many the neighbour test finds;
+* the hot pixels outside the mask, how many the neighbour test finds, and how many of
+  those the arc rule takes back (hot pixels lost again);
 * how many of the rest the ring test finds (its recall on what the first test missed);
 * pixels each test takes that are not hot or dead in the simulator (false defects: a spot or
-  ring pixel repaired from its neighbourhood, its counts lost);
+  ring pixel repaired from its neighbourhood, its counts lost), and how many of the
+  neighbour test's the arc rule takes back;
 * how far the neighbour test's finds stand above their own 22.5° arc (scan sum over the
-  arc's mean): the least of the true hot pixels' and the most of the false defects' (a gap
-  between them is room for a rule that tells them apart).
+  arc's median, :func:`~bluesky_symdenoise.denoise.preprocess.over_own_arc`): the least of
+  the true hot pixels' and the most of the false defects' (the arc rule's threshold,
+  :data:`~bluesky_symdenoise.denoise.preprocess.ARC_RATIO`, lies between them).
 
 A hot pixel both tests miss is one whose counts stay within a few times its ring's level
 (the simulator draws a hot pixel's rate log-uniformly in 50-500 counts per frame, whatever
@@ -26,7 +31,7 @@ the scene, so on a bright ring it can be close to the ring's own level).
 ScanDenoiser.analyse`, nothing trained) on every offline scan of the kept results
 (``bench/results``: heldout, iq, bias, iq_transition, flat_panel) and on the warm-up frames
 of the live ones (throughput, large_frames), and lists those where the ring test found a
-pixel: only their rows can change with it.
+pixel or the arc rule took one back: only their rows can change with them.
 """
 
 from __future__ import annotations
@@ -35,8 +40,12 @@ import argparse
 
 import numpy as np
 
-from bluesky_symdenoise.denoise.preprocess import find_ring_defects, prepare_frames
-from bluesky_symdenoise.denoise.symmetry import ring_profile
+from bluesky_symdenoise.denoise.preprocess import (
+    find_ring_defects,
+    over_own_arc,
+    prepare_frames,
+    sharp_ring_pixels,
+)
 from bluesky_symdenoise.simulate import scenes
 
 from .quality import make_scan
@@ -50,21 +59,23 @@ def count_defects(kind: str, counts: float, *, size: int, frames: int,
                   seed: int) -> dict[str, float]:
     """One scan's hot pixels (unmasked), found by each test, and false defects (counts);
     the least of the hot pixels' and the most of the false defects' scan sum over their
-    arc's mean, among the neighbour test's finds."""
+    arc's median, among the neighbour test's finds."""
     scan = make_scan(kind, counts, size=size, n_frames=frames, seed=seed)
     truth = scenes.make_scene(kind, shape=(size, size), seed=seed).defects
+    center = scan.geometry.center
     prepared = prepare_frames(scan.frames, scan.mask, bad_pixels="mask")
-    by_ring = find_ring_defects(prepared.frames.sum(axis=0), prepared.good,
-                                scan.geometry.center)
+    by_neighbours = prepared.defects.copy()
+    # As ScanDenoiser.analyse: the arc rule first, then the ring test on what is left.
+    taken_back = sharp_ring_pixels(prepared, scan.frames, center)
+    prepared.restore(taken_back, scan.frames, "on a sharp ring")
+    by_ring = find_ring_defects(prepared.frames.sum(axis=0), prepared.good, center)
     hot = truth.hot & ~scan.mask
-    by_neighbours = prepared.defects
-    # Each neighbour-test find's raw scan sum over its 22.5° arc's mean (the other good
+    # Each neighbour-test find's raw scan sum over its 22.5° arc's median (the other good
     # pixels at its radius and azimuth): how far a false defect stands above its own arc.
     total = scan.frames.sum(axis=0, dtype=np.float64)
-    good = ~scan.mask & ~by_neighbours
-    arc, _ = ring_profile(total.shape, scan.geometry.center, 16, 0.5).mean(
-        np.where(good, total, 0.0), good)
-    over_arc = total / np.maximum(arc, 1e-9)
+    over_arc = np.zeros(total.shape)
+    over_arc[by_neighbours] = over_own_arc(total, ~scan.mask & ~by_neighbours, center,
+                                           by_neighbours)
     found_hot = by_neighbours & truth.hot
     found_false = by_neighbours & ~truth.bad
     return {"hot": int(hot.sum()),
@@ -72,8 +83,10 @@ def count_defects(kind: str, counts: float, *, size: int, frames: int,
             "false_over_arc_max": (float(over_arc[found_false].max()) if found_false.any()
                                    else 0.0),
             "neighbours": int((by_neighbours & hot).sum()),
+            "hot_taken_back": int((taken_back & hot).sum()),
             "ring": int((by_ring & hot).sum()),
-            "false_neighbours": int((by_neighbours & ~truth.bad).sum()),
+            "false_neighbours": int(found_false.sum()),
+            "false_taken_back": int((taken_back & ~truth.bad).sum()),
             "false_ring": int((by_ring & ~truth.bad).sum())}
 
 
@@ -85,7 +98,8 @@ def _found_by_ring(frames: np.ndarray, mask: np.ndarray, center: tuple[float, fl
     options = {"detector": detector_noise("integrating")} if integrating else {}
     analysis = ScanDenoiser(None, **options).analyse(frames, mask=mask, center=center,
                                                      bad_pixels="mask")
-    return [note for note in analysis.notes if "far above their own ring" in note]
+    return [note for note in analysis.notes
+            if "far above their own ring" in note or "on a sharp ring" in note]
 
 
 def _bench_scans():
@@ -164,7 +178,8 @@ def list_bench_scans() -> int:
         if notes:
             n_found += 1
             print(f"- {label}: {'; '.join(notes)}", flush=True)
-    print(f"\nThe ring test found a pixel on {n_found} of {n_scans} scans.")
+    print(f"\nThe ring test found a pixel, or the arc rule took one back, on {n_found} of "
+          f"{n_scans} scans.")
     return 0
 
 
@@ -187,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Seeds `seed + 7 k`, k < {args.seeds}, the same scene for each count level.")
     print()
-    print("| scene | c/px | hot pixels | found by neighbours | missed | of those found by "
-          "ring | false defects, neighbours / ring | over their arc: hot found, least / "
-          "false, most |")
-    print("|---|---|---|---|---|---|---|---|")
-    counted = ("hot", "neighbours", "ring", "false_neighbours", "false_ring")
+    print("| scene | c/px | hot pixels | found by neighbours | of those taken back | missed "
+          "| of those found by ring | false defects: neighbours, of those taken back / ring "
+          "| over their arc: hot found, least / false, most |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    counted = ("hot", "neighbours", "hot_taken_back", "ring", "false_neighbours",
+               "false_taken_back", "false_ring")
     total = dict.fromkeys(counted, 0)
     least_hot, most_false = np.inf, 0.0
     for kind in args.scenes:
@@ -209,16 +225,19 @@ def main(argv: list[str] | None = None) -> int:
                 total[key] += value
             least_hot, most_false = min(least_hot, cell_hot), max(most_false, cell_false)
             missed = cell["hot"] - cell["neighbours"]
-            print(f"| {kind} | {counts:g} | {cell['hot']} | {cell['neighbours']} | {missed} "
-                  f"| {cell['ring']} | {cell['false_neighbours']} / {cell['false_ring']} "
-                  f"| {cell_hot:.2f} / {cell_false:.2f} |", flush=True)
+            print(f"| {kind} | {counts:g} | {cell['hot']} | {cell['neighbours']} | "
+                  f"{cell['hot_taken_back']} | {missed} | {cell['ring']} | "
+                  f"{cell['false_neighbours']}, {cell['false_taken_back']} / "
+                  f"{cell['false_ring']} | {cell_hot:.2f} / {cell_false:.2f} |", flush=True)
     missed = total["hot"] - total["neighbours"]
     print()
-    print(f"All: {total['hot']} hot pixels; the neighbour test found {total['neighbours']}, "
-          f"the ring test {total['ring']} of the {missed} it missed; false defects: "
-          f"{total['false_neighbours']} by the neighbour test, {total['false_ring']} by the "
-          f"ring test. The neighbour test's finds over their 22.5° arc's mean: hot pixels at "
-          f"least {least_hot:.2f}, false defects at most {most_false:.2f} (0: none).")
+    print(f"All: {total['hot']} hot pixels; the neighbour test found {total['neighbours']} "
+          f"(the arc rule took {total['hot_taken_back']} of them back), the ring test "
+          f"{total['ring']} of the {missed} it missed; false defects: "
+          f"{total['false_neighbours']} by the neighbour test, of which the arc rule took "
+          f"{total['false_taken_back']} back, and {total['false_ring']} by the ring test. The "
+          f"neighbour test's finds over their 22.5° arc's median: hot pixels at least "
+          f"{least_hot:.2f}, false defects at most {most_false:.2f} (0: none).")
     return 0
 
 

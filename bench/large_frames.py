@@ -130,6 +130,7 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
                     derived_files=out_dir, inline_limit_bytes=0, config=config,
                     detector="integrating" if detector == FLAT_PANEL else None)
     by: dict[int, str] = {}
+    published: list[int] = []
     flags: dict[int, str] = {}
     out_times: dict[int, float] = {}
     iq: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -141,6 +142,7 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
         data = doc["data"]
         seq = data.get("raw_seq_num")
         if "det_img_denoised_by" in data and seq is not None:
+            published.append(int(seq))  # the derived file's rows, in this order
             out_times[int(seq)] = time.perf_counter()
             by[int(seq)] = str(data["det_img_denoised_by"])
             flags[int(seq)] = str(data.get("det_img_flags", ""))
@@ -194,14 +196,16 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
     if files:
         with h5py.File(files[-1], "r") as handle:
             denoised = handle["/entry/data/denoised"]
-            for index in range(warmup, min(len(denoised), warmup + frames)):
-                frame_raw = np.where(usable, raw[index], 0).astype(np.float64)
+            # Row r holds the frame of raw seq_num published[r] (raw frame seq_num - 1).
+            rows = {seq: row for row, seq in enumerate(published) if row < len(denoised)}
+            for seq in sorted(s for s in rows if s > warmup):
+                frame_raw = np.where(usable, raw[seq - 1], 0).astype(np.float64)
+                frame_den = np.asarray(denoised[rows[seq]], np.float64)
                 psnr_raw.append(psnr(frame_raw, truth, usable))
-                psnr_den.append(psnr(np.asarray(denoised[index], np.float64), truth, usable))
-                if index == warmup:  # one frame's I(q): a full integration each
+                psnr_den.append(psnr(frame_den, truth, usable))
+                if not iq_raw:  # one frame's I(q): a full integration each
                     iq_raw.append(iq_relative_error(frame_raw, truth, geometry, ~usable))
-                    iq_den.append(iq_relative_error(np.asarray(denoised[index]), truth,
-                                                    geometry, ~usable))
+                    iq_den.append(iq_relative_error(frame_den, truth, geometry, ~usable))
     info = summary[-1] if summary else {}
     served_by: dict[str, int] = {}
     for seq, who in by.items():
@@ -223,6 +227,7 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
         "network": info.get("network"), "method": info.get("method"),
         "PSNR raw (dB)": round(float(np.mean(psnr_raw)), 2) if psnr_raw else None,
         "PSNR denoised (dB)": round(float(np.mean(psnr_den)), 2) if psnr_den else None,
+        "PSNR denoised per frame (dB)": [round(float(v), 2) for v in psnr_den],
         "I(q) err raw": round(iq_raw[0], 4) if iq_raw else None,
         "I(q) err denoised": round(iq_den[0], 4) if iq_den else None,
         "errors": sd.errors[:3],

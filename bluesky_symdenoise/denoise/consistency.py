@@ -615,6 +615,10 @@ class _HeldBins:
             del noise, shrunk
             factor *= excess
             factor += 1.0
+            # Never below 0: a ring mean below 0 (an integrating detector's photon-
+            # equivalent frame under its readout noise) takes the pixels to 0, not past it.
+            # Counts' means are never negative, so for them this changes nothing.
+            np.maximum(factor, 0.0, out=factor)
             flat[index] *= factor
             del raw_at
         if unmeasured is not None and factor is not None:
@@ -784,7 +788,11 @@ class SpotSums:
         flat = out.reshape(-1)
         # A floor, so that a spot the network erased entirely still takes the raw counts.
         values = np.maximum(flat[self.index], 1e-6)
-        raw_sum = self._sum(raw.reshape(-1)[self.index])
+        # An integrating detector's photon-equivalent frame can sum to 0 or less where the
+        # readout noise dominates: a negative target would flip the values' sign and the
+        # passes then divide by sums near 0 (a pixel once came out 10^4 times its level).
+        # Counts never sum below 0, so for them this changes nothing.
+        raw_sum = np.maximum(self._sum(raw.reshape(-1)[self.index]), 0.0)
         for _ in range(FEATURE_MATCH_PASSES):
             den_sum = self._sum(values)
             values *= np.divide(raw_sum, den_sum, out=np.ones_like(raw_sum),

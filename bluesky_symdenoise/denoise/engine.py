@@ -38,7 +38,14 @@ from .device import select_device
 from .inference import predict_rates
 from .memory import default_memory_budget_gb, device_tile
 from .models import load_base_model, model_hash, new_model
-from .preprocess import InputError, PreparedScan, find_ring_defects, prepare_frames
+from .preprocess import (
+    ARC_RATIO,
+    InputError,
+    PreparedScan,
+    find_ring_defects,
+    prepare_frames,
+    sharp_ring_pixels,
+)
 from .selection import (
     BlendWeights,
     binomial_split,
@@ -191,6 +198,13 @@ class ScanDenoiser:
                          f"{noise.read_noise_error:.2g} ADU, offset {noise.offset:g} ADU "
                          f"({noise.source})")
         center = _resolve_center(shape, center, poni, notes)
+        if center is not None:
+            # Pixels of a ring about 1 px wide that the neighbour test took for hot (their
+            # neighbours are off the ring) are data: their arc shows it.
+            note = prepared.restore(sharp_ring_pixels(prepared, frames, center), frames,
+                                    f"on a sharp ring (within {ARC_RATIO:g}× their arc's median)")
+            if note:
+                notes.append(note)
         scan_sum = prepared.frames.sum(axis=0)
         if center is not None:
             # Hot pixels on a steep profile, which only their ring can show (the centre is

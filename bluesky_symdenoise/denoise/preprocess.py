@@ -88,6 +88,22 @@ class PreparedScan:
     def good(self) -> np.ndarray:
         return ~self.bad
 
+    def restore(self, pixels: np.ndarray, frames: np.ndarray, how: str) -> str:
+        """Take back defects found by :func:`prepare_frames` (``pixels``, bool ``(H, W)``,
+        among :attr:`defects`) as data: their values from ``frames``, the frames
+        :func:`prepare_frames` was given. Returns the note ("" when none)."""
+        pixels = np.asarray(pixels, bool) & self.defects
+        if not pixels.any():
+            return ""
+        values = np.asarray(frames)
+        values = values[None] if values.ndim == 2 else values
+        self.frames[:, pixels] = values[:, pixels].astype(np.float32)
+        self.defects = self.defects & ~pixels
+        self.bad = self.bad & ~pixels
+        note = f"took {int(pixels.sum())} pixels back from the hot ones: {how}"
+        self.notes.append(note)
+        return note
+
     def add_defects(self, found: np.ndarray, how: str) -> str:
         """Exclude more hot or dead pixels (``found``, bool ``(H, W)``) found ``how``, as
         :func:`prepare_frames` excludes its own: zeroed in the frames and noted. Returns
@@ -319,6 +335,109 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     least = np.where(n_cross > 0, np.min(cross, axis=0), 0.0)
     dead = (total == 0) & (n_cross >= 2) & (least >= 15.0)
     return (hot | dead) & ~bad
+
+
+#: A hot pixel of :func:`find_defects` no brighter than this many times the median of its own
+#: arc (:func:`over_own_arc`) is a sharp ring's pixel, not a defect: on rings about 1 px wide
+#: the neighbours are off the ring, so the neighbour test alone takes ring pixels for hot
+#: (``python -m bench.defects``: false defects at most 1.8 times their arc's median, true hot
+#: pixels at least 6 times; the threshold sits near their geometric middle).
+ARC_RATIO = 3.0
+#: Sectors of the arcs (22.5°) and their radial bins (px).
+ARC_SECTORS = 16
+ARC_BIN_PX = 0.5
+
+
+def over_own_arc(total: np.ndarray, good: np.ndarray, center: tuple[float, float],
+                 pixels: np.ndarray) -> np.ndarray:
+    """Each of ``pixels``' scan sum over the median of its own arc: the ``good`` pixels of
+    its :data:`ARC_BIN_PX` radial bin and its 22.5° sector (:data:`ARC_SECTORS`), ``pixels``
+    themselves left out. The median, not the mean: a Bragg spot in the arc raises its mean,
+    not the level of the ring most of its pixels lie on.
+
+    Parameters
+    ----------
+    total
+        ``(H, W)`` the scan's summed counts.
+    good
+        ``(H, W)`` pixels that hold data.
+    center
+        Beam centre ``(row, col)``.
+    pixels
+        Bool ``(H, W)``: the pixels asked about (few: only the rings they lie on are read).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one value per pixel of ``pixels`` (``np.nonzero`` order); ``inf`` where the
+        arc holds no other pixel with data, or its median is not above 0.
+    """
+    pixels = np.asarray(pixels, bool)
+    total = np.asarray(total, np.float64)
+    rows, cols = np.nonzero(pixels)
+    if not len(rows):
+        return np.zeros(0)
+    dr, dc = _offsets(pixels.shape, center)
+    radial = np.floor(np.hypot(dr, dc) / ARC_BIN_PX).astype(np.int32)
+    # Only the radial bins of the pixels asked about are read.
+    on_rings = np.isin(radial, np.unique(radial[rows, cols])) & np.asarray(good, bool) & ~pixels
+    ring_rows, ring_cols = np.nonzero(on_rings)
+    if not len(ring_rows):
+        return np.full(len(rows), np.inf)
+
+    def arc_key(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        angle = np.arctan2(dr[r, 0], dc[0, c])
+        sector = np.floor((angle + np.pi) / (2 * np.pi) * ARC_SECTORS).astype(np.int64)
+        return radial[r, c].astype(np.int64) * ARC_SECTORS + sector % ARC_SECTORS
+
+    keys = arc_key(ring_rows, ring_cols)
+    values = total[ring_rows, ring_cols]
+    order = np.lexsort((values, keys))  # by arc, then by value within it
+    keys, values = keys[order], values[order]
+    arcs = np.unique(keys)
+    start = np.searchsorted(keys, arcs, side="left")
+    size = np.searchsorted(keys, arcs, side="right") - start
+    median = 0.5 * (values[start + (size - 1) // 2] + values[start + size // 2])
+    asked = arc_key(rows, cols)
+    slot = np.minimum(np.searchsorted(arcs, asked), len(arcs) - 1)
+    level = np.where(arcs[slot] == asked, median[slot], 0.0)
+    return np.divide(total[rows, cols], level, out=np.full(len(rows), np.inf),
+                     where=level > 0)
+
+
+def sharp_ring_pixels(prepared: PreparedScan, frames: np.ndarray,
+                      center: tuple[float, float]) -> np.ndarray:
+    """Hot pixels :func:`prepare_frames` found (:func:`find_defects`) that are pixels of a
+    sharp ring: no brighter than :data:`ARC_RATIO` times the median of their own arc
+    (:func:`over_own_arc`). A ring about 1 px wide leaves a pixel's neighbours off the
+    ring, so the neighbour test alone takes its brightest pixels for hot.
+
+    Parameters
+    ----------
+    prepared
+        The scan as :func:`prepare_frames` made it.
+    frames
+        The frames it was given (the pixels' own values).
+    center
+        Beam centre ``(row, col)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool ``(H, W)``, within ``prepared.defects`` (dead pixels, empty through the scan,
+        are never among them).
+    """
+    found = np.zeros(prepared.defects.shape, bool)
+    hot = prepared.defects.copy()
+    if not hot.any():
+        return found
+    values = np.asarray(frames)
+    values = values[None] if values.ndim == 2 else values
+    total = prepared.frames.sum(axis=0, dtype=np.float64)
+    total[hot] = values[:, hot].sum(axis=0, dtype=np.float64)
+    hot &= total > 0
+    found[np.nonzero(hot)] = over_own_arc(total, prepared.good, center, hot) <= ARC_RATIO
+    return found
 
 
 def find_ring_defects(total: np.ndarray, good: np.ndarray, center: tuple[float, float], *,

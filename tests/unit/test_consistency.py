@@ -393,3 +393,24 @@ def test_held_pixels_off_the_measured_ones_take_what_their_bins_received():
     # The measured means are still held (the interior to its level).
     interior = scope & measured & (radius < 28.0)
     assert abs(out[interior].mean() - raw[interior].mean()) < 0.05 * raw[interior].mean()
+
+
+@pytest.mark.fast
+def test_the_spot_hold_stays_bounded_where_a_frame_sums_below_zero():
+    """An integrating detector's photon-equivalent frame under its readout noise sums to 0
+    or less over a spot's neighbourhood now and then: holding the spot to such a sum once
+    flipped its values' sign, and the passes divided by sums near 0 (on a 4 Mpx flat panel a
+    pixel came out at 4806 where its level was 0.4). The hold now takes such pixels to 0."""
+    from bluesky_symdenoise.denoise.consistency import SpotSums
+
+    spots = np.zeros((48, 48), bool)
+    spots[10:30, 10:30] = True
+    found = []
+    for seed in range(20):
+        raw = np.random.default_rng(seed).normal(0.05, 0.6, spots.shape).astype(np.float32)
+        out = np.full(spots.shape, 0.4, np.float32)
+        held = SpotSums.for_pixels(spots).match(raw, out)
+        found.append(float(np.abs(held[spots]).max()))
+        assert np.all(np.isfinite(held)) and held.min() >= 0.0
+        np.testing.assert_array_equal(held[~spots], out[~spots])
+    assert max(found) < 10 * 0.6 * 5  # within a few readout sigmas of the raw level
