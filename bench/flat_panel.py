@@ -158,6 +158,28 @@ def make_flat_scan(scene: scenes.Scene, counts: float, *, gain: float, read_nois
     return FlatScan(scene, frames, truth, gain, read_noise, psf_sigma)
 
 
+def grid_scans(kinds, counts, grid, *, seeds: int, seed0: int, sizes: tuple[int, ...],
+               frames: int):
+    """``(case, scan)`` over the grid, in the result file's order: per seed ``k``, scene
+    ``i`` (scene seed ``seed0 + 1000 k + 100 i``), frame size, count level and detector
+    (noise seed: the scene seed + 1 + 10 × the count level's index + the grid index)."""
+    for k in range(seeds):
+        for i, kind in enumerate(kinds):
+            scene_seed = seed0 + 1000 * k + 100 * i
+            for size in sizes:
+                scene = scenes.make_scene(kind, shape=(size, size), seed=scene_seed,
+                                          detector=DETECTOR)
+                for c_index, c in enumerate(counts):
+                    for j, (gain, read, psf) in enumerate(grid):
+                        noise_seed = scene_seed + 1 + 10 * c_index + j
+                        case = {"scene": kind, "gain": gain, "read": read, "psf": psf,
+                                "counts": c, "size": size, "seed": scene_seed,
+                                "noise_seed": noise_seed}
+                        yield case, make_flat_scan(scene, c, gain=gain, read_noise=read,
+                                                   psf_sigma=psf, n_frames=frames,
+                                                   seed=noise_seed)
+
+
 def _denoise(scan: FlatScan, method: str, budget: float) -> tuple[Any, float]:
     start = time.perf_counter()
     result = denoise_scan(scan.frames, mask=scan.scene.mask,
@@ -365,23 +387,12 @@ def run_calibration(args: argparse.Namespace, grid: list[tuple[float, float, flo
     print("\n".join(lines), flush=True)
     rows: list[tuple[dict, dict]] = []
     start = time.perf_counter()
-    for k in range(args.seeds):
-        for i, kind in enumerate(args.scenes):
-            scene_seed = seed0 + 1000 * k + 100 * i
-            for size in sizes:
-                scene = scenes.make_scene(kind, shape=(size, size), seed=scene_seed,
-                                          detector=DETECTOR)
-                for c_index, c in enumerate(counts):
-                    for j, (gain, read, psf) in enumerate(grid):
-                        case = {"scene": kind, "gain": gain, "read": read, "psf": psf,
-                                "counts": c, "size": size, "seed": scene_seed}
-                        scan = make_flat_scan(scene, c, gain=gain, read_noise=read,
-                                              psf_sigma=psf, n_frames=args.frames,
-                                              seed=scene_seed + 1 + 10 * c_index + j)
-                        row = calibration_row(scan)
-                        rows.append((case, row))
-                        lines.append(format_calibration_row(case, row))
-                        print(lines[-1], flush=True)
+    for case, scan in grid_scans(args.scenes, counts, grid, seeds=args.seeds, seed0=seed0,
+                                 sizes=sizes, frames=args.frames):
+        row = calibration_row(scan)
+        rows.append((case, row))
+        lines.append(format_calibration_row(case, row))
+        print(lines[-1], flush=True)
     notes = ["", *calibration_summary(rows, sizes), "",
              "Gain / read est Δ: the estimate over the true value − 1, ± the engine's own "
              "standard error on that scale; flagged: the engine's own flags (a gain that is "
@@ -485,32 +496,21 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     rows: list[tuple[dict, dict]] = []
     start = time.perf_counter()
-    for k in range(args.seeds):
-        for i, kind in enumerate(args.scenes):
-            scene_seed = seed0 + 1000 * k + 100 * i
-            scene = scenes.make_scene(kind, shape=(args.size, args.size), seed=scene_seed,
-                                      detector=DETECTOR)
-            for c_index, c in enumerate(counts):
-                for j, (gain, read, psf) in enumerate(grid):
-                    noise_seed = scene_seed + 1 + 10 * c_index + j
-                    case = {"scene": kind, "gain": gain, "read": read, "psf": psf,
-                            "counts": c, "seed": scene_seed, "noise_seed": noise_seed}
-                    scan = make_flat_scan(scene, c, gain=gain, read_noise=read,
-                                          psf_sigma=psf, n_frames=args.frames,
-                                          seed=noise_seed)
-                    try:
-                        ours, seconds = _denoise(scan, "auto", args.budget)
-                        classical, seconds_c = _denoise(scan, "classical", args.budget)
-                        row = score_row(scan, ours, classical)
-                        row.update(seconds=seconds, seconds_classical=seconds_c)
-                    except Exception as error:  # report the row and go on with the grid
-                        row = {"error": f"{type(error).__name__}: {error}",
-                               "traceback": traceback.format_exc()}
-                        print(row["traceback"], flush=True)
-                    rows.append((case, row))
-                    text = format_row(case, row)
-                    lines.append(text)
-                    print(text, flush=True)
+    for case, scan in grid_scans(args.scenes, counts, grid, seeds=args.seeds, seed0=seed0,
+                                 sizes=(args.size,), frames=args.frames):
+        try:
+            ours, seconds = _denoise(scan, "auto", args.budget)
+            classical, seconds_c = _denoise(scan, "classical", args.budget)
+            row = score_row(scan, ours, classical)
+            row.update(seconds=seconds, seconds_classical=seconds_c)
+        except Exception as error:  # report the row and go on with the grid
+            row = {"error": f"{type(error).__name__}: {error}",
+                   "traceback": traceback.format_exc()}
+            print(row["traceback"], flush=True)
+        rows.append((case, row))
+        text = format_row(case, row)
+        lines.append(text)
+        print(text, flush=True)
     notes = ["", *summary(rows), "",
              "PSNR on valid pixels against the blurred expectation, in photons (ADU over the "
              "true gain) for all three. Total Δ: sum over all frames and valid pixels, over "
