@@ -732,9 +732,10 @@ class LiveDenoiser:
 
     def provenance(self) -> dict[str, Any] | None:
         """The engine's record of the scan (configuration, device, model, symmetry), or None
-        before the analysis."""
+        before the analysis; an integrating detector's without one (let go for memory, or
+        not run) still records its noise model (``detector_noise``)."""
         if self.denoiser is None or self.analysis is None:
-            return None
+            return {"detector_noise": self.noise.as_dict()} if self.noise.integrating else None
         record = self.denoiser.provenance(self.analysis, self.method, self.reason, 0.0)
         record.pop("seconds", None)
         return record

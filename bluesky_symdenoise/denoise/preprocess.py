@@ -30,8 +30,9 @@ from scipy import ndimage
 
 from .symmetry import _offsets, ring_profile
 
-__all__ = ["InputError", "PreparedScan", "UnusablePixels", "find_defects", "find_ring_defects",
-           "prepare_frames", "unusable_pixels"]
+__all__ = ["ARC_RATIO", "InputError", "PreparedScan", "UnusablePixels", "find_defects",
+           "find_ring_defects", "over_own_arc", "prepare_frames", "sharp_ring_pixels",
+           "unusable_pixels"]
 
 
 #: Per-frame counts a scan's note lists before it abbreviates.

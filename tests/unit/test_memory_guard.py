@@ -219,6 +219,7 @@ def test_an_integrating_scan_let_go_after_its_analysis_keeps_its_calibration():
                              center=scene.geometry.center)
     assert warning is not None and engine.analysis is None
     assert engine.noise.integrating and abs(engine.noise.gain / 7.0 - 1) < 0.15
+    assert engine.provenance() == {"detector_noise": engine.noise.as_dict()}
     good = ~scene.mask
     out = _served_in_adu(engine, frames[-1])
     np.testing.assert_allclose(out[good], frames[-1][good], atol=1e-2)
