@@ -44,6 +44,14 @@ of traced memory (numpy's allocations, ``tracemalloc``) per pixel.
     python -m bench.flat_panel --unseen --out bench/results/flat_panel.md
     python -m bench.flat_panel --scenes powder --gains 7 --reads 4 --psf 0 --budget 10
     python -m bench.flat_panel --calibration-sizes 128 2048 --out bench/results/flat_panel.md
+    python -m bench.flat_panel --counting-twins --scenes lattice_one_sided --out ...
+
+``--counting-twins`` answers "is a one-sided feature kept on an integrating detector as on a
+counting one?" like for like: each scan's twin counts the same photons' expectation (Poisson
+of the blurred truth, the same defects and mask, no gain, no readout noise), and ours
+denoises both (``method="auto"``); the feature's intensity kept is scored over *all* frames
+(three times the counts of one), with the share of its pixels the engine found and held as
+a spot (:meth:`~bluesky_symdenoise.denoise.consistency.RawConsistency.spots`).
 """
 
 from __future__ import annotations
@@ -64,9 +72,10 @@ from scipy import ndimage
 
 from bluesky_symdenoise.denoise.api import denoise_scan
 from bluesky_symdenoise.denoise.detector_noise import DetectorNoise, calibrate
+from bluesky_symdenoise.denoise.engine import uses_partners
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 from bluesky_symdenoise.simulate import scenes
-from bluesky_symdenoise.simulate.noise import blur_psf, measure_dark, psf_noise_factor
+from bluesky_symdenoise.simulate.noise import blur_psf, expose, measure_dark, psf_noise_factor
 
 from . import metrics
 from .iq import peak_bias
@@ -403,6 +412,123 @@ def run_calibration(args: argparse.Namespace, grid: list[tuple[float, float, flo
     return lines + notes
 
 
+TWIN_HEADER = ("| scene | gain | read | PSF σ | c/px | ours ran, integrating / counted "
+               "| one-sided kept − 1, integrating: ours / raw | counted: ours / raw "
+               "| ours − raw, integrating / counted | ±3 px ours − raw, integrating / counted "
+               "| feature found, integrating / counted |")
+
+
+def counting_twin(scan: FlatScan, seed: int) -> np.ndarray:
+    """The scan's photons counted: Poisson of its truth (the blurred expectation), with the
+    scene's defects and mask, no gain and no readout noise."""
+    rng = np.random.default_rng(seed)
+    frames = np.stack([expose(scan.truth, rng=rng, defects=scan.scene.defects)
+                       for _ in range(len(scan.frames))])
+    frames[:, scan.scene.mask] = 0
+    return frames
+
+
+def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
+    """Ours on the integrating scan and on its counting twin: the one-sided feature's
+    intensity kept over all frames, against the truth and raw's, and the share of the
+    feature's pixels the engine held as a spot."""
+    scene, valid = scan.scene, scan.scored
+    region = scene.regions["one_sided_feature"] & valid
+    around = ndimage.binary_dilation(region, iterations=AROUND_PX) & valid
+    row: dict[str, Any] = {}
+    for name, frames, gain, detector in (("integrating", scan.frames, scan.gain,
+                                          "integrating"),
+                                         ("counted", twin, 1.0, None)):
+        result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
+                              method="auto", budget_s=budget, detector=detector)
+        consistency = result.analysis.consistency
+        spots = (consistency.spots(partners_used=uses_partners(result.analysis,
+                                                               result.method))
+                 if consistency is not None else np.zeros_like(region))
+        ours = np.asarray(result.denoised, np.float64) / gain
+        raw = np.asarray(frames, np.float64) / gain
+        truth = np.broadcast_to(scan.truth, ours.shape)
+
+        def kept(estimate: np.ndarray, where: np.ndarray) -> float:
+            return float(estimate[:, where].sum() / truth[:, where].sum()) - 1.0
+
+        row[name] = {"method": result.method, "ours": kept(ours, region),
+                     "raw": kept(raw, region),
+                     "around": kept(ours, around) - kept(raw, around),
+                     "found": float(spots[region].mean()) if region.any() else math.nan}
+    return row
+
+
+def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
+    head = (f"| {case['scene']} | {case['gain']:g} | {case['read']:g} | {case['psf']:g} | "
+            f"{case['counts']:g} | ")
+    if "error" in row:
+        return head + f"**{row['error']}** |" + " |" * 5
+    i, c = row["integrating"], row["counted"]
+    return head + " | ".join([
+        f"{i['method']} / {c['method']}",
+        f"{i['ours']:+.1%} / {i['raw']:+.1%}",
+        f"{c['ours']:+.1%} / {c['raw']:+.1%}",
+        f"{i['ours'] - i['raw']:+.1%} / {c['ours'] - c['raw']:+.1%}",
+        f"{i['around']:+.1%} / {c['around']:+.1%}",
+        f"{i['found']:.2f} / {c['found']:.2f}"]) + " |"
+
+
+def twin_summary(rows: list[tuple[dict, dict]]) -> list[str]:
+    ok = [r for _, r in rows if "error" not in r]
+    if not ok:
+        return ["No row ran."]
+    own = {k: [r[k]["ours"] - r[k]["raw"] for r in ok] for k in ("integrating", "counted")}
+    near = {k: [r[k]["around"] for r in ok] for k in ("integrating", "counted")}
+    found = [r["integrating"]["found"] for r in ok]
+    return [f"Over {len(ok)} scans: ours − raw on the feature's own pixels, mean "
+            f"{np.mean(own['integrating']):+.1%} integrating against "
+            f"{np.mean(own['counted']):+.1%} counted (range {min(own['integrating']):+.1%} "
+            f"to {max(own['integrating']):+.1%} against {min(own['counted']):+.1%} to "
+            f"{max(own['counted']):+.1%}); over them and {AROUND_PX} px around, "
+            f"{np.mean(near['integrating']):+.1%} against {np.mean(near['counted']):+.1%}. "
+            f"Feature found on the integrating scans: {min(found):.2f} to {max(found):.2f} "
+            "of its pixels."]
+
+
+def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
+              counts: tuple[float, ...], seed0: int, command: str) -> list[str]:
+    """The ``--counting-twins`` table (its lines, printed as they come)."""
+    import torch
+
+    lines = [f"`{command}`", "",
+             f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
+             f"{args.size}² {DETECTOR} crops, {args.frames} frames per scan (all scored), "
+             f"fine-tuning budget {args.budget:g} s per call; twin noise seed: the scan's "
+             "+ 500.", "", TWIN_HEADER, "|---" * 11 + "|"]
+    print("\n".join(lines), flush=True)
+    rows: list[tuple[dict, dict]] = []
+    start = time.perf_counter()
+    for case, scan in grid_scans(args.scenes, counts, grid, seeds=args.seeds, seed0=seed0,
+                                 sizes=(args.size,), frames=args.frames):
+        if "one_sided_feature" not in scan.scene.regions:
+            continue
+        try:
+            row = twin_row(scan, counting_twin(scan, case["noise_seed"] + 500), args.budget)
+        except Exception as error:  # report the row and go on with the grid
+            row = {"error": f"{type(error).__name__}: {error}"}
+            print(traceback.format_exc(), flush=True)
+        rows.append((case, row))
+        lines.append(format_twin_row(case, row))
+        print(lines[-1], flush=True)
+    notes = ["", *twin_summary(rows), "",
+             "One-sided kept − 1: the estimate's sum over the feature's valid pixels in all "
+             "frames over the truth's; ours − raw: the same frames' difference (raw is "
+             f"unbiased, so this is ours' own bias plus less noise); ±{AROUND_PX} px: over the "
+             f"feature and {AROUND_PX} px around it (a spot made broader keeps its intensity "
+             "there); feature found: the share of the feature's pixels the engine held as a "
+             "spot. Counted: the same photons' expectation counted (Poisson of the blurred "
+             "truth, no gain, no readout noise). Wall time "
+             f"{(time.perf_counter() - start) / 60:.1f} min."]
+    print("\n".join(notes), flush=True)
+    return lines + notes
+
+
 def write_section(path: Path, title: str, body: list[str]) -> None:
     """Write ``## title`` and ``body`` into ``path``, replacing a section of that title."""
     head = ["# bench.flat_panel: integrating detectors", "",
@@ -458,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-sizes", nargs="+", type=int, default=None,
                         help="run the calibration alone (nothing denoised) at these frame "
                         "sizes, e.g. 128 2048")
+    parser.add_argument("--counting-twins", action="store_true",
+                        help="the one-sided feature on each scan and on its counting twin "
+                        "(the same photons counted), ours only")
     args = parser.parse_args(argv)
     preset = PRESETS["unseen" if args.unseen else "default"]
     gains = tuple(args.gains or preset.gains)
@@ -486,6 +615,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             title = f"Calibration alone by frame size: {preset.title[0].lower()}{preset.title[1:]}"
             write_section(args.out, title if as_preset else "Custom calibration grid", body)
+            print(f"\nwritten to {args.out}")
+        return 0
+    if args.counting_twins:
+        command += " --counting-twins"
+        body = run_twins(args, grid, counts, seed0, command)
+        if args.out is not None:
+            title = f"One-sided features beside counting twins: {preset.title[0].lower()}" \
+                    f"{preset.title[1:]}"
+            write_section(args.out, title, body)
             print(f"\nwritten to {args.out}")
         return 0
     lines = [f"`{command}`", "",
