@@ -449,7 +449,7 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
         raw = np.asarray(frames, np.float64) / gain
         truth = np.broadcast_to(scan.truth, ours.shape)
 
-        def kept(estimate: np.ndarray, where: np.ndarray) -> float:
+        def kept(estimate: np.ndarray, where: np.ndarray, truth: np.ndarray = truth) -> float:
             return float(estimate[:, where].sum() / truth[:, where].sum()) - 1.0
 
         row[name] = {"method": result.method, "ours": kept(ours, region),
