@@ -263,9 +263,14 @@ HEADER = ("| scene | gain | read | PSF σ | c/px | ours ran | PSNR dB raw / clas
 SEPARATOR = "|---" * 16 + "|"
 
 
-def format_row(case: dict[str, Any], row: dict[str, Any]) -> str:
-    head = (f"| {case['scene']} | {case['gain']:g} | {case['read']:g} | {case['psf']:g} | "
+def _row_head(case: dict[str, Any]) -> str:
+    """A table row's first five cells: scene, gain, readout noise, PSF and count level."""
+    return (f"| {case['scene']} | {case['gain']:g} | {case['read']:g} | {case['psf']:g} | "
             f"{case['counts']:g} | ")
+
+
+def format_row(case: dict[str, Any], row: dict[str, Any]) -> str:
+    head = _row_head(case)
     if "error" in row:
         return head + f"**{row['error']}** |" + " |" * 10
     psnr = row["psnr"]
@@ -445,12 +450,13 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
         spots = (consistency.spots(partners_used=uses_partners(result.analysis,
                                                                result.method))
                  if consistency is not None else np.zeros_like(region))
-        ours = np.asarray(result.denoised, np.float64) / gain
-        raw = np.asarray(frames, np.float64) / gain
-        truth = np.broadcast_to(scan.truth, ours.shape)
+        # Summed over the frames: the truth's expectation as many times.
+        ours = np.asarray(result.denoised, np.float64).sum(axis=0) / gain
+        raw = np.asarray(frames, np.float64).sum(axis=0) / gain
+        truth = scan.truth * len(frames)
 
         def kept(estimate: np.ndarray, where: np.ndarray, truth: np.ndarray = truth) -> float:
-            return float(estimate[:, where].sum() / truth[:, where].sum()) - 1.0
+            return metrics.region_ratio(estimate, truth, where) - 1.0
 
         row[name] = {"method": result.method, "ours": kept(ours, region),
                      "raw": kept(raw, region),
@@ -460,8 +466,7 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
 
 
 def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
-    head = (f"| {case['scene']} | {case['gain']:g} | {case['read']:g} | {case['psf']:g} | "
-            f"{case['counts']:g} | ")
+    head = _row_head(case)
     if "error" in row:
         return head + f"**{row['error']}** |" + " |" * 5
     i, c = row["integrating"], row["counted"]

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .channels import ARC_SECTORS
 from .symmetry import _offsets, ring_profile
 
 __all__ = ["ARC_RATIO", "InputError", "PreparedScan", "UnusablePixels", "find_defects",
@@ -344,8 +345,8 @@ def find_defects(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
 #: (``python -m bench.defects``: false defects at most 1.8 times their arc's median, true hot
 #: pixels at least 6 times; the threshold sits near their geometric middle).
 ARC_RATIO = 3.0
-#: Sectors of the arcs (22.5°) and their radial bins (px).
-ARC_SECTORS = 16
+#: Radial bins (px) of the arcs; their sectors are the textured rings' (22.5°,
+#: :data:`~.channels.ARC_SECTORS`).
 ARC_BIN_PX = 0.5
 
 
