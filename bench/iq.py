@@ -235,8 +235,8 @@ def _binning(key: tuple) -> str:
 
 def worst_mean_ratio(rows: list[dict]) -> tuple[float, str]:
     """The binning whose error over raw's, averaged over the seeds, is largest: (that mean,
-    where). The expected ratio of each binning, where the single-scan worst picks the
-    noisiest of 12 binnings of each scan (the bins of a detector corner hold a few pixels)."""
+    where): each binning's expected ratio, where the single-scan worst picks the noisiest
+    of a scan's binnings (the last bins, in a detector corner, hold a few pixels)."""
     keys = rows[0]["ratios"]
     means = {key: _mean([r["ratios"][key] for r in rows]) for key in keys}
     worst = max(means, key=means.get)
@@ -405,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
               "position as a shift in units of the truth's integral breadth; the strongest "
               "peak of the truth's full-ring I(q) (q axis, default binning). '/ raw' is the "
               "error over raw's on the same frame, averaged over seeds; 'worst binning, mean "
-              "over seeds' is the largest of those averages over the binnings (npt factors × "
-              "q, 2θ × full, 30°); 'worst, any scan' the largest single ratio of any binning "
-              "and seed.", "", *(f"- {n}" for n in notes)]
+              "over seeds' is, over the binnings (npt factors × q, 2θ × full, 30°), the "
+              "largest of each binning's ratio averaged over the seeds; 'worst, any scan' "
+              "the largest single ratio of any binning and seed.", "", *(f"- {n}" for n in notes)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(f"- {n}" for n in notes))
