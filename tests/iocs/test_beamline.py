@@ -8,23 +8,16 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from caproto.sync import client as ca_client
 
 from bluesky_symdenoise.geometry import DetectorGeometry
 
 from .conftest import COUNTS_PER_SECOND, SHAPE
+from .conftest import ca_read as read
+from .conftest import ca_write as write
 
 pytestmark = pytest.mark.timeout(60)
 
 
-# repeater=False: the sync client would otherwise spawn a CA repeater daemon (bound to all
-# interfaces, outliving the tests).
-def read(pvname, **kwargs):
-    return ca_client.read(pvname, repeater=False, **kwargs)
-
-
-def write(pvname, value, **kwargs):
-    return ca_client.write(pvname, value, repeater=False, **kwargs)
 
 
 def collect(RE, plan):

@@ -8,9 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from caproto.sync.client import read, write
 
-from .conftest import SHAPE
+from .conftest import SHAPE, ca_read, ca_write
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -29,7 +28,7 @@ def pv(beamline_ioc):
 
 
 def get(pvname: str):
-    value = read(pvname, repeater=False).data
+    value = ca_read(pvname).data
     if getattr(value, "dtype", None) == np.uint8:  # a CHAR waveform: a string
         return bytes(value).split(b"\0", 1)[0].decode()
     value = value[0]
@@ -39,7 +38,7 @@ def get(pvname: str):
 def put(pvname: str, value) -> None:
     if isinstance(value, str):
         value = value.encode() + b"\0"
-    write(pvname, value, notify=True, repeater=False)
+    ca_write(pvname, value, notify=True)
 
 
 def acquire(pv, n_frames: int) -> list[np.ndarray]:
@@ -49,13 +48,14 @@ def acquire(pv, n_frames: int) -> list[np.ndarray]:
     put(pv("cam1:ImageMode"), IMAGE_MODES["Single"])
     for _ in range(n_frames):
         put(pv("cam1:Acquire"), 1)
-        frames.append(read(pv("image1:ArrayData"), repeater=False).data[: SHAPE[0] * SHAPE[1]]
+        frames.append(ca_read(pv("image1:ArrayData")).data[: SHAPE[0] * SHAPE[1]]
                       .reshape(SHAPE).copy())
     return frames
 
 
 def configure(pv, directory: Path, *, name: str, mode: str, num_capture: int = 0,
               number: int = 0) -> None:
+    put(pv("HDF1:Capture"), 0)  # each test starts from a closed file, whatever the last left
     put(pv("HDF1:FilePath"), str(directory))
     put(pv("HDF1:FileName"), name)
     put(pv("HDF1:FileTemplate"), "%s%s_%4.4d.h5")

@@ -5,19 +5,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from caproto.sync import client as ca_client
 
 from bluesky_symdenoise.detector.launch import random_prefix, start_ioc
+
+from .conftest import ca_read as read
+from .conftest import ca_write as write
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def read(pvname, **kwargs):
-    return ca_client.read(pvname, repeater=False, **kwargs)
-
-
-def write(pvname, value, **kwargs):
-    return ca_client.write(pvname, value, repeater=False, **kwargs)
 
 
 def test_sample_environment_ramps_alone():
