@@ -93,7 +93,7 @@ def dark_frame_preprocessor(det, shutter):
 
 def test_flat_panel_pvs(flat_panel_ioc):
     def read(suffix):
-        return ca_client.read(flat_panel_ioc.pv(suffix), repeater=False).data
+        return ca_client.read(flat_panel_ioc.pv(suffix), repeater=False, timeout=10).data
 
     assert bytes(read("det:DetectorKind_RBV")[0]).decode() == "integrating"
     assert (read("det:Gain_RBV")[0], read("det:ReadNoise_RBV")[0],
