@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage
 
 from bluesky_symdenoise.denoise.api import denoise_scan
-from bluesky_symdenoise.denoise.detector_noise import DetectorNoise, calibrate
+from bluesky_symdenoise.denoise.detector_noise import READOUT_DOMINATED, DetectorNoise, calibrate
 from bluesky_symdenoise.denoise.engine import uses_partners
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 from bluesky_symdenoise.simulate import scenes
@@ -420,7 +420,7 @@ def run_calibration(args: argparse.Namespace, grid: list[tuple[float, float, flo
 TWIN_HEADER = ("| scene | gain | read | PSF σ | c/px | ours ran, integrating / counted "
                "| one-sided kept − 1, integrating: ours / raw | counted: ours / raw "
                "| ours − raw, integrating / counted | ±3 px ours − raw, integrating / counted "
-               "| feature found, integrating / counted |")
+               "| feature found, integrating / counted | readout dominance |")
 
 
 def counting_twin(scan: FlatScan, seed: int) -> np.ndarray:
@@ -461,14 +461,15 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
         row[name] = {"method": result.method, "ours": kept(ours, region),
                      "raw": kept(raw, region),
                      "around": kept(ours, around) - kept(raw, around),
-                     "found": float(spots[region].mean()) if region.any() else math.nan}
+                     "found": float(spots[region].mean()) if region.any() else math.nan,
+                     "dominance": result.analysis.noise.readout_dominance}
     return row
 
 
 def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
     head = _row_head(case)
     if "error" in row:
-        return head + f"**{row['error']}** |" + " |" * 5
+        return head + f"**{row['error']}** |" + " |" * 6
     i, c = row["integrating"], row["counted"]
     return head + " | ".join([
         f"{i['method']} / {c['method']}",
@@ -476,7 +477,9 @@ def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
         f"{c['ours']:+.1%} / {c['raw']:+.1%}",
         f"{i['ours'] - i['raw']:+.1%} / {c['ours'] - c['raw']:+.1%}",
         f"{i['around']:+.1%} / {c['around']:+.1%}",
-        f"{i['found']:.2f} / {c['found']:.2f}"]) + " |"
+        f"{i['found']:.2f} / {c['found']:.2f}",
+        f"{i['dominance']:.3g}" + (" (flagged)" if i["dominance"] > READOUT_DOMINATED
+                                   else "")]) + " |"
 
 
 def twin_summary(rows: list[tuple[dict, dict]]) -> list[str]:
@@ -493,7 +496,21 @@ def twin_summary(rows: list[tuple[dict, dict]]) -> list[str]:
             f"{max(own['counted']):+.1%}); over them and {AROUND_PX} px around, "
             f"{np.mean(near['integrating']):+.1%} against {np.mean(near['counted']):+.1%}. "
             f"Feature found on the integrating scans: {min(found):.2f} to {max(found):.2f} "
-            "of its pixels."]
+            "of its pixels.", "", *dominance_summary(ok)]
+
+
+def dominance_summary(rows: list[dict]) -> list[str]:
+    """Ours − raw on the feature's own pixels, for the integrating scans the engine flags
+    as readout-dominated and for the others."""
+    lines = []
+    for label, flagged in (("flagged readout-dominated", True), ("not flagged", False)):
+        own = [r["integrating"]["ours"] - r["integrating"]["raw"] for r in rows
+               if (r["integrating"]["dominance"] > READOUT_DOMINATED) == flagged]
+        lines.append(f"- Integrating scans {label} (readout dominance "
+                     f"{'>' if flagged else '≤'} {READOUT_DOMINATED:g}): {len(own)}"
+                     + (f"; ours − raw on the feature's own pixels {min(own):+.1%} to "
+                        f"{max(own):+.1%}, mean {np.mean(own):+.1%}" if own else "") + ".")
+    return lines
 
 
 def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
@@ -505,7 +522,7 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
              f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"{args.size}² {DETECTOR} crops, {args.frames} frames per scan (all scored), "
              f"fine-tuning budget {args.budget:g} s per call; twin noise seed: the scan's "
-             "+ 500.", "", TWIN_HEADER, "|---" * 11 + "|"]
+             "+ 500.", "", TWIN_HEADER, "|---" * 12 + "|"]
     print("\n".join(lines), flush=True)
     rows: list[tuple[dict, dict]] = []
     start = time.perf_counter()
@@ -527,8 +544,10 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
              f"unbiased, so this is ours' own bias plus less noise); ±{AROUND_PX} px: over the "
              f"feature and {AROUND_PX} px around it (a spot made broader keeps its intensity "
              "there); feature found: the share of the feature's pixels the engine held as a "
-             "spot. Counted: the same photons' expectation counted (Poisson of the blurred "
-             "truth, no gain, no readout noise). Wall time "
+             "spot; readout dominance: the engine's readout variance over the typical pixel's "
+             "photon count (flagged in the provenance above 1). Counted: the same photons' "
+             "expectation counted (Poisson of the blurred truth, no gain, no readout noise). "
+             "Wall time "
              f"{(time.perf_counter() - start) / 60:.1f} min."]
     print("\n".join(notes), flush=True)
     return lines + notes

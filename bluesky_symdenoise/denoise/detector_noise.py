@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CORRELATION_LAGS_PX", "DetectorNoise", "NoiseCalibration", "calibrate",
-           "detector_noise"]
+__all__ = ["CORRELATION_LAGS_PX", "DetectorNoise", "NoiseCalibration", "READOUT_DOMINATED",
+           "calibrate", "detector_noise", "readout_dominance"]
 
 #: Half-width (px) of the window of lags whose noise covariances are summed to measure the
 #: gain when neighbouring pixels' noise is correlated (a point spread up to ~1.4 px σ).
@@ -56,6 +56,12 @@ REFERENCE_SPREAD_PX = 0.5
 #: standard deviations is left out of the calibration (a hot pixel: its own noise, not
 #: shared by the point spread, and heavy-tailed next to the pixels around it).
 HOT_Z = 8.0
+#: A scan is readout-dominated when its readout variance, in photons², exceeds its typical
+#: pixel's photon count by this factor (:func:`readout_dominance`). Measured on the
+#: flat-panel twins (``bench.flat_panel --counting-twins``): where it does, a one-sided
+#: feature at 1 photon/pixel lost 19-45 % of its own pixels' intensity against 5-7 % on
+#: the same photons counted; where it does not, 4-12 %.
+READOUT_DOMINATED = 1.0
 
 
 class DetectorNoise(BaseModel):
@@ -139,6 +145,10 @@ class NoiseCalibration:
         could not have shown), so the gain is the per-pixel slope ``g·Σk²``, at most the
         true gain; or no photon noise showed under the readout noise at all, so it is the
         top of the slope's 2σ range. Pass ``gain=``.
+    readout_dominance
+        The readout variance in photons² over the scan's median photon count per pixel
+        (:func:`readout_dominance`); 0 for counting frames or before it is measured. Above
+        :data:`READOUT_DOMINATED` the scan is flagged (``readout_dominated``).
     source
         How the values were found.
     """
@@ -153,11 +163,18 @@ class NoiseCalibration:
     noise_factor: float = 1.0
     correlated: bool = False
     gain_lower_bound: bool = False
+    readout_dominance: float = 0.0
     source: str = "photon counting"
 
     @property
     def integrating(self) -> bool:
         return self.kind == "integrating"
+
+    @property
+    def readout_dominated(self) -> bool:
+        """Whether the readout noise outweighs the photon noise of the typical pixel
+        (:data:`READOUT_DOMINATED`)."""
+        return self.readout_dominance > READOUT_DOMINATED
 
     @property
     def shift(self) -> float:
@@ -185,8 +202,44 @@ class NoiseCalibration:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe record for provenance."""
-        return {key: (round(value, 6) if isinstance(value, float) else value)
-                for key, value in asdict(self).items()}
+        record = {key: (round(value, 6) if isinstance(value, float) else value)
+                  for key, value in asdict(self).items()}
+        record["readout_dominated"] = self.readout_dominated
+        return record
+
+
+def readout_dominance(calibration: NoiseCalibration, photon_frames: np.ndarray,
+                      good: np.ndarray) -> float:
+    """How far the readout noise outweighs the photon noise of a scan's typical pixel.
+
+    ``(read_noise / gain)²``, the readout variance in photons², over the median over the
+    good pixels of the scan's mean photon count (the mean of ``photon_frames``, the shifted
+    photon-equivalent frames :meth:`NoiseCalibration.to_photons` gives, less the shift).
+    Below 1 a pixel's noise is mostly its photons'; above, mostly the readout's, and a
+    faint feature is then harder to tell from the noise than on counting data at the same
+    dose. A scan with no photons in its median pixel is as dominated as the finite number
+    allows (1e6). 0 for counting frames.
+
+    Parameters
+    ----------
+    calibration
+        The scan's noise model.
+    photon_frames
+        ``(N, H, W)`` or ``(H, W)`` shifted photon-equivalent frames.
+    good
+        Bool ``(H, W)``: the pixels to take the median over.
+    """
+    if not calibration.integrating or calibration.shift <= 0:
+        return 0.0
+    frames = np.asarray(photon_frames)
+    mean = frames.mean(axis=0) if frames.ndim == 3 else frames
+    good = np.asarray(good, bool)
+    if not good.any():
+        return 0.0
+    level = float(np.median(mean[good])) - calibration.shift
+    if level <= calibration.shift * 1e-6:
+        return 1e6
+    return float(calibration.shift / level)
 
 
 def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> NoiseCalibration:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from .angular import (
 from .channels import ChannelContext, input_channels
 from .config import DenoiseConfig
 from .consistency import RawConsistency
-from .detector_noise import DetectorNoise, NoiseCalibration, calibrate
+from .detector_noise import DetectorNoise, NoiseCalibration, calibrate, readout_dominance
 from .device import select_device
 from .inference import predict_rates
 from .memory import default_memory_budget_gb, device_tile
@@ -197,6 +197,15 @@ class ScanDenoiser:
                          f"ADU/photon, readout noise {noise.read_noise:.4g} ± "
                          f"{noise.read_noise_error:.2g} ADU, offset {noise.offset:g} ADU "
                          f"({noise.source})")
+            noise = replace(noise, readout_dominance=readout_dominance(
+                noise, prepared.frames, prepared.good))
+            if noise.readout_dominated:
+                notes.append(
+                    f"readout-dominated: the readout variance is {noise.readout_dominance:.3g}"
+                    " times the typical pixel's photon count, so faint one-sided features "
+                    "(spots without a 180° partner) are hard to tell from the noise and may "
+                    "come out weaker on their own pixels (most of their intensity stays within "
+                    "3 px); a longer exposure or a higher gain setting avoids it")
         center = _resolve_center(shape, center, poni, notes)
         if center is not None:
             # Pixels of a ring about 1 px wide that the neighbour test took for hot (their

@@ -11,10 +11,12 @@ from scipy import ndimage
 
 from bluesky_symdenoise.denoise.api import denoise, denoise_scan
 from bluesky_symdenoise.denoise.detector_noise import (
+    READOUT_DOMINATED,
     DetectorNoise,
     NoiseCalibration,
     calibrate,
     detector_noise,
+    readout_dominance,
 )
 from bluesky_symdenoise.denoise.preprocess import InputError
 from bluesky_symdenoise.simulate.scenes import make_scene
@@ -234,6 +236,43 @@ def test_integrating_frames_are_denoised_in_adu_with_their_totals(powder):
     error_raw = np.mean((frames[:, good] - truth[good]) ** 2)
     error_out = np.mean((out[:, good] - truth[good]) ** 2)
     assert error_out < 0.2 * error_raw  # > 7 dB better than raw
+
+
+@pytest.mark.fast
+def test_readout_dominance_is_the_readout_variance_over_the_typical_photon_count():
+    good = np.ones((64, 64), bool)
+    good[:4] = False  # left out of the median
+    level = np.full((3, 64, 64), 2.0, np.float32)  # photons per pixel
+    level[:, :4] = 500.0
+    for gain, read_noise in ((2.0, 10.0), (20.0, 2.0)):
+        noise = NoiseCalibration(kind="integrating", gain=gain, read_noise=read_noise)
+        photons = level + np.float32(noise.shift)  # the shifted photon-equivalent frames
+        expected = (read_noise / gain) ** 2 / 2.0
+        assert readout_dominance(noise, photons, good) == pytest.approx(expected, rel=1e-5)
+    assert readout_dominance(NoiseCalibration(), level, good) == 0.0  # counting
+    dark = NoiseCalibration(kind="integrating", gain=2.0, read_noise=10.0)
+    assert readout_dominance(dark, np.full((2, 8, 8), dark.shift, np.float32),
+                             np.ones((8, 8), bool)) == 1e6  # no photons: fully dominated
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("gain", "read_noise", "dominated"),
+                         [(2.0, 10.0, True), (20.0, 2.0, False)])
+def test_a_readout_dominated_scan_is_flagged_in_the_provenance(powder, gain, read_noise,
+                                                                dominated):
+    frames = flat_panel_frames(powder, gain=gain, read_noise=read_noise, n=3, seed=5)
+    result = denoise_scan(frames, mask=powder.mask, center=powder.geometry.center,
+                          method="classical", detector="integrating")
+    record = result.provenance["detector_noise"]
+    # The powder's median pixel holds about 0.4 photons at 1 photon/pixel on average:
+    # (10 / 2)² / 0.4 ≈ 60 (at 2 ADU/photon under 10 ADU the gain is only a lower bound,
+    # which raises it), (2 / 20)² / 0.4 ≈ 0.025.
+    assert record["readout_dominance"] > 10.0 if dominated else \
+        record["readout_dominance"] < 0.1
+    assert record["readout_dominated"] is dominated
+    assert (record["readout_dominance"] > READOUT_DOMINATED) is dominated
+    assert any(n.startswith("readout-dominated") for n in result.provenance["notes"]) \
+        is dominated
 
 
 @pytest.mark.slow
