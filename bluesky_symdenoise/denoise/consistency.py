@@ -78,7 +78,7 @@ from .symmetry import (
     symmetry_validity,
 )
 
-__all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
+__all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z", "EXCESS_Z_READOUT",
            "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
@@ -91,6 +91,11 @@ __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z",
 FEATURE_WINDOWS: tuple[int, ...] = (3, 5, 9)
 #: Level of the local-excess test (one-sided, in standard deviations) that marks a spot.
 EXCESS_Z = 4.5
+#: Its level on a readout-dominated scan (an integrating detector whose readout variance
+#: exceeds the typical pixel's photons, :data:`~.detector_noise.READOUT_DOMINATED`): there a
+#: faint spot's excess is a few σ of the readout noise, and at :data:`EXCESS_Z` the test
+#: marked a third of a one-sided feature that it marks whole on the same photons counted.
+EXCESS_Z_READOUT = 3.0
 #: Box (px) of the local-excess test and the inner and outer boxes of its background frame.
 EXCESS_BOXES: tuple[int, int, int] = (5, 9, 17)
 #: Error of the radial background model of the local-excess test, as a fraction of the
@@ -173,6 +178,8 @@ class RawConsistency:
         averages partners (``partners_used=True`` in :meth:`apply`) estimates them from twice
         the counts and leaves them alone; one that does not shrinks them like any weak spot,
         so they are held to the raw counts too.
+    readout_dominated
+        Whether the spots were found with the readout-dominated rules (:meth:`for_scan`).
     """
 
     good: np.ndarray
@@ -185,6 +192,7 @@ class RawConsistency:
     partnered_spots: np.ndarray | None = None
     ring_levels: tuple[RingProfile, ...] = ()
     whole_ring_scope: np.ndarray | None = None
+    readout_dominated: bool = False
     #: Spot sums for the two spot sets (partners used or not), built once per scan.
     _spot_sums: dict = field(init=False, repr=False, compare=False)
     #: The ring holds of :meth:`apply`, their bins found once per scan (:meth:`_steps`).
@@ -202,7 +210,8 @@ class RawConsistency:
     def for_scan(cls, scan_sum: np.ndarray, good: np.ndarray,
                  center: tuple[float, float] | None, *,
                  ring_valid: np.ndarray | None = None, z_threshold: float = 4.0,
-                 isotropy_z_threshold: float = 5.5) -> RawConsistency:
+                 isotropy_z_threshold: float = 5.5,
+                 readout_dominated: bool = False) -> RawConsistency:
         """Decide the corrections from a scan's summed frames.
 
         Parameters
@@ -220,6 +229,17 @@ class RawConsistency:
             Level of the local 180° test that marks a feature without a partner.
         isotropy_z_threshold
             Level of the isotropy tests (as the channel context's).
+        readout_dominated
+            The scan is an integrating detector's under more readout noise than photon noise
+            (:attr:`~.detector_noise.NoiseCalibration.readout_dominated`). Its tests then
+            lack the power they have on counts, and three rules change so that a faint
+            one-sided feature is still held to its raw counts: the local-excess test runs at
+            :data:`EXCESS_Z_READOUT`; an excess counts as a spot even on pixels that passed
+            an isotropy test (under the readout noise a quarter of a one-sided feature's
+            pixels passed the arc test, which then spread it over its arc); and a spot is
+            held to the raw counts whether or not its 180° partner passed (the 180° test
+            cannot show that a faint spot has none). Measured on the flat-panel twins
+            (``bench.flat_panel --counting-twins``, docs/detectors.md).
         """
         nothing = np.zeros_like(good, dtype=bool)
         if center is None:
@@ -255,18 +275,21 @@ class RawConsistency:
         arc_coverage, ring_support = rings.mean(arc_pixels.astype(np.float64), good)
         whole_ring_scope = good & ~ring_scope & ((arc_coverage >= 0.5)
                                                  | (ring_support < SPARSE_RING_PIXELS))
-        spots = (local_excess(scan_sum, good, background=radial_background(rings, scan_sum,
-                                                                           good))
-                 & ~(ring_pixels | arc_pixels))
+        spots = local_excess(scan_sum, good,
+                             background=radial_background(rings, scan_sum, good),
+                             z_threshold=EXCESS_Z_READOUT if readout_dominated else EXCESS_Z)
+        if not readout_dominated:
+            spots &= ~(ring_pixels | arc_pixels)
+        partnered = nothing if readout_dominated else spots & test.valid
         return cls(good=good, rings=rings if ring_pixels.any() else None,
                    ring_levels=tuple(ring_profile(shape, center, 1, width)
                                      for width in RING_BINS_PX),
                    ring_pixels=ring_pixels,
-                   features=(test.violation | (spots & ~test.valid)) & good,
-                   partnered_spots=spots & test.valid & good,
+                   features=(test.violation | (spots & ~partnered)) & good,
+                   partnered_spots=partnered & good,
                    arcs=arcs if arcs_held else None,
                    arc_pixels=arc_pixels, ring_scope=ring_scope,
-                   whole_ring_scope=whole_ring_scope)
+                   whole_ring_scope=whole_ring_scope, readout_dominated=readout_dominated)
 
     def summary(self) -> dict[str, float | list[float]]:
         """JSON-safe description for provenance."""
@@ -283,7 +306,8 @@ class RawConsistency:
                 "feature_pixels_fraction": round(float(self.features.sum()) / n_good, 5),
                 "partnered_spot_pixels_fraction": round(n_partnered / n_good, 5),
                 "feature_windows_px": list(FEATURE_WINDOWS),
-                "excess_z": EXCESS_Z,
+                "excess_z": EXCESS_Z_READOUT if self.readout_dominated else EXCESS_Z,
+                "readout_dominated": self.readout_dominated,
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
                 "feature_match_passes": FEATURE_MATCH_PASSES,
