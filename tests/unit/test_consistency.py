@@ -414,3 +414,31 @@ def test_the_spot_hold_stays_bounded_where_a_frame_sums_below_zero():
         assert np.all(np.isfinite(held)) and held.min() >= 0.0
         np.testing.assert_array_equal(held[~spots], out[~spots])
     assert max(found) < 10 * 0.6 * 5  # within a few readout sigmas of the raw level
+
+
+def test_a_faint_one_sided_feature_under_readout_noise_is_found_on_a_dominated_scan():
+    # Shifted photon-equivalent frames of a flat panel at 1 photon/pixel, 3 ADU/photon under
+    # 6 ADU of readout noise: the readout variance (4 photons²) outweighs the photons.
+    scene = scenes.make_scene("lattice_one_sided", shape=(128, 128), seed=4)
+    truth = scene.scaled(1.0)
+    rng = np.random.default_rng(4)
+    shift = (6.0 / 3.0) ** 2
+    frames = np.stack([rng.poisson(truth) + rng.normal(0.0, np.sqrt(shift), truth.shape)
+                       + shift for _ in range(3)])
+    good = ~scene.mask
+    scan_sum = np.where(good, frames.sum(0), 0.0)
+    center = scene.geometry.center
+    context, _, _ = ChannelContext.from_scan_sum(scan_sum, good, center, z_threshold=5.5)
+    feature = scene.regions["one_sided_feature"] & scene.usable
+    usual, dominated = (RawConsistency.for_scan(scan_sum, good, center,
+                                                ring_valid=context.ring_valid,
+                                                readout_dominated=flag)
+                        for flag in (False, True))
+    assert usual.features[feature].mean() < 0.7  # the counting rules miss a third of it
+    assert dominated.features[feature].mean() > 0.9
+    # Every spot is held to its raw counts, partner or not: the 180° test cannot show that
+    # a faint spot has none.
+    assert not dominated.partnered_spots.any() and usual.partnered_spots.any()
+    assert dominated.features[usual.partnered_spots].all()
+    assert dominated.summary()["readout_dominated"] and dominated.summary()["excess_z"] == 3.0
+    assert not usual.summary()["readout_dominated"]
