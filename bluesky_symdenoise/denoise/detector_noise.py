@@ -57,10 +57,11 @@ REFERENCE_SPREAD_PX = 0.5
 #: shared by the point spread, and heavy-tailed next to the pixels around it).
 HOT_Z = 8.0
 #: A scan is readout-dominated when its readout variance, in photons², exceeds its typical
-#: pixel's photon count by this factor (:func:`readout_dominance`). Measured on the
-#: flat-panel twins (``bench.flat_panel --counting-twins``): where it does, a one-sided
-#: feature at 1 photon/pixel lost 19-45 % of its own pixels' intensity against 5-7 % on
-#: the same photons counted; where it does not, 4-12 %.
+#: pixel's photon count by this factor (:func:`readout_dominance`). On the flat-panel twins
+#: (``bench.flat_panel --counting-twins``, 11 lattice scans at 1 photon/pixel) the 4 above
+#: it lost 12-50 % of a one-sided feature's own pixels' intensity against raw, even with
+#: the spot rules such a scan gets (:meth:`.consistency.RawConsistency.for_scan`), where
+#: the same photons counted lost 5-7 %; the 7 below it lost 3-10 %.
 READOUT_DOMINATED = 1.0
 
 
