@@ -462,7 +462,8 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
                      "raw": kept(raw, region),
                      "around": kept(ours, around) - kept(raw, around),
                      "found": float(spots[region].mean()) if region.any() else math.nan,
-                     "dominance": result.analysis.noise.readout_dominance}
+                     "dominance": result.analysis.noise.readout_dominance,
+                     "flagged": result.analysis.noise.readout_dominated}
     return row
 
 
@@ -478,8 +479,7 @@ def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
         f"{i['ours'] - i['raw']:+.1%} / {c['ours'] - c['raw']:+.1%}",
         f"{i['around']:+.1%} / {c['around']:+.1%}",
         f"{i['found']:.2f} / {c['found']:.2f}",
-        f"{i['dominance']:.3g}" + (" (flagged)" if i["dominance"] > READOUT_DOMINATED
-                                   else "")]) + " |"
+        f"{i['dominance']:.3g}" + (" (flagged)" if i["flagged"] else "")]) + " |"
 
 
 def twin_summary(rows: list[tuple[dict, dict]]) -> list[str]:
@@ -505,7 +505,7 @@ def dominance_summary(rows: list[dict]) -> list[str]:
     lines = []
     for label, flagged in (("flagged readout-dominated", True), ("not flagged", False)):
         own = [r["integrating"]["ours"] - r["integrating"]["raw"] for r in rows
-               if (r["integrating"]["dominance"] > READOUT_DOMINATED) == flagged]
+               if r["integrating"]["flagged"] == flagged]
         lines.append(f"- Integrating scans {label} (readout dominance "
                      f"{'>' if flagged else '≤'} {READOUT_DOMINATED:g}): {len(own)}"
                      + (f"; ours − raw on the feature's own pixels {min(own):+.1%} to "

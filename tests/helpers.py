@@ -1,5 +1,6 @@
 """Helpers shared by the test folders: noisy exposures of a scene, a document collector that
-proves documents were not changed after the fact, and PSNR on valid pixels."""
+proves documents were not changed after the fact, PSNR on valid pixels, and Channel Access
+reads and writes for the IOC tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,27 @@ from contextlib import contextmanager
 
 import event_model
 import numpy as np
+from caproto.sync import client as ca_client
+
+# caproto's sync client waits 1-2 s for a search answer or a put completion by default; on a
+# loaded 2-core CI machine the IOC (writing an HDF5 file, simulating a frame) can take longer,
+# and one missed answer failed two tests in a row. A test that waits is not a test that fails.
+CA_TIMEOUT_S = 10.0
+
+
+# repeater=False: the sync client would otherwise spawn a CA repeater daemon (bound to all
+# interfaces, outliving the tests).
+def ca_read(pvname: str, **kwargs):
+    """caproto's sync ``read`` without a repeater and with :data:`CA_TIMEOUT_S`."""
+    kwargs.setdefault("timeout", CA_TIMEOUT_S)
+    return ca_client.read(pvname, repeater=False, **kwargs)
+
+
+def ca_write(pvname: str, value, **kwargs):
+    """caproto's sync ``write`` without a repeater and with :data:`CA_TIMEOUT_S`."""
+    kwargs.setdefault("timeout", CA_TIMEOUT_S)
+    return ca_client.write(pvname, value, repeater=False, **kwargs)
+
 
 #: The small scene of the live-plugin tests (:func:`tests.conftest.scene`) and its dose.
 SHAPE = (64, 64)

@@ -21,13 +21,12 @@ import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky.utils import short_uid
-from caproto.sync import client as ca_client
 from event_model import RunRouter, unpack_event_page
 
 from bluesky_symdenoise.detector.launch import start_beamline_ioc
 from bluesky_symdenoise.detector.loopback import pin_ca_to_loopback
 from bluesky_symdenoise.stream.callback import SymDenoise
-from tests.helpers import DocumentCollector, count_and_drain
+from tests.helpers import DocumentCollector, ca_read, count_and_drain
 
 bluesky_darkframes = pytest.importorskip(
     "bluesky_darkframes", reason="bluesky-darkframes is not installed (pip install -e '.[test]')")
@@ -93,7 +92,7 @@ def dark_frame_preprocessor(det, shutter):
 
 def test_flat_panel_pvs(flat_panel_ioc):
     def read(suffix):
-        return ca_client.read(flat_panel_ioc.pv(suffix), repeater=False, timeout=10).data
+        return ca_read(flat_panel_ioc.pv(suffix)).data
 
     assert bytes(read("det:DetectorKind_RBV")[0]).decode() == "integrating"
     assert (read("det:Gain_RBV")[0], read("det:ReadNoise_RBV")[0],

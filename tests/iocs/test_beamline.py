@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from bluesky_symdenoise.geometry import DetectorGeometry
+from tests.helpers import ca_read as read
+from tests.helpers import ca_write as write
 
 from .conftest import COUNTS_PER_SECOND, SHAPE
-from .conftest import ca_read as read
-from .conftest import ca_write as write
 
 pytestmark = pytest.mark.timeout(60)
-
-
 
 
 def collect(RE, plan):

@@ -9,7 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from .conftest import SHAPE, ca_read, ca_write
+from tests.helpers import ca_read, ca_write
+
+from .conftest import SHAPE
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -7,13 +7,10 @@ import time
 import pytest
 
 from bluesky_symdenoise.detector.launch import random_prefix, start_ioc
-
-from .conftest import ca_read as read
-from .conftest import ca_write as write
+from tests.helpers import ca_read as read
+from tests.helpers import ca_write as write
 
 pytestmark = pytest.mark.timeout(60)
-
-
 
 
 def test_sample_environment_ramps_alone():
