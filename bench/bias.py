@@ -2,17 +2,19 @@
 
 One frame at 0.1-0.25 counts/pixel gives a noisy ring area or spot intensity, so bias is the
 mean over many frames of fresh scans (new seeds, beam centres, calibrants' ring sets,
-lattices), with its standard error, for ours (``denoise_scan``, ``method="auto"``), the
-classical baselines run side by side (Anscombe+BM3D, 180° average + Anscombe+BM3D) and the raw
-frames (unbiased: their spread shows the measurement's own floor). Against the noise-free
-truth:
+lattices), with its standard error over the scans' means (:func:`scan_mean_and_error`),
+for ours (``denoise_scan``, ``method="auto"``), the classical baselines run side by side
+(Anscombe+BM3D, 180° average + Anscombe+BM3D) and the raw frames (unbiased: their spread
+shows the measurement's own floor). Against the noise-free truth:
 
-* scenes with rings: area and height of the strongest ring above a linear background in the
-  full-ring pyFAI I(q) (:func:`bench.metrics.ring_bias`);
+* scenes with rings: area, height, integral breadth (area / height) and position of the
+  strongest ring above a linear background in the full-ring pyFAI I(q) at the default
+  binning (:func:`bench.iq.peak_bias`; position in units of the truth's integral breadth);
 * scenes with a feature that has no 180° partner (``lattice_one_sided``): the fraction of its
   integrated intensity kept (:func:`bench.metrics.region_ratio`; 1 is intact).
 
-    python -m bench.bias --scene powder --counts 0.1 --scans 4 --budget 60
+    python -m bench.bias --scene powder --counts 0.1 --scans 8 --frames 6 --budget 60
+    python -m bench.bias --scene sharp_textured --counts 0.25 --scans 8 --frames 6 --budget 60
     python -m bench.bias --scene lattice_one_sided --counts 0.25 --scans 4 --budget 120
 """
 
@@ -24,21 +26,33 @@ import dataclasses
 import numpy as np
 
 from bluesky_symdenoise import denoise_scan
+from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
+from .iq import peak_bias
 from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
 #: Scenes whose frames share one truth (in situ scenes change from frame to frame).
-STATIC_KINDS = ("powder", "textured", "lattice", "lattice_one_sided")
+STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided")
 #: Scenes with powder rings.
-RING_KINDS = ("powder", "textured")
+RING_KINDS = ("powder", "textured", "sharp_textured")
+#: The strongest ring's columns (:func:`bench.iq.peak_bias`).
+PEAK_KEYS = ("area", "height", "breadth", "position")
 
 
 def _frame_scan(scan: BenchScan, index: int) -> BenchScan:
     """The same scan with frame ``index`` moved to the middle (the frame baselines denoise)."""
     frames = np.roll(scan.frames, scan.index - index, axis=0)
     return dataclasses.replace(scan, frames=frames)
+
+
+def scan_mean_and_error(values: np.ndarray, scans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error of per-frame biases ``(scans * frames, columns)``, frames
+    of one scan in a row: one mean per scan first (its frames share its truth and its
+    fine-tuned network, so they are not independent), then over the scans."""
+    per_scan = np.asarray(values, np.float64).reshape(scans, -1, np.shape(values)[-1]).mean(1)
+    return per_scan.mean(0), per_scan.std(0, ddof=1) / np.sqrt(scans)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed0 = first_seed(args)
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "
-          f"--scans {args.scans} --frames {args.frames} --budget {args.budget:g} "
-          f"--seed {seed0}", flush=True)
+          f"--scans {args.scans} --frames {args.frames} --size {args.size} "
+          f"--budget {args.budget:g} --seed {seed0}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in BASELINES})
     rings = args.scene in RING_KINDS
     feature_scene = args.scene == "lattice_one_sided"
-    columns = ((["ring area bias", "ring height bias"] if rings else [])
+    columns = ((["ring area bias", "ring height bias", "ring breadth bias",
+                 "ring position shift / breadth"] if rings else [])
                + (["one-sided kept − 1"] if feature_scene else []))
     for k in range(args.scans):
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
@@ -66,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scan {k}: method {result.method}", flush=True)
         invalid = ~scan.scored
         feature = scan.regions["one_sided_feature"] if feature_scene else None
+        integ = AzimuthalIntegration(scan.geometry, invalid)
+        npt = metrics.default_npt(scan.geometry)
+        i_true = integ.integrate(scan.truth, npt=npt)
         for index in range(args.frames):
             # The static scenes here share one truth for all frames.
             estimates = {"ours": result.denoised[index],
@@ -75,15 +93,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, estimate in estimates.items():
                 values: list[float] = []
                 if rings:
-                    area, height, _ = metrics.ring_bias(estimate, scan.truth, scan.geometry,
-                                                        invalid)
-                    values += [area, height]
+                    peak = peak_bias(i_true.q_nm, integ.integrate(estimate, npt=npt).intensity,
+                                     i_true.intensity)
+                    values += [peak[key] for key in PEAK_KEYS]
                 if feature is not None:
                     values.append(metrics.region_ratio(estimate, scan.truth, feature) - 1.0)
                 bias[name].append(tuple(values))
     n = len(bias["raw"])
     print(f"\n{args.scene} at {args.counts:g} counts/px, {n} frames from {args.scans} fresh "
-          "scans: bias, mean ± standard error\n")
+          "scans: bias, mean ± standard error (over the scans' means: the frames of one "
+          "scan share its truth and its fine-tuned network, so they are not independent)\n")
     print("| estimate | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     rows = dict(bias)
@@ -93,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("ours", *BASELINES):
         rows[f"{name} − raw, same frames"] = list(np.asarray(bias[name]) - raw)
     for name, values in rows.items():
-        v = np.asarray(values)
-        mean, sem = v.mean(0), v.std(0, ddof=1) / np.sqrt(len(v))
+        mean, sem = scan_mean_and_error(np.asarray(values), args.scans)
         print(f"| {name} | " + " | ".join(f"{m:+.1%} ± {e:.1%}" for m, e
                                          in zip(mean, sem, strict=True)) + " |")
     return 0

@@ -1,0 +1,23 @@
+"""bench.bias's standard error: over the scans' means, not over their correlated frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.bias import scan_mean_and_error
+
+
+@pytest.mark.fast
+def test_the_error_is_over_the_scans_not_their_frames():
+    # Four scans of six frames: each scan's frames share an offset (its network's bias) and
+    # scatter little around it, so the frames are far from independent.
+    rng = np.random.default_rng(0)
+    offsets = np.array([-0.04, 0.02, 0.03, -0.01])
+    values = (offsets[:, None] + 0.001 * rng.standard_normal((4, 6))).reshape(24, 1)
+    mean, error = scan_mean_and_error(values, scans=4)
+    assert mean[0] == pytest.approx(values.mean())
+    per_scan = values.reshape(4, 6).mean(1)
+    assert error[0] == pytest.approx(per_scan.std(ddof=1) / 2.0)
+    # Taken over the 24 frames as if independent, the error would be about half as large.
+    assert values.std(ddof=1) / np.sqrt(24) < 0.6 * error[0]
