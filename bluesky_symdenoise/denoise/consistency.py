@@ -23,7 +23,11 @@ scale where the raw data are precise enough to prove the network wrong:
   :data:`RING_BIN_PX` bins are held outright; at the other scales each bin's correction is
   shrunk by its own Poisson noise (only a deviation the raw data can prove is corrected), so
   the extra scales do not put the raw noise back into the frame (held outright, the 4 to
-  0.5 px bins would bring back part of the raw noise the network removed). At each scale
+  0.5 px bins would bring back part of the raw noise the network removed); where the
+  scan's summed counts show the profile sharper than the 1 px bins hold (half-pixel bins
+  further from the 1 px profile than :data:`HALF_PIXEL_Z` of their noise: a ring about 1 px
+  wide), the 0.5 px bins are held outright too, so the network's sub-pixel broadening does
+  not stay in the ring's height and area. At each scale
   the scaling is repeated a few times: one pass scales a broadened ring by its own
   bin-shared mean and leaves the peak a few per cent low; the repeats converge to the raw
   means (a multiplicative fixed point, as in Richardson-Lucy). On a textured ring, where only the
@@ -79,7 +83,7 @@ from .symmetry import (
 )
 
 __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z", "EXCESS_Z_READOUT",
-           "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX",
+           "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
            "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
@@ -112,6 +116,11 @@ FEATURE_MATCH_PASSES = 2
 RING_BIN_PX = 1.0
 #: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
 RING_BINS_PX: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+#: Half-pixel ring bins are held outright, not shrunk by their noise, where the scan's
+#: summed counts put their mean further than this many standard deviations from the 1 px
+#: profile read at their radius (:func:`sharp_half_pixel_bins`): the profile is sharper
+#: there than the 1 px bins hold. A per-scan decision on the scan's counts, not a frame's.
+HALF_PIXEL_Z = 5.0
 #: Radii with fewer good pixels than this in their 1 px ring (the detector's corners) have
 #: their whole ring's mean held outright, as isotropic rings do.
 SPARSE_RING_PIXELS = 48.0
@@ -180,6 +189,9 @@ class RawConsistency:
         so they are held to the raw counts too.
     readout_dominated
         Whether the spots were found with the readout-dominated rules (:meth:`for_scan`).
+    sharp_bins
+        Per bin of the 0.5 px ring profile: held outright where the ring holds at that scale
+        are otherwise shrunk (:func:`sharp_half_pixel_bins`); None: shrunk everywhere.
     """
 
     good: np.ndarray
@@ -193,6 +205,7 @@ class RawConsistency:
     ring_levels: tuple[RingProfile, ...] = ()
     whole_ring_scope: np.ndarray | None = None
     readout_dominated: bool = False
+    sharp_bins: np.ndarray | None = None
     #: Spot sums for the two spot sets (partners used or not), built once per scan.
     _spot_sums: dict = field(init=False, repr=False, compare=False)
     #: The ring holds of :meth:`apply`, their bins found once per scan (:meth:`_steps`).
@@ -281,9 +294,10 @@ class RawConsistency:
         if not readout_dominated:
             spots &= ~(ring_pixels | arc_pixels)
         partnered = nothing if readout_dominated else spots & test.valid
+        ring_levels = tuple(ring_profile(shape, center, 1, width) for width in RING_BINS_PX)
         return cls(good=good, rings=rings if ring_pixels.any() else None,
-                   ring_levels=tuple(ring_profile(shape, center, 1, width)
-                                     for width in RING_BINS_PX),
+                   ring_levels=ring_levels,
+                   sharp_bins=sharp_half_pixel_bins(scan_sum, good, ring_levels),
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~partnered)) & good,
                    partnered_spots=partnered & good,
@@ -311,6 +325,9 @@ class RawConsistency:
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
                 "feature_match_passes": FEATURE_MATCH_PASSES,
+                "half_pixel_z": HALF_PIXEL_Z,
+                "sharp_half_pixel_bins": int(self.sharp_bins.sum())
+                if self.sharp_bins is not None else 0,
                 "whole_ring_pixels_fraction": round(
                     float(self.whole_ring_scope.sum()) / n_good, 4)
                 if self.whole_ring_scope is not None else 0.0,
@@ -383,7 +400,8 @@ class RawConsistency:
         if self.rings is not None:
             steps += [_HeldBins.build(profile, self.ring_pixels, self._scope(True),
                                       RING_MATCH_PASSES,
-                                      shrink=profile.bin_width != RING_BIN_PX)
+                                      shrink=profile.bin_width != RING_BIN_PX,
+                                      outright_bins=self._outright_bins(profile))
                       for profile in self.ring_levels or (self.rings,)]
         if self.arcs is not None:
             assert self.arc_pixels is not None  # for_scan builds both
@@ -398,9 +416,18 @@ class RawConsistency:
             steps += [_HeldBins.build(profile, scope, scope, RING_MATCH_PASSES,
                                       shrink=not (outright
                                                   and profile.bin_width == RING_BIN_PX),
-                                      sparse=outright)
+                                      sparse=outright,
+                                      outright_bins=self._outright_bins(profile)
+                                      if outright else None)
                       for profile in self.ring_levels]
         return tuple(step for step in steps if step is not None)
+
+    def _outright_bins(self, profile: RingProfile) -> np.ndarray | None:
+        """The bins of ``profile`` held outright though its scale is shrunk: the sharp
+        half-pixel bins, on the 0.5 px profile only."""
+        if self.sharp_bins is None or profile.bin_width != SHARP_BIN_PX:
+            return None
+        return self.sharp_bins
 
     def spots(self, *, partners_used: bool = True) -> np.ndarray:
         """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts."""
@@ -538,14 +565,18 @@ class _HeldBins:
     shrink: bool = False
     sparse: bool = False
     pooled: bool = True
+    #: Per bin: held outright though ``shrink`` (None: none).
+    outright_bins: np.ndarray | None = None
 
     @classmethod
     def build(cls, profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
               passes: int, *, shrink: bool = False, sparse: bool = False,
-              pooled: bool = True) -> _HeldBins | None:
+              pooled: bool = True, outright_bins: np.ndarray | None = None
+              ) -> _HeldBins | None:
         """The hold of ``scope`` to ``profile``'s means over ``measured_on``; None when no
         pixel has enough support (bins with fewer than :data:`MIN_RING_PIXELS` measured
-        pixels are left alone unless ``sparse`` or held outright)."""
+        pixels are left alone unless ``sparse`` or held outright). ``outright_bins``: bins
+        of a shrunk hold that are held outright (the pixels reading them mostly)."""
         strict = shrink and not sparse  # the minimum pixels and counts apply
         n_pixels = profile.support(measured_on)
         index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
@@ -557,7 +588,9 @@ class _HeldBins:
         kept = profile.reader(_int32(index)) if scatter.taps is not None else None
         return cls(measured=measured_on.reshape(-1), scatter=scatter, weights=weights,
                    held=held, kept_reader=kept, passes=passes, shrink=shrink,
-                   sparse=sparse, pooled=pooled)
+                   sparse=sparse, pooled=pooled,
+                   outright_bins=outright_bins if shrink and outright_bins is not None
+                   and outright_bins.any() else None)
 
     def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An image's mean in each bin over the measured pixels, and the bins' weights."""
@@ -600,6 +633,10 @@ class _HeldBins:
         n_at = (reader @ self.weights).astype(np.float32)
         n_at *= reader @ dose
         whole_ring = self.scatter.profile.sectors == 1
+        # Shrunk per pixel, except where the pixel reads mostly bins held outright.
+        shrink_at: np.ndarray | bool = self.shrink
+        if self.outright_bins is not None:
+            shrink_at = (reader @ self.outright_bins.astype(np.float64)) < 0.5
         for _ in range(self.passes):
             den_means = self.bin_means(out)[0]
             # Runs of sparse bins are formed with the frames the local change test pools,
@@ -629,7 +666,7 @@ class _HeldBins:
             # A run of sparse bins is held outright where the bins are (its level is the
             # raw one pooled over the run, Poisson-limited and unbiased); at the scales that
             # shrink every bin, its bins are shrunk by the run's noise.
-            shrunk = self.shrink | ((counts < MIN_RING_COUNTS) & ~in_run)
+            shrunk = shrink_at | ((counts < MIN_RING_COUNTS) & ~in_run)
             noise = np.divide(np.float32(1.0), counts, out=np.zeros_like(counts),
                               where=enough)
             del counts, den_at, enough
@@ -656,6 +693,45 @@ class _HeldBins:
                 flat[index[redo]] = (values_before[still]
                                      * (reader @ received)[redo].astype(np.float32))
         return out
+
+
+#: The ring scale whose bins :func:`sharp_half_pixel_bins` may hold outright.
+SHARP_BIN_PX = 0.5
+
+
+def sharp_half_pixel_bins(scan_sum: np.ndarray, good: np.ndarray,
+                          levels: Sequence[RingProfile]) -> np.ndarray | None:
+    """Per bin of the 0.5 px whole-ring profile among ``levels``: where the scan's summed
+    counts show the radial profile sharper than the 1 px bins hold.
+
+    The 1 px bins (each pixel shared between the two nearest, a 2 px wide triangle) hold a
+    ring's profile only at their scale; a ring about 1 px wide keeps, after them, what the
+    network's smoothing did below it, and the 0.5 px bins, shrunk by a frame's noise, give
+    back only part of it. On the scan's sum the 0.5 px bins' means are compared with the 1 px
+    profile read at their radii (linear between bin centres): a bin further than
+    :data:`HALF_PIXEL_Z` of the two means' Poisson noise (the scan's counts, all frames) is
+    structure the 1 px bins cannot hold; it and its neighbours are held outright. The choice
+    rests on the scan, not on the frame being held, so a frame's noise does not decide where
+    its own counts are taken. Returns None without both profiles.
+    """
+    half = next((p for p in levels if p.sectors == 1 and p.bin_width == SHARP_BIN_PX), None)
+    one = next((p for p in levels if p.sectors == 1 and p.bin_width == RING_BIN_PX), None)
+    if half is None or one is None:
+        return None
+    fine, fine_n = half.bin_means(scan_sum, good)
+    coarse, coarse_n = one.bin_means(scan_sum, good)
+    filled = coarse_n > 0
+    if filled.sum() < 2:
+        return None
+    radius_fine = np.arange(fine.size) * half.bin_width
+    radius_coarse = np.flatnonzero(filled) * one.bin_width
+    read = np.interp(radius_fine, radius_coarse, coarse[filled])
+    read_var = np.interp(radius_fine, radius_coarse,
+                         np.maximum(coarse[filled], 0.0) / coarse_n[filled])
+    var = np.maximum(fine, 0.0) / np.maximum(fine_n, 1e-12) + read_var
+    usable = (fine_n >= MIN_RING_PIXELS) & (var > 0)
+    sharp = usable & ((fine - read) ** 2 > HALF_PIXEL_Z ** 2 * np.where(usable, var, 1.0))
+    return ndimage.binary_dilation(sharp, iterations=1)
 
 
 def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray

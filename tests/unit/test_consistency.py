@@ -85,6 +85,55 @@ def test_a_ring_one_pixel_wide_keeps_its_raw_width_in_iq(npt_factor):
         assert abs(after[key]) < 0.015, (key, after)
 
 
+@pytest.mark.fast
+def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
+    """A ring about 1 px wide that a denoiser broadened: the 1 px holds and the 0.5 px
+    holds shrunk by a frame's noise leave its height low at 0.5 counts/pixel; where the
+    scan's sum shows the ring sharper than the 1 px bins hold, the 0.5 px bins are held
+    outright and the height comes back to raw's. A smooth ring at 0.1 counts/pixel shows no
+    such structure, and its holds stay as they were."""
+    import dataclasses
+
+    from bench.iq import peak_bias
+    from bench.metrics import default_npt
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+    scene = scenes.make_scene("sharp_textured", shape=(160, 160), seed=5,
+                              texture_strength=(0.0, 0.0))
+    good = scene.usable
+    center = scene.geometry.center
+    truth = np.where(good, scene.scaled(0.5), 0.0)
+    rng = np.random.default_rng(5)
+    frames = np.stack([np.where(good, rng.poisson(truth), 0.0) for _ in range(6)])
+    consistency = RawConsistency.for_scan(frames.sum(0), good, center)
+    assert consistency.sharp_bins is not None and consistency.sharp_bins.any()
+    assert consistency.summary()["sharp_half_pixel_bins"] == int(consistency.sharp_bins.sum())
+    shrunk_only = dataclasses.replace(consistency, sharp_bins=None)
+    broadened = np.where(good, ndimage.gaussian_filter(truth, 0.8), 0.0)
+    integ = AzimuthalIntegration(scene.geometry, ~good)
+    npt = default_npt(scene.geometry)
+    i_true = integ.integrate(truth, npt=npt)
+
+    def height(image):
+        return peak_bias(i_true.q_nm, integ.integrate(image, npt=npt).intensity,
+                         i_true.intensity)["height"]
+
+    raw = np.mean([height(f) for f in frames])
+    with_sharp = np.mean([height(consistency.apply(f, broadened)) for f in frames])
+    without = np.mean([height(shrunk_only.apply(f, broadened)) for f in frames])
+    print(f"ring height minus raw's: sharp bins outright {with_sharp - raw:+.3f}, "
+          f"shrunk only {without - raw:+.3f} (broadened {height(broadened):+.3f})")
+    assert without - raw < -0.012
+    assert abs(with_sharp - raw) < 0.5 * abs(without - raw)
+
+    smooth = scenes.make_scene("powder", shape=(160, 160), seed=2)
+    smooth_truth = np.where(smooth.usable, smooth.scaled(0.1), 0.0)
+    smooth_sum = sum(np.where(smooth.usable, rng.poisson(smooth_truth), 0.0)
+                     for _ in range(3))
+    held = RawConsistency.for_scan(smooth_sum, smooth.usable, smooth.geometry.center)
+    assert held.sharp_bins is None or held.sharp_bins.sum() <= 0.02 * held.sharp_bins.size
+
+
 def test_a_textured_ring_is_held_arc_by_arc():
     scene, truth, frames, consistency = _scan("textured", 0.5, seed=3)
     ring = scene.regions["strongest_ring"] & scene.usable
