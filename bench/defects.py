@@ -37,6 +37,7 @@ pixel or the arc rule took one back: only their rows can change with them.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def _found_by_ring(frames: np.ndarray, mask: np.ndarray, center: tuple[float, fl
             if "far above their own ring" in note or "on a sharp ring" in note]
 
 
-def _bench_scans():
+def kept_result_scans() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float], bool]]:
     """(label, frames, mask, centre, integrating) of every scan the kept results measured
     (their commands are in bench/results)."""
     from bluesky_symdenoise.simulate.scenes import insitu_series
@@ -172,7 +173,7 @@ def _bench_scans():
 
 def list_bench_scans() -> int:
     n_scans = n_found = 0
-    for label, frames, mask, center, integrating in _bench_scans():
+    for label, frames, mask, center, integrating in kept_result_scans():
         n_scans += 1
         notes = _found_by_ring(frames, mask, center, integrating)
         if notes:

@@ -24,7 +24,7 @@ import numpy as np
 from bluesky_symdenoise.simulate import scenes
 
 from . import flat_panel
-from .defects import _bench_scans
+from .defects import kept_result_scans
 from .quality import make_scan
 
 Scan = tuple[str, np.ndarray, np.ndarray, tuple[float, float], bool]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.parse_args(argv)
     n_scans = n_found = 0
-    for label, frames, mask, center, integrating in (*_bench_scans(), *_more_scans()):
+    for label, frames, mask, center, integrating in (*kept_result_scans(), *_more_scans()):
         n_scans += 1
         n_bins = count_sharp_bins(frames, mask, center, integrating)
         if n_bins:
