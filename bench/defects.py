@@ -103,7 +103,11 @@ def _found_by_ring(frames: np.ndarray, mask: np.ndarray, center: tuple[float, fl
             if "far above their own ring" in note or "on a sharp ring" in note]
 
 
-def kept_result_scans() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float], bool]]:
+#: One kept result's scan: its label, frames, mask, beam centre and whether it is integrating.
+Scan = tuple[str, np.ndarray, np.ndarray, tuple[float, float], bool]
+
+
+def kept_result_scans() -> Iterator[Scan]:
     """(label, frames, mask, centre, integrating) of every scan the kept results measured
     (their commands are in bench/results)."""
     from bluesky_symdenoise.simulate.scenes import insitu_series

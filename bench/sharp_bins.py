@@ -24,10 +24,8 @@ import numpy as np
 from bluesky_symdenoise.simulate import scenes
 
 from . import flat_panel
-from .defects import kept_result_scans
+from .defects import Scan, kept_result_scans
 from .quality import make_scan
-
-Scan = tuple[str, np.ndarray, np.ndarray, tuple[float, float], bool]
 
 
 def _more_scans() -> Iterator[Scan]:

@@ -565,8 +565,9 @@ class _HeldBins:
     shrink: bool = False
     sparse: bool = False
     pooled: bool = True
-    #: Per bin: held outright though ``shrink`` (None: none).
-    outright_bins: np.ndarray | None = None
+    #: Per held pixel (in ``held``'s order): shrunk, where a shrunk hold holds some bins
+    #: outright (the pixel reads mostly such bins: False); None: ``shrink`` everywhere.
+    shrunk_at: np.ndarray | None = None
 
     @classmethod
     def build(cls, profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
@@ -586,11 +587,13 @@ class _HeldBins:
         held = np.zeros(n_pixels.size, bool)
         held[index] = True
         kept = profile.reader(_int32(index)) if scatter.taps is not None else None
+        shrunk_at = None
+        if shrink and outright_bins is not None and outright_bins.any():
+            reader = kept if kept is not None else profile.reader(_int32(index))
+            shrunk_at = (reader @ outright_bins.astype(np.float64)) < 0.5
         return cls(measured=measured_on.reshape(-1), scatter=scatter, weights=weights,
                    held=held, kept_reader=kept, passes=passes, shrink=shrink,
-                   sparse=sparse, pooled=pooled,
-                   outright_bins=outright_bins if shrink and outright_bins is not None
-                   and outright_bins.any() else None)
+                   sparse=sparse, pooled=pooled, shrunk_at=shrunk_at)
 
     def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An image's mean in each bin over the measured pixels, and the bins' weights."""
@@ -634,9 +637,7 @@ class _HeldBins:
         n_at *= reader @ dose
         whole_ring = self.scatter.profile.sectors == 1
         # Shrunk per pixel, except where the pixel reads mostly bins held outright.
-        shrink_at: np.ndarray | bool = self.shrink
-        if self.outright_bins is not None:
-            shrink_at = (reader @ self.outright_bins.astype(np.float64)) < 0.5
+        shrink_at = self.shrink if self.shrunk_at is None else self.shrunk_at
         for _ in range(self.passes):
             den_means = self.bin_means(out)[0]
             # Runs of sparse bins are formed with the frames the local change test pools,
