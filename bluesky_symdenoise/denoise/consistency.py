@@ -61,7 +61,7 @@ Everything else is left as the network made it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -143,6 +143,11 @@ ARC_MATCH_PASSES = 1
 MIN_RING_COUNTS = 10.0
 #: ... and at least this many symmetric pixels lie behind its mean.
 MIN_RING_PIXELS = 12.0
+#: A run of sparse ring bins (:func:`_merge_sparse_bins`) ends before a bin whose mean in the
+#: scan's summed counts differs from the run's by more than this many standard deviations
+#: (Poisson, two-sample): a ring the denoiser missed in a detector corner is not pooled
+#: with the background beside it. A per-scan decision on the scan's counts, not a frame's.
+RUN_BREAK_Z = 3.0
 #: A ring hold's means have not converged at a pixel whose last pass still scaled it by
 #: more than this (relative); a held pixel off the measured ones then takes what its bins'
 #: means received, not the product of the factors asked for.
@@ -192,6 +197,9 @@ class RawConsistency:
     sharp_bins
         Per bin of the 0.5 px ring profile: held outright where the ring holds at that scale
         are otherwise shrunk (:func:`sharp_half_pixel_bins`); None: shrunk everywhere.
+    scan_sum
+        The scan's summed frames (init only, not kept): where their means change, runs of
+        sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
     """
 
     good: np.ndarray
@@ -206,18 +214,19 @@ class RawConsistency:
     whole_ring_scope: np.ndarray | None = None
     readout_dominated: bool = False
     sharp_bins: np.ndarray | None = None
+    scan_sum: InitVar[np.ndarray | None] = None
     #: Spot sums for the two spot sets (partners used or not), built once per scan.
     _spot_sums: dict = field(init=False, repr=False, compare=False)
     #: The ring holds of :meth:`apply`, their bins found once per scan (:meth:`_steps`).
     _hold_steps: tuple = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, scan_sum: np.ndarray | None) -> None:
         partnered = (self.partnered_spots if self.partnered_spots is not None
                      else np.zeros_like(self.features))
         object.__setattr__(self, "_spot_sums", {
             True: SpotSums.for_pixels(self.features),
             False: SpotSums.for_pixels(self.features | partnered)})
-        object.__setattr__(self, "_hold_steps", self._steps())
+        object.__setattr__(self, "_hold_steps", self._steps(scan_sum))
 
     @classmethod
     def for_scan(cls, scan_sum: np.ndarray, good: np.ndarray,
@@ -303,7 +312,8 @@ class RawConsistency:
                    partnered_spots=partnered & good,
                    arcs=arcs if arcs_held else None,
                    arc_pixels=arc_pixels, ring_scope=ring_scope,
-                   whole_ring_scope=whole_ring_scope, readout_dominated=readout_dominated)
+                   whole_ring_scope=whole_ring_scope, readout_dominated=readout_dominated,
+                   scan_sum=scan_sum)
 
     def summary(self) -> dict[str, float | list[float]]:
         """JSON-safe description for provenance."""
@@ -388,8 +398,9 @@ class RawConsistency:
         found: list[RadialDrift | None] = [*radial_drifts(profile, self.good, raw, neighbours)]
         return found
 
-    def _steps(self) -> tuple[_HeldBins, ...]:
-        """The ring holds :meth:`apply` makes, in order, with their bins found once.
+    def _steps(self, scan_sum: np.ndarray | None = None) -> tuple[_HeldBins, ...]:
+        """The ring holds :meth:`apply` makes, in order, with their bins found once (and,
+        given the scan's summed frames, where their runs of sparse bins end).
 
         Rings first (coarse to fine), then the arcs of textured rings, then the whole ring's
         mean off the isotropic rings (over all good pixels, as an integrator takes it):
@@ -401,7 +412,8 @@ class RawConsistency:
             steps += [_HeldBins.build(profile, self.ring_pixels, self._scope(True),
                                       RING_MATCH_PASSES,
                                       shrink=profile.bin_width != RING_BIN_PX,
-                                      outright_bins=self._outright_bins(profile))
+                                      outright_bins=self._outright_bins(profile),
+                                      scan_sum=scan_sum)
                       for profile in self.ring_levels or (self.rings,)]
         if self.arcs is not None:
             assert self.arc_pixels is not None  # for_scan builds both
@@ -418,7 +430,7 @@ class RawConsistency:
                                                   and profile.bin_width == RING_BIN_PX),
                                       sparse=outright,
                                       outright_bins=self._outright_bins(profile)
-                                      if outright else None)
+                                      if outright else None, scan_sum=scan_sum)
                       for profile in self.ring_levels]
         return tuple(step for step in steps if step is not None)
 
@@ -568,16 +580,21 @@ class _HeldBins:
     #: Per held pixel (in ``held``'s order): shrunk, where a shrunk hold holds some bins
     #: outright (the pixel reads mostly such bins: False); None: ``shrink`` everywhere.
     shrunk_at: np.ndarray | None = None
+    #: Per bin (whole-ring profiles): the scan's summed counts over the measured pixels,
+    #: where runs of sparse bins end (:func:`_merge_sparse_bins`); None: not known.
+    scan_counts: np.ndarray | None = None
 
     @classmethod
     def build(cls, profile: RingProfile, measured_on: np.ndarray, scope: np.ndarray,
               passes: int, *, shrink: bool = False, sparse: bool = False,
-              pooled: bool = True, outright_bins: np.ndarray | None = None
-              ) -> _HeldBins | None:
+              pooled: bool = True, outright_bins: np.ndarray | None = None,
+              scan_sum: np.ndarray | None = None) -> _HeldBins | None:
         """The hold of ``scope`` to ``profile``'s means over ``measured_on``; None when no
         pixel has enough support (bins with fewer than :data:`MIN_RING_PIXELS` measured
         pixels are left alone unless ``sparse`` or held outright). ``outright_bins``: bins
-        of a shrunk hold that are held outright (the pixels reading them mostly)."""
+        of a shrunk hold that are held outright (the pixels reading them mostly).
+        ``scan_sum``: the scan's summed frames, whose bin sums end runs of sparse bins
+        (whole-ring profiles)."""
         strict = shrink and not sparse  # the minimum pixels and counts apply
         n_pixels = profile.support(measured_on)
         index = np.flatnonzero(scope & (n_pixels >= (MIN_RING_PIXELS if strict else 1.0)))
@@ -591,9 +608,14 @@ class _HeldBins:
         if shrink and outright_bins is not None and outright_bins.any():
             reader = kept if kept is not None else profile.reader(_int32(index))
             shrunk_at = (reader @ outright_bins.astype(np.float64)) < 0.5
-        return cls(measured=measured_on.reshape(-1), scatter=scatter, weights=weights,
+        measured = measured_on.reshape(-1)
+        scan_counts = None
+        if scan_sum is not None and profile.sectors == 1:
+            scan_counts = scatter @ np.asarray(scan_sum, np.float64).reshape(-1)[measured]
+        return cls(measured=measured, scatter=scatter, weights=weights,
                    held=held, kept_reader=kept, passes=passes, shrink=shrink,
-                   sparse=sparse, pooled=pooled, shrunk_at=shrunk_at)
+                   sparse=sparse, pooled=pooled, shrunk_at=shrunk_at,
+                   scan_counts=scan_counts)
 
     def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An image's mean in each bin over the measured pixels, and the bins' weights."""
@@ -644,7 +666,9 @@ class _HeldBins:
             # not fewer where a drift is: a ring the denoiser missed then keeps a run as
             # short as on a static scan, instead of having its raw counts spread over a
             # longer one (the bins' own targets still leave out the moved neighbours).
-            merged = (_merge_sparse_bins(den_means, target, self.weights * dose_runs)
+            merged = (_merge_sparse_bins(den_means, target, self.weights * dose_runs,
+                                         scan_counts=self.scan_counts,
+                                         scan_pixels=self.weights)
                       if whole_ring else None)
             in_run: np.ndarray | bool = False
             if merged is None:
@@ -735,7 +759,9 @@ def sharp_half_pixel_bins(scan_sum: np.ndarray, good: np.ndarray,
     return ndimage.binary_dilation(sharp, iterations=1)
 
 
-def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray
+def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray, *,
+                       scan_counts: np.ndarray | None = None,
+                       scan_pixels: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Radial bins too sparse to be held alone, held together with their neighbours.
 
@@ -747,7 +773,13 @@ def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray
     full-ring I(q) then carries. Consecutive sparse bins are merged, in radial order, until
     a run holds :data:`MIN_RING_COUNTS` expected counts (a bin with enough counts of its own
     is never merged, so a ring is never pooled with the background beside it); the runs
-    depend on the denoised frame only, not on the raw noise. At the scale held outright
+    depend on the denoised frame, not on the frame's raw noise. Where the denoiser missed a
+    ring (a corner ring at 0.1 counts/pixel: its expected counts flat across it), its bins
+    are sparse too; given the scan's summed counts per bin (``scan_counts`` over
+    ``scan_pixels`` pixels), a run also ends before a bin whose mean there differs from the
+    run's by more than :data:`RUN_BREAK_Z` (Poisson, two-sample), so the ring's counts are
+    not spread over the background beyond it (``bench.iq``, sharp rings at 0.1
+    counts/pixel). That choice rests on the scan, not on the frame. At the scale held outright
     (1 px), a run's pixels are held to the run's raw mean, pooled over the neighbouring
     frames where they agree: there the full-ring I(q) is raw's, Poisson-limited and
     unbiased, where it carried the denoiser's floor; at the scales that shrink each bin by
@@ -766,15 +798,24 @@ def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray
     runs = 0
     open_run = False
     total = 0.0
+    run_counts = run_pixels = 0.0  # the open run's scan counts and pixels
     for b in np.flatnonzero(support > 0):
         if not sparse[b]:
             open_run, total = False, 0.0  # a run never spans a bin held on its own
             continue
+        if open_run and scan_counts is not None and scan_pixels is not None:
+            if _scan_mean_changes(run_counts, run_pixels, float(scan_counts[b]),
+                                  float(scan_pixels[b])):
+                open_run, total = False, 0.0
         if not open_run:
             runs += 1
             open_run = True
+            run_counts = run_pixels = 0.0
         group[b] = runs - 1
         total += float(counts[b])
+        if scan_counts is not None and scan_pixels is not None:
+            run_counts += float(scan_counts[b])
+            run_pixels += float(scan_pixels[b])
         if total >= MIN_RING_COUNTS:
             open_run, total = False, 0.0
     member = group >= 0
@@ -795,6 +836,20 @@ def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray
     group_den[grown] = run_den[group[grown]]
     gain[grown] = run_support[group[grown]] / np.maximum(support[grown], 1e-300)
     return group_target, group_den, gain
+
+
+def _scan_mean_changes(run_counts: float, run_pixels: float, counts: float,
+                       pixels: float) -> bool:
+    """Whether a bin's mean in the scan's summed counts (``counts`` over ``pixels``) differs
+    from a run's (``run_counts`` over ``run_pixels``) by more than :data:`RUN_BREAK_Z`
+    standard deviations of the difference (Poisson at the pooled mean)."""
+    if run_pixels <= 0 or pixels <= 0:
+        return False
+    pooled = (run_counts + counts) / (run_pixels + pixels)
+    var = pooled * (1.0 / pixels + 1.0 / run_pixels)
+    if var <= 0:
+        return False
+    return (counts / pixels - run_counts / run_pixels) ** 2 > RUN_BREAK_Z ** 2 * var
 
 
 def _int32(index: np.ndarray) -> np.ndarray:

@@ -410,6 +410,43 @@ def test_a_floor_left_in_the_sparse_corners_is_held_to_the_raw_level():
     np.testing.assert_allclose(gain, [1, 3, 3, 3, 1, 2, 2, 1])
 
 
+def test_a_run_of_sparse_bins_ends_where_the_scan_shows_a_ring_the_denoiser_missed():
+    """A ring in a detector corner that the denoiser missed has expected counts as flat as
+    the background beyond it, so its bins were sparse runs' members with that background:
+    its raw counts were spread over radii that hold few (8 times the truth in the last
+    bins of a sharp ring scan at 0.1 counts/pixel, ``bench.iq``). The scan's summed counts
+    show the ring: a run ends where their mean changes, and only there."""
+    from bluesky_symdenoise.denoise.consistency import RUN_BREAK_Z, _merge_sparse_bins
+
+    rng = np.random.default_rng(11)
+    pixels = np.array([60.0, 50.0, 45.0, 40.0, 36.0, 30.0, 27.0, 22.0])
+    level = np.array([0.02, 0.02, 0.02, 0.3, 0.3, 0.02, 0.02, 0.02])  # a ring at bins 3-4
+    frames = 3
+    scan_counts = rng.poisson(level * pixels * frames).astype(np.float64)
+    den = np.full(pixels.size, 0.03)  # the denoiser's flat floor: it missed the ring
+    target = scan_counts / (pixels * frames)  # the pooled raw means
+    support = pixels * frames
+    merged = _merge_sparse_bins(den, target, support, scan_counts=scan_counts,
+                                scan_pixels=pixels)
+    assert merged is not None
+    group_target, _, gain = merged
+    print(f"scan counts {scan_counts}, held means {np.round(group_target, 3)}")
+    # The background beyond the ring is held to its own level, not to the ring's counts.
+    assert group_target[5:].max() < 0.1
+    assert group_target[3:5].min() > 0.15
+    # Without the scan's counts the same bins make one run over ring and background.
+    target_flat, _, gain_flat = _merge_sparse_bins(den, target, support)  # type: ignore[misc]
+    np.testing.assert_allclose(target_flat[3:7], target_flat[3])
+    assert target_flat[5] > 2 * group_target[5] and gain_flat[3] > gain[3]
+    # A flat scan breaks no run: the runs are those of the denoised frame alone.
+    flat_counts = level[0] * pixels * frames
+    same = _merge_sparse_bins(den, target, support, scan_counts=flat_counts,
+                              scan_pixels=pixels)
+    assert same is not None
+    np.testing.assert_allclose(same[2], gain_flat)
+    assert RUN_BREAK_Z >= 3.0  # a break needs a significant change, not the noise
+
+
 def test_held_pixels_off_the_measured_ones_take_what_their_bins_received():
     """At the edge of the ring scope a bin's mean rests on a few measured pixels whose
     factor it shares with the next bin, held outright to a different level: the means then
