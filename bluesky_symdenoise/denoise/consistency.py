@@ -610,8 +610,8 @@ class _HeldBins:
             shrunk_at = (reader @ outright_bins.astype(np.float64)) < 0.5
         measured = measured_on.reshape(-1)
         scan_counts = None
-        if scan_sum is not None and profile.sectors == 1:
-            scan_counts = scatter @ np.asarray(scan_sum, np.float64).reshape(-1)[measured]
+        if scan_sum is not None and profile.sectors == 1:  # as bin_means takes a frame's
+            scan_counts = scatter @ np.asarray(scan_sum).reshape(-1)[measured]
         return cls(measured=measured, scatter=scatter, weights=weights,
                    held=held, kept_reader=kept, passes=passes, shrink=shrink,
                    sparse=sparse, pooled=pooled, shrunk_at=shrunk_at,
@@ -779,13 +779,15 @@ def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray,
     ``scan_pixels`` pixels), a run also ends before a bin whose mean there differs from the
     run's by more than :data:`RUN_BREAK_Z` (Poisson, two-sample), so the ring's counts are
     not spread over the background beyond it (``bench.iq``, sharp rings at 0.1
-    counts/pixel). That choice rests on the scan, not on the frame. At the scale held outright
-    (1 px), a run's pixels are held to the run's raw mean, pooled over the neighbouring
-    frames where they agree: there the full-ring I(q) is raw's, Poisson-limited and
-    unbiased, where it carried the denoiser's floor; at the scales that shrink each bin by
-    its noise, the run's noise is used. (Shrinking all runs together, positive-part
-    James-Stein over the vector of runs, was tried and measured: it left the sharp rings
-    at 0.1 counts/pixel above raw, ``bench.iq``.)
+    counts/pixel). That choice rests on the scan, not on the frame. On an integrating
+    detector's photon-equivalent sums the readout noise adds variance the test leaves out,
+    so it ends runs more often there: shorter runs, each still held to its raw level. At the
+    scale held outright (1 px), a run's pixels are held to the run's raw mean, pooled over
+    the neighbouring frames where they agree: there the full-ring I(q) is raw's,
+    Poisson-limited and unbiased, where it carried the denoiser's floor; at the scales that
+    shrink each bin by its noise, the run's noise is used. (Shrinking all runs together,
+    positive-part James-Stein over the vector of runs, was tried and measured: it left the
+    sharp rings at 0.1 counts/pixel above raw, ``bench.iq``.)
 
     Returns per bin the (merged) raw target, the (merged) denoised mean and the factor by
     which a bin's support grows in its run; None if no bin is merged.
