@@ -801,23 +801,23 @@ def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray,
     open_run = False
     total = 0.0
     run_counts = run_pixels = 0.0  # the open run's scan counts and pixels
+    if scan_counts is None or scan_pixels is None:  # no pixels: no run ends early
+        scan_counts = scan_pixels = np.zeros(len(den))
     for b in np.flatnonzero(support > 0):
         if not sparse[b]:
             open_run, total = False, 0.0  # a run never spans a bin held on its own
             continue
-        if open_run and scan_counts is not None and scan_pixels is not None:
-            if _scan_mean_changes(run_counts, run_pixels, float(scan_counts[b]),
-                                  float(scan_pixels[b])):
-                open_run, total = False, 0.0
+        if open_run and _scan_mean_changes(run_counts, run_pixels, float(scan_counts[b]),
+                                           float(scan_pixels[b])):
+            open_run, total = False, 0.0
         if not open_run:
             runs += 1
             open_run = True
             run_counts = run_pixels = 0.0
         group[b] = runs - 1
         total += float(counts[b])
-        if scan_counts is not None and scan_pixels is not None:
-            run_counts += float(scan_counts[b])
-            run_pixels += float(scan_pixels[b])
+        run_counts += float(scan_counts[b])
+        run_pixels += float(scan_pixels[b])
         if total >= MIN_RING_COUNTS:
             open_run, total = False, 0.0
     member = group >= 0
