@@ -47,8 +47,9 @@ scale where the raw data are precise enough to prove the network wrong:
   or three frames' counts, and neither a transition nor a drift is smeared.
 * **spots**: where the scan's sum shows intensity with no symmetric partner (the local 180°
   test: a one-sided satellite, a spot of a second phase) or a local excess over its
-  surroundings off the rings, measured over the radial background (a spot of any kind: the
-  network's smoothness prior shrinks weak ones most, whether they have a partner or not),
+  surroundings off the rings, measured over the radial background and the surroundings'
+  pixels off the spots found (a spot of any kind: the network's smoothness prior shrinks
+  weak ones most, whether they have a partner or not; a weak one beside a strong one too),
   the denoised frame is scaled so that its counts, summed at the spot scale (a Gaussian of
   :data:`FEATURE_SIGMA_PX`), equal the raw frame's: the spot keeps the network's shape and
   low noise, and the raw integrated intensity, not one pulled towards an empty partner or
@@ -1002,7 +1003,11 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     The counts in a ``boxes[0]``-pixel box are compared with the level of the frame between
     the ``boxes[1]`` and ``boxes[2]`` boxes around it (Poisson variance of the box plus the
     uncertainty of the level); where the excess passes ``z_threshold`` the box's centre is
-    marked, then the marks are grown by ``grow`` pixels to take in the wings. With a
+    marked. The test is then made again with the level taken over the frame's pixels off the
+    marks found (grown by ``grow``), so that a strong spot in a weak one's frame does not
+    raise its level: a weak one-sided satellite a few pixels from its Bragg spot is found
+    (``bench/bias.py``, ``--scene lattice_one_sided``). The marks of both rounds are grown
+    by ``grow`` pixels to take in the wings. With a
     ``background`` shape, the frame's counts are carried to the box in proportion to it
     (box expected = frame counts × box background / frame background), so a steep smooth
     background (a SAXS curve by the beamstop) is not taken for a spot.
@@ -1040,7 +1045,7 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
     # A large detector in float32, in bands of rows whose halo covers the boxes and the
     # growth (exact; the transients are a band's).
     marked = np.zeros(good.shape, bool)
-    reach = boxes[2] // 2 + grow + 1
+    reach = 2 * (boxes[2] // 2 + grow) + 1  # two rounds of boxes, each grown
     for own, read, kept in row_bands(good.shape[0], reach, BAND_ROWS):
         band = _local_excess(np.asarray(image[read], np.float32), good[read],
                              None if background is None
@@ -1072,19 +1077,35 @@ def _local_excess(image: np.ndarray, good: np.ndarray, background: np.ndarray | 
 
     # "weight": the background the box and its frame expect (for a flat one, their pixels).
     pixels = good.astype(dtype)
-    in_counts, in_weight = box_sum(counts, box), box_sum(weight, box)
-    frame_counts, frame_weight = frame_sum(counts), frame_sum(weight)
-    frame_pixels = frame_sum(pixels)
-    usable = good & (frame_pixels > 0.5 * (outer ** 2 - inner ** 2) / 2) & (frame_weight > 0)
-    level = np.divide(frame_counts, frame_weight, out=np.zeros_like(frame_counts),
-                      where=usable)
-    expected = level * in_weight
-    # The model's error: a fraction of the correction it made to the flat expectation.
-    flat = frame_counts * np.divide(box_sum(pixels, box), frame_pixels,
-                                    out=np.zeros_like(frame_pixels), where=usable)
-    variance = (expected + in_weight ** 2 * np.divide(level, frame_weight,
-                                                      out=np.zeros_like(level), where=usable)
-                + (background_error * (expected - flat)) ** 2)
-    z = (in_counts - expected) / np.sqrt(np.maximum(variance, 0.0) + 1.0)
-    marked = usable & (z > z_threshold)
+    in_counts, in_weight, in_pixels = box_sum(counts, box), box_sum(weight, box), box_sum(
+        pixels, box)
+
+    def excess(quiet: np.ndarray) -> np.ndarray:
+        """Boxes whose counts pass the test against the level of their frame's ``quiet``
+        pixels."""
+        frame_counts = frame_sum(np.where(quiet, counts, zero))
+        frame_weight = frame_sum(np.where(quiet, weight, zero))
+        frame_pixels = frame_sum(quiet.astype(dtype))
+        usable = (good & (frame_pixels > 0.5 * (outer ** 2 - inner ** 2) / 2)
+                  & (frame_weight > 0))
+        level = np.divide(frame_counts, frame_weight, out=np.zeros_like(frame_counts),
+                          where=usable)
+        expected = level * in_weight
+        # The model's error: a fraction of the correction it made to the flat expectation.
+        flat = frame_counts * np.divide(in_pixels, frame_pixels,
+                                        out=np.zeros_like(frame_pixels), where=usable)
+        variance = (expected + in_weight ** 2 * np.divide(level, frame_weight,
+                                                          out=np.zeros_like(level),
+                                                          where=usable)
+                    + (background_error * (expected - flat)) ** 2)
+        z = (in_counts - expected) / np.sqrt(np.maximum(variance, 0.0) + 1.0)
+        return usable & (z > z_threshold)
+
+    marked = excess(good)
+    # Again with the spots found set aside from the frames: a weak spot a few pixels from a
+    # strong one (a one-sided satellite by its Bragg spot) is measured against the
+    # background, not against the strong spot's counts in its frame.
+    if marked.any():
+        found = ndimage.binary_dilation(marked, iterations=grow) & good
+        marked |= excess(good & ~found)
     return ndimage.binary_dilation(marked, iterations=grow) & good
