@@ -1042,8 +1042,8 @@ def local_excess(image: np.ndarray, good: np.ndarray, *, z_threshold: float = EX
         return _local_excess(image, good, background, floor, np.float64,
                              z_threshold=z_threshold, boxes=boxes, grow=grow,
                              background_error=background_error)
-    # A large detector in float32, in bands of rows whose halo covers the boxes and the
-    # growth (exact; the transients are a band's).
+    # A large detector in float32, in bands of rows whose halo covers both rounds' boxes and
+    # growths (exact; the transients are a band's).
     marked = np.zeros(good.shape, bool)
     reach = 2 * (boxes[2] // 2 + grow) + 1  # two rounds of boxes, each grown
     for own, read, kept in row_bands(good.shape[0], reach, BAND_ROWS):

@@ -223,7 +223,7 @@ def test_local_excess_finds_a_weak_spot_and_not_the_noise():
 def test_local_excess_finds_a_weak_spot_beside_a_strong_one():
     # A 40-count spot 7 px from a 3000-count one (a one-sided satellite by its Bragg spot):
     # the strong spot lies in the weak one's frame, and measured against it the weak spot
-    # hides; measured against the frame's other pixels it shows (z ~ 8).
+    # hides; measured against the frame's other pixels it shows (z about 10).
     rows, cols = np.indices((96, 96))
 
     def spot(row, col, total, sigma=1.5):
