@@ -84,7 +84,8 @@ from .symmetry import (
 )
 
 __all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z", "EXCESS_Z_READOUT",
-           "FEATURE_MATCH_PASSES", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
+           "FEATURE_MATCH_PASSES", "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX",
+           "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
            "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
@@ -113,6 +114,13 @@ FEATURE_GROW_PX = 2
 FEATURE_SIGMA_PX = 2.0
 #: Scaling passes towards the raw spot counts (``bench/bias.py``, one-sided feature).
 FEATURE_MATCH_PASSES = 2
+#: ... on a readout-dominated scan (:data:`EXCESS_Z_READOUT`). Under the readout noise the
+#: denoiser leans harder on its smoothness prior and a spot comes out broader than on the
+#: same photons counted; each pass converges the spot's shape further towards the raw
+#: counts at the same spot scale (as Richardson-Lucy's iterations do), so that a one-sided
+#: feature keeps about as much on its own pixels as on counting data, at some of the noise
+#: the network removed there (``bench.flat_panel --counting-twins``, docs/detectors.md).
+FEATURE_MATCH_PASSES_READOUT = 4
 #: Radial bin width (px) of the ring and arc profiles that decide where rings are held.
 RING_BIN_PX = 1.0
 #: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
@@ -194,7 +202,8 @@ class RawConsistency:
         the counts and leaves them alone; one that does not shrinks them like any weak spot,
         so they are held to the raw counts too.
     readout_dominated
-        Whether the spots were found with the readout-dominated rules (:meth:`for_scan`).
+        Whether the spots were found, and are held, by the readout-dominated rules
+        (:meth:`for_scan`).
     sharp_bins
         Per bin of the 0.5 px ring profile: held outright where the ring holds at that scale
         are otherwise shrunk (:func:`sharp_half_pixel_bins`); None: shrunk everywhere.
@@ -255,13 +264,14 @@ class RawConsistency:
         readout_dominated
             The scan is an integrating detector's under more readout noise than photon noise
             (:attr:`~.detector_noise.NoiseCalibration.readout_dominated`). Its tests then
-            lack the power they have on counts, and three rules change so that a faint
+            lack the power they have on counts, and four rules change so that a faint
             one-sided feature is still held to its raw counts: the local-excess test runs at
             :data:`EXCESS_Z_READOUT`; an excess counts as a spot even on pixels that passed
             an isotropy test (under the readout noise a quarter of a one-sided feature's
             pixels passed the arc test, which then spread it over its arc); and a spot is
             held to the raw counts whether or not its 180° partner passed (the 180° test
-            cannot show that a faint spot has none). Measured on the flat-panel twins
+            cannot show that a faint spot has none), in :data:`FEATURE_MATCH_PASSES_READOUT`
+            passes (the denoiser broadens a spot more there). Measured on the flat-panel twins
             (``bench.flat_panel --counting-twins``, docs/detectors.md).
         """
         nothing = np.zeros_like(good, dtype=bool)
@@ -335,7 +345,7 @@ class RawConsistency:
                 "readout_dominated": self.readout_dominated,
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
-                "feature_match_passes": FEATURE_MATCH_PASSES,
+                "feature_match_passes": self._spot_passes,
                 "half_pixel_z": HALF_PIXEL_Z,
                 "sharp_half_pixel_bins": int(self.sharp_bins.sum())
                 if self.sharp_bins is not None else 0,
@@ -383,10 +393,14 @@ class RawConsistency:
             step.match(raw, out, neighbours if step.pooled else (), drifts)
         spot_sums = self._spot_sums[bool(partners_used)]
         if spot_sums.index.size:
-            out = spot_sums.match(raw, out)
+            out = spot_sums.match(raw, out, passes=self._spot_passes)
         out = np.asarray(out, np.float32)
         np.copyto(out, np.asarray(denoised, np.float32), where=~good)
         return out
+
+    @property
+    def _spot_passes(self) -> int:
+        return FEATURE_MATCH_PASSES_READOUT if self.readout_dominated else FEATURE_MATCH_PASSES
 
     def drifts(self, raw: np.ndarray, neighbours: Sequence[np.ndarray]
                ) -> list[RadialDrift | None]:
@@ -941,8 +955,10 @@ class SpotSums:
                                          truncate=3.0)
         return summed.reshape(-1)[self.index].astype(np.float64)
 
-    def match(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``out`` scaled on the spots until its spot-scale sums are the raw ones."""
+    def match(self, raw: np.ndarray, out: np.ndarray, *,
+              passes: int = FEATURE_MATCH_PASSES) -> np.ndarray:
+        """``out`` scaled on the spots towards spot-scale sums equal to the raw ones, in
+        ``passes`` multiplicative passes."""
         out = out.copy()
         flat = out.reshape(-1)
         # A floor, so that a spot the network erased entirely still takes the raw counts.
@@ -952,7 +968,7 @@ class SpotSums:
         # passes then divide by sums near 0 (a pixel once came out 10^4 times its level).
         # Counts never sum below 0, so for them this changes nothing.
         raw_sum = np.maximum(self._sum(raw.reshape(-1)[self.index]), 0.0)
-        for _ in range(FEATURE_MATCH_PASSES):
+        for _ in range(passes):
             den_sum = self._sum(values)
             values *= np.divide(raw_sum, den_sum, out=np.ones_like(raw_sum),
                                 where=den_sum > 0)

@@ -554,3 +554,43 @@ def test_a_faint_one_sided_feature_under_readout_noise_is_found_on_a_dominated_s
     assert dominated.features[usual.partnered_spots].all()
     assert dominated.summary()["readout_dominated"] and dominated.summary()["excess_z"] == 3.0
     assert not usual.summary()["readout_dominated"]
+
+
+@pytest.mark.fast
+def test_a_readout_dominated_scan_holds_a_broadened_spot_closer_to_its_raw_shape():
+    """Under readout noise the denoiser broadens a spot more than on counts; the spot hold
+    of a readout-dominated scan makes more passes at the same spot scale, so the spot's own
+    pixels come closer to the raw counts (a spot twice as wide as raw's, same counts)."""
+    from bluesky_symdenoise.denoise.consistency import (
+        FEATURE_MATCH_PASSES,
+        FEATURE_MATCH_PASSES_READOUT,
+    )
+
+    shape = (64, 64)
+    rows, cols = np.indices(shape)
+    r2 = (rows - 20.0) ** 2 + (cols - 40.0) ** 2
+    raw = (0.2 + 30.0 * np.exp(-0.5 * r2 / 0.8 ** 2)).astype(np.float32)  # a sharp spot
+    denoised = (0.2 + 30.0 * 0.8 ** 2 / 1.6 ** 2
+                * np.exp(-0.5 * r2 / 1.6 ** 2)).astype(np.float32)  # same counts, twice as wide
+    good = np.ones(shape, bool)
+    spot = r2 <= 4.0 ** 2
+    own = r2 <= 1.5 ** 2
+    held = {flag: RawConsistency(good=good, rings=None, ring_pixels=np.zeros(shape, bool),
+                                 features=spot, readout_dominated=flag)
+            for flag in (False, True)}
+    assert FEATURE_MATCH_PASSES_READOUT > FEATURE_MATCH_PASSES
+    assert held[True].summary()["feature_match_passes"] == FEATURE_MATCH_PASSES_READOUT
+    kept = {flag: float(hold.apply(raw, denoised)[own].sum() / raw[own].sum())
+            for flag, hold in held.items()}
+    print(f"spot's own pixels kept: counting rules {kept[False]:.3f}, readout-dominated "
+          f"{kept[True]:.3f} (denoised alone {denoised[own].sum() / raw[own].sum():.3f})")
+    assert kept[False] < kept[True] < 1.02
+    assert kept[True] - kept[False] > 0.05
+    within = {flag: float(hold.apply(raw, denoised)[spot].sum() / raw[spot].sum())
+              for flag, hold in held.items()}
+    print(f"over the spot's pixels: counting rules {within[False]:.3f}, readout-dominated "
+          f"{within[True]:.3f} (denoised alone {denoised[spot].sum() / raw[spot].sum():.3f})")
+    # The extra passes take the spot's sum no further from raw's than the counting rules do.
+    assert abs(within[True] - 1.0) <= abs(within[False] - 1.0) + 0.01
+    out = held[True].apply(raw, denoised)
+    np.testing.assert_array_equal(out[~spot], denoised[~spot])
