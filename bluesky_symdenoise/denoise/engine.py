@@ -651,7 +651,8 @@ class ScanDenoiser:
             model, summary = angular_model(pooled, good, radius, azimuth)
         else:
             model, summary = fitter.fit(pooled, good, radius, azimuth)
-        model = np.where(misfit(pooled, model, good), np.nan, model) / (1 + len(neighbours))
+        left_alone = misfit(pooled, model, good) | _spots_left_to_the_hold(analysis)
+        model = np.where(left_alone, np.nan, model) / (1 + len(neighbours))
         return model, summary
 
     def _polar_maps(self, analysis: ScanAnalysis) -> tuple[np.ndarray, np.ndarray]:
@@ -902,6 +903,20 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     if method == "thinning":
         return ChannelContext.without_symmetry(analysis.context.good)
     return analysis.context
+
+
+def _spots_left_to_the_hold(analysis: ScanAnalysis) -> np.ndarray | bool:
+    """Pixels the per-shell angular model leaves to the engine's own estimate besides its
+    misfits: on a readout-dominated scan, the spots held to the raw counts
+    (:meth:`~.consistency.RawConsistency.spots`). The misfit test (a Poisson z of
+    :data:`~.angular.MISFIT_Z`) lacks the power there to find a faint one-sided feature, and
+    the model, mixed in after the holds, then spread it around its shell (``bench.flat_panel
+    --counting-twins``). On counts the misfit test finds such spots itself; False there
+    (nothing added)."""
+    consistency = analysis.consistency
+    if consistency is None or not consistency.readout_dominated:
+        return False
+    return consistency.spots()
 
 
 def uses_partners(analysis: ScanAnalysis, method: str) -> bool:
