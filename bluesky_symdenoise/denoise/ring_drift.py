@@ -19,8 +19,10 @@ bin means, and the stated error of ε is scaled by the fit's reduced χ² where 
 1 (correlated or non-Poisson noise, a model that does not fit). Where ε is significant
 (:data:`DRIFT_Z`), :func:`moved_bins` marks, at any binning, the bins where the neighbour's
 profile is predicted to differ from the frame's by more than :data:`DRIFT_BIAS_SIGMAS` of
-the frame's own bin noise: those bins do not take that neighbour. Elsewhere (between rings,
-where the profile is flat) the neighbour is still pooled. A drift below :data:`DRIFT_Z` is
+the frame's own bin noise: those bins do not take that neighbour, nor do the outermost bins
+whose neighbour's content came from beyond the frame's last radius (a ring just outside
+the detector's corner drifting in, which the frame's profile cannot predict). Elsewhere
+(between rings, where the profile is flat) the neighbour is still pooled. A drift below :data:`DRIFT_Z` is
 smaller than the whole profile can see, so per bin it is far below the noise.
 """
 
@@ -142,4 +144,13 @@ def moved_bins(drift: RadialDrift, profile: RingProfile, expected: np.ndarray,
     change = np.stack([np.interp(moved_to, radius, mean[:, k]) for k in range(sectors)],
                       axis=1) - mean
     noise = np.maximum(mean, 0.0) / np.maximum(weight.reshape(mean.shape), 1e-12)
-    return (change ** 2 > DRIFT_BIAS_SIGMAS ** 2 * noise).reshape(-1)
+    moved = change ** 2 > DRIFT_BIAS_SIGMAS ** 2 * noise
+    # Where the rings came in from beyond the outermost radius with pixels (the detector's
+    # corner), the neighbour holds what lay outside this frame's profile: the prediction
+    # (flat beyond the last bin) cannot say what moved there, so those bins have moved.
+    filled = weight.reshape(mean.shape) > 0
+    for k in range(sectors):
+        if filled[:, k].any():
+            last = radius[np.flatnonzero(filled[:, k])[-1]]
+            moved[:, k] |= filled[:, k] & (moved_to > last)
+    return moved.reshape(-1)

@@ -473,6 +473,28 @@ def test_a_run_of_sparse_bins_ends_where_the_scan_shows_a_ring_the_denoiser_miss
     assert RUN_BREAK_Z >= 3.0  # a break needs a significant change, not the noise
 
 
+def test_a_few_counts_in_a_corner_bin_do_not_end_a_run():
+    """The run-break test is the exact one for Poisson counts: two counts on the one pixel
+    of the detector's last radius, where the run before it expects 0.2 there, are a
+    Gaussian "3 σ" change but not an exact one (they are about once a scan among a corner's
+    bins), so the run goes on; a ring's counts still end it."""
+    from bluesky_symdenoise.denoise.consistency import _scan_mean_changes
+
+    run_counts, run_pixels = 0.2 * 60, 60.0
+    assert not _scan_mean_changes(run_counts, run_pixels, 2.0, 1.0)
+    # The same two counts under the Gaussian z of the pooled mean: "a change".
+    pooled = (run_counts + 2.0) / (run_pixels + 1.0)
+    z2 = (2.0 - run_counts / run_pixels) ** 2 / (pooled * (1.0 + 1.0 / run_pixels))
+    assert z2 > 9.0
+    # A ring: 20 counts on 10 pixels where the run expects 2.
+    assert _scan_mean_changes(run_counts, run_pixels, 20.0, 10.0)
+    # A drop as well as a rise, and nothing from no counts at all.
+    assert _scan_mean_changes(200.0, 100.0, 40.0, 100.0)
+    assert not _scan_mean_changes(0.0, 100.0, 0.0, 5.0)
+    # Photon-equivalent sums below 0 (an integrating detector) are taken as 0.
+    assert not _scan_mean_changes(-3.0, 100.0, 0.5, 5.0)
+
+
 def test_held_pixels_off_the_measured_ones_take_what_their_bins_received():
     """At the edge of the ring scope a bin's mean rests on a few measured pixels whose
     factor it shares with the next bin, held outright to a different level: the means then

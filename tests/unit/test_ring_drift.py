@@ -89,6 +89,29 @@ def test_a_drifting_ring_is_not_pooled_where_it_moved_and_the_rest_still_is():
     assert moved_bins(drift, coarse, *coarse.bin_means(truth[1], good)).any()
 
 
+def test_a_neighbours_outermost_bins_are_moved_where_its_rings_came_from_beyond_the_corner():
+    """Rings moving inwards bring what lay beyond the detector's last radius into a
+    neighbour's outermost bins. The frame's profile, read flat beyond its end, cannot
+    predict it (a ring just outside the corner), so those bins do not take that neighbour;
+    rings moving outwards leave them predictable."""
+    from bluesky_symdenoise.denoise.ring_drift import RadialDrift
+
+    profile = ring_profile((128, 128), (64.0, 64.0), 1, 1.0)
+    n_bins = profile.bin_means(np.zeros((128, 128)), np.ones((128, 128), bool))[0].size
+    weight = np.zeros(n_bins)
+    weight[:90] = 40.0  # pixels out to radius 89 (the corner); none beyond
+    expected = np.full(n_bins, 0.05)  # flat: nothing the prediction sees moving
+    inwards = RadialDrift(scale=-0.015, error=0.001)  # its rings at 0.985 r
+    marked = moved_bins(inwards, profile, expected, weight)
+    # 89 / 0.985 = 90.4 > 89: the last radii, out to 89 * 0.985 = 87.7, hold what came in.
+    assert marked[88:90].all() and not marked[:88].any() and not marked[90:].any()
+    outwards = RadialDrift(scale=0.015, error=0.001)
+    assert not moved_bins(outwards, profile, expected, weight).any()
+    # Not significant: nothing moved, at the edge either.
+    assert not moved_bins(RadialDrift(scale=-0.015, error=0.01), profile, expected,
+                          weight).any()
+
+
 def test_pooling_of_static_frames_is_unchanged_by_the_drift_test(monkeypatch):
     series, truth, frames, good = _drift_series(1.0, seed=52, amount=0.0)
     profile = ring_profile(good.shape, series.geometry.center, 1, 1.0)
