@@ -22,8 +22,9 @@ profile is predicted to differ from the frame's by more than :data:`DRIFT_BIAS_S
 the frame's own bin noise: those bins do not take that neighbour, nor do the outermost bins
 whose neighbour's content came from beyond the frame's last radius (a ring just outside
 the detector's corner drifting in, which the frame's profile cannot predict). Elsewhere
-(between rings, where the profile is flat) the neighbour is still pooled. A drift below :data:`DRIFT_Z` is
-smaller than the whole profile can see, so per bin it is far below the noise.
+(between rings, where the profile is flat) the neighbour is still pooled. A drift below
+:data:`DRIFT_Z` is smaller than the whole profile can see, so per bin it is far below the
+noise.
 """
 
 from __future__ import annotations
