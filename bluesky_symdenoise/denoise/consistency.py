@@ -863,10 +863,11 @@ def _scan_mean_changes(run_counts: float, run_pixels: float, counts: float,
 
     The test is the exact one for two Poisson counts: given their total, the bin's share
     is binomial with the bin's share of the pixels. A Gaussian z of a few counts is not:
-    a one-pixel corner bin with two counts where the run expects 0.2 was a "3 σ" change
-    (a false break about once a scan on the detector's last radii, where the short run
-    beyond it was then held to a few pixels' counts); it is not at the exact level. Counts
-    below 0 (an integrating detector's photon-equivalent sums) are taken as 0.
+    a one-pixel corner bin with two counts where the run expects 0.2 was a "3 σ" change,
+    and the short run beyond such a false break on the detector's last radii was held to a
+    few pixels' counts (``bench.iq``, the drifting in situ scene at 0.1 counts/pixel); it
+    is not a change at the exact level. Counts below 0 (an integrating detector's
+    photon-equivalent sums) are taken as 0.
     """
     if run_pixels <= 0 or pixels <= 0:
         return False

@@ -476,8 +476,8 @@ def test_a_run_of_sparse_bins_ends_where_the_scan_shows_a_ring_the_denoiser_miss
 def test_a_few_counts_in_a_corner_bin_do_not_end_a_run():
     """The run-break test is the exact one for Poisson counts: two counts on the one pixel
     of the detector's last radius, where the run before it expects 0.2 there, are a
-    Gaussian "3 σ" change but not an exact one (they are about once a scan among a corner's
-    bins), so the run goes on; a ring's counts still end it."""
+    Gaussian "3 σ" change but not an exact one, so the run goes on; a ring's counts still
+    end it."""
     from bluesky_symdenoise.denoise.consistency import _scan_mean_changes
 
     run_counts, run_pixels = 0.2 * 60, 60.0
