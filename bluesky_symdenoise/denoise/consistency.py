@@ -157,6 +157,8 @@ MIN_RING_PIXELS = 12.0
 #: (Poisson, two-sample): a ring the denoiser missed in a detector corner is not pooled
 #: with the background beside it. A per-scan decision on the scan's counts, not a frame's.
 RUN_BREAK_Z = 3.0
+#: ... as one tail's probability (the exact test's level, :func:`_scan_mean_changes`).
+_RUN_BREAK_P = float(special.ndtr(-RUN_BREAK_Z))
 #: A ring hold's means have not converged at a pixel whose last pass still scaled it by
 #: more than this (relative); a held pixel off the measured ones then takes what its bins'
 #: means received, not the product of the factors asked for.
@@ -882,10 +884,6 @@ def _scan_mean_changes(run_counts: float, run_pixels: float, counts: float,
     below = (special.betainc(total - counts, counts + 1.0, 1.0 - share)
              if counts < total else 1.0)
     return bool(min(above, below) < _RUN_BREAK_P)
-
-
-#: One tail's probability of :data:`RUN_BREAK_Z` standard deviations.
-_RUN_BREAK_P = float(special.ndtr(-RUN_BREAK_Z))
 
 
 def _int32(index: np.ndarray) -> np.ndarray:
