@@ -234,6 +234,15 @@ def one_run(detector: str, mode: str, *, scene: str, counts: float, frames: int,
     }
 
 
+def _device_name() -> str:
+    """Where the network runs: the GPU's name when CUDA is present (the plugin's
+    ``device="auto"``), else ``CPU``."""
+    import torch
+
+    return (f"GPU ({torch.cuda.get_device_name()}; the analysis, pyFAI and the documents "
+            "on the CPU)") if torch.cuda.is_available() else "CPU"
+
+
 def _table(rows: list[dict]) -> str:
     columns = ["detector", "shape", "mode", "frames read", "frames published", "frames/s",
                "latency p50 (s)", "peak RSS growth (GB)", "PSNR raw (dB)",
@@ -291,7 +300,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
     text = (f"# Real detector sizes, live (`{command}`)\n\n"
             f"Scene {args.scene}, {args.counts:g} counts/pixel, 4 warm-up frames + "
-            f"{args.frames}, fine-tuning budget {args.budget:g} s, 2 torch threads, CPU.\n\n"
+            f"{args.frames}, fine-tuning budget {args.budget:g} s, 2 torch threads, "
+            f"{_device_name()}.\n\n"
             + _table(rows) + "\n\nPer run (JSON):\n\n"
             + "\n".join("    " + json.dumps(row, default=str) for row in rows) + "\n")
     print(text)

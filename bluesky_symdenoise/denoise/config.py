@@ -52,6 +52,10 @@ class DenoiseConfig(BaseModel):
         held-out split favours it, never where it misfits; shells keep their totals.
     feature_z_threshold
         Level of the spot-scale 180° test that marks a feature without a partner.
+    sampler_threads
+        Background threads drawing the training batches while the network trains; None:
+        up to 4 on a GPU (leaving two cores), none on a CPU
+        (:func:`~bluesky_symdenoise.denoise.training.sampler_threads`).
     inference_batch
         Frames per forward pass at inference; None: the device's choice (CUDA 8, CPU 1: on
         a CPU a batch is not cheaper per frame). Halved on out-of-memory.
@@ -97,6 +101,7 @@ class DenoiseConfig(BaseModel):
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)
     mixed_precision: bool = True
+    sampler_threads: int | None = Field(default=None, ge=0, le=32)
     max_memory_gb: float | None = Field(default=None, gt=0)
     detector: DetectorNoise = DetectorNoise()
     seed: int = 0

@@ -687,7 +687,7 @@ class _HeldBins:
                                          scan_counts=self.scan_counts,
                                          scan_pixels=self.weights)
                       if whole_ring else None)
-            in_run: np.ndarray | bool = False
+            in_run: np.ndarray | np.bool_ = np.False_
             if merged is None:
                 raw_at = (reader @ target).astype(np.float32)
                 den_at = (reader @ den_means).astype(np.float32)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["ComputePlan", "OutOfMemory", "OutOfMemoryFallback", "autocast", "compute_plan",
-           "is_out_of_memory", "memory_format", "move_model", "select_device"]
+           "is_out_of_memory", "memory_format", "move_model", "select_device", "warm_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,32 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "mps":
         raise ValueError("device='mps' is not supported; use 'auto', 'cpu' or 'cuda'")
     return torch.device(preference)
+
+
+_WARM: set[str] = set()
+
+
+def warm_up(device: torch.device) -> None:
+    """Start a CUDA device's context and load its libraries (cuDNN, cuBLAS) once per
+    process: a tiny bf16 convolution and matrix product, forward and backward. They take
+    about 1 GB of the process's host memory for good; done before a live scan's memory
+    guard reads its baseline, that is not counted as the scan's growth (on an H200 it had
+    passed a Pilatus 1M scan's fine-tuning over a 1.5 GB budget: ``bench/large_frames.py``).
+    Nothing on a CPU; a failure is left to the scan's own first use of the device."""
+    if device.type != "cuda" or str(device) in _WARM:
+        return
+    try:
+        x = torch.ones(1, 2, 8, 8, device=device, requires_grad=True)
+        w = torch.ones(2, 2, 3, 3, device=device, requires_grad=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=torch.cuda.is_bf16_supported()):
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            z = y.flatten(1) @ y.flatten(1).T
+        z.float().sum().backward()
+        torch.cuda.synchronize(device)
+        _WARM.add(str(device))
+    except Exception as exc:  # noqa: BLE001 - the scan reports its own device errors
+        logger.warning("symdenoise: could not warm up %s: %s", device, exc)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -99,7 +125,9 @@ class OutOfMemoryFallback:
     Training and inference keep one of these per loop and hand every exception of a step to
     :meth:`recover`; it re-raises what it cannot survive. Each fallback is appended to
     ``events`` (recorded in provenance) as ``"out of memory during <what> on <device>:
-    batch <n>"`` or ``"out of memory during <what> at batch 1: moved to cpu"``.
+    batch <n>"``, ``"out of memory during <what> at batch 1: moved to cpu"`` or, where the
+    model itself did not fit (:meth:`place`), ``"out of memory during <what> placing the
+    model on <device>: moved to cpu"``.
 
     Parameters
     ----------
@@ -130,6 +158,23 @@ class OutOfMemoryFallback:
         self.device = device
         self.events = events
         self._on_device_change = on_device_change
+
+    def place(self, move: Callable[[], object]) -> None:
+        """Run ``move`` (the model onto :attr:`device`); if the device has not even room for
+        the model, move the work to the CPU at once (``on_device_change``) and record it."""
+        try:
+            move()
+        except Exception as exc:
+            if not is_out_of_memory(exc) or self.device.type == "cpu":
+                raise
+            where, self.device = self.device, torch.device("cpu")
+            if where.type == "cuda":
+                torch.cuda.empty_cache()
+            if self._on_device_change is not None:
+                self._on_device_change(self.device)
+            self.events.append(f"out of memory during {self.what} placing the model on "
+                               f"{where}: moved to cpu")
+            logger.warning("symdenoise: %s", self.events[-1])
 
     def recover(self, exc: BaseException) -> None:
         """Adapt to an out-of-memory error, or re-raise ``exc`` (any other error, or out of

@@ -65,7 +65,7 @@ from .targets import (
     random_cell_keep,
     subsampled_channels,
 )
-from .training import PairSource, TrainingLog, fit
+from .training import SAMPLER_BYTES_PER_PIXEL, PairSource, TrainingLog, fit, sampler_threads
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
            "classical_engine", "frame_targets", "keep_total_counts", "next_frame_split",
@@ -304,9 +304,12 @@ class ScanDenoiser:
 
     def fit(self, analysis: ScanAnalysis, *, method: str, seconds: float,
             pairs: tuple[np.ndarray, np.ndarray] | None = None,
-            cancel: threading.Event | None = None) -> TrainingLog:
+            cancel: threading.Event | None = None, threads: int | None = None
+            ) -> TrainingLog:
         """Fine-tune (or train) the network for this scan for at most ``seconds``, or until
-        ``cancel`` is set (the log then says ``cancelled``)."""
+        ``cancel`` is set (the log then says ``cancelled``). ``threads`` draw the training
+        batches (None: :func:`~.training.sampler_threads` of the device, as many as a
+        quarter of the memory budget holds at :data:`SAMPLER_BYTES_PER_PIXEL` each)."""
         cfg = self.config
         frames = analysis.prepared.frames
         if method == "noise2sr":
@@ -334,7 +337,11 @@ class ScanDenoiser:
                             learning_rate=cfg.learning_rate if method != "noise2sr"
                             else 1e-3, batch_size=cfg.batch_size, patch=patch,
                             device=self.device, mixed_precision=cfg.mixed_precision,
-                            seed=cfg.seed, cancel=cancel)
+                            seed=cfg.seed, cancel=cancel,
+                            threads=threads if threads is not None else sampler_threads(
+                                self.device, cfg.sampler_threads,
+                                per_thread_bytes=SAMPLER_BYTES_PER_PIXEL * frames[0].size,
+                                spare_bytes=int(self.memory_budget_gb * (1 << 30) / 4)))
         self.events += self.training.events
         self.device = torch.device(self.training.device)
         return self.training

@@ -67,8 +67,6 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
     plan = plan or compute_plan(device, mixed_precision)
     multiple = 2 ** getattr(model, "depth", 3)
     results: list[np.ndarray] = []
-    move_model(model, device, plan)
-    model.eval()
 
     def move_to(new_device: torch.device) -> None:
         nonlocal plan
@@ -77,6 +75,8 @@ def predict_rates(model: torch.nn.Module, inputs: Sequence[np.ndarray],
 
     fallback = OutOfMemoryFallback("inference", batch_size or plan.inference_batch, device,
                                    events, on_device_change=move_to)
+    fallback.place(lambda: move_model(model, device, plan))
+    model.eval()
     index = 0
     flip_set = _FLIPS[:max(1, min(flips, 4))]
     while index < len(inputs):

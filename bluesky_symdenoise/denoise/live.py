@@ -34,7 +34,7 @@ from ..integrate.azimuthal import IntegrationResult, integrator_for
 from ..integrate.heldout import IqCheck
 from .config import DenoiseConfig
 from .detector_noise import NoiseCalibration
-from .device import select_device
+from .device import select_device, warm_up
 from .engine import (
     ScanAnalysis,
     ScanDenoiser,
@@ -51,6 +51,7 @@ from .models import load_base_model, model_hash
 from .preprocess import unusable_pixels
 from .selection import binomial_split, mean_squared_error, poisson_deviance
 from .symmetry import TAPS_KEPT_UP_TO
+from .training import SAMPLER_BYTES_PER_PIXEL, sampler_threads
 
 __all__ = ["LIVE_CPU_WIDTH", "NETWORK_METHODS", "LiveDenoiser", "ServedFrame",
            "live_cpu_settings"]
@@ -197,6 +198,12 @@ class LiveDenoiser:
         self.iq_seconds = 0.0
         self._iq_setup: tuple[DetectorGeometry, int, list] | None = None
         self._previous: np.ndarray | None = None
+        # A GPU's context and libraries are the process's, not the scan's: loaded before
+        # the guard's baseline (a no-op on a CPU and after the first scan).
+        try:
+            warm_up(select_device(config.device))
+        except ValueError:  # CUDA asked for and absent: the scan's analysis says so
+            pass
         #: The scan's memory budget, against the resident memory at the scan's start.
         self.guard = MemoryGuard(config.max_memory_gb or default_memory_budget_gb())
 
@@ -342,11 +349,20 @@ class LiveDenoiser:
         the interim mode keeps serving.
         """
         need = _TRAINING_BYTES + self._frame_bytes(_TRAINING_BYTES_PER_PIXEL)
-        with self.guard.claim(need) as over:
+        # Threads drawing batches ahead (a GPU's) each hold a draw: as many as fit.
+        per_thread = self._frame_bytes(SAMPLER_BYTES_PER_PIXEL)
+        try:
+            threads = sampler_threads(select_device(self.config.device),
+                                      self.config.sampler_threads)
+        except ValueError:  # CUDA asked for and absent: the training says so
+            threads = 0
+        while threads > 0 and self.guard.check(need + threads * per_thread) is not None:
+            threads -= 1
+        with self.guard.claim(need + threads * per_thread) as over:
             if over is not None:
                 self.network_note = f"not trained ({over}): interim mode kept"
                 return
-            trained = self._fine_tune(cancel)
+            trained = self._fine_tune(cancel, threads)
         if not trained:
             return
         # The check serves a held-out frame through the network and through the interim
@@ -365,7 +381,7 @@ class LiveDenoiser:
             self.network_ready = True
         self.network_note = note
 
-    def _fine_tune(self, cancel: threading.Event) -> bool:
+    def _fine_tune(self, cancel: threading.Event, threads: int = 0) -> bool:
         """Fit the network; True when it trained long enough to be checked."""
         try:
             denoiser, analysis = self._analysed()
@@ -373,7 +389,7 @@ class LiveDenoiser:
             if seconds is None:
                 seconds = denoiser.config.fine_tune_seconds(denoiser.device.type)
             log = denoiser.fit(analysis, method=self.method, seconds=float(seconds),
-                               cancel=cancel)
+                               cancel=cancel, threads=threads)
         except Exception as exc:  # noqa: BLE001
             self.network_note = (f"training failed ({type(exc).__name__}: {exc}): "
                                  "interim mode kept")
@@ -755,6 +771,7 @@ class LiveDenoiser:
             record["model_hash"] = (model_hash(self.denoiser.model)
                                     if self.denoiser.model is not None else None)
             record["model"] = self.denoiser.model_origin
+            record["device"] = str(self.denoiser.device)  # where the network ran
             # Device/batch fallbacks (out of memory) of training and inference.
             record["engine_events"] = list(self.denoiser.events) + (
                 list(self.interim.events) if self.interim is not None else [])

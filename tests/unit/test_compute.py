@@ -4,6 +4,8 @@ No GPU is needed: :class:`ComputePlan` is what differs between devices, and torc
 autocast and channels-last tensors on the CPU too, so the same lines a GPU runs are tested.
 """
 
+import threading
+
 import numpy as np
 import torch
 
@@ -87,3 +89,43 @@ def test_live_cpu_settings_pick_the_narrow_shipped_network_unless_asked():
     n_live = sum(p.numel() for p in model.parameters())
     n_default = sum(p.numel() for p in default.parameters())
     assert n_live < 0.6 * n_default
+
+
+def test_batches_drawn_on_background_threads_train_as_the_trainers_own_do():
+    """A GPU's trainer draws its batches on sampler threads (none by default on a CPU); the
+    model learns the same way, the threads are gone afterwards, and the log says so."""
+    from bluesky_symdenoise.denoise.training import sampler_threads
+
+    assert sampler_threads(CPU) == 0 and sampler_threads(CPU, 3) == 3
+    assert 0 <= sampler_threads(torch.device("cuda")) <= 4
+    # each draw of a 1 Mpx frame holds ~240 MB: a quarter of a 1.5 GB budget holds one
+    assert sampler_threads(CPU, 4, per_thread_bytes=240 << 20, spare_bytes=384 << 20) == 1
+    assert sampler_threads(CPU, 4, per_thread_bytes=240 << 20, spare_bytes=0) == 0
+    frames, _ = _frames()
+    ctx = ChannelContext.without_symmetry(np.ones(frames.shape[1:], bool))
+    logs = {}
+    for threads in (0, 2):
+        model = new_model(8, 2)
+        logs[threads] = fit(model, ThinningPairs(frames, ctx, seed=1), seconds=30,
+                            max_steps=25, learning_rate=1e-3, batch_size=4, patch=32,
+                            device=CPU, threads=threads)
+    for log in logs.values():
+        assert log.steps == 25 and log.last_loss < log.first_loss
+    assert logs[2].as_dict()["sampler_threads"] == 2 and "sampler_threads" not in logs[
+        0].as_dict()
+    assert not [t for t in threading.enumerate() if t.name.startswith("symdenoise-sampler")]
+
+
+def test_a_batch_drawn_ahead_at_the_old_size_is_cut_after_the_batch_is_halved():
+    from bluesky_symdenoise.denoise.training import _BatchPrefetcher
+
+    frames, _ = _frames()
+    ctx = ChannelContext.without_symmetry(np.ones(frames.shape[1:], bool))
+    prefetcher = _BatchPrefetcher(ThinningPairs(frames, ctx, seed=2), 2, 32)
+    try:
+        assert prefetcher.next(4).inputs.shape[0] == 4
+        halved = prefetcher.next(2)  # drawn ahead at 4
+        assert [getattr(halved, n).shape[0] for n in ("inputs", "target", "copies",
+                                                       "scale")] == [2] * 4
+    finally:
+        prefetcher.close()

@@ -35,3 +35,21 @@ def test_other_errors_and_out_of_memory_at_batch_one_on_the_cpu_are_raised():
     last = OutOfMemoryFallback("training", 1, CPU, [])
     with pytest.raises(torch.cuda.OutOfMemoryError):
         last.recover(torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
+
+
+def test_a_model_that_does_not_fit_on_the_device_moves_the_work_to_the_cpu():
+    events: list[str] = []
+    moved: list[torch.device] = []
+    fallback = OutOfMemoryFallback("training", 8, torch.device("cuda"), events,
+                                   on_device_change=moved.append)
+
+    def move() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    fallback.place(move)
+    assert fallback.device == CPU and moved == [CPU] and fallback.batch_size == 8
+    assert events == ["out of memory during training placing the model on cuda: moved to cpu"]
+    with pytest.raises(ValueError, match="not memory"):
+        fallback.place(lambda: (_ for _ in ()).throw(ValueError("not memory")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # already on the CPU: nowhere to go
+        fallback.place(move)
