@@ -495,6 +495,32 @@ def test_a_few_counts_in_a_corner_bin_do_not_end_a_run():
     assert not _scan_mean_changes(-3.0, 100.0, 0.5, 5.0)
 
 
+def test_a_runs_bins_share_its_level_as_the_scans_counts_do_where_there_are_enough():
+    """Within a run of sparse bins the raw level is shared by the scan's summed counts, the
+    denoised shape a prior worth MIN_RING_COUNTS counts: a corner's last bins with no count
+    in any frame come out below the flank's level that the denoised shape gave them, by
+    more the more counts the scan holds; with no scan counts the denoised shape stands."""
+    from bluesky_symdenoise.denoise.consistency import MIN_RING_COUNTS, _merge_sparse_bins
+
+    pixels = np.array([4.0, 4, 3, 3, 2, 2, 1, 1])  # the corner: fewer pixels a bin
+    den = np.full(pixels.size, 0.05)  # the denoiser's shape: flat
+    target = np.full(pixels.size, 0.05)
+    support = 3 * pixels  # 3 frames
+    flat_target, flat_den, _ = _merge_sparse_bins(den, target, support)  # type: ignore[misc]
+    assert np.allclose(flat_target / flat_den, 1.0)  # no scan counts: the shape stands
+    for scale, below in ((1, 0.75), (10, 0.25)):  # a few counts, then many
+        counts = scale * np.array([2.0, 2, 1.5, 1.5, 1, 1, 0, 0])  # none in the last two
+        merged = _merge_sparse_bins(den, target, support, scan_counts=counts,
+                                    scan_pixels=pixels)
+        assert merged is not None
+        group_target, group_den, _ = merged
+        level = group_target / group_den  # each bin's factor against the denoised shape
+        assert np.all(level[-2:] < below) and np.all(level[:-2] > 1.0)
+        # the run's total stays the raw one
+        assert np.isclose(np.sum(level * den * pixels), np.sum(target * pixels))
+    assert MIN_RING_COUNTS == 10.0
+
+
 def test_held_pixels_off_the_measured_ones_take_what_their_bins_received():
     """At the edge of the ring scope a bin's mean rests on a few measured pixels whose
     factor it shares with the next bin, held outright to a different level: the means then
