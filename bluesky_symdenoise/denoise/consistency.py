@@ -61,6 +61,8 @@ Everything else is left as the network made it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 
@@ -415,6 +417,22 @@ class RawConsistency:
         found: list[RadialDrift | None] = [*radial_drifts(profile, self.good, raw, neighbours)]
         return found
 
+    def with_frame_replaced(self, old: np.ndarray, new: np.ndarray) -> RawConsistency:
+        """These holds, their scan counts (where runs of sparse bins end, and how a run's
+        level is shared among its bins) taken as if ``new`` had been summed in place of
+        ``old``, one of the scan's frames.
+
+        The held-out I(q) check (:meth:`~.engine.ScanDenoiser.iq_check`) denoises one half
+        of a frame and scores it against the other half's raw I(q): held to the whole
+        scan's counts, which hold that other half, the denoised half would share its noise
+        and the check would find it closer to raw than it is (a sigma too small).
+        """
+        change = np.asarray(new, np.float64) - np.asarray(old, np.float64)
+        out = copy.copy(self)
+        object.__setattr__(out, "_hold_steps", tuple(step.with_scan_change(change)
+                                                     for step in self._hold_steps))
+        return out
+
     def _steps(self, scan_sum: np.ndarray | None = None) -> tuple[_HeldBins, ...]:
         """The ring holds :meth:`apply` makes, in order, with their bins found once (and,
         given the scan's summed frames, where their runs of sparse bins end).
@@ -633,6 +651,14 @@ class _HeldBins:
                    held=held, kept_reader=kept, passes=passes, shrink=shrink,
                    sparse=sparse, pooled=pooled, shrunk_at=shrunk_at,
                    scan_counts=scan_counts)
+
+    def with_scan_change(self, change: np.ndarray) -> _HeldBins:
+        """This hold with ``change`` (a frame's worth, flat or 2-D) added to the scan's
+        summed counts (:meth:`RawConsistency.with_frame_replaced`)."""
+        if self.scan_counts is None:
+            return self
+        return dataclasses.replace(self, scan_counts=self.scan_counts + self.scatter @ (
+            np.asarray(change).reshape(-1)[self.measured]))
 
     def bin_means(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An image's mean in each bin over the measured pixels, and the bins' weights."""

@@ -113,6 +113,17 @@ class ScanAnalysis:
     noise: NoiseCalibration = field(default_factory=NoiseCalibration)
 
 
+def held_out_analysis(analysis: ScanAnalysis, frame: np.ndarray,
+                      half: np.ndarray) -> ScanAnalysis:
+    """The analysis one held-out half of the scan's ``frame`` is denoised with: its holds to
+    the raw counts rest on the scan's counts with ``frame`` replaced by ``half``
+    (:meth:`~.consistency.RawConsistency.with_frame_replaced`), so that the denoised half
+    shares no counts with the other half it is scored against."""
+    if analysis.consistency is None:
+        return analysis
+    return replace(analysis, consistency=analysis.consistency.with_frame_replaced(frame, half))
+
+
 @dataclass
 class DenoiseResult:
     """Denoised frames with how they were made.
@@ -545,8 +556,9 @@ class ScanDenoiser:
         def by_engine(half: np.ndarray, index: int, which: int) -> np.ndarray:
             halves = thinned_neighbours(frames, index, seed=index, which=which)
             near = np.mean(halves, axis=0).astype(np.float32) if halves else None
-            return self.serve_frames(analysis, method=method, frames=[half],
-                                     neighbours=[near], ring_neighbours=[halves])[0]
+            return self.serve_frames(held_out_analysis(analysis, frames[index], half),
+                                     method=method, frames=[half], neighbours=[near],
+                                     ring_neighbours=[halves])[0]
 
         return held_out_iq(serve or by_engine, list(frames), integration, npt=npt,
                            sectors=sectors, ring_prior=ring_prior)

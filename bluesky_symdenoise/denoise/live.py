@@ -40,6 +40,7 @@ from .engine import (
     ScanDenoiser,
     classical_engine,
     frame_targets,
+    held_out_analysis,
     next_frame_split,
     scale_to_raw_counts,
     symmetry_usage,
@@ -685,12 +686,13 @@ class LiveDenoiser:
             # frames served see theirs: live, a frame's only neighbour is the previous one.
             halves = thinned_neighbours(frames[:index + 1], index, seed=index, which=which)
             previous = halves[0] if halves else None
+            held_out = held_out_analysis(analysis, frames[index], half)
             if engine is not None:
-                out = engine.denoise_frame(analysis, method=self.method, frame=half,
+                out = engine.denoise_frame(held_out, method=self.method, frame=half,
                                            neighbours=previous)
             else:
                 out = denoiser.classical_frames_held(
-                    analysis, [half], [bad], engine=classical_engine(self.method),
+                    held_out, [half], [bad], engine=classical_engine(self.method),
                     ring_neighbours=[halves[:1]])[0]
             return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
                                        preserve=self.config.preserve_total_counts)[0]

@@ -642,3 +642,32 @@ def test_a_readout_dominated_scan_holds_a_broadened_spot_closer_to_its_raw_shape
     assert abs(within[True] - 1.0) <= abs(within[False] - 1.0) + 0.01
     out = held[True].apply(raw, denoised)
     np.testing.assert_array_equal(out[~spot], denoised[~spot])
+
+
+def test_a_held_out_half_is_held_to_the_scans_counts_with_its_frame_replaced_by_it():
+    """The held-out I(q) check scores a denoised half against the other half's raw I(q): the
+    runs of sparse bins of the half's holds must not rest on the whole scan's counts, which
+    hold that other half, but on the scan's counts with the frame replaced by the half."""
+    from bluesky_symdenoise.denoise.consistency import RawConsistency
+    from bluesky_symdenoise.denoise.selection import binomial_split
+    from bluesky_symdenoise.simulate.scenes import make_scene
+
+    scene = make_scene("powder", shape=(96, 96), seed=4)
+    rng = np.random.default_rng(4)
+    frames = np.stack([scene.expose(0.25, rng) for _ in range(3)]).astype(np.float64)
+    good, center = ~scene.mask, scene.geometry.center
+    for_scan = RawConsistency.for_scan(frames.sum(axis=0), good, center)
+    half, _ = binomial_split(frames[1], 7)
+    replaced = for_scan.with_frame_replaced(frames[1], half)
+    swapped = (frames.sum(axis=0) - frames[1] + half).reshape(-1)
+    counted = [(new, old) for new, old in zip(replaced._hold_steps, for_scan._hold_steps,
+                                              strict=True) if old.scan_counts is not None]
+    assert counted
+    for new, old in counted:
+        # the bins' sums of the scan with the frame swapped, and not the whole scan's
+        assert np.allclose(new.scan_counts, old.scatter @ swapped[old.measured])
+        assert not np.allclose(new.scan_counts, old.scan_counts)
+        assert new.scatter is old.scatter and new.held is old.held  # the same holds
+    whole = frames.sum(axis=0).reshape(-1)  # the scan's own are left as they were
+    assert all(np.allclose(old.scan_counts, old.scatter @ whole[old.measured])
+               for _, old in counted)
