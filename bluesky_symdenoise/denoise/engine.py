@@ -68,7 +68,8 @@ from .targets import (
 from .training import SAMPLER_BYTES_PER_PIXEL, PairSource, TrainingLog, fit, sampler_threads
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
-           "classical_engine", "frame_targets", "keep_total_counts", "next_frame_split",
+           "classical_engine", "frame_targets", "held_out_analysis", "keep_total_counts",
+           "next_frame_split",
            "scale_to_raw_counts", "scan_geometry", "symmetry_usage", "uses_partners",
            "violation_map"]
 
@@ -547,7 +548,9 @@ class ScanDenoiser:
         half ``which`` of each: see :func:`~..integrate.heldout.held_out_iq`) and its
         I(q) scored against the other half's, raw and denoised, for the full ring (None)
         and each sector in ``sectors``, a sector's squared bias shrunk towards the full
-        ring's (``ring_prior``). Once per scan: two denoising passes per frame.
+        ring's (``ring_prior``). Once per scan: two denoising passes per frame. ``frames``
+        must be among the analysed ones: each half is held to the scan's counts with its
+        frame swapped for it (:func:`held_out_analysis`).
         """
         frames = analysis.prepared.frames if frames is None else np.asarray(frames)
         if len(frames) > max_frames:  # spread over the scan
