@@ -888,34 +888,28 @@ def _shape_in_runs(group: np.ndarray, grown: np.ndarray, den: np.ndarray,
                    scan_counts: np.ndarray, scan_pixels: np.ndarray, runs: int
                    ) -> np.ndarray:
     """How a run's raw level is shared among its bins, relative to the denoised shape: per
-    bin of ``grown``, the factor by which its target differs from the run's so that the
-    bin's mean comes out at ``run level x rel_b``.
+    bin of ``grown``, the factor by which its target differs from the run's.
 
-    ``rel_b`` (the bin's mean over the run's, in the scan's summed counts) is the bin's
-    share of the run's scan counts, with the denoised frame's share as a prior worth
-    :data:`MIN_RING_COUNTS` counts: ``(C_b + k pi_b) / (C_R + k)`` over the bin's share of
-    the pixels. Where the scan holds few counts in the run the denoised shape stands (as
-    it did alone before); where it holds many, the counts place them: a corner's last bins
-    with no count in any frame are no longer raised to the shape the coarser holds gave
-    the ring's flank before them (``bench.iq``, sharp rings at 0.1 counts/pixel).
+    A bin's share of the run is its share of the run's scan counts, with the denoised
+    frame's share (``pi_b``: its expected counts over the run's) as a prior worth
+    :data:`MIN_RING_COUNTS` counts: ``(C_b + k pi_b) / (C_R + k)``; the factor is that share
+    over ``pi_b`` (both over the bin's share of the pixels, which cancels). Where the scan
+    holds few counts in the run the denoised shape stands (as it did alone before); where it
+    holds many, the counts place them: a corner's last bins with no count in any frame are
+    no longer raised to the shape the coarser holds gave the ring's flank before them
+    (``bench.iq``, sharp rings at 0.1 counts/pixel).
     """
     index = group[grown]
-    pixels = np.maximum(scan_pixels[grown].astype(np.float64), 0.0)
     counts = np.maximum(scan_counts[grown].astype(np.float64), 0.0)
-    expected = np.maximum(den[grown].astype(np.float64), 0.0) * pixels
-    run_pixels = np.bincount(index, weights=pixels, minlength=runs)
+    expected = (np.maximum(den[grown].astype(np.float64), 0.0)
+                * np.maximum(scan_pixels[grown].astype(np.float64), 0.0))
     run_counts = np.bincount(index, weights=counts, minlength=runs)
     run_expected = np.bincount(index, weights=expected, minlength=runs)
     k = MIN_RING_COUNTS
     prior = np.divide(expected, run_expected[index], out=np.zeros_like(expected),
                       where=run_expected[index] > 0)
     share = (counts + k * prior) / (run_counts[index] + k)
-    # the bin's level over the run's: posterior, and as the denoised frame has it
-    pixel_share = np.divide(pixels, run_pixels[index], out=np.zeros_like(pixels),
-                            where=run_pixels[index] > 0)
-    posterior = np.divide(share, pixel_share, out=np.ones_like(share), where=pixel_share > 0)
-    denoised = np.divide(prior, pixel_share, out=np.ones_like(prior), where=pixel_share > 0)
-    return np.divide(posterior, denoised, out=np.ones_like(posterior), where=denoised > 0)
+    return np.divide(share, prior, out=np.ones_like(share), where=prior > 0)
 
 
 def _scan_mean_changes(run_counts: float, run_pixels: float, counts: float,

@@ -119,8 +119,8 @@ class _BatchPrefetcher:
         batch = future.result()
         if size > batch_size:
             batch = dataclasses.replace(batch, **{
-                name: getattr(batch, name)[:batch_size]
-                for name in ("inputs", "target", "copies", "scale")})
+                part.name: getattr(batch, part.name)[:batch_size]
+                for part in dataclasses.fields(batch)})
         return batch
 
     def close(self) -> None:
@@ -180,7 +180,7 @@ def fit(model: torch.nn.Module, pairs: PairSource, *, seconds: float, max_steps:
     fallback.place(lambda: move_model(model, device, plan))
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    workers = sampler_threads(device, threads) if threads is None else threads
+    workers = sampler_threads(device, threads)
     prefetcher = _BatchPrefetcher(pairs, workers, patch) if workers > 0 else None
     log.sampler_threads = workers
     # The clock starts after set-up: the first optimiser of a process pays for lazy imports.
