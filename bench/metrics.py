@@ -145,14 +145,15 @@ def _peak_window(i_true: np.ndarray) -> tuple[int, int, int]:
     return peak, lo, hi
 
 
-def _peak_stats(q: np.ndarray, intensity: np.ndarray, lo: int, hi: int):
+def _peak_stats(q: np.ndarray, intensity: np.ndarray, lo: int, hi: int, *,
+                background: bool = True):
     qw, iw = q[lo:hi + 1], intensity[lo:hi + 1]
     # Background line through the means of the outermost bins at each end (two bins when
     # the window is wide enough): one noisy edge bin would dominate the area otherwise.
     edge = 2 if len(qw) >= 10 else 1
     q_a, q_b = qw[:edge].mean(), qw[-edge:].mean()
     i_a, i_b = iw[:edge].mean(), iw[-edge:].mean()
-    bg = i_a + (i_b - i_a) * (qw - q_a) / (q_b - q_a)
+    bg = i_a + (i_b - i_a) * (qw - q_a) / (q_b - q_a) if background else np.zeros_like(iw)
     net = iw - bg
     area = float(np.trapezoid(net, qw)) if hasattr(np, "trapezoid") else float(np.trapz(net, qw))
     height = float(net.max())

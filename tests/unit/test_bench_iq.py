@@ -1,10 +1,12 @@
-"""bench.iq's worst binning: the expected ratio of each binning, beside the noisiest scan."""
+"""bench.iq's worst binning (the expected ratio of each binning, beside the noisiest scan)
+and its strongest peak's columns."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bench.iq import worst_mean_ratio
+from bench.iq import _mean_pm, peak_bias, worst_mean_ratio
 
 
 @pytest.mark.fast
@@ -19,3 +21,29 @@ def test_the_worst_binning_is_the_largest_mean_over_the_seeds():
     assert mean == pytest.approx((0.95 + 1.05 + 1.03) / 3)
     assert where == "2x npt, 2th, sector"
     assert max(r["worst_ratio"] for r in rows) == pytest.approx(1.30)
+
+
+@pytest.mark.fast
+def test_a_rise_by_the_beamstop_is_scored_as_its_intensity_not_as_a_peak():
+    q = np.linspace(0.04, 0.7, 100)
+    # SAXS: the maximum is the first bins, the half maximum reached a few bins out.
+    saxs = 5.0 * np.exp(-(q / 0.05) ** 2) + 0.05
+    # 10 % more intensity by the beamstop is 10 % more "area", not a difference of the rise's
+    # curvature against a line through the cut window's ends.
+    edge = peak_bias(q, saxs * 1.1, saxs)
+    assert edge["area"] == pytest.approx(0.1) and edge["height"] == pytest.approx(0.1)
+    assert edge["breadth"] == pytest.approx(0.0, abs=1e-9)
+    shifted = saxs + 0.02 * np.exp(-0.5 * ((q - 0.06) / 0.01) ** 2)
+    assert abs(peak_bias(q, shifted, saxs)["area"]) < 0.05
+    # A ring inside the profile keeps its background line: an offset does not change it.
+    ring = 0.1 + np.exp(-0.5 * ((q - 0.3) / 0.01) ** 2)
+    inside = peak_bias(q, ring + 0.05, ring)
+    assert inside["area"] == pytest.approx(0.0, abs=1e-9)
+    assert inside["height"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.fast
+def test_a_paired_difference_carries_its_standard_error():
+    assert _mean_pm([0.01, 0.03, float("nan")]) == "+2.0% ± 1.0%"
+    assert _mean_pm([0.05]) == "+5.0%"
+    assert _mean_pm([float("nan")]) == "—"
