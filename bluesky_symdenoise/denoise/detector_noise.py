@@ -44,8 +44,10 @@ MIN_CORRELATION = 0.002
 SHAPE_LAGS = ((1, 1), (1, -1), (0, 2), (2, 0))
 #: Tiles (px) whose scatter gives the error of the spread's measurement.
 SPREAD_TILE_PX = 16
-#: A spread measured less precisely than this (relative error of the gain) is flagged.
-MAX_SPREAD_ERROR = 0.15
+#: A gain or readout noise estimated less precisely than this (its standard error over
+#: itself) is flagged "imprecise" in the source: a 10 % error is then within two of its
+#: standard errors, so an estimate not flagged is within 10 % at that confidence.
+MAX_CALIBRATION_ERROR = 0.05
 #: Frame pairs used at most by :func:`calibrate`.
 MAX_PAIRS = 8
 #: The point spread (Gaussian σ, px) the lag-1 correlation must be able to see for an
@@ -267,10 +269,11 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     ``noise_factor = Σk²`` recorded. The shape is checked at :data:`SHAPE_LAGS`: a spread
     wider than a Gaussian's takes the gain from the noise covariances summed over lags up
     to :data:`CORRELATION_LAGS_PX` (their sum is ``g·μ`` whatever the spread) instead, with
-    errors from the scatter between tiles. A gain less precise than
-    :data:`MAX_SPREAD_ERROR` is flagged in the source. Where a spread could not have been
+    errors from the scatter between tiles. Where a spread could not have been
     seen, or the sum cannot be measured, the gain is the per-pixel slope, a lower bound,
-    with an error as large as itself.
+    with an error as large as itself. A gain or readout noise estimated less precisely than
+    :data:`MAX_CALIBRATION_ERROR` is flagged "imprecise" in the source (a small crop or few
+    frames; pass the value if it is known).
 
     Given values (``noise.gain``, ``noise.read_noise``) are used as they are.
 
@@ -393,9 +396,6 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
                 source += (f": gain from the noise covariances summed over "
                            f"±{CORRELATION_LAGS_PX} px over the mean level, "
                            f"Σk² = {noise_factor:.3f}")
-        if gain_error > MAX_SPREAD_ERROR * gain:
-            source += (f" (imprecise: ±{100 * gain_error / gain:.0f} %, too few pixels or "
-                       "photons; pass gain= if known)")
     if noise.gain is not None:
         gain, gain_error, lower_bound = float(noise.gain), 0.0, False
         source += "; gain given"
@@ -419,12 +419,28 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     if noise.read_noise is not None:
         read_noise, read_noise_error = float(noise.read_noise), 0.0
         source += "; readout noise given"
+    source += _imprecision(gain, gain_error, lower_bound, read_noise, read_noise_error)
     return NoiseCalibration(kind="integrating", gain=float(gain),
                             gain_error=float(gain_error), read_noise=read_noise,
                             read_noise_error=read_noise_error, offset=offset,
                             correlation=float(correlation), noise_factor=float(noise_factor),
                             correlated=bool(correlated),
                             gain_lower_bound=lower_bound, source=source)
+
+
+def _imprecision(gain: float, gain_error: float, lower_bound: bool, read_noise: float,
+                 read_noise_error: float) -> str:
+    """The source's words for estimates less precise than :data:`MAX_CALIBRATION_ERROR`
+    (empty when none is; given values have no error, a lower bound is said already)."""
+    imprecise = []
+    if not lower_bound and gain_error > MAX_CALIBRATION_ERROR * gain:
+        imprecise.append(f"gain ±{100 * gain_error / gain:.0f} %")
+    if read_noise > 0 and read_noise_error > MAX_CALIBRATION_ERROR * read_noise:
+        imprecise.append(f"readout noise ±{100 * read_noise_error / read_noise:.0f} %")
+    if not imprecise:
+        return ""
+    return (f"; imprecise: {', '.join(imprecise)} (too few pixels, frames or photons to "
+            "measure it to 10 %; pass gain= / read_noise= if known)")
 
 
 def _outliers(data: np.ndarray, good: np.ndarray, slope: float, intercept: float

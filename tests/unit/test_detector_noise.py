@@ -158,6 +158,27 @@ def test_a_spread_under_a_large_readout_noise_is_measured_with_honest_errors(pow
 
 
 @pytest.mark.fast
+def test_an_estimate_less_precise_than_five_percent_is_flagged_imprecise(powder):
+    """A 10 % error is two standard errors of an estimate flagged at 5 %: the gain of a
+    3 ADU/photon panel under 6 ADU of readout noise and a 0.5 px spread, from 3 frames of
+    128², is known to about ±11 % and flagged; with the same frames, given, nothing is."""
+    frames = flat_panel_frames(powder, gain=3.0, read_noise=6.0, n=3, psf_sigma=0.5, seed=100)
+    found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
+    assert found.gain_error > 0.05 * found.gain
+    assert "imprecise: gain ±" in found.source and "pass gain=" in found.source
+    given = calibrate(frames, powder.usable,
+                      DetectorNoise(kind="integrating", gain=3.0, read_noise=6.0))
+    assert "imprecise" not in given.source
+    # Many photons per pixel and little readout noise: both known to a few per cent.
+    precise = calibrate(flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=5, seed=3,
+                                          photons=4.0),
+                        powder.usable, DetectorNoise(kind="integrating"))
+    assert precise.gain_error < 0.05 * precise.gain, precise
+    assert precise.read_noise_error < 0.05 * precise.read_noise, precise
+    assert "imprecise" not in precise.source
+
+
+@pytest.mark.fast
 def test_a_spread_wider_than_a_gaussian_is_seen_and_summed(powder):
     """Half the light spread by 0.5 px and half by 1.5 px (a scintillator's long tail):
     a Gaussian spread with the same lag-1 correlation would have a larger Σk², and the
