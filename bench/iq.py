@@ -373,6 +373,17 @@ def criteria(cells: list[tuple[float, list[dict[str, dict]]]]) -> list[str]:
     return lines
 
 
+def _denoised_runs_shape() -> None:
+    """The ablation ``--denoised-runs-shape``: every bin of a run of sparse ring bins keeps
+    the denoised frame's shape (factor 1 against the run's level), the rule before the
+    scan's summed counts shared the run's level (``consistency._shape_in_runs``)."""
+    import importlib
+
+    consistency = importlib.import_module("bluesky_symdenoise.denoise.consistency")
+    consistency._shape_in_runs = (  # type: ignore[attr-defined]
+        lambda group, grown, *_: np.ones(group[grown].shape, np.float64))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", nargs="+", default=list(SCENES))
@@ -386,12 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npt-factors", nargs="+", type=float, default=[0.5, 1.0, 2.0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("bench/results/iq.md"))
+    parser.add_argument("--denoised-runs-shape", action="store_true",
+                        help="ablation: spread a run of sparse ring bins' raw level in the "
+                             "denoised shape alone, as before the scan's counts shaped it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.denoised_runs_shape:
+        _denoised_runs_shape()
     command = (f"python -m bench.iq --scenes {' '.join(args.scenes)} --counts "
                f"{' '.join(f'{c:g}' for c in args.counts)} --seeds {args.seeds} --seed "
                f"{args.seed} --budget {args.budget:g} --frames {args.frames} --size "
-               f"{args.size} --npt-factors {' '.join(f'{f:g}' for f in args.npt_factors)}")
+               f"{args.size} --npt-factors {' '.join(f'{f:g}' for f in args.npt_factors)}"
+               + (" --denoised-runs-shape" if args.denoised_runs_shape else ""))
     lines = [f"`{command}`", "", HEADER, "|---" * 17 + "|"]
     print("\n".join(lines), flush=True)
     notes: list[str] = []

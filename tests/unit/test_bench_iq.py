@@ -47,3 +47,25 @@ def test_a_paired_difference_carries_its_standard_error():
     assert _mean_pm([0.01, 0.03, float("nan")]) == "+2.0% ± 1.0%"
     assert _mean_pm([0.05]) == "+5.0%"
     assert _mean_pm([float("nan")]) == "—"
+
+
+@pytest.mark.fast
+def test_the_runs_shape_ablation_keeps_the_denoised_shape_in_a_run(monkeypatch):
+    from bench.iq import _denoised_runs_shape
+    from bluesky_symdenoise.denoise import consistency
+
+    # Registered first, so the ablation's replacement is undone after the test.
+    monkeypatch.setattr(consistency, "_shape_in_runs", consistency._shape_in_runs)
+    pixels = np.array([4.0, 4, 3, 3, 2, 2, 1, 1])
+    den = np.full(pixels.size, 0.05)
+    counts = 10 * np.array([2.0, 2, 1.5, 1.5, 1, 1, 0, 0])  # none in the last two bins
+
+    def levels():
+        merged = consistency._merge_sparse_bins(den, den.copy(), 3 * pixels,
+                                                scan_counts=counts, scan_pixels=pixels)
+        assert merged is not None
+        return merged[0] / merged[1]
+
+    assert np.all(levels()[-2:] < 0.5)  # the scan's counts share the run's level
+    _denoised_runs_shape()
+    np.testing.assert_allclose(levels(), 1.0)  # the denoised shape alone
