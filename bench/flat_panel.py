@@ -346,10 +346,9 @@ def calibration_row(scan: FlatScan) -> dict[str, Any]:
     flagged = []
     if found.gain_lower_bound:
         flagged.append("lower bound")
-    imprecise = found.source.partition("imprecise:")[2].partition("(")[0]
-    if "gain" in imprecise:
+    if "gain" in found.imprecise:
         flagged.append("gain imprecise")
-    if "readout noise" in imprecise:
+    if "read_noise" in found.imprecise:
         flagged.append("read imprecise")
     return {"gain_err": found.gain / scan.gain - 1.0, "gain_sigma": found.gain_error / scan.gain,
             "read_err": found.read_noise / scan.read_noise - 1.0,

@@ -20,7 +20,7 @@ curve from the differences of consecutive frames) unless the user gives them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
@@ -180,6 +180,20 @@ class NoiseCalibration:
         return self.readout_dominance > READOUT_DOMINATED
 
     @property
+    def imprecise(self) -> tuple[str, ...]:
+        """The estimates less precise than :data:`MAX_CALIBRATION_ERROR` (standard error over
+        value): ``"gain"`` (not when it is only a lower bound, flagged as such) and
+        ``"read_noise"``; given values have no error and are never in it."""
+        names = []
+        if (self.integrating and not self.gain_lower_bound
+                and self.gain_error > MAX_CALIBRATION_ERROR * self.gain):
+            names.append("gain")
+        if (self.integrating and self.read_noise > 0
+                and self.read_noise_error > MAX_CALIBRATION_ERROR * self.read_noise):
+            names.append("read_noise")
+        return tuple(names)
+
+    @property
     def shift(self) -> float:
         """``r² = (read_noise / gain)²``: what the photon-equivalent frame is shifted by."""
         return (self.read_noise / self.gain) ** 2 if self.integrating else 0.0
@@ -208,6 +222,7 @@ class NoiseCalibration:
         record = {key: (round(value, 6) if isinstance(value, float) else value)
                   for key, value in asdict(self).items()}
         record["readout_dominated"] = self.readout_dominated
+        record["imprecise"] = list(self.imprecise)
         return record
 
 
@@ -419,24 +434,23 @@ def calibrate(frames: np.ndarray, good: np.ndarray, noise: DetectorNoise) -> Noi
     if noise.read_noise is not None:
         read_noise, read_noise_error = float(noise.read_noise), 0.0
         source += "; readout noise given"
-    source += _imprecision(gain, gain_error, lower_bound, read_noise, read_noise_error)
-    return NoiseCalibration(kind="integrating", gain=float(gain),
-                            gain_error=float(gain_error), read_noise=read_noise,
-                            read_noise_error=read_noise_error, offset=offset,
-                            correlation=float(correlation), noise_factor=float(noise_factor),
-                            correlated=bool(correlated),
-                            gain_lower_bound=lower_bound, source=source)
+    found = NoiseCalibration(kind="integrating", gain=float(gain),
+                             gain_error=float(gain_error), read_noise=read_noise,
+                             read_noise_error=read_noise_error, offset=offset,
+                             correlation=float(correlation), noise_factor=float(noise_factor),
+                             correlated=bool(correlated),
+                             gain_lower_bound=lower_bound, source=source)
+    return replace(found, source=source + _imprecision(found))
 
 
-def _imprecision(gain: float, gain_error: float, lower_bound: bool, read_noise: float,
-                 read_noise_error: float) -> str:
-    """The source's words for estimates less precise than :data:`MAX_CALIBRATION_ERROR`
-    (empty when none is; given values have no error, a lower bound is said already)."""
+def _imprecision(found: NoiseCalibration) -> str:
+    """The source's words for :attr:`NoiseCalibration.imprecise` (empty when it is)."""
     imprecise = []
-    if not lower_bound and gain_error > MAX_CALIBRATION_ERROR * gain:
-        imprecise.append(f"gain ±{100 * gain_error / gain:.0f} %")
-    if read_noise > 0 and read_noise_error > MAX_CALIBRATION_ERROR * read_noise:
-        imprecise.append(f"readout noise ±{100 * read_noise_error / read_noise:.0f} %")
+    if "gain" in found.imprecise:
+        imprecise.append(f"gain ±{100 * found.gain_error / found.gain:.0f} %")
+    if "read_noise" in found.imprecise:
+        imprecise.append(
+            f"readout noise ±{100 * found.read_noise_error / found.read_noise:.0f} %")
     if not imprecise:
         return ""
     return (f"; imprecise: {', '.join(imprecise)} (too few pixels, frames or photons to "

@@ -166,16 +166,17 @@ def test_an_estimate_less_precise_than_five_percent_is_flagged_imprecise(powder)
     found = calibrate(frames, powder.usable, DetectorNoise(kind="integrating"))
     assert found.gain_error > 0.05 * found.gain
     assert "imprecise: gain ±" in found.source and "pass gain=" in found.source
+    assert "gain" in found.imprecise and found.as_dict()["imprecise"] == list(found.imprecise)
     given = calibrate(frames, powder.usable,
                       DetectorNoise(kind="integrating", gain=3.0, read_noise=6.0))
-    assert "imprecise" not in given.source
+    assert "imprecise" not in given.source and given.imprecise == ()
     # Many photons per pixel and little readout noise: both known to a few per cent.
     precise = calibrate(flat_panel_frames(powder, gain=7.0, read_noise=4.0, n=5, seed=3,
                                           photons=4.0),
                         powder.usable, DetectorNoise(kind="integrating"))
     assert precise.gain_error < 0.05 * precise.gain, precise
     assert precise.read_noise_error < 0.05 * precise.read_noise, precise
-    assert "imprecise" not in precise.source
+    assert "imprecise" not in precise.source and precise.imprecise == ()
 
 
 @pytest.mark.fast
