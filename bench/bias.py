@@ -29,7 +29,7 @@ from bluesky_symdenoise import denoise_scan
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
-from .iq import peak_bias
+from .iq import PEAK_KEYS, peak_bias
 from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
@@ -37,8 +37,6 @@ BASELINES = ("bm3d", "sym180+bm3d")
 STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided")
 #: Scenes with powder rings.
 RING_KINDS = ("powder", "textured", "sharp_textured")
-#: The strongest ring's columns (:func:`bench.iq.peak_bias`).
-PEAK_KEYS = ("area", "height", "breadth", "position")
 
 
 def _frame_scan(scan: BenchScan, index: int) -> BenchScan:

@@ -92,6 +92,10 @@ class Estimate:
     checks_alone: list[IqCheck] | None = None
 
 
+#: The strongest peak's columns (:func:`peak_bias`).
+PEAK_KEYS = ("area", "height", "breadth", "position")
+
+
 def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str, float]:
     """The strongest peak of ``i_true`` in ``i_est``: relative biases of area, height and
     integral breadth (area / height), and the position shift in units of the truth's
@@ -108,7 +112,7 @@ def peak_bias(q: np.ndarray, i_est: np.ndarray, i_true: np.ndarray) -> dict[str,
     a_t, h_t, p_t = metrics._peak_stats(q, i_true, lo, hi, background=background)
     a_e, h_e, p_e = metrics._peak_stats(q, i_est, lo, hi, background=background)
     if not (abs(a_t) > 1e-12 and h_t > 1e-12 and hi - lo >= 2):
-        return dict.fromkeys(("area", "height", "breadth", "position"), math.nan)
+        return dict.fromkeys(PEAK_KEYS, math.nan)
     breadth_t = a_t / h_t
     breadth_e = a_e / h_e if h_e > 0 else math.nan
     return {"area": a_e / a_t - 1.0, "height": h_e / h_t - 1.0,
@@ -287,13 +291,13 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
         worst = max(rows, key=lambda r: r["worst_ratio"])
         worst_mean, worst_mean_where = worst_mean_ratio(rows)
         peak = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}"
-                          for k in ("area", "height", "breadth", "position"))
+                          for k in PEAK_KEYS)
         if name == "raw":
             paired = "—"
         else:
             paired = " / ".join(
                 _mean_pm([r['full'][k] - q['full'][k] for r, q in pairs])
-                for k in ("area", "height", "breadth", "position"))
+                for k in PEAK_KEYS)
         def fmt(value, spec):
             return "—" if math.isnan(value) else format(value, spec)
 

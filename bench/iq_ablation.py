@@ -40,10 +40,8 @@ from bluesky_symdenoise.denoise.consistency import RawConsistency
 from bluesky_symdenoise.denoise.engine import ScanDenoiser
 from bluesky_symdenoise.simulate import scenes
 
-from .iq import Estimate, _mean_pm, score_scan
+from .iq import PEAK_KEYS, Estimate, _mean_pm, score_scan
 from .quality import BenchScan
-
-PEAK_KEYS = ("area", "height", "breadth", "position")
 
 
 def make_scan(kind: str, counts: float, *, size: int, n_frames: int, seed: int,
@@ -163,7 +161,7 @@ def _rows(kind, counts, seed, label, scored) -> list[str]:
     lines = []
     for name, row in scored.items():
         paired = " / ".join(f"{row['full'][k] - raw['full'][k]:+.1%}"
-                            for k in ("area", "height", "breadth", "position"))
+                            for k in PEAK_KEYS)
         lines.append(f"| {kind} {label} | {counts:g} | {seed} | {name} | "
                      f"{row['full']['err']:.2%} | {row['full']['err'] / raw['full']['err']:.2f}"
                      f" | {row['sector']['err'] / raw['sector']['err']:.2f} | "

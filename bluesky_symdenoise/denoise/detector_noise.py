@@ -184,12 +184,12 @@ class NoiseCalibration:
         """The estimates less precise than :data:`MAX_CALIBRATION_ERROR` (standard error over
         value): ``"gain"`` (not when it is only a lower bound, flagged as such) and
         ``"read_noise"``; given values have no error and are never in it."""
+        if not self.integrating:
+            return ()
         names = []
-        if (self.integrating and not self.gain_lower_bound
-                and self.gain_error > MAX_CALIBRATION_ERROR * self.gain):
+        if not self.gain_lower_bound and self.gain_error > MAX_CALIBRATION_ERROR * self.gain:
             names.append("gain")
-        if (self.integrating and self.read_noise > 0
-                and self.read_noise_error > MAX_CALIBRATION_ERROR * self.read_noise):
+        if self.read_noise > 0 and self.read_noise_error > MAX_CALIBRATION_ERROR * self.read_noise:
             names.append("read_noise")
         return tuple(names)
 

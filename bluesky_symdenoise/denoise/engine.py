@@ -69,9 +69,8 @@ from .training import SAMPLER_BYTES_PER_PIXEL, PairSource, TrainingLog, fit, sam
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
            "classical_engine", "frame_targets", "held_out_analysis", "keep_total_counts",
-           "next_frame_split",
-           "scale_to_raw_counts", "scan_geometry", "symmetry_usage", "uses_partners",
-           "violation_map"]
+           "next_frame_split", "scale_to_raw_counts", "scan_geometry", "symmetry_usage",
+           "uses_partners", "violation_map"]
 
 logger = logging.getLogger(__name__)
 
