@@ -37,7 +37,7 @@ from bluesky_symdenoise.denoise import consistency as consistency_module
 from bluesky_symdenoise.denoise.channels import ChannelContext
 from bluesky_symdenoise.denoise.classical import bm3d_poisson, classical_denoise
 from bluesky_symdenoise.denoise.consistency import RawConsistency
-from bluesky_symdenoise.denoise.engine import ScanDenoiser
+from bluesky_symdenoise.denoise.engine import ScanDenoiser, held_spots, keep_total_counts
 from bluesky_symdenoise.simulate import scenes
 
 from .iq import PEAK_KEYS, Estimate, _mean_pm, score_scan
@@ -110,8 +110,10 @@ def _consistency(analysis, scan: BenchScan, ring_bins: str) -> RawConsistency:
         consistency_module.RING_BINS_PX = old
 
 
-def _total(frame: np.ndarray, raw: np.ndarray, good: np.ndarray) -> np.ndarray:
-    out = frame * (raw[good].sum() / frame[good].sum())
+def _total(frame: np.ndarray, raw: np.ndarray, good: np.ndarray,
+           spots: np.ndarray | None) -> np.ndarray:
+    """``frame`` scaled to the raw frame's total as the engine does (its held spots kept)."""
+    out = keep_total_counts(frame[None], raw[None], good, spots=spots)[0]
     return np.where(good, out, 0.0)
 
 
@@ -132,7 +134,8 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
             found[f"net[{channels}] + hold {ring_bin}px"] = held
             if ring_bin == args.ring_bins[0]:
                 found[f"net[{channels}] + hold {ring_bin}px + total"] = _total(
-                    held.astype(np.float64), raw, good)
+                    held.astype(np.float64), raw, good,
+                    held_spots(analysis, "symmetry"))
         if channels == "all":
             # The whole pipeline as ``denoise`` runs it on this trained network.
             _, reason = denoiser._check_against_classical(analysis, "symmetry", "")
@@ -140,7 +143,7 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
             if denoiser.blend is not None and not denoiser.blend.first_only:
                 predicted = denoiser._mix_with_classical(analysis, predicted, denoiser.blend)
             found["pipeline (hold + mix + total)"] = denoiser._finish(
-                predicted, analysis.prepared)[scan.index].astype(np.float64)
+                predicted, analysis, "symmetry")[scan.index].astype(np.float64)
             print(f"  pipeline: {reason.strip('; ')}", flush=True)
         if channels == args.channels[0] and not args.no_classical:
             validity = analysis.symmetry.valid

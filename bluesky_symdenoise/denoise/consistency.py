@@ -53,8 +53,10 @@ scale where the raw data are precise enough to prove the network wrong:
   the denoised frame is scaled so that its counts, summed at the spot scale (a Gaussian of
   :data:`FEATURE_SIGMA_PX`), equal the raw frame's: the spot keeps the network's shape and
   low noise, and the raw integrated intensity, not one pulled towards an empty partner or
-  the background. Spots whose partner passed the 180° test are held only for a denoiser that
-  did not average partners.
+  the background. Spots whose partner passed the 180° test are held too: for a denoiser
+  that averaged partners, to the mean of the spot's and its partner's raw counts (the
+  estimate it rests on, from twice the counts); its smoothness prior still shrinks them
+  (``bench.iq_ablation``, the lattice's spots at 0.1 counts/pixel).
 
 Everything else is left as the network made it.
 """
@@ -81,6 +83,7 @@ from .symmetry import (
     RingProfile,
     isotropy_validity,
     ring_profile,
+    rotation180,
     row_bands,
     symmetry_validity,
 )
@@ -201,10 +204,10 @@ class RawConsistency:
         Bool ``(H, W)``: pixels of spots always held to the raw counts: features without a
         180° partner, and local excesses off the rings whose partner is not usable.
     partnered_spots
-        Bool ``(H, W)``: local excesses whose 180° partner passed the test. A denoiser that
-        averages partners (``partners_used=True`` in :meth:`apply`) estimates them from twice
-        the counts and leaves them alone; one that does not shrinks them like any weak spot,
-        so they are held to the raw counts too.
+        Bool ``(H, W)``: local excesses whose 180° partner passed the test. Held like the
+        features; for a denoiser that averages partners (``partners_used=True`` in
+        :meth:`apply`) to the mean of their own and their partners' raw counts, which is
+        what it estimates them from (its smoothness prior shrinks them all the same).
     readout_dominated
         Whether the spots were found, and are held, by the readout-dominated rules
         (:meth:`for_scan`).
@@ -228,18 +231,20 @@ class RawConsistency:
     whole_ring_scope: np.ndarray | None = None
     readout_dominated: bool = False
     sharp_bins: np.ndarray | None = None
+    center: tuple[float, float] | None = None
     scan_sum: InitVar[np.ndarray | None] = None
-    #: Spot sums for the two spot sets (partners used or not), built once per scan.
-    _spot_sums: dict = field(init=False, repr=False, compare=False)
+    #: Spot sums over the spots held (features and partnered spots), built once per scan.
+    _spot_sums: SpotSums = field(init=False, repr=False, compare=False)
+    #: Flat indices of the partnered spots' good pixels (held to their pairs' means).
+    _pair_points: np.ndarray = field(init=False, repr=False, compare=False)
     #: The ring holds of :meth:`apply`, their bins found once per scan (:meth:`_steps`).
     _hold_steps: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self, scan_sum: np.ndarray | None) -> None:
         partnered = (self.partnered_spots if self.partnered_spots is not None
                      else np.zeros_like(self.features))
-        object.__setattr__(self, "_spot_sums", {
-            True: SpotSums.for_pixels(self.features),
-            False: SpotSums.for_pixels(self.features | partnered)})
+        object.__setattr__(self, "_spot_sums", SpotSums.for_pixels(self.features | partnered))
+        object.__setattr__(self, "_pair_points", np.flatnonzero(partnered & self.good))
         object.__setattr__(self, "_hold_steps", self._steps(scan_sum))
 
     @classmethod
@@ -328,7 +333,7 @@ class RawConsistency:
                    arcs=arcs if arcs_held else None,
                    arc_pixels=arc_pixels, ring_scope=ring_scope,
                    whole_ring_scope=whole_ring_scope, readout_dominated=readout_dominated,
-                   scan_sum=scan_sum)
+                   center=center, scan_sum=scan_sum)
 
     def summary(self) -> dict[str, float | list[float]]:
         """JSON-safe description for provenance."""
@@ -372,8 +377,9 @@ class RawConsistency:
         denoised
             ``(H, W)`` the network's expected counts for it.
         partners_used
-            Whether the denoiser averaged 180° partners (symmetry method, 180° + BM3D); if
-            not, spots with a partner are held to the raw counts too.
+            Whether the denoiser averaged 180° partners (symmetry method, 180° + BM3D):
+            spots with a partner are then held to the mean of their and their partner's
+            raw counts; if not, to their own.
         neighbours
             Neighbouring raw frames of the scan (same dose as ``raw``; none: no pooling).
             Where a neighbour's ring means agree with the frame's within the noise
@@ -395,12 +401,38 @@ class RawConsistency:
         drifts = self.drifts(raw, neighbours)
         for step in self._hold_steps:
             step.match(raw, out, neighbours if step.pooled else (), drifts)
-        spot_sums = self._spot_sums[bool(partners_used)]
+        spot_sums = self._spot_sums
         if spot_sums.index.size:
-            out = spot_sums.match(raw, out, passes=self._spot_passes)
+            out = spot_sums.match(self._spot_target(raw, out, partners_used), out,
+                                  passes=self._spot_passes)
         out = np.asarray(out, np.float32)
         np.copyto(out, np.asarray(denoised, np.float32), where=~good)
         return out
+
+    def _spot_target(self, raw: np.ndarray, estimate: np.ndarray, partners_used: bool
+                     ) -> np.ndarray:
+        """The counts the spots are held to: the raw frame's; for a denoiser that averaged
+        180° partners, on the spots whose partner passed the test, the mean of the spot's
+        raw counts and its partner's, the same expectation from twice the counts, as the
+        denoiser's own estimate rests on.
+
+        On a generic centre the partner is read bilinearly, which smooths a sharp spot (its
+        partner keeps less of its counts on the spot's footprint than the spot): the
+        partner's raw counts are corrected by what the same reading
+        does to ``estimate`` (the denoised frame, held so far), ``estimate - partner of
+        estimate``, a first-order correction that needs no noise-free image."""
+        points = self._pair_points
+        if not partners_used or not points.size or self.center is None:
+            return raw
+        partners = rotation180(raw.shape, self.center)
+        mask = ~self.good
+        partner, valid = partners.sample_at(raw, mask, points)
+        smoothed, _ = partners.sample_at(estimate, mask, points)
+        target = raw.copy()
+        flat, own = target.reshape(-1), np.asarray(estimate).reshape(-1)
+        held = points[valid]
+        flat[held] = 0.5 * (flat[held] + partner[valid] + own[held] - smoothed[valid])
+        return target
 
     @property
     def _spot_passes(self) -> int:
@@ -477,8 +509,11 @@ class RawConsistency:
         return self.sharp_bins
 
     def spots(self, *, partners_used: bool = True) -> np.ndarray:
-        """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts."""
-        return self._spot_sums[bool(partners_used)].spots
+        """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts (the same
+        for any denoiser: ``partners_used`` changes only what partnered spots are held to,
+        their pairs' raw means or their own raw counts)."""
+        del partners_used
+        return self._spot_sums.spots
 
     def _scope(self, whole_ring: bool) -> np.ndarray:
         if self.ring_scope is None:
@@ -1027,6 +1062,10 @@ class SpotSums:
                                          truncate=3.0)
         return summed.reshape(-1)[self.index].astype(np.float64)
 
+    def sums(self, image: np.ndarray) -> np.ndarray:
+        """``image``'s spot-scale sums at the spot pixels (in the order of :attr:`index`)."""
+        return self._sum(np.asarray(image).reshape(-1)[self.index])
+
     def match(self, raw: np.ndarray, out: np.ndarray, *,
               passes: int = FEATURE_MATCH_PASSES) -> np.ndarray:
         """``out`` scaled on the spots towards spot-scale sums equal to the raw ones, in
@@ -1039,7 +1078,7 @@ class SpotSums:
         # readout noise dominates: a negative target would flip the values' sign and the
         # passes then divide by sums near 0 (a pixel once came out 10^4 times its level).
         # Counts never sum below 0, so for them this changes nothing.
-        raw_sum = np.maximum(self._sum(raw.reshape(-1)[self.index]), 0.0)
+        raw_sum = np.maximum(self.sums(raw), 0.0)
         for _ in range(passes):
             den_sum = self._sum(values)
             values *= np.divide(raw_sum, den_sum, out=np.ones_like(raw_sum),

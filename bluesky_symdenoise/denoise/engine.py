@@ -68,7 +68,8 @@ from .targets import (
 from .training import SAMPLER_BYTES_PER_PIXEL, PairSource, TrainingLog, fit, sampler_threads
 
 __all__ = ["VIOLATION_BITS", "DenoiseResult", "ScanAnalysis", "ScanDenoiser",
-           "classical_engine", "frame_targets", "held_out_analysis", "keep_total_counts",
+           "classical_engine", "frame_targets", "held_out_analysis", "held_spots",
+           "keep_total_counts",
            "next_frame_split", "scale_to_raw_counts", "scan_geometry", "symmetry_usage",
            "uses_partners", "violation_map"]
 
@@ -496,7 +497,7 @@ class ScanDenoiser:
                 denoised = self.predict(analysis, method=method)
                 if self.blend is not None and not self.blend.first_only:
                     denoised = self._mix_with_classical(analysis, denoised, self.blend)
-        denoised = analysis.noise.to_detector(self._finish(denoised, prepared),
+        denoised = analysis.noise.to_detector(self._finish(denoised, analysis, method),
                                               keep=~prepared.user_mask)
         elapsed = time.perf_counter() - start
         provenance = self.provenance(analysis, method, reason, elapsed)
@@ -530,7 +531,8 @@ class ScanDenoiser:
                     ring_neighbours=_ring_neighbours(neighbours, ring_neighbours))
                 out = self._mixed(analysis, out, classical, blend)
         return keep_total_counts(out, stack, analysis.prepared.good,
-                                 self.config.preserve_total_counts)
+                                 self.config.preserve_total_counts,
+                                 spots=held_spots(analysis, method))
 
     def iq_check(self, analysis: ScanAnalysis, *, method: str,
                  integration: AzimuthalIntegration, npt: int,
@@ -833,11 +835,15 @@ class ScanDenoiser:
         return classical_denoise(frame, mask=analysis.prepared.bad if bad is None else bad,
                                  center=analysis.center, validity=validity, engine=engine)
 
-    def _finish(self, denoised: np.ndarray, prepared: PreparedScan) -> np.ndarray:
-        """Keep each frame's total counts and zero the pixels the user masked."""
+    def _finish(self, denoised: np.ndarray, analysis: ScanAnalysis, method: str
+                ) -> np.ndarray:
+        """Keep each frame's total counts (its held spots as they are) and zero the pixels
+        the user masked."""
+        prepared = analysis.prepared
         return scale_to_raw_counts(denoised, prepared.frames, prepared.good,
                                    zeroed=prepared.user_mask,
-                                   preserve=self.config.preserve_total_counts)
+                                   preserve=self.config.preserve_total_counts,
+                                   spots=held_spots(analysis, method))
 
     def provenance(self, analysis: ScanAnalysis, method: str, reason: str,
                    elapsed: float) -> dict[str, Any]:
@@ -877,21 +883,48 @@ class ScanDenoiser:
         return record
 
 
+#: The pixels off the spots carry a frame's total-count difference only while their
+#: factor stays within this ratio of 1 (else the whole frame is scaled, as without spots).
+MAX_OFF_SPOT_FACTOR = 2.0
+
+
 def keep_total_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray,
-                      preserve: bool = True) -> np.ndarray:
+                      preserve: bool = True, *, spots: np.ndarray | None = None
+                      ) -> np.ndarray:
     """Denoised frames (a float32 copy) scaled to their raw frames' total counts over
-    ``good`` (frames of fewer than 50 counts are left alone)."""
+    ``good`` (frames of fewer than 50 counts are left alone).
+
+    ``spots``: pixels already held to their raw counts spot by spot
+    (:meth:`.consistency.RawConsistency.spots`). They keep their values and the other good
+    pixels carry the whole difference: the difference comes from the denoiser's level off
+    the spots (its background), and one factor over the frame would scale every spot's
+    integrated intensity by it, away from its raw counts (``bench.iq_ablation``, a
+    lattice's spots). Where the off-spot factor would leave ``1 / MAX_OFF_SPOT_FACTOR`` to
+    :data:`MAX_OFF_SPOT_FACTOR`, the frame is scaled whole.
+    """
     denoised = np.asarray(denoised, np.float32).copy()
-    if preserve:
-        for raw, out in zip(frames, denoised, strict=True):
-            raw_total, out_total = float(raw[good].sum()), float(out[good].sum())
-            if raw_total >= 50 and out_total > 0:
-                out *= np.float32(raw_total / out_total)
+    if not preserve:
+        return denoised
+    held = good & spots if spots is not None else None
+    off = good & ~spots if spots is not None else None
+    for raw, out in zip(frames, denoised, strict=True):
+        raw_total, out_total = float(raw[good].sum()), float(out[good].sum())
+        if raw_total < 50 or out_total <= 0:
+            continue
+        if held is not None and off is not None and held.any():
+            off_total = float(out[off].sum())
+            factor = ((raw_total - float(out[held].sum())) / off_total if off_total > 0
+                      else 0.0)
+            if 1.0 / MAX_OFF_SPOT_FACTOR <= factor <= MAX_OFF_SPOT_FACTOR:
+                out[off] *= np.float32(factor)
+                continue
+        out *= np.float32(raw_total / out_total)
     return denoised
 
 
 def scale_to_raw_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray, *,
-                        zeroed: np.ndarray, preserve: bool = True) -> np.ndarray:
+                        zeroed: np.ndarray, preserve: bool = True,
+                        spots: np.ndarray | None = None) -> np.ndarray:
     """The last step of every denoised frame, offline and live: NaN set to 0, each frame's
     total counts over ``good`` kept (:func:`keep_total_counts`), ``zeroed`` pixels set to 0.
 
@@ -906,9 +939,12 @@ def scale_to_raw_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarr
         the denoiser's estimate), live every bad pixel of the frame.
     preserve
         ``DenoiseConfig.preserve_total_counts``.
+    spots
+        Pixels held to their raw counts spot by spot, kept as they are
+        (:func:`keep_total_counts`, :func:`held_spots`); None: the whole frame is scaled.
     """
     out = keep_total_counts(np.nan_to_num(np.asarray(denoised, np.float32)), frames, good,
-                            preserve)
+                            preserve, spots=spots)
     out[:, zeroed] = 0.0
     return out
 
@@ -947,6 +983,15 @@ def uses_partners(analysis: ScanAnalysis, method: str) -> bool:
         return False
     context = _context_for(analysis, method)
     return bool(context.symmetric is not None and context.symmetric.any())
+
+
+def held_spots(analysis: ScanAnalysis | None, method: str) -> np.ndarray | None:
+    """The pixels ``method``'s frames hold to the raw counts spot by spot on this scan
+    (:meth:`.consistency.RawConsistency.spots`), which the total-count rescale leaves as
+    they are (:func:`keep_total_counts`); None without a raw consistency or a denoiser."""
+    if analysis is None or analysis.consistency is None or method in _NO_DENOISER:
+        return None
+    return analysis.consistency.spots(partners_used=uses_partners(analysis, method))
 
 
 #: Methods that serve frames without any denoiser (the live plugin's last resort).

@@ -41,6 +41,7 @@ from .engine import (
     classical_engine,
     frame_targets,
     held_out_analysis,
+    held_spots,
     next_frame_split,
     scale_to_raw_counts,
     symmetry_usage,
@@ -560,9 +561,11 @@ class LiveDenoiser:
                 continue
             raw, bad = pair
             output, by, failure, flag = next(results)
+            spots = None if by.startswith("none") else held_spots(self.analysis, self.method)
             denoised = scale_to_raw_counts(output[None], raw[None], ~bad,
                                            zeroed=bad,
-                                           preserve=self.config.preserve_total_counts)[0]
+                                           preserve=self.config.preserve_total_counts,
+                                           spots=spots)[0]
             served.append(ServedFrame(denoised, by, tuple(flags + [flag] if flag else flags),
                                       raw, bad, failure))
         return served
@@ -695,7 +698,8 @@ class LiveDenoiser:
                     held_out, [half], [bad], engine=classical_engine(self.method),
                     ring_neighbours=[halves[:1]])[0]
             return scale_to_raw_counts(np.asarray(out)[None], half[None], ~bad, zeroed=bad,
-                                       preserve=self.config.preserve_total_counts)[0]
+                                       preserve=self.config.preserve_total_counts,
+                                       spots=held_spots(held_out, self.method))[0]
 
         per_pixel = _IQ_CHECK_BYTES_PER_PIXEL[by.startswith("network")]
         with self.guard.claim(self._frame_bytes(per_pixel)) as over:

@@ -44,7 +44,7 @@ __all__ = [
 #: violation_map`, the live ``symmetry`` stream), and what each means.
 VIOLATION_BITS = {1: "180° symmetry rejected (partners not used there)",
                   2: "azimuthal isotropy rejected (ring and arc means not used there)",
-                  4: "spot held to its raw intensity (no usable 180° partner)"}
+                  4: "spot held to its raw intensity (with a 180° partner, its pair's)"}
 
 
 @dataclass(frozen=True)
