@@ -899,8 +899,9 @@ def keep_total_counts(denoised: np.ndarray, frames: np.ndarray, good: np.ndarray
     pixels carry the whole difference: the difference comes from the denoiser's level off
     the spots (its background), and one factor over the frame would scale every spot's
     integrated intensity by it, away from its raw counts (``bench.iq_ablation``, a
-    lattice's spots). Where the off-spot factor would leave ``1 / MAX_OFF_SPOT_FACTOR`` to
-    :data:`MAX_OFF_SPOT_FACTOR`, the frame is scaled whole.
+    lattice's spots). Where the factor for the other pixels would fall outside
+    ``1 / MAX_OFF_SPOT_FACTOR`` to :data:`MAX_OFF_SPOT_FACTOR` (spots that hold most of
+    the frame's counts), the frame is scaled whole, as without spots.
     """
     denoised = np.asarray(denoised, np.float32).copy()
     if not preserve:
