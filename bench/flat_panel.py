@@ -72,7 +72,6 @@ from scipy import ndimage
 
 from bluesky_symdenoise.denoise.api import denoise_scan
 from bluesky_symdenoise.denoise.detector_noise import READOUT_DOMINATED, DetectorNoise, calibrate
-from bluesky_symdenoise.denoise.engine import uses_partners
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 from bluesky_symdenoise.simulate import scenes
 from bluesky_symdenoise.simulate.noise import blur_psf, expose, measure_dark, psf_noise_factor
@@ -458,9 +457,8 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
         result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
                               method="auto", budget_s=budget, detector=detector)
         consistency = result.analysis.consistency
-        spots = (consistency.spots(partners_used=uses_partners(result.analysis,
-                                                               result.method))
-                 if consistency is not None else np.zeros_like(region))
+        spots = (consistency.spots() if consistency is not None
+                 else np.zeros_like(region))
         # Summed over the frames: the truth's expectation as many times.
         ours = np.asarray(result.denoised, np.float64).sum(axis=0) / gain
         raw = np.asarray(frames, np.float64).sum(axis=0) / gain

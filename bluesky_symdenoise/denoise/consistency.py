@@ -508,11 +508,10 @@ class RawConsistency:
             return None
         return self.sharp_bins
 
-    def spots(self, *, partners_used: bool = True) -> np.ndarray:
+    def spots(self) -> np.ndarray:
         """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts (the same
-        for any denoiser: ``partners_used`` changes only what partnered spots are held to,
-        their pairs' raw means or their own raw counts)."""
-        del partners_used
+        for any denoiser: ``partners_used`` there changes only what partnered spots are held
+        to, their pairs' raw means or their own raw counts)."""
         return self._spot_sums.spots
 
     def _scope(self, whole_ring: bool) -> np.ndarray:

@@ -992,7 +992,7 @@ def held_spots(analysis: ScanAnalysis | None, method: str) -> np.ndarray | None:
     they are (:func:`keep_total_counts`); None without a raw consistency or a denoiser."""
     if analysis is None or analysis.consistency is None or method in _NO_DENOISER:
         return None
-    return analysis.consistency.spots(partners_used=uses_partners(analysis, method))
+    return analysis.consistency.spots()
 
 
 #: Methods that serve frames without any denoiser (the live plugin's last resort).
@@ -1008,7 +1008,7 @@ def violation_map(analysis: ScanAnalysis, method: str) -> np.ndarray | None:
     if analysis.isotropy is not None:
         out |= analysis.isotropy.violation.astype(np.uint8) << 1
     if analysis.consistency is not None:
-        spots = analysis.consistency.spots(partners_used=uses_partners(analysis, method))
+        spots = analysis.consistency.spots()
         out |= spots.astype(np.uint8) << 2
     return out
 

@@ -553,6 +553,7 @@ class LiveDenoiser:
         valid = [pair for pair, _ in prepared if pair is not None]
         counts, bads = [c for c, _ in valid], [b for _, b in valid]
         results = iter(self._serve_within_budget(counts, bads, behind))
+        spots = held_spots(self.analysis, self.method)  # kept as held by the total rescale
         served = []
         for pair, flags in prepared:
             if pair is None:
@@ -561,11 +562,10 @@ class LiveDenoiser:
                 continue
             raw, bad = pair
             output, by, failure, flag = next(results)
-            spots = None if by.startswith("none") else held_spots(self.analysis, self.method)
             denoised = scale_to_raw_counts(output[None], raw[None], ~bad,
                                            zeroed=bad,
                                            preserve=self.config.preserve_total_counts,
-                                           spots=spots)[0]
+                                           spots=None if by.startswith("none") else spots)[0]
             served.append(ServedFrame(denoised, by, tuple(flags + [flag] if flag else flags),
                                       raw, bad, failure))
         return served

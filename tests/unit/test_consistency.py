@@ -685,7 +685,7 @@ def test_a_frames_total_is_kept_off_its_held_spots_not_taken_from_them():
 
     scene, truth, frames, consistency = _scan("lattice_one_sided", 2.0, seed=4)
     good = ~scene.mask
-    spots = consistency.spots(partners_used=True)
+    spots = consistency.spots()
     assert spots[good].mean() > 0.005
     # A denoiser that put 15 % too much into the background (a low-count network's
     # level): held, the spots carry their raw counts, the background stays too high.
