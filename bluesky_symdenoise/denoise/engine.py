@@ -618,7 +618,11 @@ class ScanDenoiser:
         if classical < network:
             self.angular = None
             return "classical", f"{reason}; but the classical mode won the {scores}"
-        self.blend = held_out_blend(by_network, by_classical, rest, good)
+        # The held spots keep the network's frame whole (:meth:`_mixed`): the weights are
+        # fitted on the pixels they will mix.
+        spots = held_spots(analysis, method)
+        self.blend = held_out_blend(by_network, by_classical, rest, good,
+                                    scored=None if spots is None else ~spots)
         if self.blend.first_only:
             return method, f"{reason}; {scores}{angular}"
         weights = ", ".join(f"{w:.2f}" for w in self.blend.weights)
@@ -737,11 +741,28 @@ class ScanDenoiser:
         SAXS beamstop, where the held-out split's few bright pixels give the classical mode
         a weight: ``bench/heldout.py``). The band weights are fitted on the whole mix:
         fitted on the network's share alone, at the split's half dose, they take in more
-        of the classical mode than serves the full-dose frames."""
-        kept = self._angular_share(analysis)
+        of the classical mode than serves the full-dose frames.
+
+        The spots held to the raw counts (:func:`held_spots`) keep the network's frame
+        whole: both frames are held there to the same raw spot sums, so the mix would only
+        change a spot's shape, and the classical mode's is broader (BM3D smooths a weak
+        spot into its surroundings): mixed in, it lowered the lattice's strongest
+        full-ring peak and the frame's PSNR (``bench.iq_ablation``, lattice)."""
+        kept = self._kept_share(analysis)
         good = analysis.prepared.good
         return np.stack([blend.mix(net, cla, good, kept)
                          for net, cla in zip(network, classical, strict=True)])
+
+    def _kept_share(self, analysis: ScanAnalysis) -> np.ndarray | None:
+        """Per pixel, the share of the network's frame the classical mix leaves as it is:
+        the angular model's weight, and the whole of a held spot (:meth:`_mixed`)."""
+        kept = self._angular_share(analysis)
+        if analysis.consistency is None:
+            return kept
+        spots = analysis.consistency.spots()
+        if not spots.any():
+            return kept
+        return np.where(spots, 1.0, 0.0 if kept is None else kept)
 
     def _angular_share(self, analysis: ScanAnalysis) -> np.ndarray | None:
         """Per pixel, the angular model's weight (:attr:`angular`), or None without it."""

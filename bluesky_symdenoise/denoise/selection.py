@@ -124,7 +124,8 @@ def intensity_bands(first: np.ndarray, second: np.ndarray, good: np.ndarray,
 
 def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
                    good: np.ndarray, *, edges: tuple[float, ...] = BLEND_BAND_EDGES,
-                   min_pixels: int = 50, snap: float = BLEND_SNAP) -> BlendWeights:
+                   min_pixels: int = 50, snap: float = BLEND_SNAP,
+                   scored: np.ndarray | None = None) -> BlendWeights:
     """Per intensity band, the mix of two estimates closest to the held-out half.
 
     ``first`` and ``second`` estimate the expectation of one half of a binomial split and
@@ -141,7 +142,7 @@ def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
     rest
         ``(H, W)`` the other half's counts.
     good
-        Pixels to score.
+        Pixels to score (and whose mean level scales the band edges).
     edges
         Band edges in multiples of the mean expected counts.
     min_pixels
@@ -149,12 +150,17 @@ def held_out_blend(first: np.ndarray, second: np.ndarray, rest: np.ndarray,
     snap
         Weights at or above it become 1: the first estimate alone (a weight that close to
         1 is within the split's noise, and the second estimate need not be computed).
+    scored
+        The pixels of ``good`` the mix will act on, if not all (the rest keep the first
+        estimate whatever the weights): only they fit the weights; the band edges still
+        scale with the mean level over ``good``, as :meth:`BlendWeights.mix` takes them.
     """
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
     bands = intensity_bands(first, second, good, edges)
+    scored = good if scored is None else good & scored
     weights, pixels = [], []
     for band in range(len(edges) + 1):
-        on = good & (bands == band)
+        on = scored & (bands == band)
         pixels.append(int(on.sum()))
         diff = (first - second)[on]
         spread = float(np.sum(diff ** 2))

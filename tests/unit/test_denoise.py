@@ -76,17 +76,27 @@ def test_a_held_out_mix_with_the_classical_mode_follows_its_band_weights(scan):
     network = denoiser.predict(analysis, method="symmetry")
     classical = denoiser._classical(analysis, engine="bm3d")
     # Network alone below 4x the mean level, classical alone above: each pixel takes one,
-    # except the angular model's share of a pixel, which the classical mode never replaces.
+    # except the angular model's share of a pixel and the spots held to the raw counts,
+    # which the classical mode never replaces.
     denoiser.blend = blend = BlendWeights(edges=(4.0,), weights=(1.0, 0.0), pixels=(0, 0))
     mixed = denoiser._mix_with_classical(analysis, network, blend)
     good = analysis.prepared.good
     level = 0.5 * (network[1] + classical[1])
     bright = good & (level > 4.0 * level[good].mean())
     assert bright.any() and (good & ~bright).any()
-    kept = denoiser._angular_share(analysis)
-    kept = np.zeros(good.shape) if kept is None else kept
+    angular = denoiser._angular_share(analysis)
+    kept = np.zeros(good.shape) if angular is None else angular.copy()
+    spots = analysis.consistency.spots()
+    assert (good & spots).any()
+    kept[spots] = 1.0
     expected = kept * network[1] + (1.0 - kept) * classical[1]
     np.testing.assert_allclose(mixed[1][bright], expected[bright], rtol=1e-5)
+    # Classical alone in every band: the held spots still keep the network's values.
+    everywhere = denoiser._mix_with_classical(
+        analysis, network, BlendWeights(edges=(4.0,), weights=(0.0, 0.0), pixels=(0, 0)))
+    np.testing.assert_allclose(everywhere[1][good], expected[good], rtol=1e-5)
+    np.testing.assert_allclose(everywhere[1][spots & good], network[1][spots & good],
+                               rtol=1e-5)
     np.testing.assert_allclose(mixed[1][good & ~bright], network[1][good & ~bright],
                                rtol=1e-5)
     assert "mixed with classical" in denoiser.model_origin

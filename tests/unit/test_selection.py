@@ -71,3 +71,23 @@ def test_a_kept_share_of_the_first_estimate_is_not_mixed():
     np.testing.assert_allclose(mixed[8:, :32], 0.25 * first[8:, :32] + 0.75 * second[8:, :32])
     w = 0.25 + 0.75 * 0.5
     np.testing.assert_allclose(mixed[:8, :32], w * first[:8, :32] + (1 - w) * second[:8, :32])
+
+
+def test_the_blend_is_fitted_on_the_pixels_it_mixes_only():
+    """Pixels the mix leaves alone (the engine's held spots) do not fit its weights; the
+    band edges still scale with the mean level over all good pixels."""
+    rng = np.random.default_rng(8)
+    truth = np.full((64, 64), 10.0)
+    rest = rng.poisson(truth).astype(float)
+    first = truth + rng.normal(0.0, 2.0, truth.shape)  # the better estimate ...
+    second = truth + rng.normal(0.0, 0.5, truth.shape)
+    left_alone = np.zeros(truth.shape, bool)
+    left_alone[:, :32] = True
+    second[left_alone] = truth[left_alone] + 5.0  # ... but there the second is far off
+    good = np.ones(truth.shape, bool)
+    everywhere = held_out_blend(first, second, rest, good, edges=(), snap=1.1)
+    mixed_only = held_out_blend(first, second, rest, good, edges=(), snap=1.1,
+                                scored=~left_alone)
+    assert mixed_only.pixels == (32 * 64,) and everywhere.pixels == (64 * 64,)
+    # Scored where it mixes, the better second estimate takes most of the weight.
+    assert mixed_only.weights[0] < 0.2 < 0.5 < everywhere.weights[0]
