@@ -164,6 +164,21 @@ MIN_RING_PIXELS = 12.0
 RUN_BREAK_Z = 3.0
 #: ... as one tail's probability (the exact test's level, :func:`_scan_mean_changes`).
 _RUN_BREAK_P = float(special.ndtr(-RUN_BREAK_Z))
+
+
+def _kernel_squared(sigma: float) -> float:
+    """``Σk²`` of the spot-scale Gaussian (normalised, cut at 3 σ as
+    ``ndimage.gaussian_filter(truncate=3)``): a weighted sum's Poisson variance over its
+    level."""
+    radius = int(3.0 * sigma + 0.5)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    return float(np.sum(kernel ** 2) ** 2)
+
+
+#: ``Σk²`` of the spot-scale sums (:class:`SpotSums`), for their noise
+#: (:meth:`SpotSums.pooled_sums`).
+_SPOT_KERNEL_SQUARED = _kernel_squared(FEATURE_SIGMA_PX)
 #: A ring hold's means have not converged at a pixel whose last pass still scaled it by
 #: more than this (relative); a held pixel off the measured ones then takes what its bins'
 #: means received, not the product of the factors asked for.
@@ -403,15 +418,24 @@ class RawConsistency:
             step.match(raw, out, neighbours if step.pooled else (), drifts)
         spot_sums = self._spot_sums
         if spot_sums.index.size:
-            out = spot_sums.match(self._spot_target(raw, out, partners_used), out,
-                                  passes=self._spot_passes)
+            target, paired = self._spot_target(raw, out, partners_used)
+            pooled = None
+            if neighbours:
+                scale = np.ones(spot_sums.index.size)
+                scale[np.searchsorted(spot_sums.index, paired)] = 0.5
+                pooled, _ = spot_sums.pooled_sums(
+                    target, [self._spot_target(near, out, partners_used)[0]
+                             for near in neighbours], variance_scale=scale)
+            out = spot_sums.match(target, out, passes=self._spot_passes,
+                                  target_sums=pooled)
         out = np.asarray(out, np.float32)
         np.copyto(out, np.asarray(denoised, np.float32), where=~good)
         return out
 
     def _spot_target(self, raw: np.ndarray, estimate: np.ndarray, partners_used: bool
-                     ) -> np.ndarray:
-        """The counts the spots are held to: the raw frame's; for a denoiser that averaged
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The counts the spots are held to, and the flat indices of the pixels held to
+        their pair's mean: the raw frame's; for a denoiser that averaged
         180° partners, on the spots whose partner passed the test, the mean of the spot's
         raw counts and its partner's, the same expectation from twice the counts, as the
         denoiser's own estimate rests on.
@@ -423,7 +447,7 @@ class RawConsistency:
         estimate``, a first-order correction that needs no noise-free image."""
         points = self._pair_points
         if not partners_used or not points.size or self.center is None:
-            return raw
+            return raw, points[:0]
         partners = rotation180(raw.shape, self.center)
         mask = ~self.good
         partner, valid = partners.sample_at(raw, mask, points)
@@ -432,7 +456,7 @@ class RawConsistency:
         flat, own = target.reshape(-1), np.asarray(estimate).reshape(-1)
         held = points[valid]
         flat[held] = 0.5 * (flat[held] + partner[valid] + own[held] - smoothed[valid])
-        return target
+        return target, held
 
     @property
     def _spot_passes(self) -> int:
@@ -1013,6 +1037,9 @@ class SpotSums:
     spots: np.ndarray
     index: np.ndarray
     weights: sparse.csr_matrix | None
+    #: Per spot pixel (in the order of :attr:`index`), its spot: the connected region of
+    #: :attr:`spots` it lies in (0 to ``labels.max()``).
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     #: Above this fraction of spot pixels the whole-frame filter is the faster way.
     SPARSE_UP_TO = 0.05
@@ -1024,9 +1051,11 @@ class SpotSums:
     def for_pixels(cls, spots: np.ndarray) -> SpotSums:
         """The spot-scale sums over the True pixels of ``spots``."""
         index = np.flatnonzero(spots)
+        labelled, _ = ndimage.label(spots, structure=np.ones((3, 3)))
+        labels = labelled.reshape(-1)[index].astype(np.int64) - 1
         if (index.size > cls.SPARSE_UP_TO * spots.size
                 or index.size > cls.SPARSE_MAX_PIXELS):
-            return cls(spots=spots, index=index, weights=None)
+            return cls(spots=spots, index=index, weights=None, labels=labels)
         shape = spots.shape
         rows, cols = np.unravel_index(index, shape)
         n = index.size
@@ -1050,7 +1079,7 @@ class SpotSums:
         weights = sparse.csr_matrix(
             (np.concatenate(values), (np.concatenate(targets), np.concatenate(sources))),
             shape=(n, n))
-        return cls(spots=spots, index=index, weights=weights)
+        return cls(spots=spots, index=index, weights=weights, labels=labels)
 
     def _sum(self, values: np.ndarray) -> np.ndarray:
         if self.weights is not None:
@@ -1065,9 +1094,38 @@ class SpotSums:
         """``image``'s spot-scale sums at the spot pixels (in the order of :attr:`index`)."""
         return self._sum(np.asarray(image).reshape(-1)[self.index])
 
+    def pooled_sums(self, target: np.ndarray, neighbours: Sequence[np.ndarray], *,
+                    variance_scale: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """``target``'s spot-scale sums pooled with its neighbouring frames' where a spot
+        agrees with them, and per spot pixel how many frames its sum pools.
+
+        Per neighbour and spot pixel, ``z² = (own - near)² / (Σk² · (own + near) · scale)``
+        (the Poisson variance of the difference of two Gaussian-weighted sums, ``Σk²`` the
+        kernel's squared weights; ``variance_scale`` ½ where the targets are the means of
+        a spot's and its partner's counts); a spot (:attr:`labels`) with any pixel beyond
+        :data:`POOL_SINGLE_Z` has changed against that neighbour (it appeared, vanished,
+        moved or grew) and keeps its own sums, as the rings do
+        (:func:`pooled_ring_means`). The others take the mean over the frame and the
+        neighbours it agrees with: on a static scan a spot's intensity then rests on
+        several frames' counts, not on one frame's noise."""
+        own = np.maximum(self.sums(target), 0.0)
+        total, frames = own.copy(), np.ones_like(own)
+        n_spots = int(self.labels.max()) + 1 if self.labels.size else 0
+        for neighbour in neighbours:
+            near = np.maximum(self.sums(neighbour), 0.0)
+            var = _SPOT_KERNEL_SQUARED * np.maximum(own + near, 1e-12) * variance_scale
+            changed_pixel = (own - near) ** 2 > POOL_SINGLE_Z ** 2 * var
+            changed = np.bincount(self.labels, weights=changed_pixel.astype(np.float64),
+                                  minlength=n_spots)[self.labels] > 0
+            total += np.where(changed, 0.0, near)
+            frames += ~changed
+        return total / frames, frames
+
     def match(self, raw: np.ndarray, out: np.ndarray, *,
-              passes: int = FEATURE_MATCH_PASSES) -> np.ndarray:
-        """``out`` scaled on the spots towards spot-scale sums equal to the raw ones, in
+              passes: int = FEATURE_MATCH_PASSES,
+              target_sums: np.ndarray | None = None) -> np.ndarray:
+        """``out`` scaled on the spots towards spot-scale sums equal to the raw ones (or to
+        ``target_sums``, in the order of :attr:`index`: :meth:`pooled_sums`), in
         ``passes`` multiplicative passes."""
         out = out.copy()
         flat = out.reshape(-1)
@@ -1077,7 +1135,7 @@ class SpotSums:
         # readout noise dominates: a negative target would flip the values' sign and the
         # passes then divide by sums near 0 (a pixel once came out 10^4 times its level).
         # Counts never sum below 0, so for them this changes nothing.
-        raw_sum = np.maximum(self.sums(raw), 0.0)
+        raw_sum = np.maximum(self.sums(raw) if target_sums is None else target_sums, 0.0)
         for _ in range(passes):
             den_sum = self._sum(values)
             values *= np.divide(raw_sum, den_sum, out=np.ones_like(raw_sum),

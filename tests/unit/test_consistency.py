@@ -208,6 +208,47 @@ def test_spots_with_a_partner_are_held_to_their_pairs_raw_counts_if_partners_wer
     assert scatter(pairs) < 0.85 * scatter(alone)
 
 
+def test_a_spots_counts_are_pooled_with_its_neighbouring_frames_unless_it_changed():
+    scene, truth, frames, consistency = _scan("lattice", 0.5, seed=5)
+    spots = scene.regions["bragg_spots"] & scene.usable
+    held_set = consistency.spots()
+    on = spots & held_set
+    labels, n = ndimage.label(on)
+    assert n > 10
+    index = np.arange(1, n + 1)
+    blurred = ndimage.gaussian_filter(truth, 1.5)
+
+    def sums(image):
+        return np.asarray(ndimage.sum(image, labels, index))
+
+    def held(i, neighbours):
+        return consistency.apply(frames[i], blurred, neighbours=neighbours)
+
+    others = [[frames[1]], [frames[0], frames[2]], [frames[1]]]
+    alone = np.array([sums(held(i, [])) for i in range(3)])
+    pooled = np.array([sums(held(i, others[i])) for i in range(3)])
+    # On a static scan the spots' intensities rest on two or three frames' counts: they
+    # scatter less about the truth than held to one frame's (about their common bias: the
+    # blur keeps part of a spot outside its footprint), and keep the same mean.
+    expected = sums(truth)
+
+    def scatter(found):
+        ratio = found / expected
+        return float(np.sqrt(np.mean((ratio - ratio.mean()) ** 2)))
+
+    assert scatter(pooled) < 0.8 * scatter(alone)
+    assert abs(pooled.sum() / alone.sum() - 1) < 0.02
+    # A spot that is in the frame but not in its neighbours (it appeared) keeps the frame's
+    # own counts: the others are unchanged, it is not halved.
+    brightest = int(np.argmax(expected)) + 1
+    gone = np.where(ndimage.binary_dilation(labels == brightest, iterations=3),
+                    0.0, frames[0])
+    appeared = sums(held(1, [gone, gone]))
+    own = sums(held(1, []))
+    k = brightest - 1
+    assert abs(appeared[k] / own[k] - 1) < 0.05
+
+
 def test_local_excess_finds_a_weak_spot_and_not_the_noise():
     rng = np.random.default_rng(8)
     rows, cols = np.indices((96, 96))
