@@ -45,7 +45,9 @@ class DenoiseConfig(BaseModel):
         hold its rings to the means pooled over them (so its full-ring I(q) rests on two or
         three frames' counts; the live path pools with the previous frame); where a ring
         appeared, vanished or moved, to the frame's own (see
-        :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`).
+        :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`). The held
+        spots' raw sums are pooled the same way, spot by spot
+        (:meth:`~bluesky_symdenoise.denoise.consistency.SpotSums.pooled_sums`).
     angular_model
         ``auto``: after the held-out check, mix in the per-shell angular model
         (:mod:`~bluesky_symdenoise.denoise.angular`) band by band of radius where the

@@ -56,7 +56,10 @@ scale where the raw data are precise enough to prove the network wrong:
   the background. Spots whose partner passed the 180° test are held too: for a denoiser
   that averaged partners, to the mean of the spot's and its partner's raw counts (the
   estimate it rests on, from twice the counts); its smoothness prior still shrinks them
-  (``bench.iq_ablation``, the lattice's spots at 0.1 counts/pixel).
+  (``bench.iq_ablation``, the lattice's spots at 0.1 counts/pixel). Given neighbouring
+  frames, a spot's raw sums are pooled with theirs where the spot did not change
+  (:meth:`SpotSums.pooled_sums`, as the ring means are): on a static scan its intensity
+  rests on two or three frames' counts, not on one frame's noise.
 
 Everything else is left as the network made it.
 """
@@ -400,7 +403,8 @@ class RawConsistency:
             Where a neighbour's ring means agree with the frame's within the noise
             (:func:`pooled_ring_means`), the rings are held to the means pooled with it:
             the full-ring I(q) then rests on the counts of several frames; where a ring
-            changed, on the frame's own.
+            changed, on the frame's own. The held spots' raw sums are pooled the same
+            way, spot by spot (:meth:`SpotSums.pooled_sums`).
 
         Returns
         -------
