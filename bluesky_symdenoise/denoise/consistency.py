@@ -1111,7 +1111,13 @@ class SpotSums:
         moved or grew) and keeps its own sums, as the rings do
         (:func:`pooled_ring_means`). The others take the mean over the frame and the
         neighbours it agrees with: on a static scan a spot's intensity then rests on
-        several frames' counts, not on one frame's noise."""
+        several frames' counts, not on one frame's noise.
+
+        ``Σk²`` is the whole kernel's, while a sum runs over the spot's pixels only: on a
+        spot smaller than the kernel the variance is underestimated, so the test marks a
+        change sooner and pools less, never more. In the engine's units the variance is
+        the level (counts; for integrating detectors the shifted photon-equivalent,
+        :meth:`~.detector_noise.NoiseCalibration.to_photons`)."""
         own = np.maximum(self.sums(target), 0.0)
         total, frames = own.copy(), np.ones_like(own)
         n_spots = int(self.labels.max()) + 1 if self.labels.size else 0
