@@ -9,7 +9,10 @@ shows the measurement's own floor). Against the noise-free truth:
 
 * scenes with rings: area, height, integral breadth (area / height) and position of the
   strongest ring above a linear background in the full-ring pyFAI I(q) at the default
-  binning (:func:`bench.iq.peak_bias`; position in units of the truth's integral breadth);
+  binning (:func:`bench.iq.peak_bias`; position in units of the truth's integral breadth),
+  and its height and FWHM fitted as a Gaussian on a linear background
+  (:func:`bench.iq.fitted_peak_bias`: a noisy profile's highest bin is lifted by its noise,
+  a fit is not);
 * scenes with a feature that has no 180° partner (``lattice_one_sided``): the fraction of its
   integrated intensity kept (:func:`bench.metrics.region_ratio`; 1 is intact).
 
@@ -29,7 +32,7 @@ from bluesky_symdenoise import denoise_scan
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
-from .iq import PEAK_KEYS, peak_bias
+from .iq import FIT_KEYS, PEAK_KEYS, fitted_peak_bias, peak_bias
 from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
@@ -49,8 +52,12 @@ def scan_mean_and_error(values: np.ndarray, scans: int) -> tuple[np.ndarray, np.
     """Mean and standard error of per-frame biases ``(scans * frames, columns)``, frames
     of one scan in a row: one mean per scan first (its frames share its truth and its
     fine-tuned network, so they are not independent), then over the scans."""
-    per_scan = np.asarray(values, np.float64).reshape(scans, -1, np.shape(values)[-1]).mean(1)
-    return per_scan.mean(0), per_scan.std(0, ddof=1) / np.sqrt(scans)
+    per_scan = np.asarray(values, np.float64).reshape(scans, -1, np.shape(values)[-1])
+    with np.errstate(all="ignore"):  # a fit that failed is NaN and left out
+        per_scan = np.nanmean(per_scan, axis=1)
+        counted = np.sum(np.isfinite(per_scan), axis=0)
+        return (np.nanmean(per_scan, axis=0),
+                np.nanstd(per_scan, axis=0, ddof=1) / np.sqrt(counted))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     rings = args.scene in RING_KINDS
     feature_scene = args.scene == "lattice_one_sided"
     columns = ((["ring area bias", "ring height bias", "ring breadth bias",
-                 "ring position shift / breadth"] if rings else [])
+                 "ring position shift / breadth", "fitted height bias", "fitted FWHM bias"]
+                if rings else [])
                + (["one-sided kept − 1"] if feature_scene else []))
     for k in range(args.scans):
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
@@ -91,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, estimate in estimates.items():
                 values: list[float] = []
                 if rings:
-                    peak = peak_bias(i_true.q_nm, integ.integrate(estimate, npt=npt).intensity,
-                                     i_true.intensity)
+                    i_est = integ.integrate(estimate, npt=npt).intensity
+                    peak = peak_bias(i_true.q_nm, i_est, i_true.intensity)
+                    fitted = fitted_peak_bias(i_true.q_nm, i_est, i_true.intensity)
                     values += [peak[key] for key in PEAK_KEYS]
+                    values += [fitted[key] for key in FIT_KEYS]
                 if feature is not None:
                     values.append(metrics.region_ratio(estimate, scan.truth, feature) - 1.0)
                 bias[name].append(tuple(values))

@@ -69,3 +69,31 @@ def test_the_runs_shape_ablation_keeps_the_denoised_shape_in_a_run(monkeypatch):
     assert np.all(levels()[-2:] < 0.5)  # the scan's counts share the run's level
     _denoised_runs_shape()
     np.testing.assert_allclose(levels(), 1.0)  # the denoised shape alone
+
+
+@pytest.mark.fast
+def test_a_fitted_peak_reads_the_height_and_width_not_the_highest_bin():
+    from bench.iq import fitted_peak_bias
+
+    q = np.linspace(1.0, 3.0, 200)
+    ring = 0.2 + 0.05 * q + np.exp(-0.5 * ((q - 2.0) / 0.03) ** 2)
+    same = fitted_peak_bias(q, ring, ring)
+    assert same["fit_height"] == pytest.approx(0.0, abs=1e-6)
+    assert same["fit_fwhm"] == pytest.approx(0.0, abs=1e-6)
+    # 5 % broader at the same area: the FWHM 5 % wider, the height 1/1.05 of the truth's.
+    broad = 0.2 + 0.05 * q + np.exp(-0.5 * ((q - 2.0) / 0.0315) ** 2) / 1.05
+    fitted = fitted_peak_bias(q, broad, ring)
+    assert fitted["fit_fwhm"] == pytest.approx(0.05, abs=1e-3)
+    assert fitted["fit_height"] == pytest.approx(1 / 1.05 - 1, abs=1e-3)
+    # Noise lifts the highest bin on average; the fit's height stays unbiased.
+    rng = np.random.default_rng(3)
+    lifted, fits = [], []
+    for _ in range(200):
+        noisy = ring + rng.normal(0.0, 0.1, q.size)
+        lifted.append(peak_bias(q, noisy, ring)["height"])
+        fits.append(fitted_peak_bias(q, noisy, ring)["fit_height"])
+    assert np.mean(lifted) > 0.05
+    assert abs(np.nanmean(fits)) < 0.02
+    # No peak (a window cut by the profile's end): not fitted.
+    saxs = 5.0 * np.exp(-(q / 1.05) ** 8) + 0.05
+    assert np.isnan(fitted_peak_bias(q, saxs, saxs)["fit_height"])
