@@ -5,7 +5,9 @@ mean over many frames of fresh scans (new seeds, beam centres, calibrants' ring 
 lattices), with its standard error over the scans' means (:func:`scan_mean_and_error`),
 for ours (``denoise_scan``, ``method="auto"``), the classical baselines run side by side
 (Anscombe+BM3D, 180° average + Anscombe+BM3D) and the raw frames (unbiased: their spread
-shows the measurement's own floor). Against the noise-free truth:
+shows the measurement's own floor), and, as a control, the mean of the scan's raw frames
+(unbiased, with less noise: paired with one raw frame it shows what less noise alone does
+to the peak measures). Against the noise-free truth:
 
 * scenes with rings: area, height, integral breadth (area / height) and position of the
   strongest ring above a linear background in the full-ring pyFAI I(q) at the default
@@ -40,6 +42,10 @@ BASELINES = ("bm3d", "sym180+bm3d")
 STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided")
 #: Scenes with powder rings.
 RING_KINDS = ("powder", "textured", "sharp_textured")
+#: The control: the mean of the scan's raw frames, an unbiased estimate with the noise of
+#: several frames. Paired with one raw frame, it shows what less noise alone does to the
+#: peak measures (they are not linear in the counts), with no denoiser's bias in it.
+FRAMES_MEAN = "raw, mean of the scan's frames"
 
 
 def _frame_scan(scan: BenchScan, index: int) -> BenchScan:
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--budget {args.budget:g} --seed {seed0}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in BASELINES})
+    bias[FRAMES_MEAN] = []
     rings = args.scene in RING_KINDS
     feature_scene = args.scene == "lattice_one_sided"
     columns = ((["ring area bias", "ring height bias", "ring breadth bias",
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.frames):
             # The static scenes here share one truth for all frames.
             estimates = {"ours": result.denoised[index],
-                         "raw": scan.frames[index].astype(np.float64)}
+                         "raw": scan.frames[index].astype(np.float64),
+                         FRAMES_MEAN: scan.frames.mean(0)}
             for name in BASELINES:
                 estimates[name], _ = run_method(name, _frame_scan(scan, index), args.budget)
             for name, estimate in estimates.items():
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # Paired on the same frames: what the denoiser itself adds to the raw frame's bias (the
     # height metric is not linear in the counts, so noisy raw I(q) has a bias of its own).
     raw = np.asarray(bias["raw"])
-    for name in ("ours", *BASELINES):
+    for name in ("ours", *BASELINES, FRAMES_MEAN):
         rows[f"{name} − raw, same frames"] = list(np.asarray(bias[name]) - raw)
     for name, values in rows.items():
         mean, sem = scan_mean_and_error(np.asarray(values), args.scans)

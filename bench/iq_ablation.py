@@ -3,7 +3,8 @@
 On one scan per seed and count level (default: the sharp, mildly textured rings), the
 middle frame is denoised step by step and its I(q) scored against the truth's, as a ratio
 to the raw frame's error (full ring and 30° sector, q axis, one bin per pixel), with the
-strongest peak's biases minus raw's on the same frame (``bench.iq``):
+strongest peak's biases minus raw's on the same frame (``bench.iq``; its highest bin, then
+its height and FWHM fitted as a Gaussian on a line, ``bench.iq.fitted_peak_bias``):
 
 * the network alone (no raw consistency, no total-count rescale), fine-tuned with all its
   input channels (``all``), without the 180° partner channel, without the ring/arc-mean
@@ -40,7 +41,7 @@ from bluesky_symdenoise.denoise.consistency import RawConsistency
 from bluesky_symdenoise.denoise.engine import ScanDenoiser, held_spots, keep_total_counts
 from bluesky_symdenoise.simulate import scenes
 
-from .iq import PEAK_KEYS, Estimate, _mean_pm, score_scan
+from .iq import FIT_KEYS, PEAK_KEYS, Estimate, _mean_pm, score_scan
 from .quality import BenchScan
 
 
@@ -164,7 +165,7 @@ def _rows(kind, counts, seed, label, scored) -> list[str]:
     lines = []
     for name, row in scored.items():
         paired = " / ".join(f"{row['full'][k] - raw['full'][k]:+.1%}"
-                            for k in PEAK_KEYS)
+                            for k in PEAK_KEYS + FIT_KEYS)
         lines.append(f"| {kind} {label} | {counts:g} | {seed} | {name} | "
                      f"{row['full']['err']:.2%} | {row['full']['err'] / raw['full']['err']:.2f}"
                      f" | {row['sector']['err'] / raw['sector']['err']:.2f} | "
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     print(f"# python -m bench.iq_ablation {' '.join(words)}".rstrip())
     print("| scan | c/px | seed | stage | I(q) err full | / raw | 30° / raw | worst / raw | "
-          "peak area / height / breadth / position minus raw | PSNR dB |")
+          "peak area / height / breadth / position; fitted height / FWHM, minus raw | "
+          "PSNR dB |")
     print("|---" * 10 + "|", flush=True)
     paired: dict[tuple[float, str], list[dict[str, float]]] = {}
     for counts in args.counts:
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not half:
                     for name, row in scored.items():
                         paired.setdefault((counts, name), []).append(
-                            {k: row["full"][k] - scored["raw"]["full"][k] for k in PEAK_KEYS}
+                            {k: row["full"][k] - scored["raw"]["full"][k]
+                             for k in PEAK_KEYS + FIT_KEYS}
                             | {"ratio": row["full"]["err"] / scored["raw"]["full"]["err"]})
     if len(args.seeds) > 1:
         print("\n".join(["", *_summary(args.scene, paired)]), flush=True)
@@ -225,9 +228,9 @@ def _summary(scene: str, paired: dict[tuple[float, str], list[dict[str, float]]]
     the strongest peak's biases minus raw's on the same frame (mean ± standard error)."""
     lines = [f"{scene}, over the seeds (the beam centre as drawn): mean ± standard error",
              "", "| c/px | stage | scans | full ring / raw | peak area / height / breadth / "
-             "position minus raw |", "|---|---|---|---|---|"]
+             "position; fitted height / FWHM, minus raw |", "|---|---|---|---|---|"]
     for (counts, name), rows in paired.items():
-        peak = " / ".join(_mean_pm([r[k] for r in rows]) for k in PEAK_KEYS)
+        peak = " / ".join(_mean_pm([r[k] for r in rows]) for k in PEAK_KEYS + FIT_KEYS)
         ratio = float(np.mean([r["ratio"] for r in rows]))
         lines.append(f"| {counts:g} | {name} | {len(rows)} | {ratio:.2f} | {peak} |")
     return lines

@@ -21,3 +21,13 @@ def test_the_error_is_over_the_scans_not_their_frames():
     assert error[0] == pytest.approx(per_scan.std(ddof=1) / 2.0)
     # Taken over the 24 frames as if independent, the error would be about half as large.
     assert values.std(ddof=1) / np.sqrt(24) < 0.6 * error[0]
+
+
+@pytest.mark.fast
+def test_a_failed_fit_is_left_out_of_the_means_not_spread_over_them():
+    # Two scans of two frames, two columns; one frame's second column failed (NaN).
+    values = np.array([[0.01, 0.02], [0.03, np.nan], [0.05, 0.06], [0.07, 0.08]])
+    mean, error = scan_mean_and_error(values, scans=2)
+    assert mean[0] == pytest.approx((0.02 + 0.06) / 2)
+    assert mean[1] == pytest.approx((0.02 + 0.07) / 2)
+    assert np.all(np.isfinite(error))
