@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 import numpy as np
 
@@ -66,17 +67,34 @@ def scan_mean_and_error(values: np.ndarray, scans: int) -> tuple[np.ndarray, np.
                 np.nanstd(per_scan, axis=0, ddof=1) / np.sqrt(counted))
 
 
+def _option(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``: the value as JSON where it parses (``false``, ``2.5``),
+    else as a string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scene", default="powder", choices=STATIC_KINDS)
     parser.add_argument("--counts", type=float, default=0.1)
     parser.add_argument("--scans", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a DenoiseConfig option for ours (repeatable), e.g. "
+                             "angular_model=false: an ablation of the whole engine")
     add_scan_arguments(parser, budget=60.0)
     args = parser.parse_args(argv)
     seed0 = first_seed(args)
+    options = dict(_option(item) for item in args.set)
+    sets = "".join(f" --set {item}" for item in args.set)
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "
           f"--scans {args.scans} --frames {args.frames} --size {args.size} "
-          f"--budget {args.budget:g} --seed {seed0}", flush=True)
+          f"--budget {args.budget:g} --seed {seed0}{sets}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in BASELINES})
     bias[FRAMES_MEAN] = []
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
                          seed=seed0 + k)
         result = denoise_scan(scan.frames, mask=scan.mask, center=scan.geometry.center,
-                              budget_s=args.budget, bad_pixels="mask")
+                              budget_s=args.budget, bad_pixels="mask", **options)
         print(f"scan {k}: method {result.method}", flush=True)
         invalid = ~scan.scored
         feature = scan.regions["one_sided_feature"] if feature_scene else None

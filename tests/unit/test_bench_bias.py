@@ -31,3 +31,14 @@ def test_a_failed_fit_is_left_out_of_the_means_not_spread_over_them():
     assert mean[0] == pytest.approx((0.02 + 0.06) / 2)
     assert mean[1] == pytest.approx((0.02 + 0.07) / 2)
     assert np.all(np.isfinite(error))
+
+
+@pytest.mark.fast
+def test_a_set_option_reads_its_value_as_json_where_it_can():
+    from bench.bias import _option
+
+    assert _option("angular_model=false") == ("angular_model", False)
+    assert _option("feature_z_threshold=4.5") == ("feature_z_threshold", 4.5)
+    assert _option("method=symmetry") == ("method", "symmetry")
+    with pytest.raises(SystemExit):
+        _option("angular_model")
