@@ -115,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         integ = AzimuthalIntegration(scan.geometry, invalid)
         npt = metrics.default_npt(scan.geometry)
         i_true = integ.integrate(scan.truth, npt=npt)
+        frames_mean = scan.frames.mean(0)
         for index in range(args.frames):
             # The static scenes here share one truth for all frames.
             estimates = {"ours": result.denoised[index],
                          "raw": scan.frames[index].astype(np.float64),
-                         FRAMES_MEAN: scan.frames.mean(0)}
+                         FRAMES_MEAN: frames_mean}
             for name in BASELINES:
                 estimates[name], _ = run_method(name, _frame_scan(scan, index), args.budget)
             for name, estimate in estimates.items():

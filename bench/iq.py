@@ -354,12 +354,10 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
             paired = " / ".join(
                 _mean_pm([r['full'][k] - q['full'][k] for r, q in pairs])
                 for k in PEAK_KEYS)
-        fitted = " / ".join(f"{m(lambda r, k=k: r['full'].get(k, math.nan)):+.1%}"
-                            for k in FIT_KEYS)
+        fitted = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}" for k in FIT_KEYS)
         if name != "raw":
             fitted += "; " + " / ".join(
-                _mean_pm([r['full'].get(k, math.nan) - q['full'].get(k, math.nan)
-                          for r, q in pairs]) for k in FIT_KEYS)
+                _mean_pm([r['full'][k] - q['full'][k] for r, q in pairs]) for k in FIT_KEYS)
 
         def fmt(value, spec):
             return "—" if math.isnan(value) else format(value, spec)

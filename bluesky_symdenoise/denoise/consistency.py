@@ -427,7 +427,7 @@ class RawConsistency:
             if neighbours:
                 scale = np.ones(spot_sums.index.size)
                 scale[np.searchsorted(spot_sums.index, paired)] = 0.5
-                pooled, _ = spot_sums.pooled_sums(
+                pooled = spot_sums.pooled_sums(
                     target, [self._spot_target(near, out, partners_used)[0]
                              for near in neighbours], variance_scale=scale)
             out = spot_sums.match(target, out, passes=self._spot_passes,
@@ -1099,9 +1099,9 @@ class SpotSums:
         return self._sum(np.asarray(image).reshape(-1)[self.index])
 
     def pooled_sums(self, target: np.ndarray, neighbours: Sequence[np.ndarray], *,
-                    variance_scale: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                    variance_scale: np.ndarray | float = 1.0) -> np.ndarray:
         """``target``'s spot-scale sums pooled with its neighbouring frames' where a spot
-        agrees with them, and per spot pixel how many frames its sum pools.
+        agrees with them.
 
         Per neighbour and spot pixel, ``z² = (own - near)² / (Σk² · (own + near) · scale)``
         (the Poisson variance of the difference of two Gaussian-weighted sums, ``Σk²`` the
@@ -1129,7 +1129,7 @@ class SpotSums:
                                   minlength=n_spots)[self.labels] > 0
             total += np.where(changed, 0.0, near)
             frames += ~changed
-        return total / frames, frames
+        return total / frames
 
     def match(self, raw: np.ndarray, out: np.ndarray, *,
               passes: int = FEATURE_MATCH_PASSES,
