@@ -14,17 +14,21 @@ Each launched IOC also gets a port of its own (``EPICS_CA_SERVER_PORT``), added 
 client's ``EPICS_CA_ADDR_LIST`` as ``127.0.0.1:PORT`` (:func:`add_ca_address`). CA on
 loopback cannot broadcast (``lo`` has no broadcast address), and servers sharing UDP port
 5064 share it with ``SO_REUSEPORT``, which hands each unicast search to *one* of them: with
-two IOCs on the default port a client finds only one. A port per IOC avoids that.
+two IOCs on the default port a client finds only one. A port per IOC avoids that; it is
+taken below the kernel's ephemeral range (:func:`free_loopback_port`), so no client socket is
+ever given the same port.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
-__all__ = ["LOOPBACK_CA_ENV", "add_ca_address", "free_loopback_port", "loopback_env",
-           "pin_ca_to_loopback", "remove_ca_address"]
+__all__ = ["LOOPBACK_CA_ENV", "add_ca_address", "ephemeral_port_range", "free_loopback_port",
+           "loopback_env", "pin_ca_to_loopback", "remove_ca_address"]
 
 #: Channel Access environment for loopback-only servers and clients.
 LOOPBACK_CA_ENV: dict[str, str] = {
@@ -78,16 +82,37 @@ def remove_ca_address(address: str, environ: MutableMapping[str, str] | None = N
     environ["EPICS_CA_ADDR_LIST"] = " ".join(a for a in addresses if a != address)
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands out for ``bind(port 0)``: Linux's
+    ``ip_local_port_range``, elsewhere the IANA dynamic range (49152-65535)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_loopback_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+    """A port free for both TCP and UDP on 127.0.0.1 right now, below the ephemeral range.
+
+    An IOC's UDP search socket is bound with ``SO_REUSEADDR`` (as caproto binds it), and so
+    is every CA client's own UDP socket, bound to port 0. Linux does not count a port whose
+    sockets all allow reuse as taken when it picks an ephemeral one, so a client can be given
+    the IOC's own port; the IOC's answer to that client's search then goes to the IOC's
+    more specific 127.0.0.1 socket, and the search times out (one CI run in a few dozen lost
+    a test this way). A port outside the ephemeral range is never handed to a client.
+    """
+    low, _ = ephemeral_port_range()
+    candidates = range(max(1024, low - 10000), max(1025, low))
+    rng = random.SystemRandom()  # two launchers at once rarely try the same ports
+    for _ in range(50):
+        port = rng.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise OSError("no free loopback port for TCP and UDP")

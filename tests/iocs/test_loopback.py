@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
+
 from bluesky_symdenoise.detector.loopback import (
     LOOPBACK_CA_ENV,
     add_ca_address,
+    ephemeral_port_range,
     free_loopback_port,
     loopback_env,
     pin_ca_to_loopback,
@@ -36,4 +41,31 @@ def test_pin_keeps_loopback_addresses_and_drops_others():
 def test_subprocess_env_and_free_port():
     env = loopback_env({"PATH": "/bin", "EPICS_CA_AUTO_ADDR_LIST": "YES"})
     assert env["PATH"] == "/bin" and env["EPICS_CA_AUTO_ADDR_LIST"] == "NO"
-    assert 0 < free_loopback_port() < 65536
+    low, high = ephemeral_port_range()
+    assert 1024 <= low <= high <= 65535
+    for _ in range(20):
+        port = free_loopback_port()
+        assert 1024 <= port < low  # never one the kernel hands a client's bind(port 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", port))  # and really free
+
+
+def test_a_client_socket_on_an_iocs_port_never_hears_the_iocs_answer():
+    """Why IOC ports are kept out of the ephemeral range: sockets bound as caproto binds
+    them (the IOC's with SO_REUSEADDR and SO_REUSEPORT on 127.0.0.1, a client's with
+    SO_REUSEADDR on all interfaces) may share a port, and then the IOC's answer to the
+    client lands on the IOC's own, more specific socket."""
+    ioc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with ioc, client:
+        for sock in (ioc, client):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.settimeout(0.5)
+        ioc.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        ioc.bind(("127.0.0.1", free_loopback_port()))
+        port = ioc.getsockname()[1]
+        client.bind(("", port))  # allowed: the kernel does not count the IOC's port as taken
+        ioc.sendto(b"answer", ("127.0.0.1", port))
+        assert ioc.recvfrom(16)[0] == b"answer"
+        with pytest.raises(TimeoutError):
+            client.recvfrom(16)
