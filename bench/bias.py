@@ -87,16 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a DenoiseConfig option for ours (repeatable), e.g. "
                              "angular_model=false: an ablation of the whole engine")
+    parser.add_argument("--no-classical", action="store_true",
+                        help="leave the classical baselines out (an ablation of ours, "
+                             "paired with raw: half the run's time)")
     add_scan_arguments(parser, budget=60.0)
     args = parser.parse_args(argv)
+    baselines = () if args.no_classical else BASELINES
     seed0 = first_seed(args)
     options = dict(_option(item) for item in args.set)
     sets = "".join(f" --set {item}" for item in args.set)
+    sets += " --no-classical" if args.no_classical else ""
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "
           f"--scans {args.scans} --frames {args.frames} --size {args.size} "
           f"--budget {args.budget:g} --seed {seed0}{sets}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
-    bias.update({name: [] for name in BASELINES})
+    bias.update({name: [] for name in baselines})
     bias[FRAMES_MEAN] = []
     rings = args.scene in RING_KINDS
     feature_scene = args.scene == "lattice_one_sided"
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             estimates = {"ours": result.denoised[index],
                          "raw": scan.frames[index].astype(np.float64),
                          FRAMES_MEAN: frames_mean}
-            for name in BASELINES:
+            for name in baselines:
                 estimates[name], _ = run_method(name, _frame_scan(scan, index), args.budget)
             for name, estimate in estimates.items():
                 values: list[float] = []
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     # Paired on the same frames: what the denoiser itself adds to the raw frame's bias (the
     # height metric is not linear in the counts, so noisy raw I(q) has a bias of its own).
     raw = np.asarray(bias["raw"])
-    for name in ("ours", *BASELINES, FRAMES_MEAN):
+    for name in ("ours", *baselines, FRAMES_MEAN):
         rows[f"{name} − raw, same frames"] = list(np.asarray(bias[name]) - raw)
     for name, values in rows.items():
         mean, sem = scan_mean_and_error(np.asarray(values), args.scans)

@@ -28,9 +28,10 @@ neighbourhood departs from it beyond the Poisson noise (spots, streaks, one-side
 the beamstop's edge, sharp rings the radial spline cannot follow), and the engine decides per
 band, on a held-out binomial split, how much of the model to mix into its own estimate
 (:func:`held_out_band_weights`); it keeps its own estimate where the model misfits. The mix
-is rescaled within each 1 px shell so that the shell's total is the engine's own: the model
-changes how intensity is spread around a ring and across the shell's width, never a shell's
-mean (the raw-consistency holds of :mod:`.consistency` stay in force at 1 px and coarser).
+is rescaled within each 0.5 px shell so that the shell's total is the engine's own: the
+model changes how intensity is spread around a ring and across the shell's width, never a
+shell's mean (the raw-consistency holds of :mod:`.consistency` stay in force at 0.5 px and
+coarser).
 """
 
 from __future__ import annotations
@@ -467,8 +468,12 @@ def held_out_band_weights(model: np.ndarray, other: np.ndarray, rest: np.ndarray
                         origin=origin)
 
 
-#: Width (px) of the shells whose totals :func:`mix_within_shells` keeps.
-KEPT_ANNULUS_PX = 1.0
+#: Width (px) of the shells whose totals :func:`mix_within_shells` keeps: half the 1 px
+#: ring bins the frames are held to, so that the model's spline (knots 1-2 px), which
+#: spreads a shell's total over its width, cannot widen a ring about a pixel wide (with
+#: 1 px shells it added +0.5 % to a 0.1 counts/pixel powder ring's fitted FWHM:
+#: ``bench.bias``, powder).
+KEPT_ANNULUS_PX = 0.5
 #: Fewest pixels a kept shell holds: sparser ones (a sliver of a shell outside the beamstop,
 #: the detector's corners) share their total with the next shells out.
 KEPT_MIN_PIXELS = 20
@@ -495,14 +500,14 @@ def mix_within_shells(estimate: np.ndarray, model: np.ndarray, weight: np.ndarra
                       good: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """``w·model + (1 - w)·estimate``, rescaled shell by shell (:data:`KEPT_ANNULUS_PX`) to
     the estimate's own totals: the model moves intensity around a ring and across a shell's
-    width, never between shells, so the estimate's radial profile at 1 px (held to the raw
-    counts) and with it the full-ring I(q) in bins of a pixel or more stay as they were.
-    Within a shell the model's radial course replaces the estimate's: next to a beamstop,
-    where the intensity falls several times per pixel, the network's is the larger error
-    (``bench/heldout.py``, SAXS). A shell with fewer than :data:`KEPT_MIN_PIXELS` pixels
-    (a sliver outside the beamstop: kept alone, its total would be its one or two pixels'
-    own values, and the model could change nothing there) shares its total with the next
-    shells out."""
+    width, never between shells, so the estimate's radial profile at 0.5 px (held to the raw
+    counts at 1 px, and at 0.5 px as far as the counts allow) and with it the full-ring I(q)
+    stay as they were. Within a shell the model's radial course replaces the estimate's:
+    next to a beamstop, where the intensity falls several times per pixel, the network's is
+    the larger error (``bench/heldout.py``, SAXS). A shell with fewer than
+    :data:`KEPT_MIN_PIXELS` pixels (a sliver outside the beamstop: kept alone, its total
+    would be its one or two pixels' own values, and the model could change nothing there)
+    shares its total with the next shells out."""
     estimate = np.asarray(estimate, np.float64)
     use = good & np.isfinite(model) & (weight > 0)
     mixed = np.where(use, weight * np.nan_to_num(model) + (1.0 - weight) * estimate, estimate)

@@ -697,7 +697,7 @@ class ScanDenoiser:
                             denoised: np.ndarray,
                             neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says
-        so, each 1 px shell keeping its total (see :func:`~.angular.mix_within_shells`).
+        so, each 0.5 px shell keeping its total (see :func:`~.angular.mix_within_shells`).
         A frame whose model fails is served without it (recorded in :attr:`events`)."""
         blend = self.angular
         if blend is None or analysis.center is None:
