@@ -91,9 +91,9 @@ from .symmetry import (
     symmetry_validity,
 )
 
-__all__ = ["ARC_MATCH_PASSES", "EXCESS_BACKGROUND_ERROR", "EXCESS_Z", "EXCESS_Z_READOUT",
-           "FEATURE_MATCH_PASSES", "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX",
-           "HALF_PIXEL_Z",
+__all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
+           "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
+           "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
            "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
@@ -232,6 +232,11 @@ class RawConsistency:
     sharp_bins
         Per bin of the 0.5 px ring profile: held outright where the ring holds at that scale
         are otherwise shrunk (:func:`sharp_half_pixel_bins`); None: shrunk everywhere.
+    ring_crests
+        Per bin of the 1 px ring profile: a ring's crest and the bins
+        :data:`CREST_BASE_BINS` either side of it (:func:`ring_crest_bins`); None: none
+        found. The per-shell angular model keeps the 0.5 px profile there
+        (:func:`~.angular.mix_within_shells`).
     scan_sum
         The scan's summed frames (init only, not kept): where their means change, runs of
         sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
@@ -249,6 +254,7 @@ class RawConsistency:
     whole_ring_scope: np.ndarray | None = None
     readout_dominated: bool = False
     sharp_bins: np.ndarray | None = None
+    ring_crests: np.ndarray | None = None
     center: tuple[float, float] | None = None
     scan_sum: InitVar[np.ndarray | None] = None
     #: Spot sums over the spots held (features and partnered spots), built once per scan.
@@ -345,6 +351,7 @@ class RawConsistency:
         return cls(good=good, rings=rings if ring_pixels.any() else None,
                    ring_levels=ring_levels,
                    sharp_bins=sharp_half_pixel_bins(scan_sum, good, ring_levels),
+                   ring_crests=ring_crest_bins(scan_sum, good, ring_levels),
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~partnered)) & good,
                    partnered_spots=partnered & good,
@@ -376,6 +383,8 @@ class RawConsistency:
                 "half_pixel_z": HALF_PIXEL_Z,
                 "sharp_half_pixel_bins": int(self.sharp_bins.sum())
                 if self.sharp_bins is not None else 0,
+                "ring_crest_bins": int(self.ring_crests.sum())
+                if self.ring_crests is not None else 0,
                 "whole_ring_pixels_fraction": round(
                     float(self.whole_ring_scope.sum()) / n_good, 4)
                 if self.whole_ring_scope is not None else 0.0,
@@ -862,6 +871,49 @@ def sharp_half_pixel_bins(scan_sum: np.ndarray, good: np.ndarray,
     usable = (fine_n >= MIN_RING_PIXELS) & (var > 0)
     sharp = usable & ((fine - read) ** 2 > HALF_PIXEL_Z ** 2 * np.where(usable, var, 1.0))
     return ndimage.binary_dilation(sharp, iterations=1)
+
+
+#: A 1 px ring bin is a ring's crest (:func:`ring_crest_bins`) where the scan's summed counts
+#: put its mean above the means :data:`CREST_BASE_BINS` bins inwards and outwards, each by
+#: more than :data:`CREST_Z` standard deviations of the difference (Poisson).
+CREST_Z = 3.0
+CREST_BASE_BINS = 2
+
+
+def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
+                    levels: Sequence[RingProfile]) -> np.ndarray | None:
+    """Per bin of the 1 px whole-ring profile among ``levels``: the crests of rings a few
+    pixels wide or narrower, with the :data:`CREST_BASE_BINS` bins either side of each.
+
+    A bin is a crest where the scan's summed counts rise to it from both sides: its mean
+    exceeds the means :data:`CREST_BASE_BINS` bins inwards and outwards by more than
+    :data:`CREST_Z` Poisson standard deviations each. A profile that only falls (the rise
+    by a SAXS beamstop, whose innermost bins have no bins inside them) has no crest, nor has
+    a ring much wider than the base. As :func:`sharp_half_pixel_bins`, the choice rests on
+    the scan, not on a frame. Returns None without the 1 px profile or where no crest is
+    found.
+    """
+    one = next((p for p in levels if p.sectors == 1 and p.bin_width == RING_BIN_PX), None)
+    if one is None:
+        return None
+    mean, n = one.bin_means(scan_sum, good)
+    usable = n >= MIN_RING_PIXELS
+    var = np.where(usable, np.maximum(mean, 0.0) / np.maximum(n, 1e-12), np.inf)
+    k = CREST_BASE_BINS
+    if mean.size <= 2 * k:
+        return None
+    centre = slice(k, mean.size - k)
+
+    def rises_from(side: slice) -> np.ndarray:
+        rise = mean[centre] - mean[side]
+        return (usable[centre] & usable[side] & (rise > 0)
+                & (rise ** 2 > CREST_Z ** 2 * (var[centre] + var[side])))
+
+    crest = np.zeros(mean.size, bool)
+    crest[centre] = rises_from(slice(0, mean.size - 2 * k)) & rises_from(slice(2 * k, None))
+    if not crest.any():
+        return None
+    return ndimage.binary_dilation(crest, iterations=k)
 
 
 def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray, *,

@@ -697,7 +697,8 @@ class ScanDenoiser:
                             denoised: np.ndarray,
                             neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says
-        so, each 0.5 px shell keeping its total (see :func:`~.angular.mix_within_shells`).
+        so, each 1 px shell keeping its total, each half of one across a ring's crest
+        (see :func:`~.angular.mix_within_shells`, :func:`_split_shells`).
         A frame whose model fails is served without it (recorded in :attr:`events`)."""
         blend = self.angular
         if blend is None or analysis.center is None:
@@ -709,12 +710,14 @@ class ScanDenoiser:
             self._angular_fitter = (blend, ScanAngularModel(
                 bands=[b for b, w in enumerate(blend.weights) if w > 0]))
         fitter = self._angular_fitter[1]
+        split = _split_shells(analysis)
         out = []
         for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
             try:
                 fitted = self._angular_estimate(analysis, frame, near, fitter)
                 mixed = (estimate if fitted is None else
-                         mix_within_shells(estimate, fitted[0], weight, good, radius))
+                         mix_within_shells(estimate, fitted[0], weight, good, radius,
+                                           split_shells=split))
             except Exception as exc:  # noqa: BLE001 - the network's frame is served
                 self.events.append(f"per-shell angular model skipped on a frame: {exc!r}")
                 mixed = estimate
@@ -982,6 +985,18 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     if method == "thinning":
         return ChannelContext.without_symmetry(analysis.context.good)
     return analysis.context
+
+
+def _split_shells(analysis: ScanAnalysis) -> np.ndarray | None:
+    """Per 1 px shell about the beam centre (``floor(radius)``), whether the angular model's
+    mix keeps its halves' totals: the shells touching a 1 px ring bin at a ring's crest
+    (:attr:`~.consistency.RawConsistency.ring_crests`; bin ``k`` is centred on radius ``k``
+    and shares each pixel with the next bin, so shell ``k`` touches bins ``k`` and ``k+1``)."""
+    crests = None if analysis.consistency is None else analysis.consistency.ring_crests
+    if crests is None or not crests.any():
+        return None
+    crests = np.asarray(crests, bool)
+    return crests | np.concatenate([crests[1:], [False]])
 
 
 def _spots_left_to_the_hold(analysis: ScanAnalysis) -> np.ndarray | bool:

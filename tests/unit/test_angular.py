@@ -175,26 +175,35 @@ def test_the_mix_keeps_every_shell_total_of_the_estimate():
 
 
 
-def test_a_sharp_ring_keeps_its_half_pixel_profile_under_a_broad_model():
-    """Each 0.5 px shell keeps the estimate's total: a ring about a pixel wide, held to the
-    raw counts, is not widened by a model that spreads each 1 px shell's total evenly (a
-    radial spline with 1-2 px knots does much the same)."""
+def test_split_shells_keep_a_sharp_rings_half_pixel_profile():
+    """Where a shell is split, each half keeps the estimate's total: a ring about a pixel
+    wide is not widened by a model that spreads each 1 px shell's total evenly (a radial
+    spline with 1-2 px knots does much the same); an unsplit shell takes the model's
+    course."""
     radius, _ = polar_maps(SHAPE, CENTER)
     good = np.ones(SHAPE, bool)
     ring = 20.0 + 300.0 * np.exp(-0.5 * ((radius - 18.3) / 0.45) ** 2)
     shell = np.floor(radius).astype(int)
     broad = (np.bincount(shell.ravel(), ring.ravel()) / np.bincount(shell.ravel()))[shell]
-    mixed = mix_within_shells(ring, broad, np.ones(SHAPE), good, radius)
+    split = np.zeros(shell.max() + 1, bool)
+    split[15:22] = True
+    weight = np.ones(SHAPE)
+    whole = mix_within_shells(ring, broad, weight, good, radius)
+    halves = mix_within_shells(ring, broad, weight, good, radius, split_shells=split)
     half = np.floor(radius * 2).astype(int)
     on = (half >= 30) & (half < 44)
-    np.testing.assert_allclose(np.bincount(half[on], mixed[on]),
-                               np.bincount(half[on], ring[on]), rtol=1e-9)
+    by_half = np.bincount(half[on], ring[on])
+    np.testing.assert_allclose(np.bincount(half[on], halves[on]), by_half, rtol=1e-9)
+    assert np.abs(np.bincount(half[on], whole[on]) - by_half).max() > 0.05 * by_half.max()
+    outside = ~on & (shell > 24)
+    np.testing.assert_allclose(halves[outside], broad[outside])
 
     def width(image):  # the ring's second moment about its mean radius
         w = np.clip(image - 20.0, 0, None) * ((radius > 15) & (radius < 22))
         mean = (w * radius).sum() / w.sum()
         return np.sqrt((w * (radius - mean) ** 2).sum() / w.sum())
-    assert abs(width(mixed) - width(ring)) < 0.3 * abs(width(broad) - width(ring))
+    assert abs(width(halves) - width(ring)) < 0.3 * abs(width(whole) - width(ring))
+
 
 def test_a_sliver_of_a_shell_outside_the_beamstop_gets_the_model():
     """A shell holding one pixel outside the beamstop does not keep that pixel's own value

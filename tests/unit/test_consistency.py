@@ -134,6 +134,30 @@ def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     assert held.sharp_bins is None or held.sharp_bins.sum() <= 0.02 * held.sharp_bins.size
 
 
+
+def test_ring_crests_are_found_on_the_scans_counts_and_not_on_a_saxs_fall():
+    """The crest of a ring a pixel or two wide, at 0.1 counts/pixel over six frames, is found
+    (with the bins either side); the steep fall by a SAXS beamstop, which only falls, and a
+    flat background are not crests."""
+    from bluesky_symdenoise.denoise.consistency import CREST_BASE_BINS, ring_crest_bins
+
+    shape, center = (160, 160), (81.3, 78.6)
+    rows, cols = np.indices(shape)
+    radius = np.hypot(rows - center[0], cols - center[1])
+    good = radius > 6.0
+    levels = (ring_profile(shape, center, 1, 1.0),)
+    rng = np.random.default_rng(3)
+    ring = 0.05 + 1.0 * np.exp(-0.5 * ((radius - 40.4) / 0.6) ** 2)
+    crests = ring_crest_bins(np.where(good, rng.poisson(6 * ring), 0.0), good, levels)
+    assert crests is not None
+    found = np.flatnonzero(crests)
+    assert found.min() >= 40 - 2 * CREST_BASE_BINS and found.max() <= 41 + 2 * CREST_BASE_BINS
+    assert crests[40] or crests[41]
+    saxs = 300.0 * np.exp(-(radius - 6.0) / 1.5) + 0.2
+    assert ring_crest_bins(np.where(good, rng.poisson(3 * saxs), 0.0), good, levels) is None
+    flat = np.where(good, rng.poisson(0.6, shape), 0.0)
+    assert ring_crest_bins(flat, good, levels) is None
+
 def test_a_textured_ring_is_held_arc_by_arc():
     scene, truth, frames, consistency = _scan("textured", 0.5, seed=3)
     ring = scene.regions["strongest_ring"] & scene.usable
