@@ -235,8 +235,8 @@ class RawConsistency:
     ring_crests
         Per bin of the 1 px ring profile: a ring's crest and the bins
         :data:`CREST_BASE_BINS` either side of it (:func:`ring_crest_bins`); None: none
-        found. The per-shell angular model keeps the 0.5 px profile there
-        (:func:`~.angular.mix_within_shells`).
+        found. The per-shell angular model's mix keeps the totals of both halves of each
+        1 px shell there (:func:`~.angular.mix_within_shells`).
     scan_sum
         The scan's summed frames (init only, not kept): where their means change, runs of
         sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
