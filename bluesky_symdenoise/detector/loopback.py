@@ -99,8 +99,8 @@ def free_loopback_port() -> int:
     is every CA client's own UDP socket, bound to port 0. Linux does not count a port whose
     sockets all allow reuse as taken when it picks an ephemeral one, so a client can be given
     the IOC's own port; the IOC's answer to that client's search then goes to the IOC's
-    more specific 127.0.0.1 socket, and the search times out (one CI run in a few dozen lost
-    a test this way). A port outside the ephemeral range is never handed to a client.
+    more specific 127.0.0.1 socket, and the search times out (an IOC test's 10 s timeout in
+    CI). A port outside the ephemeral range is never handed to a client.
     """
     low, _ = ephemeral_port_range()
     candidates = range(max(1024, low - 10000), max(1025, low))

@@ -134,7 +134,6 @@ def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     assert held.sharp_bins is None or held.sharp_bins.sum() <= 0.02 * held.sharp_bins.size
 
 
-
 def test_ring_crests_are_found_on_the_scans_counts_and_not_on_a_saxs_fall():
     """The crest of a ring a pixel or two wide, at 0.1 counts/pixel over six frames, is found
     (with the bins either side); the steep fall by a SAXS beamstop, which only falls, and a
