@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     baselines = () if args.no_classical else BASELINES
     seed0 = first_seed(args)
     options = dict(_option(item) for item in args.set)
-    sets = "".join(f" --set {item}" for item in args.set)
-    sets += " --no-classical" if args.no_classical else ""
+    flags = "".join(f" --set {item}" for item in args.set)
+    flags += " --no-classical" if args.no_classical else ""
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "
           f"--scans {args.scans} --frames {args.frames} --size {args.size} "
-          f"--budget {args.budget:g} --seed {seed0}{sets}", flush=True)
+          f"--budget {args.budget:g} --seed {seed0}{flags}", flush=True)
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in baselines})
     bias[FRAMES_MEAN] = []

@@ -838,6 +838,11 @@ class _HeldBins:
 SHARP_BIN_PX = 0.5
 
 
+def _whole_ring_level(levels: Sequence[RingProfile], width: float) -> RingProfile | None:
+    """The whole-ring profile (one sector) of bin width ``width`` among ``levels``."""
+    return next((p for p in levels if p.sectors == 1 and p.bin_width == width), None)
+
+
 def sharp_half_pixel_bins(scan_sum: np.ndarray, good: np.ndarray,
                           levels: Sequence[RingProfile]) -> np.ndarray | None:
     """Per bin of the 0.5 px whole-ring profile among ``levels``: where the scan's summed
@@ -853,8 +858,8 @@ def sharp_half_pixel_bins(scan_sum: np.ndarray, good: np.ndarray,
     rests on the scan, not on the frame being held, so a frame's noise does not decide where
     its own counts are taken. Returns None without both profiles.
     """
-    half = next((p for p in levels if p.sectors == 1 and p.bin_width == SHARP_BIN_PX), None)
-    one = next((p for p in levels if p.sectors == 1 and p.bin_width == RING_BIN_PX), None)
+    half = _whole_ring_level(levels, SHARP_BIN_PX)
+    one = _whole_ring_level(levels, RING_BIN_PX)
     if half is None or one is None:
         return None
     fine, fine_n = half.bin_means(scan_sum, good)
@@ -893,7 +898,7 @@ def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
     the scan, not on a frame. Returns None without the 1 px profile or where no crest is
     found.
     """
-    one = next((p for p in levels if p.sectors == 1 and p.bin_width == RING_BIN_PX), None)
+    one = _whole_ring_level(levels, RING_BIN_PX)
     if one is None:
         return None
     mean, n = one.bin_means(scan_sum, good)
