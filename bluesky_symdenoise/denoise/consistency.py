@@ -236,7 +236,8 @@ class RawConsistency:
         Per bin of the 1 px ring profile: a ring's crest and the bins
         :data:`CREST_BASE_BINS` either side of it (:func:`ring_crest_bins`); None: none
         found. The per-shell angular model's mix keeps the totals of both halves of each
-        1 px shell there (:func:`~.angular.mix_within_shells`).
+        1 px shell there (:func:`~.angular.mix_within_shells`), and the 0.5 px bins across
+        them are held outright (:func:`crest_half_pixel_bins`).
     scan_sum
         The scan's summed frames (init only, not kept): where their means change, runs of
         sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
@@ -539,11 +540,17 @@ class RawConsistency:
         return tuple(step for step in steps if step is not None)
 
     def _outright_bins(self, profile: RingProfile) -> np.ndarray | None:
-        """The bins of ``profile`` held outright though its scale is shrunk: the sharp
-        half-pixel bins, on the 0.5 px profile only."""
-        if self.sharp_bins is None or profile.bin_width != SHARP_BIN_PX:
+        """The bins of ``profile`` held outright though its scale is shrunk, on the 0.5 px
+        profile only: the sharp half-pixel bins and those across a ring's crest
+        (:func:`crest_half_pixel_bins`)."""
+        if profile.bin_width != SHARP_BIN_PX:
             return None
-        return self.sharp_bins
+        outright = np.zeros(profile._n_bins, bool)
+        if self.sharp_bins is not None:
+            outright[:self.sharp_bins.size] |= self.sharp_bins[:outright.size]
+        if self.ring_crests is not None:
+            outright |= crest_half_pixel_bins(self.ring_crests, outright.size)
+        return outright if outright.any() else None
 
     def spots(self) -> np.ndarray:
         """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts (the same
@@ -919,6 +926,25 @@ def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
     if not crest.any():
         return None
     return ndimage.binary_dilation(crest, iterations=k)
+
+
+def crest_half_pixel_bins(crests: np.ndarray, n_bins: int) -> np.ndarray:
+    """Per bin of a 0.5 px whole-ring profile of ``n_bins`` bins: whether it lies within
+    half a pixel of a 1 px bin in ``crests`` (:func:`ring_crest_bins`).
+
+    Half-pixel bin ``j`` is centred on radius ``j / 2`` and 1 px bin ``k`` on radius ``k``,
+    so ``j`` lies within half a pixel of bins ``j // 2`` and ``(j + 1) // 2``.
+
+    Across a ring's crest these bins are held outright: their scale's bins are otherwise
+    shrunk by a frame's noise towards what the 1 px holds left, and a ring about a pixel
+    wide keeps then part of the network's smoothing (``bench.iq_ablation``, sharp rings at
+    0.1 counts/pixel). Only the crests found on the scan's counts are held so; elsewhere
+    (backgrounds, a SAXS fall) the half-pixel bins stay shrunk and keep their lower noise.
+    """
+    j = np.arange(n_bins)
+    padded = np.append(np.asarray(crests, bool), False)
+    last = padded.size - 1
+    return padded[np.minimum(j // 2, last)] | padded[np.minimum((j + 1) // 2, last)]
 
 
 def _merge_sparse_bins(den: np.ndarray, target: np.ndarray, support: np.ndarray, *,
