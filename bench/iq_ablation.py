@@ -12,7 +12,9 @@ its height and FWHM fitted as a Gaussian on a line, ``bench.iq.fitted_peak_bias`
 * the same held to the raw counts (``consistency.py``), with the default 1 px ring bins
   and with finer ones (``--ring-bins``);
 * the total-count rescale and the classical mix (``BlendWeights``) on top: the whole
-  pipeline as ``denoise`` runs it;
+  pipeline as ``denoise`` runs it (its holds pooled over the neighbouring frames, its
+  per-shell angular model); and the same without the classical mix, without the angular
+  model, and without either;
 * the classical mode (180° average + Anscombe + BM3D, and BM3D alone), unheld and held;
 * the same scene with the beam centre moved to the nearest half-integer (exact 180°
   partners, no bilinear resampling).
@@ -118,6 +120,30 @@ def _total(frame: np.ndarray, raw: np.ndarray, good: np.ndarray,
     return np.where(good, out, 0.0)
 
 
+def _pipelines(denoiser: ScanDenoiser, analysis, scan: BenchScan) -> dict[str, np.ndarray]:
+    """The scan's middle frame as ``denoise`` serves it from this trained network (the
+    holds pooled over the neighbouring frames, the angular model, the classical mix, the
+    total), and the same without the classical mix, without the angular model and without
+    either."""
+    found = {}
+    angular = denoiser.angular
+    for label, use_angular, use_mix in (("pipeline (hold + mix + total)", True, True),
+                                        ("pipeline without the classical mix", True, False),
+                                        ("pipeline without the angular model", False, True),
+                                        ("pipeline without either", False, False)):
+        # (Where the scan has no angular model or no mix, a row is the whole pipeline.)
+        denoiser.angular = angular if use_angular else None
+        try:
+            predicted = denoiser.predict(analysis, method="symmetry")
+            if use_mix and denoiser.blend is not None and not denoiser.blend.first_only:
+                predicted = denoiser._mix_with_classical(analysis, predicted, denoiser.blend)
+        finally:
+            denoiser.angular = angular
+        found[label] = denoiser._finish(predicted, analysis,
+                                        "symmetry")[scan.index].astype(np.float64)
+    return found
+
+
 def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
     """Every stage's estimate of the scan's middle frame."""
     found: dict[str, np.ndarray] = {}
@@ -139,12 +165,9 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
                     held_spots(analysis, "symmetry"))
         if channels == "all":
             # The whole pipeline as ``denoise`` runs it on this trained network.
+            # Then the same without its classical mix, and without its angular model.
             _, reason = denoiser._check_against_classical(analysis, "symmetry", "")
-            predicted = denoiser.predict(analysis, method="symmetry")
-            if denoiser.blend is not None and not denoiser.blend.first_only:
-                predicted = denoiser._mix_with_classical(analysis, predicted, denoiser.blend)
-            found["pipeline (hold + mix + total)"] = denoiser._finish(
-                predicted, analysis, "symmetry")[scan.index].astype(np.float64)
+            found.update(_pipelines(denoiser, analysis, scan))
             print(f"  pipeline: {reason.strip('; ')}", flush=True)
         if channels == args.channels[0] and not args.no_classical:
             validity = analysis.symmetry.valid
