@@ -108,7 +108,8 @@ def _consistency(analysis, scan: BenchScan, ring_bins: str) -> RawConsistency:
         prepared = analysis.prepared
         return RawConsistency.for_scan(prepared.frames.sum(0), prepared.good, analysis.center,
                                        ring_valid=analysis.context.ring_valid
-                                       if analysis.context.ring_valid is not None else None)
+                                       if analysis.context.ring_valid is not None else None,
+                                       frames=len(prepared.frames))
     finally:
         consistency_module.RING_BINS_PX = old
 

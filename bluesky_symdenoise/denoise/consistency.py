@@ -236,8 +236,10 @@ class RawConsistency:
         Per bin of the 1 px ring profile: a ring's crest and the bins
         :data:`CREST_BASE_BINS` either side of it (:func:`ring_crest_bins`); None: none
         found. The per-shell angular model's mix keeps the totals of both halves of each
-        1 px shell there (:func:`~.angular.mix_within_shells`), and the 0.5 px bins across
-        them are held outright (:func:`crest_half_pixel_bins`).
+        1 px shell there (:func:`~.angular.mix_within_shells`).
+    crest_half_bins
+        Per bin of the 0.5 px ring profile: held outright across a ring's crest where a
+        frame's counts are few (:func:`low_count_crest_bins`); None: none.
     scan_sum
         The scan's summed frames (init only, not kept): where their means change, runs of
         sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
@@ -256,6 +258,7 @@ class RawConsistency:
     readout_dominated: bool = False
     sharp_bins: np.ndarray | None = None
     ring_crests: np.ndarray | None = None
+    crest_half_bins: np.ndarray | None = None
     center: tuple[float, float] | None = None
     scan_sum: InitVar[np.ndarray | None] = None
     #: Spot sums over the spots held (features and partnered spots), built once per scan.
@@ -277,7 +280,7 @@ class RawConsistency:
                  center: tuple[float, float] | None, *,
                  ring_valid: np.ndarray | None = None, z_threshold: float = 4.0,
                  isotropy_z_threshold: float = 5.5,
-                 readout_dominated: bool = False) -> RawConsistency:
+                 readout_dominated: bool = False, frames: int = 1) -> RawConsistency:
         """Decide the corrections from a scan's summed frames.
 
         Parameters
@@ -307,6 +310,9 @@ class RawConsistency:
             cannot show that a faint spot has none), in :data:`FEATURE_MATCH_PASSES_READOUT`
             passes (the denoiser broadens a spot more there). Measured on the flat-panel twins
             (``bench.flat_panel --counting-twins``, docs/detectors.md).
+        frames
+            How many frames ``scan_sum`` sums (a frame's counts decide which ring bins are
+            held outright across a crest, :func:`low_count_crest_bins`).
         """
         nothing = np.zeros_like(good, dtype=bool)
         if center is None:
@@ -349,10 +355,13 @@ class RawConsistency:
             spots &= ~(ring_pixels | arc_pixels)
         partnered = nothing if readout_dominated else spots & test.valid
         ring_levels = tuple(ring_profile(shape, center, 1, width) for width in RING_BINS_PX)
+        crests = ring_crest_bins(scan_sum, good, ring_levels)
         return cls(good=good, rings=rings if ring_pixels.any() else None,
                    ring_levels=ring_levels,
                    sharp_bins=sharp_half_pixel_bins(scan_sum, good, ring_levels),
-                   ring_crests=ring_crest_bins(scan_sum, good, ring_levels),
+                   ring_crests=crests,
+                   crest_half_bins=low_count_crest_bins(scan_sum, good, ring_levels, crests,
+                                                        frames=frames),
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~partnered)) & good,
                    partnered_spots=partnered & good,
@@ -386,6 +395,9 @@ class RawConsistency:
                 if self.sharp_bins is not None else 0,
                 "ring_crest_bins": int(self.ring_crests.sum())
                 if self.ring_crests is not None else 0,
+                "crest_half_pixel_bins": int(self.crest_half_bins.sum())
+                if self.crest_half_bins is not None else 0,
+                "crest_outright_counts": CREST_OUTRIGHT_COUNTS,
                 "whole_ring_pixels_fraction": round(
                     float(self.whole_ring_scope.sum()) / n_good, 4)
                 if self.whole_ring_scope is not None else 0.0,
@@ -541,16 +553,14 @@ class RawConsistency:
 
     def _outright_bins(self, profile: RingProfile) -> np.ndarray | None:
         """The bins of ``profile`` held outright though its scale is shrunk, on the 0.5 px
-        profile only: the sharp half-pixel bins and those across a ring's crest
-        (:func:`crest_half_pixel_bins`)."""
+        profile only: the sharp half-pixel bins and those across a ring's crest where a
+        frame's counts are few."""
         if profile.bin_width != SHARP_BIN_PX:
             return None
-        outright = np.zeros(profile._n_bins, bool)
-        if self.sharp_bins is not None:
-            outright[:self.sharp_bins.size] |= self.sharp_bins[:outright.size]
-        if self.ring_crests is not None:
-            outright |= crest_half_pixel_bins(self.ring_crests, outright.size)
-        return outright if outright.any() else None
+        found = [b for b in (self.sharp_bins, self.crest_half_bins) if b is not None]
+        if not found:
+            return None
+        return np.logical_or.reduce(found)
 
     def spots(self) -> np.ndarray:
         """Bool ``(H, W)``: the spot pixels :meth:`apply` holds to the raw counts (the same
@@ -928,6 +938,40 @@ def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
     return ndimage.binary_dilation(crest, iterations=k)
 
 
+#: Below this many expected counts in a frame, a 0.5 px ring bin across a ring's crest is
+#: held outright (:func:`low_count_crest_bins`). A bin's correction is shrunk by its
+#: Poisson noise (positive-part James-Stein), which keeps 1 - 1 / (N b²) of a relative
+#: correction b on N counts: above 400 counts at least three quarters of a 10 % one (what
+#: a network's smoothing takes off a ring about a pixel wide, ``bench.iq_ablation``), so
+#: the shrunk hold keeps the ring's width there and copies less of the frame's noise.
+CREST_OUTRIGHT_COUNTS = 400.0
+
+
+def low_count_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
+                         levels: Sequence[RingProfile], crests: np.ndarray | None, *,
+                         frames: int = 1) -> np.ndarray | None:
+    """Per bin of the 0.5 px whole-ring profile among ``levels``: the bins across a ring's
+    crest (:func:`crest_half_pixel_bins` of ``crests``) where a frame's expected counts
+    (the scan's over ``frames``) are below :data:`CREST_OUTRIGHT_COUNTS`, held outright.
+
+    There the bins' corrections, shrunk by a frame's noise, would give back only part of
+    what the network's smoothing took off a ring about a pixel wide (sharp rings at 0.1
+    counts/pixel on 128² scans of three frames: fitted FWHM 2.9 % wider than raw's without
+    these bins held, 0.7 % with them, ``bench.bias``); with more counts the shrunk hold
+    keeps the width and less of the frame's noise (held outright at 1 count/pixel, the
+    in situ and powder frames of ``bench.heldout`` lost 0.1-0.3 dB at a fixed number of
+    training steps). The choice rests on the scan's counts. Returns None where none.
+    """
+    half = _whole_ring_level(levels, SHARP_BIN_PX)
+    if half is None or crests is None:
+        return None
+    means, pixels = half.bin_means(scan_sum, good)
+    per_frame = np.maximum(means, 0.0) * pixels / max(int(frames), 1)
+    held = crest_half_pixel_bins(crests, means.size) & (pixels > 0) & (
+        per_frame < CREST_OUTRIGHT_COUNTS)
+    return held if held.any() else None
+
+
 def crest_half_pixel_bins(crests: np.ndarray, n_bins: int) -> np.ndarray:
     """Per bin of a 0.5 px whole-ring profile of ``n_bins`` bins: whether it lies within
     half a pixel of a 1 px bin in ``crests`` (:func:`ring_crest_bins`).
@@ -935,11 +979,9 @@ def crest_half_pixel_bins(crests: np.ndarray, n_bins: int) -> np.ndarray:
     Half-pixel bin ``j`` is centred on radius ``j / 2`` and 1 px bin ``k`` on radius ``k``,
     so ``j`` lies within half a pixel of bins ``j // 2`` and ``(j + 1) // 2``.
 
-    Across a ring's crest these bins are held outright: their scale's bins are otherwise
-    shrunk by a frame's noise towards what the 1 px holds left, and a ring about a pixel
-    wide keeps then part of the network's smoothing (``bench.iq_ablation``, sharp rings at
-    0.1 counts/pixel). Only the crests found on the scan's counts are held so; elsewhere
-    (backgrounds, a SAXS fall) the half-pixel bins stay shrunk and keep their lower noise.
+    Where a frame's counts are few, these bins are held outright
+    (:func:`low_count_crest_bins`); elsewhere (backgrounds, a SAXS fall, crests with many
+    counts) the half-pixel bins stay shrunk.
     """
     j = np.arange(n_bins)
     padded = np.append(np.asarray(crests, bool), False)

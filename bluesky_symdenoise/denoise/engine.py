@@ -261,7 +261,7 @@ class ScanDenoiser:
                 scan_sum, prepared.good, center, ring_valid=context.ring_valid,
                 z_threshold=self.config.feature_z_threshold,
                 isotropy_z_threshold=self.config.symmetry_z_threshold,
-                readout_dominated=noise.readout_dominated)
+                readout_dominated=noise.readout_dominated, frames=len(prepared.frames))
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
                                      context=context, notes=notes, isotropy=isotropy,
                                      consistency=consistency, noise=noise)
