@@ -12,6 +12,17 @@ bench.bias's sharp rings, bench.iq's seed-2 section, bench.flat_panel's counting
 bench.overhead's warm-up frames.
 
     python -m bench.sharp_bins
+    python -m bench.sharp_bins --crests
+
+``--crests``: the same for the 0.5 px bins within half a pixel of a ring's crest
+(:func:`~bluesky_symdenoise.denoise.consistency.crest_half_pixel_bins`), which the holds keep
+outright where a frame's expected counts in the bin are below
+:data:`~bluesky_symdenoise.denoise.consistency.CREST_OUTRIGHT_COUNTS`: per scan with
+crests, how many of them are held outright and the largest per-frame counts of a crest
+bin. Where all are held, the engine holds that scan as one that held every crest bin
+outright; with the scans of the sections measured at 0.1 counts/pixel on 128² scans
+(``bench.bias --scene sharp_textured --counts 0.1 --size 128 --seed 7``, ``bench.iq
+--seed 7``).
 """
 
 from __future__ import annotations
@@ -58,32 +69,94 @@ def _more_scans() -> Iterator[Scan]:
            scene.mask, scene.geometry.center, False)
 
 
-def count_sharp_bins(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
-                     integrating: bool = False) -> int:
-    """The number of 0.5 px bins the engine's analysis of one scan holds outright."""
+def _low_count_scans() -> Iterator[Scan]:
+    """The scans of the sections measured at 0.1 counts/pixel on 128² scans of three
+    frames (``bench.bias ... --size 128 --seed 7``; ``bench.iq --seed 7``)."""
+    for k in range(8):
+        scan = make_scan("sharp_textured", 0.1, size=128, n_frames=3, seed=7 + k)
+        yield (f"bias: sharp_textured 0.1 128² seed {7 + k}", scan.frames, scan.mask,
+               scan.geometry.center, False)
+    for i, kind in enumerate(("powder", "sharp_textured", "saxs")):
+        for k in range(8):
+            seed = 7 + 1000 * k + 100 * i
+            scan = make_scan(kind, 0.1, size=128, n_frames=3, seed=seed)
+            yield (f"iq --seed 7: {kind} 0.1 seed {seed}", scan.frames, scan.mask,
+                   scan.geometry.center, False)
+    for k in range(8):
+        scan = make_scan("powder", 0.1, size=256, n_frames=6, seed=450726 + k)
+        yield (f"bias: powder 0.1 seed {450726 + k}", scan.frames, scan.mask,
+               scan.geometry.center, False)
+
+
+def _analysis(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
+              integrating: bool):
     from bluesky_symdenoise.denoise.api import detector_noise
     from bluesky_symdenoise.denoise.engine import ScanDenoiser
 
     options = {"detector": detector_noise("integrating")} if integrating else {}
-    analysis = ScanDenoiser(None, **options).analyse(frames, mask=mask, center=center,
-                                                     bad_pixels="mask")
-    consistency = analysis.consistency
+    return ScanDenoiser(None, **options).analyse(frames, mask=mask, center=center,
+                                                 bad_pixels="mask")
+
+
+def count_sharp_bins(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
+                     integrating: bool = False) -> int:
+    """The number of 0.5 px bins the engine's analysis of one scan holds outright."""
+    consistency = _analysis(frames, mask, center, integrating).consistency
     if consistency is None or consistency.sharp_bins is None:
         return 0
     return int(consistency.sharp_bins.sum())
 
 
+def count_crest_bins(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
+                     integrating: bool = False) -> tuple[int, int, float]:
+    """Of one scan's 0.5 px bins across a ring's crest (with pixels): how many are held
+    outright, how many there are, and the largest expected counts of one in a frame."""
+    from bluesky_symdenoise.denoise.consistency import (
+        SHARP_BIN_PX,
+        _whole_ring_level,
+        crest_half_pixel_bins,
+    )
+
+    analysis = _analysis(frames, mask, center, integrating)
+    consistency = analysis.consistency
+    if consistency is None or consistency.ring_crests is None:
+        return 0, 0, 0.0
+    half = _whole_ring_level(consistency.ring_levels, SHARP_BIN_PX)
+    if half is None:
+        return 0, 0, 0.0
+    prepared = analysis.prepared
+    means, pixels = half.bin_means(prepared.frames.sum(0), prepared.good)
+    across = crest_half_pixel_bins(consistency.ring_crests, means.size) & (pixels > 0)
+    held = consistency.crest_half_bins
+    per_frame = np.maximum(means, 0.0) * pixels / len(prepared.frames)
+    return (0 if held is None else int((held & across).sum()), int(across.sum()),
+            float(per_frame[across].max()) if across.any() else 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument("--crests", action="store_true",
+                        help="the crests' half-pixel bins held outright, not the sharp bins")
+    args = parser.parse_args(argv)
     n_scans = n_found = 0
-    for label, frames, mask, center, integrating in (*kept_result_scans(), *_more_scans()):
+    scans = (*kept_result_scans(), *_more_scans())
+    if args.crests:
+        scans = (*scans, *_low_count_scans())
+    for label, frames, mask, center, integrating in scans:
         n_scans += 1
+        if args.crests:
+            held, across, most = count_crest_bins(frames, mask, center, integrating)
+            if across:
+                n_found += 1
+                print(f"- {label}: {held} of {across} crest bins held outright (a crest "
+                      f"bin's counts per frame up to {most:.0f})", flush=True)
+            continue
         n_bins = count_sharp_bins(frames, mask, center, integrating)
         if n_bins:
             n_found += 1
             print(f"- {label}: {n_bins} bins", flush=True)
-    print(f"\nHalf-pixel bins held outright on {n_found} of {n_scans} scans.")
+    what = "Crests' half-pixel bins found" if args.crests else "Half-pixel bins held outright"
+    print(f"\n{what} on {n_found} of {n_scans} scans.")
     return 0
 
 

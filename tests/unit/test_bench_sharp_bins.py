@@ -16,3 +16,18 @@ def test_a_sharp_ring_scan_selects_bins_and_a_faint_powder_none():
     faint = make_scan("powder", 0.1, size=128, n_frames=3, seed=1)
     assert count_sharp_bins(sharp.frames, sharp.mask, sharp.geometry.center) >= 10
     assert count_sharp_bins(faint.frames, faint.mask, faint.geometry.center) == 0
+
+
+@pytest.mark.fast
+def test_crest_bins_are_all_held_at_low_counts_and_few_at_high():
+    # A sharp ring's crest bins at 0.1 counts/pixel on 128² hold tens of counts a frame,
+    # all held outright; at 10 counts/pixel most hold more than the rule's 400.
+    from bench.sharp_bins import count_crest_bins
+    from bluesky_symdenoise.denoise.consistency import CREST_OUTRIGHT_COUNTS
+
+    low = make_scan("sharp_textured", 0.1, size=128, n_frames=3, seed=7)
+    held, across, most = count_crest_bins(low.frames, low.mask, low.geometry.center)
+    assert across > 0 and held == across and most < CREST_OUTRIGHT_COUNTS
+    high = make_scan("sharp_textured", 10.0, size=128, n_frames=3, seed=7)
+    held, across, most = count_crest_bins(high.frames, high.mask, high.geometry.center)
+    assert across > 0 and held < 0.5 * across and most > CREST_OUTRIGHT_COUNTS
