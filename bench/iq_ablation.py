@@ -17,7 +17,9 @@ its height and FWHM fitted as a Gaussian on a line, ``bench.iq.fitted_peak_bias`
   model, and without either;
 * the classical mode (180° average + Anscombe + BM3D, and BM3D alone), unheld and held;
 * the same scene with the beam centre moved to the nearest half-integer (exact 180°
-  partners, no bilinear resampling).
+  partners, no bilinear resampling);
+* a control: the mean of the scan's raw frames (unbiased, less noisy: what the pipeline's
+  pooled holds rest on), paired with the one raw frame like every stage.
 
 With several ``--seeds``, a summary follows: per count level and stage, the mean full-ring
 error over raw's and the strongest peak's biases minus raw's, mean ± standard error over
@@ -150,6 +152,9 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
     found: dict[str, np.ndarray] = {}
     raw = scan.frames[scan.index].astype(np.float64)
     found["raw"] = raw
+    # A control: unbiased, with the noise of all the scan's frames (what the pipeline's
+    # holds, pooled over the neighbouring frames, rest on).
+    found["raw, mean of the scan's frames"] = scan.frames.mean(0).astype(np.float64)
     for channels in args.channels:
         denoiser, analysis, seconds = _network(scan, channels, args.steps, args.seconds)
         good = analysis.prepared.good

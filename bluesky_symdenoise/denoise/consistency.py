@@ -941,9 +941,8 @@ def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
 #: Below this many expected counts in a frame, a 0.5 px ring bin across a ring's crest is
 #: held outright (:func:`low_count_crest_bins`). A bin's correction is shrunk by its
 #: Poisson noise (positive-part James-Stein), which keeps 1 - 1 / (N b²) of a relative
-#: correction b on N counts: above 400 counts at least three quarters of a 10 % one (what
-#: a network's smoothing takes off a ring about a pixel wide, ``bench.iq_ablation``), so
-#: the shrunk hold keeps the ring's width there and copies less of the frame's noise.
+#: correction b on N counts: above 400 counts at least three quarters of a 10 % one, so
+#: there the shrunk hold keeps a ring's width and copies less of the frame's noise.
 CREST_OUTRIGHT_COUNTS = 400.0
 
 
