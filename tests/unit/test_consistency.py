@@ -85,6 +85,25 @@ def test_a_ring_one_pixel_wide_keeps_its_raw_width_in_iq(npt_factor):
         assert abs(after[key]) < 0.015, (key, after)
 
 
+def _broadened_ring_and_peak_bias(scene, truth, good):
+    """``truth`` broadened as a network's smoothing broadens a ring about a pixel wide (a
+    Gaussian of 0.8 px), and a function giving an image's strongest-peak biases against
+    ``truth`` in the full-ring I(q) at the default binning (``bench.iq.peak_bias``)."""
+    from bench.iq import peak_bias
+    from bench.metrics import default_npt
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+    integ = AzimuthalIntegration(scene.geometry, ~good)
+    npt = default_npt(scene.geometry)
+    i_true = integ.integrate(truth, npt=npt)
+
+    def bias(image):
+        return peak_bias(i_true.q_nm, integ.integrate(image, npt=npt).intensity,
+                         i_true.intensity)
+
+    return np.where(good, ndimage.gaussian_filter(truth, 0.8), 0.0), bias
+
+
 @pytest.mark.fast
 def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     """A ring about 1 px wide that a denoiser broadened: the 1 px holds and the 0.5 px
@@ -94,9 +113,6 @@ def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     such structure, and its holds stay as they were."""
     import dataclasses
 
-    from bench.iq import peak_bias
-    from bench.metrics import default_npt
-    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
     scene = scenes.make_scene("sharp_textured", shape=(160, 160), seed=5,
                               texture_strength=(0.0, 0.0))
@@ -111,14 +127,10 @@ def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     # The crests' half-pixel bins, also held outright, are measured by their own test.
     shrunk_only = dataclasses.replace(consistency, sharp_bins=None, crest_half_bins=None)
     consistency = dataclasses.replace(consistency, crest_half_bins=None)
-    broadened = np.where(good, ndimage.gaussian_filter(truth, 0.8), 0.0)
-    integ = AzimuthalIntegration(scene.geometry, ~good)
-    npt = default_npt(scene.geometry)
-    i_true = integ.integrate(truth, npt=npt)
+    broadened, bias = _broadened_ring_and_peak_bias(scene, truth, good)
 
     def height(image):
-        return peak_bias(i_true.q_nm, integ.integrate(image, npt=npt).intensity,
-                         i_true.intensity)["height"]
+        return bias(image)["height"]
 
     raw = np.mean([height(f) for f in frames])
     with_sharp = np.mean([height(consistency.apply(f, broadened)) for f in frames])
@@ -145,10 +157,7 @@ def test_half_pixel_bins_across_a_rings_crest_are_held_outright_at_low_counts():
     holds keep the ring, and the crest's bins are not held outright."""
     import dataclasses
 
-    from bench.iq import peak_bias
-    from bench.metrics import default_npt
     from bluesky_symdenoise.denoise.consistency import crest_half_pixel_bins
-    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
     crests = np.zeros(6, bool)
     crests[2] = True  # radius 2: the half-pixel bins at radii 1.5, 2 and 2.5
@@ -167,14 +176,7 @@ def test_half_pixel_bins_across_a_rings_crest_are_held_outright_at_low_counts():
     assert found.summary()["crest_half_pixel_bins"] == int(found.crest_half_bins.sum())
     with_crests = dataclasses.replace(found, sharp_bins=None)
     without = dataclasses.replace(found, sharp_bins=None, crest_half_bins=None)
-    broadened = np.where(good, ndimage.gaussian_filter(truth, 0.8), 0.0)
-    integ = AzimuthalIntegration(scene.geometry, ~good)
-    npt = default_npt(scene.geometry)
-    i_true = integ.integrate(truth, npt=npt)
-
-    def bias(image):
-        return peak_bias(i_true.q_nm, integ.integrate(image, npt=npt).intensity,
-                         i_true.intensity)
+    broadened, bias = _broadened_ring_and_peak_bias(scene, truth, good)
 
     def mean_bias(images, key):
         return float(np.mean([bias(image)[key] for image in images]))
