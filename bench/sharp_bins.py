@@ -112,23 +112,22 @@ def count_crest_bins(frames: np.ndarray, mask: np.ndarray, center: tuple[float, 
     """Of one scan's 0.5 px bins across a ring's crest (with pixels): how many are held
     outright, how many there are, and the largest expected counts of one in a frame."""
     from bluesky_symdenoise.denoise.consistency import (
-        SHARP_BIN_PX,
-        _whole_ring_level,
         crest_half_pixel_bins,
+        half_pixel_frame_counts,
     )
 
     analysis = _analysis(frames, mask, center, integrating)
     consistency = analysis.consistency
     if consistency is None or consistency.ring_crests is None:
         return 0, 0, 0.0
-    half = _whole_ring_level(consistency.ring_levels, SHARP_BIN_PX)
-    if half is None:
-        return 0, 0, 0.0
     prepared = analysis.prepared
-    means, pixels = half.bin_means(prepared.frames.sum(0), prepared.good)
-    across = crest_half_pixel_bins(consistency.ring_crests, means.size) & (pixels > 0)
+    found = half_pixel_frame_counts(prepared.frames.sum(0), prepared.good,
+                                    consistency.ring_levels, frames=len(prepared.frames))
+    if found is None:
+        return 0, 0, 0.0
+    per_frame, pixels = found
+    across = crest_half_pixel_bins(consistency.ring_crests, per_frame.size) & (pixels > 0)
     held = consistency.crest_half_bins
-    per_frame = np.maximum(means, 0.0) * pixels / len(prepared.frames)
     return (0 if held is None else int((held & across).sum()), int(across.sum()),
             float(per_frame[across].max()) if across.any() else 0.0)
 

@@ -962,14 +962,25 @@ def low_count_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
     with this rule 0.01 dB; a powder frame 0.04 and 0.17 dB: ``bench.heldout --steps``).
     The choice rests on the scan's counts. Returns None where none.
     """
-    half = _whole_ring_level(levels, SHARP_BIN_PX)
-    if half is None or crests is None:
+    found = half_pixel_frame_counts(scan_sum, good, levels, frames=frames)
+    if found is None or crests is None:
         return None
-    means, pixels = half.bin_means(scan_sum, good)
-    per_frame = np.maximum(means, 0.0) * pixels / max(int(frames), 1)
-    held = crest_half_pixel_bins(crests, means.size) & (pixels > 0) & (
+    per_frame, pixels = found
+    held = crest_half_pixel_bins(crests, per_frame.size) & (pixels > 0) & (
         per_frame < CREST_OUTRIGHT_COUNTS)
     return held if held.any() else None
+
+
+def half_pixel_frame_counts(scan_sum: np.ndarray, good: np.ndarray,
+                            levels: Sequence[RingProfile], *, frames: int = 1
+                            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per bin of the 0.5 px whole-ring profile among ``levels``: a frame's expected counts
+    (the scan's over ``frames``) and the good pixels behind the bin; None without it."""
+    half = _whole_ring_level(levels, SHARP_BIN_PX)
+    if half is None:
+        return None
+    means, pixels = half.bin_means(scan_sum, good)
+    return np.maximum(means, 0.0) * pixels / max(int(frames), 1), pixels
 
 
 def crest_half_pixel_bins(crests: np.ndarray, n_bins: int) -> np.ndarray:

@@ -204,7 +204,6 @@ def test_split_shells_keep_a_sharp_rings_half_pixel_profile():
     assert abs(width(halves) - width(ring)) < 0.3 * abs(width(whole) - width(ring))
 
 
-
 def test_the_shells_split_are_those_touching_a_crest_bin():
     """A 1 px ring bin ``k`` is centred on radius ``k`` and shares its pixels with bin
     ``k + 1``: shell ``k`` (radii ``k`` to ``k + 1``) is split when bin ``k`` or ``k + 1``
@@ -219,6 +218,7 @@ def test_the_shells_split_are_those_touching_a_crest_bin():
     assert np.flatnonzero(_split_shells(analysis)).tolist() == [4, 5, 6]
     assert _split_shells(SimpleNamespace(consistency=SimpleNamespace(ring_crests=None))) is None
     assert _split_shells(SimpleNamespace(consistency=None)) is None
+
 
 def test_a_sliver_of_a_shell_outside_the_beamstop_gets_the_model():
     """A shell holding one pixel outside the beamstop does not keep that pixel's own value

@@ -113,7 +113,6 @@ def test_half_pixel_bins_are_held_outright_where_the_scan_shows_a_sharp_ring():
     such structure, and its holds stay as they were."""
     import dataclasses
 
-
     scene = scenes.make_scene("sharp_textured", shape=(160, 160), seed=5,
                               texture_strength=(0.0, 0.0))
     good = scene.usable
