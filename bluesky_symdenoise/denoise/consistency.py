@@ -68,11 +68,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 
 import numpy as np
-from scipy import ndimage, sparse, special
+from scipy import ndimage, optimize, sparse, special
 from scipy.ndimage import uniform_filter1d
 from scipy.stats import chi2
 
@@ -93,6 +94,7 @@ from .symmetry import (
 
 __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
            "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
+           "NARROW_RING_PX",
            "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
            "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
@@ -240,6 +242,10 @@ class RawConsistency:
     crest_half_bins
         Per bin of the 0.5 px ring profile: held outright across a ring's crest where a
         frame's counts are few (:func:`low_count_crest_bins`); None: none.
+    narrow_crests
+        Per bin of the 1 px ring profile: the bins of ``ring_crests`` whose ring is narrower
+        than the angular model's spline follows (:func:`narrow_crest_bins`); there its mix
+        keeps the totals of each quarter of a shell. None: none.
     scan_sum
         The scan's summed frames (init only, not kept): where their means change, runs of
         sparse ring bins end (:data:`RUN_BREAK_Z`); None: runs from the denoised frame alone.
@@ -259,6 +265,7 @@ class RawConsistency:
     sharp_bins: np.ndarray | None = None
     ring_crests: np.ndarray | None = None
     crest_half_bins: np.ndarray | None = None
+    narrow_crests: np.ndarray | None = None
     center: tuple[float, float] | None = None
     scan_sum: InitVar[np.ndarray | None] = None
     #: Spot sums over the spots held (features and partnered spots), built once per scan.
@@ -362,6 +369,7 @@ class RawConsistency:
                    ring_crests=crests,
                    crest_half_bins=low_count_crest_bins(scan_sum, good, ring_levels, crests,
                                                         frames=frames),
+                   narrow_crests=narrow_crest_bins(scan_sum, good, ring_levels, crests),
                    ring_pixels=ring_pixels,
                    features=(test.violation | (spots & ~partnered)) & good,
                    partnered_spots=partnered & good,
@@ -397,6 +405,9 @@ class RawConsistency:
                 if self.ring_crests is not None else 0,
                 "crest_half_pixel_bins": int(self.crest_half_bins.sum())
                 if self.crest_half_bins is not None else 0,
+                "narrow_crest_bins": int(self.narrow_crests.sum())
+                if self.narrow_crests is not None else 0,
+                "narrow_ring_px": NARROW_RING_PX,
                 "crest_outright_counts": CREST_OUTRIGHT_COUNTS,
                 "whole_ring_pixels_fraction": round(
                     float(self.whole_ring_scope.sum()) / n_good, 4)
@@ -936,6 +947,87 @@ def ring_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
     if not crest.any():
         return None
     return ndimage.binary_dilation(crest, iterations=k)
+
+
+#: A ring is narrow (:func:`narrow_crest_bins`) where its FWHM on the scan's summed counts
+#: is below this (px): the coarsest knot spacing of the angular model's radial spline
+#: (:data:`~.angular.RADIAL_KNOTS_PX`), which cannot follow a ring narrower than it.
+NARROW_RING_PX = 2.0
+#: Half-width (px) of the window about a crest the ring's width is fitted over.
+NARROW_WINDOW_PX = 3.0
+
+
+def narrow_crest_bins(scan_sum: np.ndarray, good: np.ndarray,
+                      levels: Sequence[RingProfile], crests: np.ndarray | None
+                      ) -> np.ndarray | None:
+    """The bins of ``crests`` (:func:`ring_crest_bins`, per 1 px bin) whose ring is narrower
+    than :data:`NARROW_RING_PX`: the angular model's mix keeps the totals of each quarter
+    of their shells, not only of each half (:func:`~.angular.mix_within_shells`).
+
+    For each run of crest bins, a Gaussian on a line is fitted by weighted least squares
+    (Poisson weights) to the 0.5 px profile of the scan's summed counts about the run's
+    highest bin, out to the lowest bin within :data:`NARROW_WINDOW_PX` px on either side
+    (a neighbouring ring beyond it stays out); its FWHM is compared with
+    :data:`NARROW_RING_PX`. A fit that fails, or two rings within the window (they fit as
+    one broad ring), leave the run's shells in halves, as for a broad ring. Returns None
+    where no crest is narrow.
+    """
+    half = _whole_ring_level(levels, SHARP_BIN_PX)
+    if crests is None or half is None:
+        return None
+    mean, n = half.bin_means(scan_sum, good)
+    usable = n >= MIN_RING_PIXELS
+    w = int(round(NARROW_WINDOW_PX / SHARP_BIN_PX))
+    narrow = np.zeros(np.size(crests), bool)
+    labels, runs = ndimage.label(np.asarray(crests, bool))
+    for run in range(1, runs + 1):
+        bins = np.flatnonzero(labels == run)
+        # The run's bins in the 0.5 px profile (bin k of 1 px is bin 2k of 0.5 px).
+        inside = np.arange(2 * bins[0], min(2 * bins[-1] + 1, mean.size))
+        inside = inside[usable[inside]]
+        if inside.size == 0:
+            continue
+        top = int(inside[np.argmax(mean[inside])])
+        # The window ends at the profile's lowest bin either side of the top: a neighbouring
+        # ring beyond it is left out of the fit.
+        left = np.arange(max(top - w, 0), top + 1)
+        right = np.arange(top, min(top + w + 1, mean.size))
+        left, right = left[usable[left]], right[usable[right]]
+        if left.size < 2 or right.size < 2:
+            continue
+        window = np.arange(int(left[np.argmin(mean[left])]),
+                           int(right[np.argmin(mean[right])]) + 1)
+        window = window[usable[window]]
+        fwhm = _fitted_fwhm_px(window * SHARP_BIN_PX, mean[window],
+                               np.maximum(mean[window], 1e-12) / n[window],
+                               top * SHARP_BIN_PX)
+        narrow[bins] = fwhm is not None and fwhm < NARROW_RING_PX
+    return narrow if narrow.any() else None
+
+
+def _fitted_fwhm_px(radius: np.ndarray, mean: np.ndarray, variance: np.ndarray,
+                    centre: float) -> float | None:
+    """FWHM (px) of a Gaussian on a line fitted to a profile by weighted least squares;
+    None where the fit fails or finds no peak within the window."""
+    if radius.size < 6:
+        return None
+
+    def model(r, amplitude, mu, sigma, offset, slope):
+        return amplitude * np.exp(-0.5 * ((r - mu) / sigma) ** 2) + offset + slope * (r - centre)
+
+    ends = float(min(mean[0], mean[-1]))
+    start = (float(mean.max()) - ends, centre, 0.7, ends, 0.0)
+    try:
+        with warnings.catch_warnings():  # a covariance it cannot estimate is not needed
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            fit, _ = optimize.curve_fit(model, radius, mean, p0=start,
+                                        sigma=np.sqrt(variance), maxfev=2000)
+    except (RuntimeError, ValueError):
+        return None
+    amplitude, mu, sigma = fit[0], fit[1], abs(fit[2])
+    if amplitude <= 0 or not radius[0] <= mu <= radius[-1] or not np.isfinite(sigma):
+        return None
+    return float(2.0 * np.sqrt(2.0 * np.log(2.0)) * sigma)
 
 
 #: Below this many expected counts in a frame, a 0.5 px ring bin across a ring's crest is

@@ -22,6 +22,7 @@ from ..geometry import DetectorGeometry, GeometryError
 from ..integrate.azimuthal import AzimuthalIntegration
 from ..integrate.heldout import IqCheck, held_out_iq
 from .angular import (
+    MAX_SHELL_PARTS,
     AngularBlend,
     ScanAngularModel,
     angular_model,
@@ -697,8 +698,9 @@ class ScanDenoiser:
                             denoised: np.ndarray,
                             neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says
-        so, each 1 px shell keeping its total, each half of one across a ring's crest
-        (see :func:`~.angular.mix_within_shells`, :func:`_split_shells`).
+        so, each 1 px shell keeping its total, each half of one across a ring's crest and
+        each quarter across a narrow ring's (see :func:`~.angular.mix_within_shells`,
+        :func:`_shell_parts`).
         A frame whose model fails is served without it (recorded in :attr:`events`)."""
         blend = self.angular
         if blend is None or analysis.center is None:
@@ -710,14 +712,14 @@ class ScanDenoiser:
             self._angular_fitter = (blend, ScanAngularModel(
                 bands=[b for b, w in enumerate(blend.weights) if w > 0]))
         fitter = self._angular_fitter[1]
-        split = _split_shells(analysis)
+        parts = _shell_parts(analysis)
         out = []
         for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
             try:
                 fitted = self._angular_estimate(analysis, frame, near, fitter)
                 mixed = (estimate if fitted is None else
                          mix_within_shells(estimate, fitted[0], weight, good, radius,
-                                           split_shells=split))
+                                           shell_parts=parts))
             except Exception as exc:  # noqa: BLE001 - the network's frame is served
                 self.events.append(f"per-shell angular model skipped on a frame: {exc!r}")
                 mixed = estimate
@@ -987,16 +989,29 @@ def _context_for(analysis: ScanAnalysis, method: str) -> ChannelContext:
     return analysis.context
 
 
-def _split_shells(analysis: ScanAnalysis) -> np.ndarray | None:
-    """Per 1 px shell about the beam centre (``floor(radius)``), whether the angular model's
-    mix keeps its halves' totals: the shells touching a 1 px ring bin at a ring's crest
-    (:attr:`~.consistency.RawConsistency.ring_crests`; bin ``k`` is centred on radius ``k``
-    and shares each pixel with the next bin, so shell ``k`` touches bins ``k`` and ``k+1``)."""
-    crests = None if analysis.consistency is None else analysis.consistency.ring_crests
-    if crests is None or not crests.any():
+def _shell_parts(analysis: ScanAnalysis) -> np.ndarray | None:
+    """Per 1 px shell about the beam centre (``floor(radius)``), into how many parts the
+    angular model's mix splits it, each keeping its own total
+    (:func:`~.angular.mix_within_shells`): 2 for the shells touching a 1 px ring bin at a
+    ring's crest (:attr:`~.consistency.RawConsistency.ring_crests`), 4 where that ring is
+    narrower than the model's spline follows (``narrow_crests``), 1 elsewhere. Bin ``k`` is
+    centred on radius ``k`` and shares each pixel with the next bin, so shell ``k``
+    touches bins ``k`` and ``k+1``."""
+    consistency = analysis.consistency
+    if consistency is None or consistency.ring_crests is None \
+            or not consistency.ring_crests.any():
         return None
-    crests = np.asarray(crests, bool)
-    return crests | np.concatenate([crests[1:], [False]])
+    crests = consistency.ring_crests
+
+    def touching(bins: np.ndarray) -> np.ndarray:
+        bins = np.asarray(bins, bool)
+        return bins | np.concatenate([bins[1:], [False]])
+
+    parts = np.where(touching(crests), 2, 1)
+    narrow = consistency.narrow_crests
+    if narrow is not None:
+        parts[touching(narrow)] = MAX_SHELL_PARTS
+    return parts
 
 
 def _spots_left_to_the_hold(analysis: ScanAnalysis) -> np.ndarray | bool:

@@ -174,50 +174,69 @@ def test_the_mix_keeps_every_shell_total_of_the_estimate():
     assert np.mean((mixed - truth) ** 2) < np.mean((estimate - truth) ** 2)
 
 
-def test_split_shells_keep_a_sharp_rings_half_pixel_profile():
-    """Where a shell is split, each half keeps the estimate's total: a ring about a pixel
+def test_split_shells_keep_a_sharp_rings_profile_within_a_shell():
+    """Where a shell is split, each part keeps the estimate's total: a ring about a pixel
     wide is not widened by a model that spreads each 1 px shell's total evenly (a radial
-    spline with 1-2 px knots does much the same); an unsplit shell takes the model's
-    course."""
+    spline with 1-2 px knots does much the same); quarters keep it closer than halves; an
+    unsplit shell takes the model's course."""
     radius, _ = polar_maps(SHAPE, CENTER)
     good = np.ones(SHAPE, bool)
     ring = 20.0 + 300.0 * np.exp(-0.5 * ((radius - 18.3) / 0.45) ** 2)
     shell = np.floor(radius).astype(int)
     broad = (np.bincount(shell.ravel(), ring.ravel()) / np.bincount(shell.ravel()))[shell]
-    split = np.zeros(shell.max() + 1, bool)
-    split[15:22] = True
     weight = np.ones(SHAPE)
+
+    def split(parts):
+        table = np.ones(shell.max() + 1, int)
+        table[15:22] = parts
+        return mix_within_shells(ring, broad, weight, good, radius, shell_parts=table)
+
     whole = mix_within_shells(ring, broad, weight, good, radius)
-    halves = mix_within_shells(ring, broad, weight, good, radius, split_shells=split)
+    halves, quarters = split(2), split(4)
+    for mixed, parts in ((halves, 2), (quarters, 4)):
+        part = np.floor(radius * parts).astype(int)
+        on = (part >= 15 * parts) & (part < 22 * parts)
+        np.testing.assert_allclose(np.bincount(part[on], mixed[on]),
+                                   np.bincount(part[on], ring[on]), rtol=1e-9)
     half = np.floor(radius * 2).astype(int)
     on = (half >= 30) & (half < 44)
     by_half = np.bincount(half[on], ring[on])
-    np.testing.assert_allclose(np.bincount(half[on], halves[on]), by_half, rtol=1e-9)
     assert np.abs(np.bincount(half[on], whole[on]) - by_half).max() > 0.05 * by_half.max()
     outside = ~on & (shell > 24)
     np.testing.assert_allclose(halves[outside], broad[outside])
+    np.testing.assert_allclose(quarters[outside], broad[outside])
 
     def width(image):  # the ring's second moment about its mean radius
         w = np.clip(image - 20.0, 0, None) * ((radius > 15) & (radius < 22))
         mean = (w * radius).sum() / w.sum()
         return np.sqrt((w * (radius - mean) ** 2).sum() / w.sum())
     assert abs(width(halves) - width(ring)) < 0.3 * abs(width(whole) - width(ring))
+    assert abs(width(quarters) - width(ring)) < 0.5 * abs(width(halves) - width(ring))
 
 
 def test_the_shells_split_are_those_touching_a_crest_bin():
     """A 1 px ring bin ``k`` is centred on radius ``k`` and shares its pixels with bin
     ``k + 1``: shell ``k`` (radii ``k`` to ``k + 1``) is split when bin ``k`` or ``k + 1``
-    is a crest."""
+    is a crest, in halves, or in quarters where the crest's ring is narrow."""
     from types import SimpleNamespace
 
-    from bluesky_symdenoise.denoise.engine import _split_shells
+    from bluesky_symdenoise.denoise.engine import _shell_parts
 
     crests = np.zeros(12, bool)
     crests[[5, 6]] = True
-    analysis = SimpleNamespace(consistency=SimpleNamespace(ring_crests=crests))
-    assert np.flatnonzero(_split_shells(analysis)).tolist() == [4, 5, 6]
-    assert _split_shells(SimpleNamespace(consistency=SimpleNamespace(ring_crests=None))) is None
-    assert _split_shells(SimpleNamespace(consistency=None)) is None
+    analysis = SimpleNamespace(consistency=SimpleNamespace(ring_crests=crests,
+                                                           narrow_crests=None))
+    assert np.flatnonzero(_shell_parts(analysis) == 2).tolist() == [4, 5, 6]
+    assert np.flatnonzero(_shell_parts(analysis) > 1).tolist() == [4, 5, 6]
+    narrow = np.zeros(12, bool)
+    narrow[6] = True
+    analysis.consistency.narrow_crests = narrow
+    parts = _shell_parts(analysis)
+    assert np.flatnonzero(parts == 4).tolist() == [5, 6]
+    assert np.flatnonzero(parts == 2).tolist() == [4]
+    assert _shell_parts(SimpleNamespace(consistency=SimpleNamespace(ring_crests=None))) is None
+    assert _shell_parts(SimpleNamespace(consistency=None)) is None
+
 
 
 def test_a_sliver_of_a_shell_outside_the_beamstop_gets_the_model():

@@ -224,6 +224,40 @@ def test_ring_crests_are_found_on_the_scans_counts_and_not_on_a_saxs_fall():
     flat = np.where(good, rng.poisson(0.6, shape), 0.0)
     assert ring_crest_bins(flat, good, levels) is None
 
+def test_a_narrow_rings_crest_is_told_from_a_broad_ones():
+    """On the summed counts of three frames (crests of 0.2 and 0.1 counts/pixel a frame),
+    the crest of a ring 1.2 px wide (FWHM) is narrow, narrower than the angular model's
+    spline follows, and that of a ring 2.8 px wide is not; the bound is the spline's
+    coarsest knot spacing."""
+    from bluesky_symdenoise.denoise.angular import RADIAL_KNOTS_PX
+    from bluesky_symdenoise.denoise.consistency import (
+        NARROW_RING_PX,
+        RING_BINS_PX,
+        narrow_crest_bins,
+        ring_crest_bins,
+    )
+
+    assert NARROW_RING_PX == max(RADIAL_KNOTS_PX)
+    shape, center = (160, 160), (81.3, 78.6)
+    rows, cols = np.indices(shape)
+    radius = np.hypot(rows - center[0], cols - center[1])
+    good = radius > 6.0
+    levels = tuple(ring_profile(shape, center, 1, width) for width in RING_BINS_PX)
+    fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
+    ring = (0.05 + 2.0 * np.exp(-0.5 * ((radius - 30.3) / (1.2 / fwhm)) ** 2)
+            + 1.0 * np.exp(-0.5 * ((radius - 55.7) / (2.8 / fwhm)) ** 2))
+    found = []
+    for seed in range(4):
+        counts = np.random.default_rng(seed).poisson(0.3 * ring).astype(float)
+        scan_sum = np.where(good, counts, 0.0)
+        crests = ring_crest_bins(scan_sum, good, levels)
+        assert crests is not None and crests[30] and crests[56]
+        narrow = narrow_crest_bins(scan_sum, good, levels, crests)
+        assert narrow is not None
+        found.append((narrow[30], narrow[56]))
+    assert found == [(True, False)] * 4
+
+
 def test_a_textured_ring_is_held_arc_by_arc():
     scene, truth, frames, consistency = _scan("textured", 0.5, seed=3)
     ring = scene.regions["strongest_ring"] & scene.usable
