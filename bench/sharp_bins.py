@@ -23,6 +23,14 @@ bin. Where all are held, the engine holds that scan as one that held every crest
 outright; with the scans of the sections measured at 0.1 counts/pixel on 128² scans
 (``bench.bias --scene sharp_textured --counts 0.1 --size 128 --seed 7``, ``bench.iq
 --seed 7``).
+
+``--narrow``: per scan with crests, how many of its rings' crests are narrow
+(:func:`~bluesky_symdenoise.denoise.consistency.narrow_crest_bins`: a ring narrower than
+the angular model's spline follows, whose shells the model's mix keeps in quarters rather
+than halves) among the crests found; with the same 0.1 counts/pixel scans as ``--crests``.
+On a scan with none, the denoised frames are as before that rule.
+
+    python -m bench.sharp_bins --narrow
 """
 
 from __future__ import annotations
@@ -132,17 +140,40 @@ def count_crest_bins(frames: np.ndarray, mask: np.ndarray, center: tuple[float, 
             float(per_frame[across].max()) if across.any() else 0.0)
 
 
+def count_narrow_crests(frames: np.ndarray, mask: np.ndarray, center: tuple[float, float],
+                        integrating: bool = False) -> tuple[int, int]:
+    """Of one scan's rings' crests (runs of crest bins): how many are narrow, and how many
+    there are."""
+    from scipy import ndimage
+
+    consistency = _analysis(frames, mask, center, integrating).consistency
+    if consistency is None or consistency.ring_crests is None:
+        return 0, 0
+    crests = ndimage.label(consistency.ring_crests)[1]
+    narrow = consistency.narrow_crests
+    return (0 if narrow is None else ndimage.label(narrow)[1]), crests
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--crests", action="store_true",
                         help="the crests' half-pixel bins held outright, not the sharp bins")
+    parser.add_argument("--narrow", action="store_true",
+                        help="the narrow rings' crests, not the sharp bins")
     args = parser.parse_args(argv)
-    n_scans = n_found = 0
+    n_scans = n_found = n_narrow = 0
     scans = (*kept_result_scans(), *_more_scans())
-    if args.crests:
+    if args.crests or args.narrow:
         scans = (*scans, *_low_count_scans())
     for label, frames, mask, center, integrating in scans:
         n_scans += 1
+        if args.narrow:
+            narrow, crests = count_narrow_crests(frames, mask, center, integrating)
+            if crests:
+                n_found += 1
+                n_narrow += narrow > 0
+                print(f"- {label}: {narrow} of {crests} crests narrow", flush=True)
+            continue
         if args.crests:
             held, across, most = count_crest_bins(frames, mask, center, integrating)
             if across:
@@ -154,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if n_bins:
             n_found += 1
             print(f"- {label}: {n_bins} bins", flush=True)
+    if args.narrow:
+        print(f"\nCrests found on {n_found} of {n_scans} scans, narrow ones on {n_narrow}.")
+        return 0
     what = "Crests' half-pixel bins found" if args.crests else "Half-pixel bins held outright"
     print(f"\n{what} on {n_found} of {n_scans} scans.")
     return 0

@@ -31,3 +31,16 @@ def test_crest_bins_are_all_held_at_low_counts_and_few_at_high():
     high = make_scan("sharp_textured", 10.0, size=128, n_frames=3, seed=7)
     held, across, most = count_crest_bins(high.frames, high.mask, high.geometry.center)
     assert across > 0 and held < 0.5 * across and most > CREST_OUTRIGHT_COUNTS
+
+
+@pytest.mark.fast
+def test_a_sharp_rings_crests_are_narrow_and_a_powders_are_not():
+    # Rings 0.8-1.5 px wide (FWHM) against powder rings 2.4-3.2 px wide, at 0.1 counts/pixel.
+    from bench.sharp_bins import count_narrow_crests
+
+    sharp = make_scan("sharp_textured", 0.1, size=128, n_frames=3, seed=7)
+    narrow, crests = count_narrow_crests(sharp.frames, sharp.mask, sharp.geometry.center)
+    assert crests > 0 and narrow == crests
+    powder = make_scan("powder", 0.1, size=256, n_frames=3, seed=450726)
+    narrow, crests = count_narrow_crests(powder.frames, powder.mask, powder.geometry.center)
+    assert crests >= 5 and narrow == 0
