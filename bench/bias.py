@@ -35,7 +35,7 @@ from bluesky_symdenoise import denoise_scan
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
-from .iq import FIT_KEYS, PEAK_KEYS, fitted_peak_bias, peak_bias
+from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, fitted_peak_bias, peak_bias
 from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
@@ -43,10 +43,6 @@ BASELINES = ("bm3d", "sym180+bm3d")
 STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided")
 #: Scenes with powder rings.
 RING_KINDS = ("powder", "textured", "sharp_textured")
-#: The control: the mean of the scan's raw frames, an unbiased estimate with the noise of
-#: several frames. Paired with one raw frame, it shows what less noise alone does to the
-#: peak measures (they are not linear in the counts), with no denoiser's bias in it.
-FRAMES_MEAN = "raw, mean of the scan's frames"
 
 
 def _frame_scan(scan: BenchScan, index: int) -> BenchScan:

@@ -13,7 +13,11 @@ truth, for
   from the engine's held-out check (``ScanDenoiser.iq_check``, ``integrate/heldout.py``) on
   the scan's frames, as the live plugin publishes them;
 * ``classical``: 180° average + Anscombe + BM3D (``classical_denoise``), the best classical
-  method of the package, with the same held-out check (``held_out_iq``) on its own output.
+  method of the package, with the same held-out check (``held_out_iq``) on its own output;
+* a control, the mean of the scan's raw frames (:data:`FRAMES_MEAN`, its sigma Poisson at
+  the denoised rate over the number of frames): unbiased where the scene holds still and
+  less noisy than one frame, it shows what less noise alone does to the fitted peak (a fit
+  of one noisy frame is not unbiased), the reference for a denoised frame's peak.
 
 Columns (means over seeds; the ratio is the estimate's error over raw's, per scan, then
 averaged):
@@ -45,6 +49,10 @@ averaged):
   denoised one (full / 30°), and the published I(q)'s error over raw's after it;
 * PSNR of the frame (dB), for reference.
 
+With ``--scene-seed S`` every scan of a cell is the same scene (drawn with seed S) under
+fresh photons (the noise seeds as above, S's own among them where it is one of them): a
+single scan's ratio then shows whether it is that scene's expected ratio or its noise.
+
     python -m bench.iq --scenes sharp_textured --counts 1 0.25 --seeds 2 --budget 30
 """
 
@@ -69,7 +77,12 @@ from .quality import BenchScan, make_scan, run_method
 
 SCENES = ("sharp_textured", "textured", "powder", "insitu_drift", "saxs", "lattice")
 COUNTS = (0.1, 0.25, 1.0, 10.0)
-METHODS = ("raw", "ours", "classical")
+#: The control: the mean of the scan's raw frames (unbiased where the scene holds still,
+#: with the noise of several frames), paired with the one raw frame like every method: it
+#: shows what less noise alone does to a fitted peak (a fit is not linear in the counts),
+#: with no denoiser in it (``bench.bias`` and ``bench.iq_ablation`` carry the same row).
+FRAMES_MEAN = "raw, mean of the scan's frames"
+METHODS = ("raw", "ours", "classical", FRAMES_MEAN)
 UNITS = ("q_nm^-1", "2th_deg")
 #: Bins whose truth is below this fraction of the truth's maximum are not scored.
 THRESHOLD = 1e-3
@@ -249,10 +262,13 @@ def estimates(scan: BenchScan, budget: float) -> tuple[dict[str, Estimate], str,
 
     classical_checks = held_out_iq(by_classical, list(scan.frames.astype(np.float64)), integ,
                                    npt=npt0, sectors=sectors)
-    # Raw's sigma as published: Poisson at the denoised rate (stream/scan.py).
+    # Raw's sigma as published: Poisson at the denoised rate (stream/scan.py); the frames'
+    # mean's, that over the number of frames.
     return ({"raw": Estimate(raw, np.maximum(ours, 0.0)),
              "ours": Estimate(ours, np.maximum(ours, 0.0), ours_checks, ours_alone),
-             "classical": Estimate(classical, np.maximum(classical, 0.0), classical_checks)},
+             "classical": Estimate(classical, np.maximum(classical, 0.0), classical_checks),
+             FRAMES_MEAN: Estimate(scan.frames.astype(np.float64).mean(axis=0),
+                                   np.maximum(ours, 0.0) / len(scan.frames))},
             result.method, seconds)
 
 
@@ -458,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", nargs="+", type=float, default=list(COUNTS))
     parser.add_argument("--seeds", type=int, default=1, help="scans per scene and count")
     parser.add_argument("--seed", type=int, default=1, help="first seed")
+    parser.add_argument("--scene-seed", type=int, default=None,
+                        help="one scene (drawn with this seed) for every scan, each under "
+                             "fresh noise (the per-scan seeds)")
     parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds of the whole denoise call per scan")
     parser.add_argument("--frames", type=int, default=3)
@@ -476,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{' '.join(f'{c:g}' for c in args.counts)} --seeds {args.seeds} --seed "
                f"{args.seed} --budget {args.budget:g} --frames {args.frames} --size "
                f"{args.size} --npt-factors {' '.join(f'{f:g}' for f in args.npt_factors)}"
+               + (f" --scene-seed {args.scene_seed}" if args.scene_seed is not None else "")
                + (" --denoised-runs-shape" if args.denoised_runs_shape else ""))
     lines = [f"`{command}`", "", HEADER, "|---" * 18 + "|"]
     print("\n".join(lines), flush=True)
@@ -486,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = []
             for k in range(args.seeds):
                 seed = args.seed + 1000 * k + 100 * i + j
-                scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
-                                 seed=seed)
+                if args.scene_seed is None:
+                    scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
+                                     seed=seed)
+                else:
+                    scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
+                                     seed=args.scene_seed, noise_seed=seed)
                 found, method, seconds = estimates(scan, args.budget)
                 scored = score_scan(scan, found, args.npt_factors)
                 for row in scored.values():

@@ -45,7 +45,7 @@ from bluesky_symdenoise.denoise.consistency import RawConsistency
 from bluesky_symdenoise.denoise.engine import ScanDenoiser, held_spots, keep_total_counts
 from bluesky_symdenoise.simulate import scenes
 
-from .iq import FIT_KEYS, PEAK_KEYS, Estimate, _mean_pm, score_scan
+from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, Estimate, _mean_pm, score_scan
 from .quality import BenchScan
 
 
@@ -154,7 +154,7 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
     found["raw"] = raw
     # A control: unbiased, with the noise of all the scan's frames (what the pipeline's
     # holds, pooled over the neighbouring frames, rest on).
-    found["raw, mean of the scan's frames"] = scan.frames.mean(0).astype(np.float64)
+    found[FRAMES_MEAN] = scan.frames.mean(0).astype(np.float64)
     for channels in args.channels:
         denoiser, analysis, seconds = _network(scan, channels, args.steps, args.seconds)
         good = analysis.prepared.good

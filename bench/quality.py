@@ -100,9 +100,14 @@ def first_seed(args: argparse.Namespace) -> int:
     return args.seed if args.seed is not None else int(time.time()) % 1_000_000
 
 
-def make_scan(kind: str, counts: float, *, size: int, n_frames: int, seed: int) -> BenchScan:
-    """Simulate ``n_frames`` exposures of a scene (drifting rings for ``insitu_drift``)."""
-    rng = np.random.default_rng(seed)
+def make_scan(kind: str, counts: float, *, size: int, n_frames: int, seed: int,
+              noise_seed: int | None = None) -> BenchScan:
+    """Simulate ``n_frames`` exposures of a scene (drifting rings for ``insitu_drift``).
+
+    ``seed`` draws the scene and, unless ``noise_seed`` is given, the photons too: the same
+    scene under other noise is ``make_scan(..., seed=s, noise_seed=n)``, and ``noise_seed=s``
+    is the scan ``seed=s`` itself."""
+    rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
     if kind == "insitu_drift":
         series = scenes.insitu_series("powder", n_frames=n_frames, change="ring_drift",
                                       shape=(size, size), seed=seed)

@@ -97,3 +97,18 @@ def test_a_fitted_peak_reads_the_height_and_width_not_the_highest_bin():
     # No peak (a window cut by the profile's end): not fitted.
     saxs = 5.0 * np.exp(-(q / 1.05) ** 8) + 0.05
     assert np.isnan(fitted_peak_bias(q, saxs, saxs)["fit_height"])
+
+
+@pytest.mark.fast
+def test_one_scene_under_fresh_noise():
+    from bench.quality import make_scan
+
+    scan = make_scan("powder", 0.1, size=64, n_frames=2, seed=3007)
+    again = make_scan("powder", 0.1, size=64, n_frames=2, seed=3007, noise_seed=3007)
+    other = make_scan("powder", 0.1, size=64, n_frames=2, seed=3007, noise_seed=7)
+    np.testing.assert_array_equal(again.frames, scan.frames)
+    np.testing.assert_array_equal(other.truth, scan.truth)
+    assert not np.array_equal(other.frames, scan.frames)
+    # The same expectation: the two scans' totals agree within their Poisson noise.
+    total, other_total = scan.frames.sum(), other.frames.sum()
+    assert abs(int(total) - int(other_total)) < 5 * np.sqrt(total + other_total)
