@@ -94,11 +94,10 @@ from .symmetry import (
 
 __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
            "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
-           "NARROW_RING_PX",
            "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
-           "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "POOL_CHANGE_P",
-           "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX", "SPARSE_RING_PIXELS",
-           "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
+           "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "NARROW_RING_PX",
+           "POOL_CHANGE_P", "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX",
+           "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
            "UNCONVERGED_FACTOR", "local_excess",
            "pooled_ring_means", "radial_background"]
 
