@@ -85,6 +85,18 @@ def test_a_ring_one_pixel_wide_keeps_its_raw_width_in_iq(npt_factor):
         assert abs(after[key]) < 0.015, (key, after)
 
 
+def _low_count_scan(scene, rng, *, counts=0.1, n_frames=6):
+    """A scan of ``n_frames`` Poisson frames of ``scene`` at ``counts`` per pixel, drawn
+    with ``rng``: its good pixels, the frame's truth, the frames and their raw
+    consistency."""
+    good = scene.usable
+    truth = np.where(good, scene.scaled(counts), 0.0)
+    frames = np.stack([np.where(good, rng.poisson(truth), 0.0) for _ in range(n_frames)])
+    found = RawConsistency.for_scan(frames.sum(0), good, scene.geometry.center,
+                                    frames=len(frames))
+    return good, truth, frames, found
+
+
 def _broadened_ring_and_peak_bias(scene, truth, good):
     """``truth`` broadened as a network's smoothing broadens a ring about a pixel wide (a
     Gaussian of 0.8 px), and a function giving an image's strongest-peak biases against
@@ -164,12 +176,8 @@ def test_half_pixel_bins_across_a_rings_crest_are_held_outright_at_low_counts():
 
     scene = scenes.make_scene("sharp_textured", shape=(160, 160), seed=5,
                               texture_strength=(0.0, 0.0))
-    good = scene.usable
-    truth = np.where(good, scene.scaled(0.1), 0.0)
     rng = np.random.default_rng(11)
-    frames = np.stack([np.where(good, rng.poisson(truth), 0.0) for _ in range(6)])
-    found = RawConsistency.for_scan(frames.sum(0), good, scene.geometry.center,
-                                    frames=len(frames))
+    good, truth, frames, found = _low_count_scan(scene, rng)
     assert found.ring_crests is not None and found.ring_crests.any()
     assert found.crest_half_bins is not None
     assert found.summary()["crest_half_pixel_bins"] == int(found.crest_half_bins.sum())
@@ -211,12 +219,7 @@ def test_a_lattices_crest_off_the_rings_is_held_outright_at_low_counts():
     import dataclasses
 
     scene = scenes.make_scene("lattice", shape=(128, 128), seed=3)
-    good = scene.usable
-    truth = np.where(good, scene.scaled(0.1), 0.0)
-    rng = np.random.default_rng(3)
-    frames = np.stack([np.where(good, rng.poisson(truth), 0.0) for _ in range(6)])
-    found = RawConsistency.for_scan(frames.sum(0), good, scene.geometry.center,
-                                    frames=len(frames))
+    good, truth, frames, found = _low_count_scan(scene, np.random.default_rng(3))
     assert found.crest_half_bins is not None
     half = next(p for p in found.ring_levels if p.bin_width == 0.5)
     crest = found.crest_half_bins
