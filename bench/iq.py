@@ -506,12 +506,9 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = []
             for k in range(args.seeds):
                 seed = args.seed + 1000 * k + 100 * i + j
-                if args.scene_seed is None:
-                    scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
-                                     seed=seed)
-                else:
-                    scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
-                                     seed=args.scene_seed, noise_seed=seed)
+                scene_seed = seed if args.scene_seed is None else args.scene_seed
+                scan = make_scan(kind, counts, size=args.size, n_frames=args.frames,
+                                 seed=scene_seed, noise_seed=seed)
                 found, method, seconds = estimates(scan, args.budget)
                 scored = score_scan(scan, found, args.npt_factors)
                 for row in scored.values():

@@ -39,6 +39,7 @@ import argparse
 from collections.abc import Iterator
 
 import numpy as np
+from scipy import ndimage
 
 from bluesky_symdenoise.simulate import scenes
 
@@ -144,8 +145,6 @@ def count_narrow_crests(frames: np.ndarray, mask: np.ndarray, center: tuple[floa
                         integrating: bool = False) -> tuple[int, int]:
     """Of one scan's rings' crests (runs of crest bins): how many are narrow, and how many
     there are."""
-    from scipy import ndimage
-
     consistency = _analysis(frames, mask, center, integrating).consistency
     if consistency is None or consistency.ring_crests is None:
         return 0, 0
