@@ -51,7 +51,11 @@ counting one?" like for like: each scan's twin counts the same photons' expectat
 of the blurred truth, the same defects and mask, no gain, no readout noise), and ours
 denoises both (``method="auto"``); the feature's intensity kept is scored over *all* frames
 (three times the counts of one), with the share of its pixels the engine found and held as
-a spot (:meth:`~bluesky_symdenoise.denoise.consistency.RawConsistency.spots`).
+a spot (:meth:`~bluesky_symdenoise.denoise.consistency.RawConsistency.spots`). A second
+twin counts the photons at *matched information* (:func:`matched_scale`): its expectation is
+the truth times ``λ / (λ + (σ/g)²)``, ``λ`` the feature's mean photons a pixel, so that the
+feature's total is known as well counted as integrated (1 without readout noise): "is the
+feature kept as on counting data that hold as much information about it?"
 """
 
 from __future__ import annotations
@@ -430,30 +434,51 @@ def run_calibration(args: argparse.Namespace, grid: list[tuple[float, float, flo
 TWIN_HEADER = ("| scene | gain | read | PSF σ | c/px | ours ran, integrating / counted "
                "| one-sided kept − 1, integrating: ours / raw | counted: ours / raw "
                "| ours − raw, integrating / counted | ±3 px ours − raw, integrating / counted "
-               "| feature found, integrating / counted | readout dominance |")
+               "| feature found, integrating / counted | readout dominance "
+               "| matched information: photon share, ours ran "
+               "| matched: ours − raw, ±3 px, found |")
 
 
-def counting_twin(scan: FlatScan, seed: int) -> np.ndarray:
-    """The scan's photons counted: Poisson of its truth (the blurred expectation), with the
-    scene's defects and mask, no gain and no readout noise."""
+def counting_twin(scan: FlatScan, seed: int, scale: float = 1.0) -> np.ndarray:
+    """The scan's photons counted: Poisson of its truth (the blurred expectation) times
+    ``scale``, with the scene's defects and mask, no gain and no readout noise."""
     rng = np.random.default_rng(seed)
-    frames = np.stack([expose(scan.truth, rng=rng, defects=scan.scene.defects)
+    frames = np.stack([expose(scale * scan.truth, rng=rng, defects=scan.scene.defects)
                        for _ in range(len(scan.frames))])
     frames[:, scan.scene.mask] = 0
     return frames
 
 
-def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
-    """Ours on the integrating scan and on its counting twin: the one-sided feature's
-    intensity kept over all frames, against the truth and raw's, and the share of the
-    feature's pixels the engine held as a spot."""
+def matched_scale(scan: FlatScan) -> float:
+    """The share of a photon a counting detector would need to count to know the one-sided
+    feature's intensity as well as the integrating scan does.
+
+    The feature is scored by its total: over its ``n`` pixels of mean ``λ`` photons, the
+    integrating scan's total has a photon variance of ``n·λ`` (a point spread moves photons
+    between its pixels but keeps their sum's Poisson noise, bar its edges) and a readout
+    variance of ``n·(σ/g)²`` (``σ``: readout noise, ``g``: gain), so a signal-to-noise ratio
+    squared of ``n·λ² / (λ + (σ/g)²)``; counted, ``s·λ`` photons a pixel give ``n·s·λ``.
+    They are equal at ``s = λ / (λ + (σ/g)²)``: 1 without readout noise, never above it.
+    """
+    region = scan.scene.regions["one_sided_feature"] & scan.scored
+    level = float(scan.truth[region].mean())
+    return level / (level + (scan.read_noise / scan.gain) ** 2)
+
+
+def twin_row(scan: FlatScan, twin: np.ndarray, budget: float,
+             matched: tuple[np.ndarray, float]) -> dict[str, Any]:
+    """Ours on the integrating scan, on its counting twin and on its twin counted at matched
+    information (``matched``: its frames and :func:`matched_scale`): the one-sided
+    feature's intensity kept over all frames, against the truth and raw's, and the share of
+    the feature's pixels the engine held as a spot."""
     scene, valid = scan.scene, scan.scored
     region = scene.regions["one_sided_feature"] & valid
     around = ndimage.binary_dilation(region, iterations=AROUND_PX) & valid
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = {"scale": matched[1]}
     for name, frames, gain, detector in (("integrating", scan.frames, scan.gain,
                                           "integrating"),
-                                         ("counted", twin, 1.0, None)):
+                                         ("counted", twin, 1.0, None),
+                                         ("matched", matched[0], matched[1], None)):
         result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
                               method="auto", budget_s=budget, detector=detector)
         consistency = result.analysis.consistency
@@ -479,8 +504,8 @@ def twin_row(scan: FlatScan, twin: np.ndarray, budget: float) -> dict[str, Any]:
 def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
     head = _row_head(case)
     if "error" in row:
-        return head + f"**{row['error']}** |" + " |" * 6
-    i, c = row["integrating"], row["counted"]
+        return head + f"**{row['error']}** |" + " |" * 8
+    i, c, m = row["integrating"], row["counted"], row["matched"]
     return head + " | ".join([
         f"{i['method']} / {c['method']}",
         f"{i['ours']:+.1%} / {i['raw']:+.1%}",
@@ -488,22 +513,30 @@ def format_twin_row(case: dict[str, Any], row: dict[str, Any]) -> str:
         f"{i['ours'] - i['raw']:+.1%} / {c['ours'] - c['raw']:+.1%}",
         f"{i['around']:+.1%} / {c['around']:+.1%}",
         f"{i['found']:.2f} / {c['found']:.2f}",
-        f"{i['dominance']:.3g}" + (" (flagged)" if i["flagged"] else "")]) + " |"
+        f"{i['dominance']:.3g}" + (" (flagged)" if i["flagged"] else ""),
+        f"{row['scale']:.3g}, {m['method']}",
+        f"{m['ours'] - m['raw']:+.1%}, {m['around']:+.1%}, {m['found']:.2f}"]) + " |"
 
 
 def twin_summary(rows: list[tuple[dict, dict]]) -> list[str]:
     ok = [r for _, r in rows if "error" not in r]
     if not ok:
         return ["No row ran."]
-    own = {k: [r[k]["ours"] - r[k]["raw"] for r in ok] for k in ("integrating", "counted")}
-    near = {k: [r[k]["around"] for r in ok] for k in ("integrating", "counted")}
+    kinds = ("integrating", "counted", "matched")
+    own = {k: [r[k]["ours"] - r[k]["raw"] for r in ok] for k in kinds}
+    near = {k: [r[k]["around"] for r in ok] for k in kinds}
     found = [r["integrating"]["found"] for r in ok]
+
+    def spread(kind: str) -> str:
+        return f"{min(own[kind]):+.1%} to {max(own[kind]):+.1%}"
+
     return [f"Over {len(ok)} scans: ours − raw on the feature's own pixels, mean "
             f"{np.mean(own['integrating']):+.1%} integrating against "
-            f"{np.mean(own['counted']):+.1%} counted (range {min(own['integrating']):+.1%} "
-            f"to {max(own['integrating']):+.1%} against {min(own['counted']):+.1%} to "
-            f"{max(own['counted']):+.1%}); over them and {AROUND_PX} px around, "
-            f"{np.mean(near['integrating']):+.1%} against {np.mean(near['counted']):+.1%}. "
+            f"{np.mean(own['counted']):+.1%} counted and {np.mean(own['matched']):+.1%} "
+            f"counted at matched information (range {spread('integrating')} against "
+            f"{spread('counted')} and {spread('matched')}); over them and {AROUND_PX} px "
+            f"around, {np.mean(near['integrating']):+.1%} against "
+            f"{np.mean(near['counted']):+.1%} and {np.mean(near['matched']):+.1%}. "
             f"Feature found on the integrating scans: {min(found):.2f} to {max(found):.2f} "
             "of its pixels.", "", *dominance_summary(ok)]
 
@@ -515,10 +548,14 @@ def dominance_summary(rows: list[dict]) -> list[str]:
     for label, flagged in (("flagged readout-dominated", True), ("not flagged", False)):
         own = [r["integrating"]["ours"] - r["integrating"]["raw"] for r in rows
                if r["integrating"]["flagged"] == flagged]
+        matched = [r["matched"]["ours"] - r["matched"]["raw"] for r in rows
+                   if r["integrating"]["flagged"] == flagged]
         lines.append(f"- Integrating scans {label} (readout dominance "
                      f"{'>' if flagged else '≤'} {READOUT_DOMINATED:g}): {len(own)}"
                      + (f"; ours − raw on the feature's own pixels {min(own):+.1%} to "
-                        f"{max(own):+.1%}, mean {np.mean(own):+.1%}" if own else "") + ".")
+                        f"{max(own):+.1%}, mean {np.mean(own):+.1%} (counted at matched "
+                        f"information: {min(matched):+.1%} to {max(matched):+.1%}, mean "
+                        f"{np.mean(matched):+.1%})" if own else "") + ".")
     return lines
 
 
@@ -531,7 +568,8 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
              f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"{args.size}² {DETECTOR} crops, {args.frames} frames per scan (all scored), "
              f"fine-tuning budget {args.budget:g} s per call; twin noise seed: the scan's "
-             "+ 500.", "", TWIN_HEADER, "|---" * 12 + "|"]
+             "+ 500, its twin at matched information's + 700.", "", TWIN_HEADER,
+             "|---" * 14 + "|"]
     print("\n".join(lines), flush=True)
     rows: list[tuple[dict, dict]] = []
     start = time.perf_counter()
@@ -540,7 +578,9 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
         if "one_sided_feature" not in scan.scene.regions:
             continue
         try:
-            row = twin_row(scan, counting_twin(scan, case["noise_seed"] + 500), args.budget)
+            scale = matched_scale(scan)
+            row = twin_row(scan, counting_twin(scan, case["noise_seed"] + 500), args.budget,
+                           (counting_twin(scan, case["noise_seed"] + 700, scale), scale))
         except Exception as error:  # report the row and go on with the grid
             row = {"error": f"{type(error).__name__}: {error}"}
             print(traceback.format_exc(), flush=True)
@@ -556,7 +596,10 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
              "spot; readout dominance: the engine's readout variance over the typical pixel's "
              "photon count (flagged in the provenance above 1). Counted: the same photons' "
              "expectation counted (Poisson of the blurred truth, no gain, no readout noise). "
-             "Wall time "
+             "Matched information: the same counted at the photon share that makes the "
+             "feature's total as well known counted as integrated (λ / (λ + (σ/g)²), λ the "
+             "feature's mean photons a pixel; 1 without readout noise), scored in photons "
+             "(its counts over that share). Wall time "
              f"{(time.perf_counter() - start) / 60:.1f} min."]
     print("\n".join(notes), flush=True)
     return lines + notes

@@ -1,11 +1,12 @@
-"""The flat-panel bench's counting twin: the same photons counted, like for like."""
+"""The flat-panel bench's counting twins: the same photons counted, like for like, and counted
+at matched information."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.flat_panel import DETECTOR, counting_twin, make_flat_scan
+from bench.flat_panel import DETECTOR, counting_twin, make_flat_scan, matched_scale
 from bluesky_symdenoise.simulate import scenes
 
 
@@ -28,3 +29,29 @@ def test_a_counting_twin_counts_the_integrating_scans_photons():
     # the feature is there, unpaired, in the twin's counts too
     region = scene.regions["one_sided_feature"] & usable
     assert twin[:, region].sum() > 0.9 * 3 * scan.truth[region].sum()
+
+
+@pytest.mark.fast
+def test_a_twin_at_matched_information_knows_the_features_total_as_well_as_the_scan():
+    scene = scenes.make_scene("lattice_one_sided", shape=(96, 96), seed=7, detector=DETECTOR)
+    plain = make_flat_scan(scene, 1.0, gain=7.0, read_noise=0.0, psf_sigma=0.5, n_frames=2,
+                           seed=8)
+    assert matched_scale(plain) == pytest.approx(1.0)
+    # Readout-dominated, with a spread: the feature's total over many frames gives its
+    # signal-to-noise ratio.
+    scan = make_flat_scan(scene, 1.0, gain=3.0, read_noise=6.0, psf_sigma=0.5, n_frames=80,
+                          seed=8)
+    scale = matched_scale(scan)
+    assert 0.0 < scale < 0.5
+    region = scene.regions["one_sided_feature"] & scan.scored
+
+    def snr_squared(frames: np.ndarray) -> float:
+        totals = frames[:, region].astype(np.float64).sum(axis=1)
+        return float(totals.mean() ** 2 / totals.var(ddof=1))
+
+    integrated = snr_squared(scan.frames)
+    assert snr_squared(counting_twin(scan, seed=9, scale=scale)) == pytest.approx(
+        integrated, rel=0.3)
+    # the plain twin knows it several times better: readout noise of 2 photons rms a pixel
+    # next to a feature of about 2 photons a pixel
+    assert snr_squared(counting_twin(scan, seed=9)) > 2.5 * integrated
