@@ -465,20 +465,20 @@ def matched_scale(scan: FlatScan) -> float:
     return level / (level + (scan.read_noise / scan.gain) ** 2)
 
 
-def twin_row(scan: FlatScan, twin: np.ndarray, budget: float,
-             matched: tuple[np.ndarray, float]) -> dict[str, Any]:
-    """Ours on the integrating scan, on its counting twin and on its twin counted at matched
-    information (``matched``: its frames and :func:`matched_scale`): the one-sided
-    feature's intensity kept over all frames, against the truth and raw's, and the share of
-    the feature's pixels the engine held as a spot."""
+def twin_row(scan: FlatScan, noise_seed: int, budget: float) -> dict[str, Any]:
+    """Ours on the integrating scan, on its counting twin (noise seed ``noise_seed + 500``)
+    and on its twin counted at matched information (:func:`matched_scale`, ``+ 700``): the
+    one-sided feature's intensity kept over all frames, against the truth and raw's, and
+    the share of the feature's pixels the engine held as a spot."""
     scene, valid = scan.scene, scan.scored
     region = scene.regions["one_sided_feature"] & valid
     around = ndimage.binary_dilation(region, iterations=AROUND_PX) & valid
-    row: dict[str, Any] = {"scale": matched[1]}
-    for name, frames, gain, detector in (("integrating", scan.frames, scan.gain,
-                                          "integrating"),
-                                         ("counted", twin, 1.0, None),
-                                         ("matched", matched[0], matched[1], None)):
+    scale = matched_scale(scan)
+    row: dict[str, Any] = {"scale": scale}
+    for name, frames, gain, detector in (
+            ("integrating", scan.frames, scan.gain, "integrating"),
+            ("counted", counting_twin(scan, noise_seed + 500), 1.0, None),
+            ("matched", counting_twin(scan, noise_seed + 700, scale), scale, None)):
         result = denoise_scan(frames, mask=scene.mask, center=scene.geometry.center,
                               method="auto", budget_s=budget, detector=detector)
         consistency = result.analysis.consistency
@@ -546,10 +546,9 @@ def dominance_summary(rows: list[dict]) -> list[str]:
     as readout-dominated and for the others."""
     lines = []
     for label, flagged in (("flagged readout-dominated", True), ("not flagged", False)):
-        own = [r["integrating"]["ours"] - r["integrating"]["raw"] for r in rows
-               if r["integrating"]["flagged"] == flagged]
-        matched = [r["matched"]["ours"] - r["matched"]["raw"] for r in rows
-                   if r["integrating"]["flagged"] == flagged]
+        group = [r for r in rows if r["integrating"]["flagged"] == flagged]
+        own = [r["integrating"]["ours"] - r["integrating"]["raw"] for r in group]
+        matched = [r["matched"]["ours"] - r["matched"]["raw"] for r in group]
         lines.append(f"- Integrating scans {label} (readout dominance "
                      f"{'>' if flagged else '≤'} {READOUT_DOMINATED:g}): {len(own)}"
                      + (f"; ours − raw on the feature's own pixels {min(own):+.1%} to "
@@ -578,9 +577,7 @@ def run_twins(args: argparse.Namespace, grid: list[tuple[float, float, float]],
         if "one_sided_feature" not in scan.scene.regions:
             continue
         try:
-            scale = matched_scale(scan)
-            row = twin_row(scan, counting_twin(scan, case["noise_seed"] + 500), args.budget,
-                           (counting_twin(scan, case["noise_seed"] + 700, scale), scale))
+            row = twin_row(scan, case["noise_seed"], args.budget)
         except Exception as error:  # report the row and go on with the grid
             row = {"error": f"{type(error).__name__}: {error}"}
             print(traceback.format_exc(), flush=True)
