@@ -16,11 +16,15 @@ to the peak measures). Against the noise-free truth:
   (:func:`bench.iq.fitted_peak_bias`: a noisy profile's highest bin is lifted by its noise,
   a fit is not);
 * scenes with a feature that has no 180° partner (``lattice_one_sided``): the fraction of its
-  integrated intensity kept (:func:`bench.metrics.region_ratio`; 1 is intact).
+  integrated intensity kept (:func:`bench.metrics.region_ratio`; 1 is intact);
+* oriented patterns (``saxs``: aligned particles, ``1 + a cos 2(χ - χ0)``): the fraction of
+  the pattern's anisotropy kept (:func:`anisotropy_kept`; 1 is intact, 0 flattened to the
+  ring mean), what an orientation (order parameter) is measured from.
 
     python -m bench.bias --scene powder --counts 0.1 --scans 8 --frames 6 --budget 60
     python -m bench.bias --scene sharp_textured --counts 0.25 --scans 8 --frames 6 --budget 60
     python -m bench.bias --scene lattice_one_sided --counts 0.25 --scans 4 --budget 120
+    python -m bench.bias --scene saxs --counts 0.1 --scans 12 --size 128 --budget 15 --no-classical
 """
 
 from __future__ import annotations
@@ -35,14 +39,52 @@ from bluesky_symdenoise import denoise_scan
 from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
-from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, fitted_peak_bias, peak_bias
+from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, THRESHOLD, fitted_peak_bias, peak_bias
 from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
 #: Scenes whose frames share one truth (in situ scenes change from frame to frame).
-STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided")
+STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_sided",
+                "saxs")
 #: Scenes with powder rings.
 RING_KINDS = ("powder", "textured", "sharp_textured")
+#: Scenes whose anisotropy is scored (:func:`anisotropy_kept`).
+ORIENTED_KINDS = ("saxs",)
+#: The 30° sectors :func:`anisotropy_kept` sums (none across ±180°, which pyFAI does not
+#: integrate whole).
+SECTORS_30 = tuple((-180.0 + 30.0 * k, -150.0 + 30.0 * k) for k in range(12))
+
+
+def anisotropy_kept(integ: AzimuthalIntegration, estimate: np.ndarray, truth: np.ndarray, *,
+                    npt: int, order: int = 2) -> float:
+    """The fraction of the truth's anisotropy of ``order`` an estimate keeps.
+
+    Each 30° sector's I(q) (:data:`SECTORS_30`) is summed over the bins where the truth's
+    is above :data:`bench.iq.THRESHOLD` of its maximum, over the full ring's I(q) summed
+    over the same bins (so a sector that reaches other q than the next is no anisotropy,
+    and neither is a scale); the ``order`` harmonic of that ratio over χ, projected on the
+    truth's (a linear measure of the amplitude along the truth's phase), over the truth's
+    amplitude: 1 keeps it, 0 flattens it to the ring mean, above 1 exaggerates it. NaN
+    when the truth is isotropic at that order (amplitude below 1 %)."""
+    chi = np.deg2rad([0.5 * (lo + hi) for lo, hi in SECTORS_30])
+    basis = np.stack([np.cos(order * chi), np.sin(order * chi)])
+    keeps = []
+    for sector in SECTORS_30:
+        ref = integ.integrate(truth, npt=npt, sector=sector).intensity
+        keeps.append(ref > THRESHOLD * ref.max())
+
+    def harmonic(image: np.ndarray) -> np.ndarray:
+        ring = integ.integrate(image, npt=npt).intensity
+        ratios = [np.sum(integ.integrate(image, npt=npt, sector=sector).intensity[keep])
+                  / np.sum(ring[keep]) - 1.0
+                  for sector, keep in zip(SECTORS_30, keeps, strict=True)]
+        return 2.0 * basis @ np.asarray(ratios) / len(ratios)
+
+    reference = harmonic(truth)
+    amplitude = float(np.hypot(*reference))
+    if amplitude < 0.01:
+        return float("nan")
+    return float(harmonic(estimate) @ reference / amplitude ** 2)
 
 
 def _frame_scan(scan: BenchScan, index: int) -> BenchScan:
@@ -101,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     bias[FRAMES_MEAN] = []
     rings = args.scene in RING_KINDS
     feature_scene = args.scene == "lattice_one_sided"
+    oriented = args.scene in ORIENTED_KINDS
     columns = ((["ring area bias", "ring height bias", "ring breadth bias",
                  "ring position shift / breadth", "fitted height bias", "fitted FWHM bias"]
                 if rings else [])
-               + (["one-sided kept − 1"] if feature_scene else []))
+               + (["one-sided kept − 1"] if feature_scene else [])
+               + (["anisotropy kept − 1"] if oriented else []))
     for k in range(args.scans):
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
                          seed=seed0 + k)
@@ -134,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     values += [fitted[key] for key in FIT_KEYS]
                 if feature is not None:
                     values.append(metrics.region_ratio(estimate, scan.truth, feature) - 1.0)
+                if oriented:
+                    values.append(anisotropy_kept(integ, estimate, scan.truth, npt=npt) - 1.0)
                 bias[name].append(tuple(values))
     n = len(bias["raw"])
     print(f"\n{args.scene} at {args.counts:g} counts/px, {n} frames from {args.scans} fresh "

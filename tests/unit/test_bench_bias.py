@@ -42,3 +42,32 @@ def test_a_set_option_reads_its_value_as_json_where_it_can():
     assert _option("method=symmetry") == ("method", "symmetry")
     with pytest.raises(SystemExit):
         _option("angular_model")
+
+
+@pytest.mark.fast
+def test_the_anisotropy_kept_is_one_for_the_truth_zero_flattened_and_two_doubled():
+    from bench import metrics
+    from bench.bias import anisotropy_kept
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+    from bluesky_symdenoise.simulate import scenes
+
+    oriented = scenes.saxs(shape=(128, 128), seed=3, anisotropy=0.2)
+    flat = scenes.saxs(shape=(128, 128), seed=3, anisotropy=0.0)
+    doubled = scenes.saxs(shape=(128, 128), seed=3, anisotropy=0.4)
+    integ = AzimuthalIntegration(oriented.geometry, oriented.mask)
+    npt = metrics.default_npt(oriented.geometry)
+    truth = oriented.expectation
+
+    def kept(image):
+        return anisotropy_kept(integ, image, truth, npt=npt)
+
+    assert kept(truth) == pytest.approx(1.0)
+    assert kept(3.0 * truth) == pytest.approx(1.0)  # a scale is not an anisotropy
+    assert abs(kept(flat.expectation)) < 0.05
+    assert kept(doubled.expectation) == pytest.approx(2.0, abs=0.1)
+    # Poisson counts of the truth (20 a pixel): unbiased, so their mean over draws is near
+    # 1 (one draw's spread is about 0.08 here).
+    rng = np.random.default_rng(0)
+    draws = [kept(rng.poisson(truth * 20.0 / truth.mean()).astype(float)) for _ in range(8)]
+    assert np.mean(draws) == pytest.approx(1.0, abs=0.08)
+    assert np.isnan(anisotropy_kept(integ, flat.expectation, flat.expectation, npt=npt))
