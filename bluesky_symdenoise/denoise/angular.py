@@ -16,7 +16,10 @@ likelihood (Fisher scoring), in the form ``λ = exp(s(r)) · (1 + Σ harmonics)`
    their linear change across the band, ``m = 1 .. M``) added by forward selection: the pair
    a score test ranks first is fitted and kept while the Bayesian information criterion on
    the Poisson deviance improves. A centrosymmetric pattern thus gets its even orders
-   without paying for the odd ones.
+   without paying for the odd ones. Before that, the orders the whole frame shows
+   (:func:`scan_orders`: the bands' scores pooled) come into every band: at low counts an
+   orientation of 10-25 % is within one band's noise, and a band without its order is the
+   ring mean, which mixed in flattens the orientation.
 
 Choosing the knots and terms costs several times fitting them. A scan's frames at one dose
 support the same structure, so :class:`ScanAngularModel` chooses it on the first frame and
@@ -36,6 +39,7 @@ how intensity is spread around a ring and across the shell's width, never a shel
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import BSpline
 from scipy.special import xlogy
+from scipy.stats import chi2
 
 __all__ = ["AngularBlend", "BAND_PX", "BandStructure", "MAX_ORDER", "ScanAngularModel",
            "angular_model", "band_index", "band_origin", "held_out_band_weights", "misfit",
@@ -172,15 +177,6 @@ def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
     return float(2.0 * np.sum(xlogy(positive, positive / rate) - (counts - rate)))
 
 
-def _score_test(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.ndarray
-                ) -> float:
-    """Score statistic of adding modulation ``terms`` to a fit (``rate``, isotropic part
-    ``base``): about the deviance the terms would remove, without fitting them."""
-    gradient = terms.T @ ((x - rate) / rate * base)
-    information = (terms * (base ** 2 / rate)[:, None]).T @ terms
-    return float(gradient @ _ridge_solve(information, gradient))
-
-
 def _term(key: tuple[int, bool], azimuth: np.ndarray, across: np.ndarray) -> np.ndarray:
     """The pair of angular terms ``key = (m, across)``: ``cos mχ`` and ``sin mχ``, times the
     position across the band if ``across``."""
@@ -205,17 +201,59 @@ def _smoothing(x: np.ndarray, n_basis: int, n_terms: int) -> np.ndarray:
     return penalty
 
 
-def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int
-                ) -> tuple[np.ndarray, BandStructure]:
-    """One band's fit: the radial spline, then the angular terms two by two (order ``m``'s
-    cosine and sine, then their change across the band) while the Bayesian information
-    criterion on the Poisson deviance supports them."""
+@dataclass(eq=False)
+class _BandFit:
+    """One band's fit while its structure is chosen: the pixels' counts and the terms in."""
+
+    x: np.ndarray
+    azimuth: np.ndarray
+    across: np.ndarray
+    knot: float
+    spline: np.ndarray
+    theta: np.ndarray
+    rate: np.ndarray
+    terms: list[tuple[int, bool]]
+    modulation: np.ndarray
+
+    @property
+    def room(self) -> bool:
+        """Whether the band has pixels enough for a further pair of terms."""
+        parameters = self.spline.shape[1] + self.modulation.shape[1] + 2
+        return parameters * PIXELS_PER_PARAMETER <= len(self.x)
+
+    def gradient_information(self, key: tuple[int, bool]) -> tuple[np.ndarray, np.ndarray]:
+        """The Poisson score's gradient and information of the pair ``key`` at this fit."""
+        base, _ = _predict(self.spline, self.modulation, self.theta, 0.0)
+        terms = _term(key, self.azimuth, self.across)
+        gradient = terms.T @ ((self.x - self.rate) / self.rate * base)
+        information = (terms * (base ** 2 / self.rate)[:, None]).T @ terms
+        return gradient, information
+
+    def with_pair(self, key: tuple[int, bool]) -> _BandFit:
+        """The fit with the pair ``key`` added (Fisher scoring from this one)."""
+        trial = np.hstack([self.modulation, _term(key, self.azimuth, self.across)])
+        theta, rate = _scoring(self.x, self.spline, trial,
+                               np.concatenate([self.theta, np.zeros(2)]),
+                               _smoothing(self.x, self.spline.shape[1], trial.shape[1]),
+                               NEXT_ITERATIONS)
+        return dataclasses.replace(self, theta=theta, rate=rate, terms=[*self.terms, key],
+                                   modulation=trial)
+
+    @property
+    def deviance(self) -> float:
+        """The fit's Poisson deviance."""
+        return _deviance(self.x, self.rate)
+
+
+def _isotropic_fit(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int
+                   ) -> _BandFit:
+    """One band's isotropic part: the radial spline at the knot spacing the information
+    criterion prefers, no angular term."""
     n = len(x)
     shell = np.floor(radius - first).astype(np.int64)
     pixels = np.bincount(shell, minlength=BAND_PX)
     shell_mean = np.bincount(shell, x, minlength=BAND_PX) / np.maximum(pixels, 1)
     start = np.log(np.maximum(shell_mean[shell], max(float(x.mean()), 1e-6) * 1e-2))
-    # The isotropic part: the knot spacing the information criterion prefers.
     fits = []
     for knot in RADIAL_KNOTS_PX:
         n_basis = _n_basis(knot)
@@ -224,36 +262,100 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
         beta = np.linalg.lstsq(spline, start, rcond=None)[0]
         theta, rate = _scoring(x, spline, np.zeros((n, 0)), beta, smooth, FIRST_ITERATIONS)
         fits.append((_deviance(x, rate) + np.log(n) * n_basis, knot, spline, theta, rate))
-    _, knot, spline, theta, best_rate = min(fits, key=lambda fit: fit[0])
-    n_basis = spline.shape[1]
-    best_score = _deviance(x, best_rate)
-    across = _across(radius, first)
+    _, knot, spline, theta, rate = min(fits, key=lambda fit: fit[0])
+    return _BandFit(x=x, azimuth=azimuth, across=_across(radius, first), knot=knot,
+                    spline=spline, theta=theta, rate=rate, terms=[],
+                    modulation=np.zeros((n, 0)))
+
+
+def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int, *,
+                start: _BandFit | None = None) -> tuple[np.ndarray, BandStructure]:
+    """One band's fit: the radial spline, then the angular terms two by two (order ``m``'s
+    cosine and sine, then their change across the band) while the Bayesian information
+    criterion on the Poisson deviance supports them. ``start``: the band's fit so far
+    (isotropic, or with the orders the whole frame shows, :func:`scan_orders`, already in,
+    whether or not the band alone would support them); None: its isotropic fit."""
+    fit = start if start is not None else _isotropic_fit(x, radius, azimuth, first)
+    n = len(x)
+    best_score = fit.deviance + np.log(n) * fit.modulation.shape[1]
     # Candidate pairs of terms: order m's cosine and sine, and (once those are in) their
     # change across the band. Forward selection: the candidate the score test ranks first
     # is fitted and kept while the information criterion improves.
-    candidates = {(m, changes): _term((m, changes), azimuth, across)
-                  for m in range(1, MAX_ORDER + 1) for changes in (False, True)}
-    chosen: list[tuple[int, bool]] = []
-    modulation = np.zeros((n, 0))
-    while (n_basis + modulation.shape[1] + 2) * PIXELS_PER_PARAMETER <= n:
-        base, _ = _predict(spline, modulation, theta, 0.0)
-        open_ = [key for key in candidates if key not in chosen
-                 and (not key[1] or (key[0], False) in chosen)]
+    candidates = [(m, changes) for m in range(1, MAX_ORDER + 1) for changes in (False, True)]
+    while fit.room:
+        open_ = [key for key in candidates if key not in fit.terms
+                 and (not key[1] or (key[0], False) in fit.terms)]
         if not open_:
             break
-        ranks = [_score_test(candidates[key], x, best_rate, base) for key in open_]
-        key = open_[int(np.argmax(ranks))]
-        trial = np.hstack([modulation, candidates[key]])
-        fitted, rate = _scoring(x, spline, trial, np.concatenate([theta, np.zeros(2)]),
-                                _smoothing(x, n_basis, trial.shape[1]), NEXT_ITERATIONS)
-        score = _deviance(x, rate) + np.log(n) * trial.shape[1]
+        ranks = []
+        for key in open_:
+            gradient, information = fit.gradient_information(key)
+            ranks.append(float(gradient @ _ridge_solve(information, gradient)))
+        trial = fit.with_pair(open_[int(np.argmax(ranks))])
+        score = trial.deviance + np.log(n) * trial.modulation.shape[1]
         if not score < best_score:  # no better (or not finite): stop
             break
-        chosen.append(key)
-        modulation, theta, best_rate, best_score = trial, fitted, rate, score
-    structure = BandStructure(first=first, knot=knot, terms=tuple(chosen), theta=theta,
-                              total=float(x.sum()))
-    return best_rate, structure
+        fit, best_score = trial, score
+    structure = BandStructure(first=first, knot=fit.knot, terms=tuple(fit.terms),
+                              theta=fit.theta, total=float(x.sum()))
+    return fit.rate, structure
+
+
+#: A harmonic order the whole frame shows at this p-value (its cosine and sine pooled over
+#: the bands, given the orders already in) comes into every band (:func:`scan_orders`).
+SCAN_ORDER_P = 1e-4
+
+
+def scan_orders(fits: Sequence[_BandFit]) -> tuple[tuple[int, ...], list[_BandFit]]:
+    """The harmonic orders an oriented pattern shows over the whole frame, and the bands'
+    fits with them in.
+
+    A band of a few hundred counts cannot show a modulation of 10-25 % (an aligned SAXS
+    sample's ``1 + a cos 2(χ - χ0)`` at 0.1 counts/pixel): its information criterion keeps
+    no angular term, the model is the ring mean, and mixed in it flattens the pattern's
+    anisotropy (``bench.bias --scene saxs``). Pooled over the bands the same modulation is
+    plain. Forward selection over the frame: per order ``m`` not yet in, the score of its
+    cosine and sine at each band's current fit is summed over the bands (gradients and
+    information: one phase at all radii, as an orientation gives) and tested as χ² with 2
+    degrees of freedom, and so is the sum of the bands' own scores (χ² with 2 per band: a
+    phase that changes with radius); the order with the smallest p-value, if below
+    :data:`SCAN_ORDER_P`, comes into every band with room for it (and a fit that does not
+    lower the band's deviance, a term its pixels cannot determine, is not kept there), and
+    the rest are tested again given it (the edges of a detector make orders correlated on
+    an incomplete ring: a 2-fold modulation alone would otherwise score at orders 4 and 6).
+
+    Parameters
+    ----------
+    fits
+        Per band, its fit so far (:func:`_isotropic_fit`).
+    """
+    fits = list(fits)
+    orders: list[int] = []
+    while len(orders) < MAX_ORDER:
+        best, best_p = 0, SCAN_ORDER_P
+        for m in range(1, MAX_ORDER + 1):
+            if m in orders:
+                continue
+            gradient, information, own = np.zeros(2), np.zeros((2, 2)), 0.0
+            for fit in fits:
+                g, i = fit.gradient_information((m, False))
+                gradient += g
+                information += i
+                own += float(g @ _ridge_solve(i, g))
+            coherent = float(gradient @ _ridge_solve(information, gradient))
+            p = min(float(chi2.sf(coherent, 2)), float(chi2.sf(own, 2 * len(fits))))
+            if p < best_p:
+                best, best_p = m, p
+        if not best:
+            break
+        orders.append(best)
+        for index, fit in enumerate(fits):
+            if not fit.room:
+                continue
+            trial = fit.with_pair((best, False))
+            if trial.deviance < fit.deviance:
+                fits[index] = trial
+    return tuple(orders), fits
 
 
 def _refit_band(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray,
@@ -321,6 +423,8 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     chosen: list[BandStructure | None] = []
     n_basis = _n_basis(max(RADIAL_KNOTS_PX))
     origin = band_origin(radius, good)
+    # Per band: its pixels and, where its structure is to be chosen, its isotropic fit.
+    bands_in: list[tuple[np.ndarray, BandStructure | None, _BandFit | None] | None] = []
     for index, first in enumerate(range(origin, n_shells, BAND_PX)):
         given = (structure[index] if structure is not None and index < len(structure)
                  else None)
@@ -329,16 +433,28 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
         if ((bands is not None and index not in bands)
                 or (structure is not None and given is None)
                 or len(x) < PIXELS_PER_PARAMETER * n_basis or x.sum() <= 0):
+            bands_in.append(None)
+            continue
+        bands_in.append((on, given, None if given is not None
+                         else _isotropic_fit(x, radius[on], azimuth[on], first)))
+    starts = [entry[2] for entry in bands_in if entry is not None and entry[2] is not None]
+    required, starts = scan_orders(starts) if starts else ((), [])
+    started = iter(starts)
+    for index, entry in enumerate(bands_in):
+        if entry is None:
             chosen.append(None)
             continue
+        on, given, _ = entry
         if given is None:
-            rate, given = _band_model(x, radius[on], azimuth[on], first)
+            rate, given = _band_model(counts[on], radius[on], azimuth[on],
+                                      origin + index * BAND_PX, start=next(started))
         else:
-            rate = _refit_band(x, radius[on], azimuth[on], given)
+            rate = _refit_band(counts[on], radius[on], azimuth[on], given)
         model[on] = rate
         chosen.append(given)
     return model, {"band_px": BAND_PX, "origin_px": origin,
-                   "orders": [_order(c) for c in chosen], "structure": chosen}
+                   "orders": [_order(c) for c in chosen], "structure": chosen,
+                   "scan_orders": list(required)}
 
 
 #: A frame whose counts are within this factor of a structure's frame reuses it.

@@ -348,3 +348,47 @@ def test_photon_equivalent_values_below_zero_keep_the_fit_finite():
     assert np.isfinite(model[inner]).all()
     assert np.mean((model - truth)[inner] ** 2) < np.mean((frame - truth)[inner] ** 2) / 10
     assert all(0 < order <= 4 for order in summary["orders"][1:5]), summary
+
+
+def _order2_kept(model: np.ndarray, truth: np.ndarray, good: np.ndarray,
+                 azimuth: np.ndarray) -> float:
+    """The order-2 harmonic of ``model`` over ``truth`` (relative to each one's mean),
+    projected on the truth's: 1 keeps its anisotropy, 0 flattens it."""
+    use = good & np.isfinite(model)
+    basis = np.exp(2j * azimuth[use])
+
+    def harmonic(image: np.ndarray) -> complex:
+        return complex(np.sum(image[use] * basis) / np.sum(image[use]))
+
+    reference = harmonic(truth)
+    return float((harmonic(model) * np.conj(reference)).real / abs(reference) ** 2)
+
+
+def test_an_orientation_too_weak_for_one_band_is_kept_when_the_frame_shows_it(monkeypatch):
+    """At low counts a 15 % 2-fold orientation is within a band's noise, so no band alone
+    keeps a harmonic and the model is the ring mean (flattened); pooled over the bands the
+    frame shows it, every band gets the order, and the model keeps the orientation on
+    average. An isotropic frame gets no order."""
+    from bluesky_symdenoise.denoise import angular
+
+    truth = oriented_pattern(0.15, level=1.0) * 0.4  # 0.1-0.5 counts a pixel
+    good = np.ones(SHAPE, bool)
+    radius, azimuth = polar_maps(SHAPE, CENTER)
+    draws = [np.random.default_rng(seed).poisson(truth).astype(float) for seed in range(6)]
+    kept = []
+    for counts in draws:
+        model, summary = angular_model(counts, good, radius, azimuth)
+        assert summary["scan_orders"] == [2], summary
+        kept.append(_order2_kept(model, truth, good, azimuth))
+    assert abs(np.mean(kept) - 1.0) < 0.15, kept
+    # Each band on its own (the model before the frame's orders): flattened.
+    monkeypatch.setattr(angular, "scan_orders", lambda fits: ((), list(fits)))
+    alone = [_order2_kept(angular_model(counts, good, radius, azimuth)[0], truth, good,
+                          azimuth) for counts in draws]
+    assert np.mean(alone) < 0.5, alone
+    monkeypatch.undo()
+    for seed in range(6):
+        flat = np.random.default_rng(100 + seed).poisson(
+            oriented_pattern(0.0, level=1.0) * 0.4).astype(float)
+        _, summary = angular_model(flat, good, radius, azimuth)
+        assert summary["scan_orders"] == [], summary
