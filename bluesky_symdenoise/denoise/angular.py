@@ -268,6 +268,55 @@ def _isotropic_fit(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first
                     modulation=np.zeros((n, 0)))
 
 
+@dataclass(frozen=True, eq=False)
+class _BandStart:
+    """A band's fit so far with only the per-pixel arrays its score tests need (its
+    isotropic part and rate); :meth:`fit` makes the rest again. A frame's bands held at once
+    with their spline bases would hold several times the frame (a 4 Mpx frame: gigabytes).
+    """
+
+    pixels: np.ndarray
+    first: int
+    knot: float
+    theta: np.ndarray
+    terms: tuple[tuple[int, bool], ...]
+    base: np.ndarray
+    rate: np.ndarray
+
+    @classmethod
+    def of(cls, fit: _BandFit, pixels: np.ndarray, first: int) -> _BandStart:
+        """The part of ``fit`` kept, a band of the flat pixel indices ``pixels``."""
+        base, _ = _predict(fit.spline, fit.modulation, fit.theta, 0.0)
+        return cls(pixels=pixels, first=first, knot=fit.knot, theta=fit.theta,
+                   terms=tuple(fit.terms), base=base, rate=fit.rate)
+
+    @property
+    def room(self) -> bool:
+        """Whether the band has pixels enough for a further pair of terms."""
+        parameters = _n_basis(self.knot) + 2 * len(self.terms) + 2
+        return parameters * PIXELS_PER_PARAMETER <= len(self.pixels)
+
+    def gradient_information(self, m: int, counts: np.ndarray, azimuth: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_BandFit.gradient_information` of order ``m``'s pair (frame arrays flat)."""
+        x = counts[self.pixels]
+        terms = _term((m, False), azimuth[self.pixels], np.zeros(len(x)))
+        gradient = terms.T @ ((x - self.rate) / self.rate * self.base)
+        information = (terms * (self.base ** 2 / self.rate)[:, None]).T @ terms
+        return gradient, information
+
+    def fit(self, counts: np.ndarray, radius: np.ndarray, azimuth: np.ndarray) -> _BandFit:
+        """The band's :class:`_BandFit` (``counts``, ``radius``, ``azimuth`` flat)."""
+        x, r, a = counts[self.pixels], radius[self.pixels], azimuth[self.pixels]
+        spline = _cubic_bspline(r, self.first, self.knot)
+        across = _across(r, self.first)
+        modulation = (np.hstack([_term(key, a, across) for key in self.terms])
+                      if self.terms else np.zeros((len(x), 0)))
+        return _BandFit(x=x, azimuth=a, across=across, knot=self.knot, spline=spline,
+                        theta=self.theta, rate=self.rate, terms=list(self.terms),
+                        modulation=modulation)
+
+
 def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: int, *,
                 start: _BandFit | None = None) -> tuple[np.ndarray, BandStructure]:
     """One band's fit: the radial spline, then the angular terms two by two (order ``m``'s
@@ -306,7 +355,8 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
 SCAN_ORDER_P = 1e-4
 
 
-def scan_orders(fits: Sequence[_BandFit]) -> tuple[tuple[int, ...], list[_BandFit]]:
+def scan_orders(starts: Sequence[_BandStart], counts: np.ndarray, radius: np.ndarray,
+                azimuth: np.ndarray) -> tuple[tuple[int, ...], list[_BandStart]]:
     """The harmonic orders an oriented pattern shows over the whole frame, and the bands'
     fits with them in.
 
@@ -326,36 +376,41 @@ def scan_orders(fits: Sequence[_BandFit]) -> tuple[tuple[int, ...], list[_BandFi
 
     Parameters
     ----------
-    fits
-        Per band, its fit so far (:func:`_isotropic_fit`).
+    starts
+        Per band, its fit so far (from :func:`_isotropic_fit`).
+    counts, radius, azimuth
+        The frame's, flat.
     """
-    fits = list(fits)
+    starts = list(starts)
     orders: list[int] = []
     while len(orders) < MAX_ORDER:
         best, best_p = 0, SCAN_ORDER_P
-        for m in range(1, MAX_ORDER + 1):
-            if m in orders:
-                continue
-            gradient, information, own = np.zeros(2), np.zeros((2, 2)), 0.0
-            for fit in fits:
-                g, i = fit.gradient_information((m, False))
-                gradient += g
-                information += i
-                own += float(g @ _ridge_solve(i, g))
-            coherent = float(gradient @ _ridge_solve(information, gradient))
-            p = min(float(chi2.sf(coherent, 2)), float(chi2.sf(own, 2 * len(fits))))
+        candidates = [m for m in range(1, MAX_ORDER + 1) if m not in orders]
+        gradient = {m: np.zeros(2) for m in candidates}
+        information = {m: np.zeros((2, 2)) for m in candidates}
+        own = dict.fromkeys(candidates, 0.0)
+        for start in starts:
+            for m in candidates:
+                g, i = start.gradient_information(m, counts, azimuth)
+                gradient[m] += g
+                information[m] += i
+                own[m] += float(g @ _ridge_solve(i, g))
+        for m in candidates:
+            coherent = float(gradient[m] @ _ridge_solve(information[m], gradient[m]))
+            p = min(float(chi2.sf(coherent, 2)), float(chi2.sf(own[m], 2 * len(starts))))
             if p < best_p:
                 best, best_p = m, p
         if not best:
             break
         orders.append(best)
-        for index, fit in enumerate(fits):
-            if not fit.room:
+        for index, start in enumerate(starts):
+            if not start.room:
                 continue
+            fit = start.fit(counts, radius, azimuth)  # one band's arrays at a time
             trial = fit.with_pair((best, False))
             if trial.deviance < fit.deviance:
-                fits[index] = trial
-    return tuple(orders), fits
+                starts[index] = _BandStart.of(trial, start.pixels, start.first)
+    return tuple(orders), starts
 
 
 def _refit_band(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray,
@@ -423,8 +478,10 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
     chosen: list[BandStructure | None] = []
     n_basis = _n_basis(max(RADIAL_KNOTS_PX))
     origin = band_origin(radius, good)
-    # Per band: its pixels and, where its structure is to be chosen, its isotropic fit.
-    bands_in: list[tuple[np.ndarray, BandStructure | None, _BandFit | None] | None] = []
+    # Per band: its pixels (flat indices) and the structure given, or its isotropic fit.
+    flat = [np.ravel(a) for a in (counts, radius, azimuth)]
+    bands_in: list[tuple[np.ndarray, BandStructure | None] | None] = []
+    starts: list[_BandStart] = []
     for index, first in enumerate(range(origin, n_shells, BAND_PX)):
         given = (structure[index] if structure is not None and index < len(structure)
                  else None)
@@ -435,22 +492,25 @@ def angular_model(counts: np.ndarray, good: np.ndarray, radius: np.ndarray,
                 or len(x) < PIXELS_PER_PARAMETER * n_basis or x.sum() <= 0):
             bands_in.append(None)
             continue
-        bands_in.append((on, given, None if given is not None
-                         else _isotropic_fit(x, radius[on], azimuth[on], first)))
-    starts = [entry[2] for entry in bands_in if entry is not None and entry[2] is not None]
-    required, starts = scan_orders(starts) if starts else ((), [])
+        pixels = np.flatnonzero(on)
+        bands_in.append((pixels, given))
+        if given is None:
+            starts.append(_BandStart.of(_isotropic_fit(x, radius[on], azimuth[on], first),
+                                        pixels, first))
+    required, starts = scan_orders(starts, *flat) if starts else ((), [])
     started = iter(starts)
-    for index, entry in enumerate(bands_in):
+    for entry in bands_in:
         if entry is None:
             chosen.append(None)
             continue
-        on, given, _ = entry
+        pixels, given = entry
+        x, r, a = (v[pixels] for v in flat)
         if given is None:
-            rate, given = _band_model(counts[on], radius[on], azimuth[on],
-                                      origin + index * BAND_PX, start=next(started))
+            start = next(started)
+            rate, given = _band_model(x, r, a, start.first, start=start.fit(*flat))
         else:
-            rate = _refit_band(counts[on], radius[on], azimuth[on], given)
-        model[on] = rate
+            rate = _refit_band(x, r, a, given)
+        model.flat[pixels] = rate
         chosen.append(given)
     return model, {"band_px": BAND_PX, "origin_px": origin,
                    "orders": [_order(c) for c in chosen], "structure": chosen,

@@ -382,7 +382,7 @@ def test_an_orientation_too_weak_for_one_band_is_kept_when_the_frame_shows_it(mo
         kept.append(_order2_kept(model, truth, good, azimuth))
     assert abs(np.mean(kept) - 1.0) < 0.15, kept
     # Each band on its own (the model before the frame's orders): flattened.
-    monkeypatch.setattr(angular, "scan_orders", lambda fits: ((), list(fits)))
+    monkeypatch.setattr(angular, "scan_orders", lambda starts, *frame: ((), list(starts)))
     alone = [_order2_kept(angular_model(counts, good, radius, azimuth)[0], truth, good,
                           azimuth) for counts in draws]
     assert np.mean(alone) < 0.5, alone
