@@ -177,6 +177,15 @@ def _deviance(counts: np.ndarray, rate: np.ndarray) -> float:
     return float(2.0 * np.sum(xlogy(positive, positive / rate) - (counts - rate)))
 
 
+def _score(terms: np.ndarray, x: np.ndarray, rate: np.ndarray, base: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The Poisson score's gradient and information of modulation ``terms`` at a fit
+    (``rate``, isotropic part ``base``)."""
+    gradient = terms.T @ ((x - rate) / rate * base)
+    information = (terms * (base ** 2 / rate)[:, None]).T @ terms
+    return gradient, information
+
+
 def _term(key: tuple[int, bool], azimuth: np.ndarray, across: np.ndarray) -> np.ndarray:
     """The pair of angular terms ``key = (m, across)``: ``cos mχ`` and ``sin mχ``, times the
     position across the band if ``across``."""
@@ -224,10 +233,7 @@ class _BandFit:
     def gradient_information(self, key: tuple[int, bool]) -> tuple[np.ndarray, np.ndarray]:
         """The Poisson score's gradient and information of the pair ``key`` at this fit."""
         base, _ = _predict(self.spline, self.modulation, self.theta, 0.0)
-        terms = _term(key, self.azimuth, self.across)
-        gradient = terms.T @ ((self.x - self.rate) / self.rate * base)
-        information = (terms * (base ** 2 / self.rate)[:, None]).T @ terms
-        return gradient, information
+        return _score(_term(key, self.azimuth, self.across), self.x, self.rate, base)
 
     def with_pair(self, key: tuple[int, bool]) -> _BandFit:
         """The fit with the pair ``key`` added (Fisher scoring from this one)."""
@@ -301,9 +307,7 @@ class _BandStart:
         """:meth:`_BandFit.gradient_information` of order ``m``'s pair (frame arrays flat)."""
         x = counts[self.pixels]
         terms = _term((m, False), azimuth[self.pixels], np.zeros(len(x)))
-        gradient = terms.T @ ((x - self.rate) / self.rate * self.base)
-        information = (terms * (self.base ** 2 / self.rate)[:, None]).T @ terms
-        return gradient, information
+        return _score(terms, x, self.rate, self.base)
 
     def fit(self, counts: np.ndarray, radius: np.ndarray, azimuth: np.ndarray) -> _BandFit:
         """The band's :class:`_BandFit` (``counts``, ``radius``, ``azimuth`` flat)."""
