@@ -48,6 +48,11 @@ class DenoiseConfig(BaseModel):
         :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`). The held
         spots' raw sums are pooled the same way, spot by spot
         (:meth:`~bluesky_symdenoise.denoise.consistency.SpotSums.pooled_sums`).
+    hold_orientation
+        Hold the low angular harmonics a scan's raw counts show (an aligned SAXS or fibre
+        pattern's orientation) in the denoised frames to the raw counts', pooled over
+        radius, so that denoising does not flatten the anisotropy (see
+        :mod:`~bluesky_symdenoise.denoise.orientation`). Needs ``keep_raw_consistency``.
     angular_model
         ``auto``: after the held-out check, mix in the per-shell angular model
         (:mod:`~bluesky_symdenoise.denoise.angular`) band by band of radius where the
@@ -99,6 +104,7 @@ class DenoiseConfig(BaseModel):
     preserve_total_counts: bool = True
     keep_raw_consistency: bool = True
     pool_neighbour_rings: bool = True
+    hold_orientation: bool = True
     angular_model: bool = True
     feature_z_threshold: float = Field(default=4.0, gt=0)
     max_symmetry_violation: float = Field(default=0.05, ge=0, le=1)

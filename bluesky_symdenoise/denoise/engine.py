@@ -39,6 +39,7 @@ from .device import select_device
 from .inference import predict_rates
 from .memory import default_memory_budget_gb, device_tile
 from .models import load_base_model, model_hash, new_model
+from .orientation import OrientationHold
 from .preprocess import (
     ARC_RATIO,
     InputError,
@@ -103,6 +104,9 @@ class ScanAnalysis:
         features without a partner); None when switched off.
     noise
         The detector's noise model the frames were converted with (photon counting: none).
+    orientation
+        The angular harmonics the scan's raw counts show, which denoised frames are held to
+        (:mod:`.orientation`); None: none shown, no centre, or switched off.
     """
 
     prepared: PreparedScan
@@ -113,6 +117,7 @@ class ScanAnalysis:
     isotropy: SymmetryReport | None = None
     consistency: RawConsistency | None = None
     noise: NoiseCalibration = field(default_factory=NoiseCalibration)
+    orientation: OrientationHold | None = None
 
 
 def held_out_analysis(analysis: ScanAnalysis, frame: np.ndarray,
@@ -266,7 +271,30 @@ class ScanDenoiser:
         self.analysis = ScanAnalysis(prepared=prepared, center=center, symmetry=symmetry,
                                      context=context, notes=notes, isotropy=isotropy,
                                      consistency=consistency, noise=noise)
+        self.analysis.orientation = self._orientation_hold(self.analysis, scan_sum)
         return self.analysis
+
+    def _orientation_hold(self, analysis: ScanAnalysis, scan_sum: np.ndarray
+                          ) -> OrientationHold | None:
+        """The scan's :class:`~.orientation.OrientationHold` (None: no order shown, no
+        centre, switched off, or it failed: said in the notes, the frames served without)."""
+        consistency = analysis.consistency
+        if (consistency is None or analysis.center is None
+                or not self.config.hold_orientation):
+            return None
+        try:
+            hold = OrientationHold.for_scan(scan_sum, analysis.prepared.good, analysis.center,
+                                            spots=consistency.spots(),
+                                            shell_parts=_shell_parts(analysis),
+                                            polar=self._polar_maps(analysis))
+        except Exception as exc:  # noqa: BLE001 - the frames are served without it
+            analysis.notes.append(f"anisotropy hold skipped ({type(exc).__name__}: {exc})")
+            return None
+        if hold is not None:
+            orders = ", ".join(str(m) for m in hold.orders)
+            analysis.notes.append(f"anisotropy held to the raw counts: harmonic orders "
+                                  f"{orders} shown by the scan's counts")
+        return hold
 
     # -- method choice ----------------------------------------------------------------------
     def choose_method(self, analysis: ScanAnalysis, *, budget_s: float | None,
@@ -401,10 +429,24 @@ class ScanDenoiser:
             return rates
         if ring_neighbours is None or not self.config.pool_neighbour_rings:
             ring_neighbours = [()] * len(frames)
-        return np.stack([analysis.consistency.apply(frame, rate, partners_used=partners_used,
-                                                    neighbours=near)
-                         for frame, rate, near
-                         in zip(frames, rates, ring_neighbours, strict=True)])
+        held = []
+        for frame, rate, near in zip(frames, rates, ring_neighbours, strict=True):
+            out = analysis.consistency.apply(frame, rate, partners_used=partners_used,
+                                             neighbours=near)
+            if analysis.orientation is not None:
+                out = self._held_orientation(analysis.orientation, frame, out, near)
+            held.append(out)
+        return np.stack(held)
+
+    def _held_orientation(self, hold: OrientationHold, frame: np.ndarray, denoised: np.ndarray,
+                          neighbours: Sequence[np.ndarray]) -> np.ndarray:
+        """``denoised`` with the scan's anisotropy held to the raw counts (:mod:`.orientation`);
+        as it was where that fails (recorded in :attr:`events`)."""
+        try:
+            return hold.apply(frame, denoised, neighbours)
+        except Exception as exc:  # noqa: BLE001 - the frame is served without the hold
+            self.events.append(f"anisotropy hold skipped on a frame: {exc!r}")
+            return denoised
 
     def denoise_frame(self, analysis: ScanAnalysis, *, method: str, frame: np.ndarray,
                       neighbours: np.ndarray | None = None) -> np.ndarray:
@@ -720,6 +762,11 @@ class ScanDenoiser:
                 mixed = (estimate if fitted is None else
                          mix_within_shells(estimate, fitted[0], weight, good, radius,
                                            shell_parts=parts))
+                if fitted is not None and analysis.orientation is not None:
+                    # The model of a frame pooled with fewer neighbours rests on fewer
+                    # counts, and its bands may lack an order the scan shows: mixed in,
+                    # it flattens the anisotropy the hold had kept (bench.bias, SAXS).
+                    mixed = self._held_orientation(analysis.orientation, frame, mixed, near)
             except Exception as exc:  # noqa: BLE001 - the network's frame is served
                 self.events.append(f"per-shell angular model skipped on a frame: {exc!r}")
                 mixed = estimate
@@ -892,6 +939,8 @@ class ScanDenoiser:
             "symmetry_usage": symmetry_usage(analysis, method, self.config)["text"],
             "raw_consistency": (analysis.consistency.summary() if analysis.consistency
                                 else "off"),
+            "orientation_hold": (analysis.orientation.summary() if analysis.orientation
+                                 else None),
             "notes": analysis.notes,
             "events": self.events,
             "n_defects": int(analysis.prepared.defects.sum()),
