@@ -421,7 +421,8 @@ class ScanDenoiser:
                      ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
                      ) -> np.ndarray:
         """Denoised frames (network or classical) held to the raw counts (see
-        :mod:`.consistency`): the physics does not depend on which denoiser won.
+        :mod:`.consistency`; and the anisotropy the scan shows, :mod:`.orientation`): the
+        physics does not depend on which denoiser won.
         ``partners_used``: whether the denoiser averaged 180° partners. ``ring_neighbours``:
         per frame, its neighbouring raw frames, whose ring means are pooled with the
         frame's where the rings did not change (``config.pool_neighbour_rings``)."""

@@ -52,6 +52,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from .angular import BAND_PX, MAX_ORDER, band_origin, kept_shells, polar_maps
+from .angular import _ridge_solve as _solve  # terms an arc cannot tell apart stay solvable
 
 __all__ = ["ORDER_P", "OrientationHold", "PASSES", "POOL_P"]
 
@@ -72,13 +73,6 @@ PIXELS_PER_TERM = 10
 MIN_SPREAD = 0.1
 #: The hold's factor is kept at least this (a pixel is never zeroed or made negative).
 MIN_FACTOR = 0.1
-
-
-def _solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """``matrix⁻¹ · vector`` with a vanishing ridge (terms an arc cannot tell apart)."""
-    matrix = np.array(matrix, np.float64)
-    matrix[np.diag_indices_from(matrix)] += 1e-9 * max(float(np.trace(matrix)), 1e-30)
-    return np.linalg.lstsq(matrix, vector, rcond=None)[0]
 
 
 def _columns(orders: Sequence[int]) -> list[tuple[int, int]]:
