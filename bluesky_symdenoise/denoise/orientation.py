@@ -71,6 +71,9 @@ PIXELS_PER_TERM = 10
 #: A band takes part only if each term's spread over its pixels (the smallest eigenvalue of
 #: their centred Gram matrix per pixel; a whole ring: 1/2) is at least this.
 MIN_SPREAD = 0.1
+#: The terms of the orders held are kept per pixel (float32) up to this size (a 4 Mpx
+#: frame with one order: 32 MB); above it, made again in each pass.
+TERMS_CACHED_BYTES = 64 << 20
 #: The hold's factor is kept at least this (a pixel is never zeroed or made negative).
 MIN_FACTOR = 0.1
 
@@ -144,6 +147,9 @@ class OrientationHold:
         Per pixel of ``pixels``: the shell, or part of one, whose total is kept.
     means, gram
         Per shell, the mean of each term of ``orders`` and their centred Gram matrix.
+    terms
+        Each term of ``orders`` at each pixel of ``pixels`` (float32), made once where
+        they take at most :data:`TERMS_CACHED_BYTES`; None: made as needed.
     """
 
     orders: tuple[int, ...]
@@ -156,6 +162,7 @@ class OrientationHold:
     kept: np.ndarray
     means: np.ndarray
     gram: np.ndarray
+    terms: np.ndarray | None = None
 
     @classmethod
     def for_scan(cls, scan_sum: np.ndarray, good: np.ndarray, center: tuple[float, float],
@@ -204,9 +211,12 @@ class OrientationHold:
         if not orders:
             return None
         means, gram = _shell_grams(chi, shell, n_shells, orders)
+        columns = _columns(orders)
+        terms = (np.stack([_term(c, chi) for c in columns])
+                 if 4 * len(columns) * chi.size <= TERMS_CACHED_BYTES else None)
         return cls(orders=orders, p_values=p_values, pixels=hold.pixels, azimuth=chi,
                    shell=shell, band_of_shell=band_of_shell, band_radius=band_radius,
-                   kept=kept, means=means, gram=gram)
+                   kept=kept, means=means, gram=gram, terms=terms)
 
     # -- the scan's orders ----------------------------------------------------------------
     def _select_orders(self, x: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -267,6 +277,12 @@ class OrientationHold:
         return np.flatnonzero((pixels >= PIXELS_PER_TERM * gram.shape[1]) & (counts > 0)
                               & (_spread(geometry) >= MIN_SPREAD))
 
+    def _term(self, j: int, column: tuple[int, int], orders: Sequence[int]) -> np.ndarray:
+        """Term ``j`` (``column``) of ``orders`` at the pixels: the cached one if made."""
+        if self.terms is not None and tuple(orders) == self.orders:
+            return self.terms[j]
+        return _term(column, self.azimuth)
+
     def _shell_means(self, values: np.ndarray) -> np.ndarray:
         n = np.bincount(self.shell, minlength=len(self.band_of_shell))
         return np.bincount(self.shell, values, minlength=len(n)) / np.maximum(n, 1)
@@ -279,7 +295,7 @@ class OrientationHold:
         totals = [np.bincount(self.shell, v, minlength=n_shells) for v in values]
         out = np.empty((len(values), n_bands, 2 * len(orders)))
         for j, column in enumerate(_columns(orders)):
-            term = _term(column, self.azimuth)
+            term = self._term(j, column, orders)
             for k, (v, total) in enumerate(zip(values, totals, strict=True)):
                 by_shell = (np.bincount(self.shell, term * v, minlength=n_shells)
                             - means[:, j] * total)
@@ -353,7 +369,7 @@ class OrientationHold:
         table = course[np.minimum(self.band_of_shell, len(course) - 1)]  # per shell
         factor = np.ones_like(d)
         for j, column in enumerate(_columns(self.orders)):  # in place: frame-sized arrays
-            term = _term(column, self.azimuth).astype(np.float64)
+            term = self._term(j, column, self.orders).astype(np.float64)
             term -= self.means[self.shell, j]
             term *= table[self.shell, j]
             factor += term
