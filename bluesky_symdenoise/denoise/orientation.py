@@ -320,11 +320,21 @@ class OrientationHold:
               neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
         """``denoised`` with its relative harmonics of :attr:`orders` held to ``raw``'s
         (pooled with the ``neighbours``' raw counts where they agree), over a smooth course
-        in radius, each kept shell's total unchanged; float32."""
+        in radius, each kept shell's total unchanged; float32.
+
+        Raises
+        ------
+        FloatingPointError
+            Non-finite values on the pixels held (``raw`` or ``denoised``), or from the fit:
+            nothing is changed then (the engine serves the frame without the hold and
+            records why).
+        """
         out = np.array(denoised, np.float32, copy=True)
         d = out.ravel()[self.pixels].astype(np.float64)
         x = np.asarray(raw).ravel()[self.pixels].astype(np.float64)
-        if not np.all(np.isfinite(d)) or d.sum() <= 0:
+        if not (np.all(np.isfinite(d)) and np.all(np.isfinite(x))):
+            raise FloatingPointError("anisotropy hold: non-finite values on the pixels held")
+        if d.sum() <= 0:
             return out
         # The raw counts' scores do not change from pass to pass: made once, one frame
         # at a time (a 4 Mpx frame's pixels are 32 MB each in float64).
@@ -339,6 +349,8 @@ class OrientationHold:
                                                              self.orders)[0])
         for _ in range(PASSES):
             d = self._held(d, np.asarray(raw_scores))
+        if not np.all(np.isfinite(d)):  # the engine serves the frame without the hold
+            raise FloatingPointError("anisotropy hold: the fit gave non-finite values")
         out.ravel()[self.pixels] = d
         return out
 

@@ -129,6 +129,13 @@ def test_the_engine_holds_an_oriented_scan_and_says_so(monkeypatch):
     def broken(self, *args, **kwargs):
         raise FloatingPointError("no fit")
 
+    # A NaN on a pixel held is refused with a clear error, which the engine records, and
+    # the frame is served as it was.
+    with_nan = frames[1].copy()
+    with_nan[GOOD.nonzero()[0][0], GOOD.nonzero()[1][0]] = np.nan
+    served = denoiser._held_orientation(analysis.orientation, with_nan, frames[1], [])
+    np.testing.assert_array_equal(served, frames[1])
+    assert any("non-finite values" in e for e in denoiser.events), denoiser.events
     monkeypatch.setattr(Hold, "apply", broken)
     served = denoiser._hold_to_raw(analysis, frames[:1], frames[:1].astype(np.float64))
     assert served.shape == frames[:1].shape and np.all(np.isfinite(served))
