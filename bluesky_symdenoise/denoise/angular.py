@@ -51,6 +51,7 @@ from scipy.special import xlogy
 from scipy.stats import chi2
 
 __all__ = ["AngularBlend", "BAND_PX", "BandStructure", "MAX_ORDER", "ScanAngularModel",
+           "order_p_value", "ridge_solve",
            "angular_model", "band_index", "band_origin", "held_out_band_weights", "misfit",
            "polar_maps"]
 
@@ -140,7 +141,7 @@ def _cubic_bspline(radius: np.ndarray, first: float, knot: float) -> np.ndarray:
     return BSpline.design_matrix(radius, knots, 3).toarray()
 
 
-def _ridge_solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+def ridge_solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix⁻¹ · vector`` with a vanishing ridge: terms the pixels cannot tell apart (a
     band seen on a short arc only) stay determined instead of making the solve fail."""
     matrix = matrix.copy()
@@ -165,7 +166,7 @@ def _scoring(x: np.ndarray, spline: np.ndarray, modulation: np.ndarray, theta: n
         base, rate = _predict(spline, modulation, theta, floor)
         jacobian = np.hstack([spline * rate[:, None], modulation * base[:, None]])
         weighted = jacobian / rate[:, None]
-        theta = theta + _ridge_solve(weighted.T @ jacobian + penalty,
+        theta = theta + ridge_solve(weighted.T @ jacobian + penalty,
                                      weighted.T @ (x - rate) - penalty @ theta)
     return theta, _predict(spline, modulation, theta, floor)[1]
 
@@ -343,7 +344,7 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
         ranks = []
         for key in open_:
             gradient, information = fit.gradient_information(key)
-            ranks.append(float(gradient @ _ridge_solve(information, gradient)))
+            ranks.append(float(gradient @ ridge_solve(information, gradient)))
         trial = fit.with_pair(open_[int(np.argmax(ranks))])
         score = trial.deviance + np.log(n) * trial.modulation.shape[1]
         if not score < best_score:  # no better (or not finite): stop
@@ -352,6 +353,16 @@ def _band_model(x: np.ndarray, radius: np.ndarray, azimuth: np.ndarray, first: i
     structure = BandStructure(first=first, knot=fit.knot, terms=tuple(fit.terms),
                               theta=fit.theta, total=float(x.sum()))
     return fit.rate, structure
+
+
+def order_p_value(gradient: np.ndarray, information: np.ndarray, own: float, bands: int
+                  ) -> float:
+    """The p-value of one harmonic order over a frame's ``bands``: the smaller of the
+    coherent test (its cosine's and sine's scores summed over the bands, ``gradient`` and
+    ``information``: one phase at all radii, χ² with 2 degrees of freedom) and of the bands'
+    own tests summed (``own``: a phase that changes with radius, χ² with 2 per band)."""
+    coherent = float(gradient @ ridge_solve(information, gradient))
+    return min(float(chi2.sf(coherent, 2)), float(chi2.sf(own, 2 * bands)))
 
 
 #: A harmonic order the whole frame shows at this p-value (its cosine and sine pooled over
@@ -398,10 +409,9 @@ def scan_orders(starts: Sequence[_BandStart], counts: np.ndarray, radius: np.nda
                 g, i = start.gradient_information(m, counts, azimuth)
                 gradient[m] += g
                 information[m] += i
-                own[m] += float(g @ _ridge_solve(i, g))
+                own[m] += float(g @ ridge_solve(i, g))
         for m in candidates:
-            coherent = float(gradient[m] @ _ridge_solve(information[m], gradient[m]))
-            p = min(float(chi2.sf(coherent, 2)), float(chi2.sf(own[m], 2 * len(starts))))
+            p = order_p_value(gradient[m], information[m], own[m], len(starts))
             if p < best_p:
                 best, best_p = m, p
         if not best:

@@ -51,8 +51,15 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
-from .angular import BAND_PX, MAX_ORDER, band_origin, kept_shells, polar_maps
-from .angular import _ridge_solve as _solve  # terms an arc cannot tell apart stay solvable
+from .angular import (
+    BAND_PX,
+    MAX_ORDER,
+    band_origin,
+    kept_shells,
+    order_p_value,
+    polar_maps,
+)
+from .angular import ridge_solve as _solve
 
 __all__ = ["ORDER_P", "OrientationHold", "PASSES", "POOL_P"]
 
@@ -239,15 +246,12 @@ class OrientationHold:
                 # The bands whose pixels tell these terms apart (small radii, where a
                 # shell holds a few dozen pixels, and arcs cannot for the high orders).
                 terms = inside + new
-                bands = np.flatnonzero(
-                    (pixels >= PIXELS_PER_TERM * len(terms)) & (counts > 0)
-                    & (_spread(geometry[:, terms][:, :, terms]) >= MIN_SPREAD))
+                bands = _usable(pixels, counts, geometry[:, terms][:, :, terms])
                 if bands.size == 0:
                     continue
                 g, i = _given(score[bands], information[bands], new, inside)
-                coherent = float(g.sum(0) @ _solve(i.sum(0), g.sum(0)))
                 own = sum(float(gb @ _solve(ib, gb)) for gb, ib in zip(g, i, strict=True))
-                p = min(float(chi2.sf(coherent, 2)), float(chi2.sf(own, 2 * len(g))))
+                p = order_p_value(g.sum(0), i.sum(0), own, len(g))
                 if p < best_p:
                     best, best_p = m, p
             if not best:
@@ -273,9 +277,7 @@ class OrientationHold:
         tells the terms apart (a detector's corner, seen on a short arc, does not: its
         relative harmonics are ill-determined, and a course fitted through them would put
         large factors on its pixels)."""
-        pixels, counts, geometry = self._band_geometry(level, gram)
-        return np.flatnonzero((pixels >= PIXELS_PER_TERM * gram.shape[1]) & (counts > 0)
-                              & (_spread(geometry) >= MIN_SPREAD))
+        return _usable(*self._band_geometry(level, gram))
 
     def _term(self, j: int, column: tuple[int, int], orders: Sequence[int]) -> np.ndarray:
         """Term ``j`` (``column``) of ``orders`` at the pixels: the cached one if made."""
@@ -440,9 +442,14 @@ class OrientationHold:
         return course
 
 
-def _spread(geometry: np.ndarray) -> np.ndarray:
-    """Per band, the smallest eigenvalue of its terms' Gram matrix per pixel."""
-    return np.linalg.eigvalsh(geometry)[:, 0] if geometry.shape[1] else np.zeros(len(geometry))
+def _usable(pixels: np.ndarray, counts: np.ndarray, geometry: np.ndarray) -> np.ndarray:
+    """The bands with pixels enough for the terms of ``geometry`` (per band, their Gram
+    matrix per pixel), counts, and a spread of each term of at least :data:`MIN_SPREAD`
+    (the smallest eigenvalue)."""
+    spread = (np.linalg.eigvalsh(geometry)[:, 0] if geometry.shape[1]
+              else np.zeros(len(geometry)))
+    return np.flatnonzero((pixels >= PIXELS_PER_TERM * geometry.shape[1]) & (counts > 0)
+                          & (spread >= MIN_SPREAD))
 
 
 def _given(score: np.ndarray, information: np.ndarray, new: list[int], inside: list[int]
