@@ -47,7 +47,9 @@ class DenoiseConfig(BaseModel):
         appeared, vanished or moved, to the frame's own (see
         :func:`~bluesky_symdenoise.denoise.consistency.pooled_ring_means`). The held
         spots' raw sums are pooled the same way, spot by spot
-        (:meth:`~bluesky_symdenoise.denoise.consistency.SpotSums.pooled_sums`).
+        (:meth:`~bluesky_symdenoise.denoise.consistency.SpotSums.pooled_sums`), and the
+        anisotropy hold pools the raw harmonics of the scan's frames where they agree
+        (:meth:`~bluesky_symdenoise.denoise.orientation.OrientationHold.apply`).
     hold_orientation
         Hold the low angular harmonics a scan's raw counts show (an aligned SAXS or fibre
         pattern's orientation) in the denoised frames to the raw counts', pooled over

@@ -39,7 +39,7 @@ from .device import select_device
 from .inference import predict_rates
 from .memory import default_memory_budget_gb, device_tile
 from .models import load_base_model, model_hash, new_model
-from .orientation import OrientationHold
+from .orientation import OrientationHold, RawHarmonics
 from .preprocess import (
     ARC_RATIO,
     InputError,
@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 
 #: Below this many counts in a scan's sum per pixel the centre is not refined.
 _MIN_COUNTS_FOR_REFINEMENT = 2.0
+#: A frame's pool for the anisotropy hold: the raw harmonics of the frames before it and
+#: after it, nearest first (:meth:`~.orientation.OrientationHold.apply`).
+OrientationPool = tuple[list[RawHarmonics | None], list[RawHarmonics | None]]
 
 
 @dataclass
@@ -418,33 +421,60 @@ class ScanDenoiser:
 
     def _hold_to_raw(self, analysis: ScanAnalysis, frames: np.ndarray, rates: np.ndarray, *,
                      partners_used: bool = True,
-                     ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                     ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None,
+                     pools: list[OrientationPool] | None = None
                      ) -> np.ndarray:
         """Denoised frames (network or classical) held to the raw counts (see
         :mod:`.consistency`; and the anisotropy the scan shows, :mod:`.orientation`): the
         physics does not depend on which denoiser won.
         ``partners_used``: whether the denoiser averaged 180° partners. ``ring_neighbours``:
         per frame, its neighbouring raw frames, whose ring means are pooled with the
-        frame's where the rings did not change (``config.pool_neighbour_rings``)."""
+        frame's where the rings did not change (``config.pool_neighbour_rings``).
+        ``pools``: per frame, the raw harmonics its anisotropy hold pools (default:
+        :meth:`_orientation_pools` of these frames)."""
         if analysis.consistency is None:
             return rates
         if ring_neighbours is None or not self.config.pool_neighbour_rings:
             ring_neighbours = [()] * len(frames)
+        if pools is None:
+            pools = self._orientation_pools(analysis, frames, ring_neighbours)
         held = []
-        for frame, rate, near in zip(frames, rates, ring_neighbours, strict=True):
+        for index, (frame, rate, near) in enumerate(
+                zip(frames, rates, ring_neighbours, strict=True)):
             out = analysis.consistency.apply(frame, rate, partners_used=partners_used,
                                              neighbours=near)
             if analysis.orientation is not None:
-                out = self._held_orientation(analysis.orientation, frame, out, near)
+                out = self._held_orientation(analysis.orientation, frame, out, pools[index])
             held.append(out)
         return np.stack(held)
 
+    def _orientation_pools(self, analysis: ScanAnalysis,
+                           frames: Sequence[np.ndarray] | np.ndarray,
+                           ring_neighbours: Sequence[Sequence[np.ndarray]],
+                           earlier: Sequence[RawHarmonics | None] | None = None
+                           ) -> list[OrientationPool]:
+        """Per frame, the raw harmonics its anisotropy hold may pool (before it and after
+        it, nearest first; :meth:`~.orientation.OrientationHold.apply`): the other frames
+        of the call (a scan offline, a live batch), then ``earlier`` (the frames served
+        before them, live); a single frame given without ``earlier`` (a held-out half)
+        pools its ``ring_neighbours``. Empty where there is no hold or pooling is off
+        (``config.pool_neighbour_rings``)."""
+        hold = analysis.orientation
+        if hold is None or not self.config.pool_neighbour_rings:
+            return [([], [])] * len(frames)
+        if len(frames) == 1 and earlier is None:
+            return [([hold.harmonics(near) for near in ring_neighbours[0]], [])]
+        own = [hold.harmonics(frame) for frame in frames]
+        before = list(earlier or ())
+        return [(own[:index][::-1] + before, own[index + 1:]) for index in range(len(own))]
+
     def _held_orientation(self, hold: OrientationHold, frame: np.ndarray, denoised: np.ndarray,
-                          neighbours: Sequence[np.ndarray]) -> np.ndarray:
-        """``denoised`` with the scan's anisotropy held to the raw counts (:mod:`.orientation`);
-        as it was where that fails (recorded in :attr:`events`)."""
+                          pool: OrientationPool) -> np.ndarray:
+        """``denoised`` with the scan's anisotropy held to the raw counts (:mod:`.orientation`),
+        pooled with ``pool`` (before, after); as it was where that fails (recorded in
+        :attr:`events`)."""
         try:
-            return hold.apply(frame, denoised, neighbours)
+            return hold.apply(frame, denoised, *pool)
         except Exception as exc:  # noqa: BLE001 - the frame is served without the hold
             self.events.append(f"anisotropy hold skipped on a frame: {exc!r}")
             return denoised
@@ -467,7 +497,8 @@ class ScanDenoiser:
                        frames: Sequence[np.ndarray] | np.ndarray,
                        neighbours: Sequence[np.ndarray | None],
                        flips: int | None = None,
-                       ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None
+                       ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None,
+                       earlier: Sequence[RawHarmonics | None] | None = None
                        ) -> np.ndarray:
         """Expected counts of frames of the scan, in one call (the live path's batches).
 
@@ -487,6 +518,11 @@ class ScanDenoiser:
             For each frame, its neighbouring raw frames one by one, for the pooling of the
             ring means (:meth:`~.consistency.RawConsistency.apply`); default: each frame's
             ``neighbours`` as one frame (the live path's previous frame).
+        earlier
+            The raw harmonics (:meth:`~.orientation.OrientationHold.harmonics`) of the
+            frames served before these, nearest first, pooled by the anisotropy hold with
+            the frames of the call (the live path); None: a single frame pools its
+            ``ring_neighbours``.
 
         Returns
         -------
@@ -510,10 +546,11 @@ class ScanDenoiser:
                               batch_size=self.config.inference_batch, tile=self.tile,
                               mixed_precision=self.config.mixed_precision, events=self.events)
         raw_neighbours = _ring_neighbours(neighbours, ring_neighbours)
+        pools = self._orientation_pools(analysis, stack, raw_neighbours, earlier)
         held = self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
-                                 ring_neighbours=raw_neighbours)
-        return self.with_angular_model(analysis, stack, held, raw_neighbours)
+                                 ring_neighbours=raw_neighbours, pools=pools)
+        return self.with_angular_model(analysis, stack, held, raw_neighbours, pools)
 
     # -- the whole job ----------------------------------------------------------------------
     def run(self, frames: np.ndarray, *, mask: np.ndarray | None = None,
@@ -739,12 +776,15 @@ class ScanDenoiser:
 
     def with_angular_model(self, analysis: ScanAnalysis, frames: np.ndarray,
                             denoised: np.ndarray,
-                            neighbours: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+                            neighbours: Sequence[Sequence[np.ndarray]],
+                            pools: list[OrientationPool] | None = None
+                            ) -> np.ndarray:
         """``denoised`` mixed with each frame's angular model where :attr:`angular` says
         so, each 1 px shell keeping its total, each half of one across a ring's crest and
         each quarter across a narrow ring's (see :func:`~.angular.mix_within_shells`,
         :func:`_shell_parts`).
-        A frame whose model fails is served without it (recorded in :attr:`events`)."""
+        A frame whose model fails is served without it (recorded in :attr:`events`).
+        ``pools``: as :meth:`_hold_to_raw`'s, for the anisotropy hold after the mix."""
         blend = self.angular
         if blend is None or analysis.center is None:
             return denoised
@@ -756,8 +796,11 @@ class ScanDenoiser:
                 bands=[b for b, w in enumerate(blend.weights) if w > 0]))
         fitter = self._angular_fitter[1]
         parts = _shell_parts(analysis)
+        if pools is None:
+            pools = self._orientation_pools(analysis, frames, neighbours)
         out = []
-        for frame, estimate, near in zip(frames, denoised, neighbours, strict=True):
+        for frame, estimate, near, pool in zip(frames, denoised, neighbours, pools,
+                                               strict=True):
             try:
                 fitted = self._angular_estimate(analysis, frame, near, fitter)
                 mixed = (estimate if fitted is None else
@@ -767,7 +810,7 @@ class ScanDenoiser:
                     # The model of a frame pooled with fewer neighbours rests on fewer
                     # counts, and its bands may lack an order the scan shows: mixed in,
                     # it flattens the anisotropy the hold had kept (bench.bias, SAXS).
-                    mixed = self._held_orientation(analysis.orientation, frame, mixed, near)
+                    mixed = self._held_orientation(analysis.orientation, frame, mixed, pool)
             except Exception as exc:  # noqa: BLE001 - the network's frame is served
                 self.events.append(f"per-shell angular model skipped on a frame: {exc!r}")
                 mixed = estimate

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ from .engine import (
 )
 from .memory import INFERENCE_SHARE, MemoryGuard, default_memory_budget_gb
 from .models import load_base_model, model_hash
+from .orientation import POOL_FRAMES, RawHarmonics
 from .preprocess import unusable_pixels
 from .selection import binomial_split, mean_squared_error, poisson_deviance
 from .symmetry import TAPS_KEPT_UP_TO
@@ -200,6 +202,9 @@ class LiveDenoiser:
         self.iq_seconds = 0.0
         self._iq_setup: tuple[DetectorGeometry, int, list] | None = None
         self._previous: np.ndarray | None = None
+        #: The raw harmonics of the frames served, latest first, that the anisotropy hold
+        #: pools (:mod:`.orientation`).
+        self._harmonics: deque[RawHarmonics | None] = deque(maxlen=POOL_FRAMES)
         # A GPU's context and libraries are the process's, not the scan's: loaded before
         # the guard's baseline (a no-op on a CPU and after the first scan).
         try:
@@ -653,9 +658,16 @@ class LiveDenoiser:
         engine = None if classical else denoiser if ready else self.interim
         if classical:
             by = f"classical-{classical_engine(self.method)} (memory budget)"
+        # The anisotropy hold pools the raw harmonics of the frames served before these
+        # (none yet: the previous frame, as the ring means).
+        earlier = list(self._harmonics) or None
+        if analysis.orientation is not None:
+            for frame in frames:
+                self._harmonics.appendleft(analysis.orientation.harmonics(frame))
         if engine is not None:
             out = engine.denoise_frames(analysis, method=self.method, frames=frames,
-                                        neighbours=[previous, *frames[:-1]], flips=flips)
+                                        neighbours=[previous, *frames[:-1]], flips=flips,
+                                        earlier=earlier)
             return [np.asarray(o, np.float32) for o in out], by
         out = denoiser.classical_frames_held(
             analysis, frames, bads, engine=classical_engine(self.method),

@@ -22,9 +22,12 @@ much modulation noise as the bias removed. So the hold pools over radius:
 2. **Differences**, per frame: per band, the relative harmonics of the raw frame less the
    denoised frame's, by least squares given each 1 px shell's mean (weighted by the
    denoised shell means, the Poisson variance): linear in the raw counts, so unbiased.
-   The neighbouring frames' raw counts are pooled in where their harmonics agree with the
-   frame's (a χ² test at :data:`POOL_P`: an orientation that changes, a sample aligning
-   under shear, is the frame's own).
+   The scan's other frames' raw harmonics are pooled in, nearest first on each side, while
+   each agrees with those pooled so far (a χ² test at :data:`POOL_P`; a side stops at its
+   first frame that differs: an orientation that changes, a sample aligning under shear,
+   is the frame's own), up to :data:`POOL_FRAMES` of them. A static orientation is thus
+   held to the counts of many frames: with only the frame and its neighbours, the hold
+   put back their harmonics' noise, costing PSNR where the denoiser had not flattened.
 3. **A course in radius**: the differences fitted over the bands by generalized least
    squares as a constant, a line or a parabola in radius, as a gain on the denoised
    frame's own harmonics (constant or linear in radius: a denoiser that flattens by a
@@ -61,14 +64,16 @@ from .angular import (
 )
 from .angular import ridge_solve as _solve
 
-__all__ = ["ORDER_P", "OrientationHold", "PASSES", "POOL_P"]
+__all__ = ["ORDER_P", "OrientationHold", "PASSES", "POOL_FRAMES", "POOL_P", "RawHarmonics"]
 
 #: Level of the test that brings a harmonic order into the hold (per order and step, as
 #: :data:`~.angular.SCAN_ORDER_P`).
 ORDER_P = 1e-4
-#: A neighbouring frame's raw counts are pooled in unless its harmonics differ from the
-#: frame's at this level.
+#: Another frame's raw harmonics are pooled in unless they differ from those pooled so far
+#: at this level.
 POOL_P = 1e-3
+#: Most other frames whose raw harmonics a frame's hold pools.
+POOL_FRAMES = 16
 #: Passes of the hold.
 PASSES = 2
 #: Polynomial degrees in radius tried for the differences' course (besides band by band).
@@ -129,6 +134,24 @@ def _shell_grams(azimuth: np.ndarray, shell: np.ndarray, n_shells: int,
                     axis=1)
     gram -= n[:, None, None] * means[:, :, None] * means[:, None, :]
     return means, gram
+
+
+@dataclass(frozen=True, eq=False)
+class RawHarmonics:
+    """One raw frame's harmonics on a hold's bands: what :meth:`OrientationHold.apply`
+    pools from the scan's other frames (made once per frame by
+    :meth:`OrientationHold.harmonics`).
+
+    Attributes
+    ----------
+    scores
+        Per band and term, ``Σ (term - its shell mean) · counts``: ``(bands, terms)``.
+    total
+        The frame's counts on the hold's pixels (its dose).
+    """
+
+    scores: np.ndarray
+    total: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -318,11 +341,32 @@ class OrientationHold:
                 "p_values": [float(f"{p:.3g}") for p in self.p_values],
                 "band_px": BAND_PX, "pixels": int(self.pixels.size)}
 
+    def harmonics(self, frame: np.ndarray) -> RawHarmonics | None:
+        """``frame``'s raw harmonics on the hold's bands, to pool into other frames' holds;
+        None where it has no counts or non-finite values on the pixels held."""
+        values = np.asarray(frame).ravel()[self.pixels].astype(np.float64)
+        total = float(values.sum())
+        if not (total > 0 and np.all(np.isfinite(values))):
+            return None
+        return RawHarmonics(self._band_scores([values], self.means, self.orders)[0], total)
+
     def apply(self, raw: np.ndarray, denoised: np.ndarray,
-              neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
+              earlier: Sequence[RawHarmonics | None] = (),
+              later: Sequence[RawHarmonics | None] = ()) -> np.ndarray:
         """``denoised`` with its relative harmonics of :attr:`orders` held to ``raw``'s
-        (pooled with the ``neighbours``' raw counts where they agree), over a smooth course
+        (pooled with the other frames' raw harmonics where they agree), over a smooth course
         in radius, each kept shell's total unchanged; float32.
+
+        Parameters
+        ----------
+        raw
+            The frame's raw counts.
+        denoised
+            Its denoised counts.
+        earlier, later
+            The :meth:`harmonics` of the scan's frames before and after it, nearest first
+            (None: a frame without counts, passed over); pooled in while they agree
+            (module doc, 2).
 
         Raises
         ------
@@ -338,47 +382,70 @@ class OrientationHold:
             raise FloatingPointError("anisotropy hold: non-finite values on the pixels held")
         if d.sum() <= 0:
             return out
-        # The raw counts' scores do not change from pass to pass: made once, one frame
-        # at a time (a 4 Mpx frame's pixels are 32 MB each in float64).
-        total = float(x.sum())
-        raw_scores = [self._band_scores([x], self.means, self.orders)[0]]
+        # The raw counts' scores do not change from pass to pass: made once (a 4 Mpx
+        # frame's pixels are 32 MB each in float64), and so is the pool.
+        own = RawHarmonics(self._band_scores([x], self.means, self.orders)[0], float(x.sum()))
         del x
-        for frame in neighbours:
-            values = np.asarray(frame).ravel()[self.pixels].astype(np.float64)
-            if values.sum() > 0 and np.all(np.isfinite(values)):
-                factor = total / float(values.sum()) if total > 0 else 1.0  # its dose
-                raw_scores.append(factor * self._band_scores([values], self.means,
-                                                             self.orders)[0])
+        pooled, n_pooled = self._pooled(own, d, earlier, later)
         for _ in range(PASSES):
-            d = self._held(d, np.asarray(raw_scores))
+            d = self._held(d, pooled, n_pooled)
         if not np.all(np.isfinite(d)):  # the engine serves the frame without the hold
             raise FloatingPointError("anisotropy hold: the fit gave non-finite values")
         out.ravel()[self.pixels] = d
         return out
 
-    def _held(self, d: np.ndarray, raw_scores: np.ndarray) -> np.ndarray:
-        """One pass of the hold (module doc, 2-4): ``raw_scores``, the frame's raw counts'
-        then its neighbours' (:meth:`_band_scores`)."""
+    def _pooled(self, own: RawHarmonics, d: np.ndarray,
+                earlier: Sequence[RawHarmonics | None], later: Sequence[RawHarmonics | None]
+                ) -> tuple[np.ndarray, int]:
+        """The mean of the raw harmonics pooled for a frame (its own, then the other
+        frames', each at the frame's dose, nearest first, the two sides in turn, a side
+        closed at its first frame that differs from those pooled so far) and how many
+        frames it holds. ``d``: the denoised frame, whose shell means give the Poisson
+        variance."""
+        if own.total <= 0 or not (earlier or later):
+            return own.scores, 1
         level = self._shell_means(d)
+        bands = self._bands_with_data(level, self.gram)
+        if bands.size == 0:
+            return own.scores, 1
+        information = self._band_information(level, self.gram)[bands]
         n_terms = 2 * len(self.orders)
+        inverse = np.stack([_solve(i, np.eye(n_terms)) for i in information])
+        degrees = n_terms * len(bands)
+        total, n = own.scores.copy(), 1
+        sides = [[h for h in earlier if h is not None and h.total > 0],
+                 [h for h in later if h is not None and h.total > 0]]
+        place = [0, 0]
+        while n <= POOL_FRAMES and any(place[k] < len(sides[k]) for k in (0, 1)):
+            for k in (0, 1):
+                if place[k] >= len(sides[k]) or n > POOL_FRAMES:
+                    continue
+                other = sides[k][place[k]]
+                scores = other.scores * (own.total / other.total)  # at the frame's dose
+                change = scores[bands] - total[bands] / n  # variance: (1 + 1/n) frames'
+                statistic = float(np.einsum("bk,bkl,bl->", change, inverse, change)
+                                  / (1.0 + 1.0 / n))
+                if chi2.sf(statistic, degrees) > POOL_P:
+                    total += scores
+                    n += 1
+                    place[k] += 1
+                else:
+                    place[k] = len(sides[k])  # this side changed: no further frame of it
+        return total / n, n
+
+    def _held(self, d: np.ndarray, raw_scores: np.ndarray, n_frames: int) -> np.ndarray:
+        """One pass of the hold (module doc, 2-4): ``raw_scores``, the mean of the raw
+        harmonics pooled over ``n_frames`` frames (:meth:`_pooled`)."""
+        level = self._shell_means(d)
         bands = self._bands_with_data(level, self.gram)
         if bands.size == 0:
             return d
         information = self._band_information(level, self.gram)[bands]
         base = self._band_scores([d], self.means, self.orders)[0, bands]
-        own = raw_scores[0, bands] - base
-        scores = [own]
-        for near in raw_scores[1:]:
-            other = near[bands] - base
-            change = other - own  # twice the one frame's variance
-            statistic = sum(float(c @ _solve(i, c)) for c, i in
-                            zip(change, information, strict=True)) / 2.0
-            if chi2.sf(statistic, n_terms * len(bands)) > POOL_P:
-                scores.append(other)
         served = np.stack([_solve(i, g) for g, i in zip(base, information, strict=True)])
         # Each frame pooled adds its counts: the differences' information grows with them.
-        score = np.sum(scores, axis=0)
-        information = information * len(scores)
+        score = n_frames * (raw_scores[bands] - base)
+        information = information * n_frames
         course = self._course(score, information, bands, served)
         table = course[np.minimum(self.band_of_shell, len(course) - 1)]  # per shell
         factor = np.ones_like(d)
