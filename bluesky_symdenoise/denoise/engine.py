@@ -80,8 +80,10 @@ logger = logging.getLogger(__name__)
 #: Below this many counts in a scan's sum per pixel the centre is not refined.
 _MIN_COUNTS_FOR_REFINEMENT = 2.0
 #: A frame's pool for the anisotropy hold: the raw harmonics of the frames before it and
-#: after it, nearest first (:meth:`~.orientation.OrientationHold.apply`).
-OrientationPool = tuple[list[RawHarmonics | None], list[RawHarmonics | None]]
+#: after it, nearest first, and its own (None: made by the hold)
+#: (:meth:`~.orientation.OrientationHold.apply`).
+OrientationPool = tuple[list[RawHarmonics | None], list[RawHarmonics | None],
+                        RawHarmonics | None]
 
 
 @dataclass
@@ -451,30 +453,34 @@ class ScanDenoiser:
     def _orientation_pools(self, analysis: ScanAnalysis,
                            frames: Sequence[np.ndarray] | np.ndarray,
                            ring_neighbours: Sequence[Sequence[np.ndarray]],
-                           earlier: Sequence[RawHarmonics | None] | None = None
+                           earlier: Sequence[RawHarmonics | None] | None = None,
+                           harmonics: Sequence[RawHarmonics | None] | None = None
                            ) -> list[OrientationPool]:
         """Per frame, the raw harmonics its anisotropy hold may pool (before it and after
         it, nearest first; :meth:`~.orientation.OrientationHold.apply`): the other frames
         of the call (a scan offline, a live batch), then ``earlier`` (the frames served
         before them, live); a single frame given without ``earlier`` (a held-out half)
         pools its ``ring_neighbours``. Empty where there is no hold or pooling is off
-        (``config.pool_neighbour_rings``)."""
+        (``config.pool_neighbour_rings``). ``harmonics``: those of ``frames``, where
+        already made (live)."""
         hold = analysis.orientation
         if hold is None or not self.config.pool_neighbour_rings:
-            return [([], [])] * len(frames)
+            return [([], [], None)] * len(frames)
         if len(frames) == 1 and earlier is None:
-            return [([hold.harmonics(near) for near in ring_neighbours[0]], [])]
-        own = [hold.harmonics(frame) for frame in frames]
+            return [([hold.harmonics(near) for near in ring_neighbours[0]], [], None)]
+        own = (list(harmonics) if harmonics is not None
+               else [hold.harmonics(frame) for frame in frames])
         before = list(earlier or ())
-        return [(own[:index][::-1] + before, own[index + 1:]) for index in range(len(own))]
+        return [(own[:index][::-1] + before, own[index + 1:], own[index])
+                for index in range(len(own))]
 
     def _held_orientation(self, hold: OrientationHold, frame: np.ndarray, denoised: np.ndarray,
                           pool: OrientationPool) -> np.ndarray:
         """``denoised`` with the scan's anisotropy held to the raw counts (:mod:`.orientation`),
-        pooled with ``pool`` (before, after); as it was where that fails (recorded in
-        :attr:`events`)."""
+        pooled with ``pool``; as it was where that fails (recorded in :attr:`events`)."""
+        earlier, later, own = pool
         try:
-            return hold.apply(frame, denoised, *pool)
+            return hold.apply(frame, denoised, earlier, later, own=own)
         except Exception as exc:  # noqa: BLE001 - the frame is served without the hold
             self.events.append(f"anisotropy hold skipped on a frame: {exc!r}")
             return denoised
@@ -498,7 +504,8 @@ class ScanDenoiser:
                        neighbours: Sequence[np.ndarray | None],
                        flips: int | None = None,
                        ring_neighbours: Sequence[Sequence[np.ndarray]] | None = None,
-                       earlier: Sequence[RawHarmonics | None] | None = None
+                       earlier: Sequence[RawHarmonics | None] | None = None,
+                       harmonics: Sequence[RawHarmonics | None] | None = None
                        ) -> np.ndarray:
         """Expected counts of frames of the scan, in one call (the live path's batches).
 
@@ -523,6 +530,9 @@ class ScanDenoiser:
             frames served before these, nearest first, pooled by the anisotropy hold with
             the frames of the call (the live path); None: a single frame pools its
             ``ring_neighbours``.
+        harmonics
+            The raw harmonics of ``frames``, where already made (the live path keeps them
+            for the frames after); None: made here.
 
         Returns
         -------
@@ -546,7 +556,7 @@ class ScanDenoiser:
                               batch_size=self.config.inference_batch, tile=self.tile,
                               mixed_precision=self.config.mixed_precision, events=self.events)
         raw_neighbours = _ring_neighbours(neighbours, ring_neighbours)
-        pools = self._orientation_pools(analysis, stack, raw_neighbours, earlier)
+        pools = self._orientation_pools(analysis, stack, raw_neighbours, earlier, harmonics)
         held = self._hold_to_raw(analysis, stack, rates,
                                  partners_used=uses_partners(analysis, method),
                                  ring_neighbours=raw_neighbours, pools=pools)

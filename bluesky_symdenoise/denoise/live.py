@@ -661,13 +661,14 @@ class LiveDenoiser:
         # The anisotropy hold pools the raw harmonics of the frames served before these
         # (none yet: the previous frame, as the ring means).
         earlier = list(self._harmonics) or None
+        harmonics = None
         if analysis.orientation is not None:
-            for frame in frames:
-                self._harmonics.appendleft(analysis.orientation.harmonics(frame))
+            harmonics = [analysis.orientation.harmonics(frame) for frame in frames]
+            self._harmonics.extendleft(harmonics)
         if engine is not None:
             out = engine.denoise_frames(analysis, method=self.method, frames=frames,
                                         neighbours=[previous, *frames[:-1]], flips=flips,
-                                        earlier=earlier)
+                                        earlier=earlier, harmonics=harmonics)
             return [np.asarray(o, np.float32) for o in out], by
         out = denoiser.classical_frames_held(
             analysis, frames, bads, engine=classical_engine(self.method),

@@ -352,7 +352,8 @@ class OrientationHold:
 
     def apply(self, raw: np.ndarray, denoised: np.ndarray,
               earlier: Sequence[RawHarmonics | None] = (),
-              later: Sequence[RawHarmonics | None] = ()) -> np.ndarray:
+              later: Sequence[RawHarmonics | None] = (), *,
+              own: RawHarmonics | None = None) -> np.ndarray:
         """``denoised`` with its relative harmonics of :attr:`orders` held to ``raw``'s
         (pooled with the other frames' raw harmonics where they agree), over a smooth course
         in radius, each kept shell's total unchanged; float32.
@@ -367,6 +368,8 @@ class OrientationHold:
             The :meth:`harmonics` of the scan's frames before and after it, nearest first
             (None: a frame without counts, passed over); pooled in while they agree
             (module doc, 2).
+        own
+            ``raw``'s :meth:`harmonics`, where already made; None: made here.
 
         Raises
         ------
@@ -377,15 +380,20 @@ class OrientationHold:
         """
         out = np.array(denoised, np.float32, copy=True)
         d = out.ravel()[self.pixels].astype(np.float64)
-        x = np.asarray(raw).ravel()[self.pixels].astype(np.float64)
-        if not (np.all(np.isfinite(d)) and np.all(np.isfinite(x))):
+        if own is None:  # (a frame given with its harmonics had finite counts)
+            x = np.asarray(raw).ravel()[self.pixels].astype(np.float64)
+            if not np.all(np.isfinite(x)):
+                raise FloatingPointError(
+                    "anisotropy hold: non-finite values on the pixels held")
+            # The raw counts' scores do not change from pass to pass: made once (a 4 Mpx
+            # frame's pixels are 32 MB each in float64), and so is the pool.
+            own = RawHarmonics(self._band_scores([x], self.means, self.orders)[0],
+                               float(x.sum()))
+            del x
+        if not np.all(np.isfinite(d)):
             raise FloatingPointError("anisotropy hold: non-finite values on the pixels held")
         if d.sum() <= 0:
             return out
-        # The raw counts' scores do not change from pass to pass: made once (a 4 Mpx
-        # frame's pixels are 32 MB each in float64), and so is the pool.
-        own = RawHarmonics(self._band_scores([x], self.means, self.orders)[0], float(x.sum()))
-        del x
         pooled, n_pooled = self._pooled(own, d, earlier, later)
         for _ in range(PASSES):
             d = self._held(d, pooled, n_pooled)

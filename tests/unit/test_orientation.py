@@ -175,7 +175,8 @@ def test_the_engine_holds_an_oriented_scan_and_says_so(monkeypatch):
     # the frame is served as it was.
     with_nan = frames[1].copy()
     with_nan[GOOD.nonzero()[0][0], GOOD.nonzero()[1][0]] = np.nan
-    served = denoiser._held_orientation(analysis.orientation, with_nan, frames[1], ([], []))
+    served = denoiser._held_orientation(analysis.orientation, with_nan, frames[1],
+                                        ([], [], None))
     np.testing.assert_array_equal(served, frames[1])
     assert any("non-finite values" in e for e in denoiser.events), denoiser.events
     monkeypatch.setattr(Hold, "apply", broken)
@@ -202,9 +203,9 @@ def test_live_frames_pool_the_frames_served_before_them(monkeypatch):
     pooled: list[tuple[int, int]] = []
     apply = Hold.apply
 
-    def counted(self, raw, denoised, earlier=(), later=()):
+    def counted(self, raw, denoised, earlier=(), later=(), *, own=None):
         pooled.append((len(earlier), len(later)))
-        return apply(self, raw, denoised, earlier, later)
+        return apply(self, raw, denoised, earlier, later, own=own)
 
     monkeypatch.setattr(Hold, "apply", counted)
     for index in range(3, 8):
