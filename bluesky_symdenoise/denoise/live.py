@@ -287,6 +287,7 @@ class LiveDenoiser:
             stack = np.stack([f for f in frames if f.shape == self.shape and _numeric(f)])
             self.analysis = analysis = denoiser.analyse(stack, mask=mask, center=center,
                                                         bad_pixels="mask")
+            self._harmonics.clear()  # another analysis: another hold's bands and terms
             self._calibration = analysis.noise
             self.method, self.reason = self._choose_method(denoiser, analysis)
         except Exception as exc:  # noqa: BLE001 - the scan goes on, raw
