@@ -394,33 +394,37 @@ class OrientationHold:
             raise FloatingPointError("anisotropy hold: non-finite values on the pixels held")
         if d.sum() <= 0:
             return out
-        pooled, n_pooled = self._pooled(own, d, earlier, later)
-        for _ in range(PASSES):
-            d = self._held(d, pooled, n_pooled)
+        state = self._band_state(d)  # made once: the pool's test and the first pass
+        pooled, n_pooled = self._pooled(own, state, earlier, later)
+        for step in range(PASSES):
+            d = self._held(d, pooled, n_pooled, state if step == 0 else None)
         if not np.all(np.isfinite(d)):  # the engine serves the frame without the hold
             raise FloatingPointError("anisotropy hold: the fit gave non-finite values")
         out.ravel()[self.pixels] = d
         return out
 
-    def _pooled(self, own: RawHarmonics, d: np.ndarray,
+    def _band_state(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bands of the denoised frame ``d`` that take part, and their terms' Poisson
+        information (from its shell means)."""
+        level = self._shell_means(d)
+        bands = self._bands_with_data(level, self.gram)
+        return bands, self._band_information(level, self.gram)[bands]
+
+    def _pooled(self, own: RawHarmonics, state: tuple[np.ndarray, np.ndarray],
                 earlier: Sequence[RawHarmonics | None], later: Sequence[RawHarmonics | None]
                 ) -> tuple[np.ndarray, int]:
         """The mean of the raw harmonics pooled for a frame (its own, then the other
         frames', each at the frame's dose, nearest first, the two sides in turn, a side
         closed at its first frame that differs from those pooled so far) and how many
-        frames it holds. ``d``: the denoised frame, whose shell means give the Poisson
-        variance."""
-        if own.total <= 0 or not (earlier or later):
+        frames it holds. ``state``: the denoised frame's :meth:`_band_state`, whose
+        information gives the Poisson variance."""
+        bands, information = state
+        if own.total <= 0 or not (earlier or later) or bands.size == 0:
             return own.scores, 1
-        level = self._shell_means(d)
-        bands = self._bands_with_data(level, self.gram)
-        if bands.size == 0:
-            return own.scores, 1
-        information = self._band_information(level, self.gram)[bands]
         n_terms = 2 * len(self.orders)
         inverse = np.stack([_solve(i, np.eye(n_terms)) for i in information])
         degrees = n_terms * len(bands)
-        total, n = own.scores.copy(), 1
+        pooled_sum, n = own.scores.copy(), 1
         sides = [[h for h in earlier if h is not None and h.total > 0],
                  [h for h in later if h is not None and h.total > 0]]
         place = [0, 0]
@@ -430,25 +434,25 @@ class OrientationHold:
                     continue
                 other = sides[k][place[k]]
                 scores = other.scores * (own.total / other.total)  # at the frame's dose
-                change = scores[bands] - total[bands] / n  # variance: (1 + 1/n) frames'
+                change = scores[bands] - pooled_sum[bands] / n  # variance: (1 + 1/n) frames'
                 statistic = float(np.einsum("bk,bkl,bl->", change, inverse, change)
                                   / (1.0 + 1.0 / n))
                 if chi2.sf(statistic, degrees) > POOL_P:
-                    total += scores
+                    pooled_sum += scores
                     n += 1
                     place[k] += 1
                 else:
                     place[k] = len(sides[k])  # this side changed: no further frame of it
-        return total / n, n
+        return pooled_sum / n, n
 
-    def _held(self, d: np.ndarray, raw_scores: np.ndarray, n_frames: int) -> np.ndarray:
+    def _held(self, d: np.ndarray, raw_scores: np.ndarray, n_frames: int,
+              state: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """One pass of the hold (module doc, 2-4): ``raw_scores``, the mean of the raw
-        harmonics pooled over ``n_frames`` frames (:meth:`_pooled`)."""
-        level = self._shell_means(d)
-        bands = self._bands_with_data(level, self.gram)
+        harmonics pooled over ``n_frames`` frames (:meth:`_pooled`); ``state``: ``d``'s
+        :meth:`_band_state`, where already made."""
+        bands, information = state if state is not None else self._band_state(d)
         if bands.size == 0:
             return d
-        information = self._band_information(level, self.gram)[bands]
         base = self._band_scores([d], self.means, self.orders)[0, bands]
         served = np.stack([_solve(i, g) for g, i in zip(base, information, strict=True)])
         # Each frame pooled adds its counts: the differences' information grows with them.
