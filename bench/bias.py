@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
 from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, THRESHOLD, fitted_peak_bias, peak_bias
-from .quality import BenchScan, add_scan_arguments, first_seed, make_scan, run_method
+from .quality import BenchScan, add_scan_arguments, config_option, first_seed, make_scan, run_method
 
 BASELINES = ("bm3d", "sym180+bm3d")
 #: Scenes whose frames share one truth (in situ scenes change from frame to frame).
@@ -105,18 +104,6 @@ def scan_mean_and_error(values: np.ndarray, scans: int) -> tuple[np.ndarray, np.
                 np.nanstd(per_scan, axis=0, ddof=1) / np.sqrt(counted))
 
 
-def _option(item: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--set``: the value as JSON where it parses (``false``, ``2.5``),
-    else as a string."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scene", default="powder", choices=STATIC_KINDS)
@@ -132,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     baselines = () if args.no_classical else BASELINES
     seed0 = first_seed(args)
-    options = dict(_option(item) for item in args.set)
+    options = dict(config_option(item) for item in args.set)
     flags = "".join(f" --set {item}" for item in args.set)
     flags += " --no-classical" if args.no_classical else ""
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "

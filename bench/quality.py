@@ -95,6 +95,18 @@ def add_scan_arguments(parser: argparse.ArgumentParser, *, budget: float) -> Non
     parser.add_argument("--seed", type=int, default=None)
 
 
+def config_option(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of a bench's ``--set``: a :class:`DenoiseConfig` option for ours, the
+    value as JSON where it parses (``false``, ``2.5``), else as a string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def first_seed(args: argparse.Namespace) -> int:
     """``--seed``, or a fresh one from the clock (printed by the bench, so reruns match)."""
     return args.seed if args.seed is not None else int(time.time()) % 1_000_000
