@@ -35,13 +35,13 @@ def test_a_failed_fit_is_left_out_of_the_means_not_spread_over_them():
 
 @pytest.mark.fast
 def test_a_set_option_reads_its_value_as_json_where_it_can():
-    from bench.bias import _option
+    from bench.quality import config_option  # bench.bias's and bench.heldout's --set
 
-    assert _option("angular_model=false") == ("angular_model", False)
-    assert _option("feature_z_threshold=4.5") == ("feature_z_threshold", 4.5)
-    assert _option("method=symmetry") == ("method", "symmetry")
+    assert config_option("angular_model=false") == ("angular_model", False)
+    assert config_option("feature_z_threshold=4.5") == ("feature_z_threshold", 4.5)
+    assert config_option("method=symmetry") == ("method", "symmetry")
     with pytest.raises(SystemExit):
-        _option("angular_model")
+        config_option("angular_model")
 
 
 @pytest.mark.fast
