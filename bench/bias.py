@@ -39,7 +39,15 @@ from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
 
 from . import metrics
 from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, THRESHOLD, fitted_peak_bias, peak_bias
-from .quality import BenchScan, add_scan_arguments, config_option, first_seed, make_scan, run_method
+from .quality import (
+    BenchScan,
+    add_config_arguments,
+    add_scan_arguments,
+    config_options,
+    first_seed,
+    make_scan,
+    run_method,
+)
 
 BASELINES = ("bm3d", "sym180+bm3d")
 #: Scenes whose frames share one truth (in situ scenes change from frame to frame).
@@ -109,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene", default="powder", choices=STATIC_KINDS)
     parser.add_argument("--counts", type=float, default=0.1)
     parser.add_argument("--scans", type=int, default=4)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a DenoiseConfig option for ours (repeatable), e.g. "
-                             "angular_model=false: an ablation of the whole engine")
+    add_config_arguments(parser)
     parser.add_argument("--no-classical", action="store_true",
                         help="leave the classical baselines out (an ablation of ours, "
                              "paired with raw: half the run's time)")
@@ -119,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     baselines = () if args.no_classical else BASELINES
     seed0 = first_seed(args)
-    options = dict(config_option(item) for item in args.set)
-    flags = "".join(f" --set {item}" for item in args.set)
+    options, flags = config_options(args)
     flags += " --no-classical" if args.no_classical else ""
     print(f"# python -m bench.bias --scene {args.scene} --counts {args.counts:g} "
           f"--scans {args.scans} --frames {args.frames} --size {args.size} "

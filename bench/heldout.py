@@ -38,7 +38,14 @@ from scipy import ndimage
 from bluesky_symdenoise import denoise_scan
 
 from . import metrics
-from .quality import add_scan_arguments, config_option, first_seed, make_scan, run_method
+from .quality import (
+    add_config_arguments,
+    add_scan_arguments,
+    config_options,
+    first_seed,
+    make_scan,
+    run_method,
+)
 
 KINDS = ("powder", "textured", "saxs", "fibre", "lattice", "lattice_one_sided", "insitu_drift")
 RING_KINDS = ("powder", "textured", "insitu_drift")
@@ -86,14 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     add_scan_arguments(parser, budget=120.0)
     parser.add_argument("--steps", type=int, default=None,
                         help="fine-tune ours for this many steps (seeded), not for the budget")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a DenoiseConfig option for ours (repeatable), e.g. "
-                             "hold_orientation=false: an ablation of the whole engine")
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
     seed0 = first_seed(args)
-    options = dict(config_option(item) for item in args.set)
-    steps = f" --steps {args.steps}" if args.steps else ""
-    steps += "".join(f" --set {item}" for item in args.set)
+    options, flags = config_options(args)
+    steps = (f" --steps {args.steps}" if args.steps else "") + flags
     print(f"# python -m bench.heldout --seed {seed0} --budget {args.budget:g} --frames "
           f"{args.frames} --counts {' '.join(f'{c:g}' for c in args.counts)} --scenes "
           f"{' '.join(args.scenes)}{steps}")

@@ -95,6 +95,20 @@ def add_scan_arguments(parser: argparse.ArgumentParser, *, budget: float) -> Non
     parser.add_argument("--seed", type=int, default=None)
 
 
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """A bench's ``--set KEY=VALUE``: :class:`DenoiseConfig` options for ours."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a DenoiseConfig option for ours (repeatable), e.g. "
+                             "hold_orientation=false: an ablation of the whole engine")
+
+
+def config_options(args: argparse.Namespace) -> tuple[dict[str, object], str]:
+    """``--set``'s options for ours, and the flags that give them (for the bench's header
+    line, so that it can be rerun as printed)."""
+    return (dict(config_option(item) for item in args.set),
+            "".join(f" --set {item}" for item in args.set))
+
+
 def config_option(item: str) -> tuple[str, object]:
     """``KEY=VALUE`` of a bench's ``--set``: a :class:`DenoiseConfig` option for ours, the
     value as JSON where it parses (``false``, ``2.5``), else as a string."""
