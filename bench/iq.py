@@ -374,6 +374,14 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
         if name != "raw":
             fitted += "; " + " / ".join(
                 _mean_pm([r['full'][k] - q['full'][k] for r, q in pairs]) for k in FIT_KEYS)
+        if name == "ours" and all(FRAMES_MEAN in seed_rows for seed_rows in per_seed):
+            # Against the control on the same scans: whether ours differs from what less
+            # noise alone does, with its own standard error.
+            controls = [seed_rows[FRAMES_MEAN] for seed_rows in per_seed]
+            fitted += "; minus the control " + " / ".join(
+                _mean_pm([r['full'][k] - c['full'][k] for r, c in zip(rows, controls,
+                                                                        strict=True)])
+                for k in FIT_KEYS)
 
         def fmt(value, spec):
             return "—" if math.isnan(value) else format(value, spec)
@@ -406,7 +414,8 @@ HEADER = ("| scene | c/px | method | I(q) err full | / raw | I(q) err 30° | / r
           "worst binning / raw, mean over seeds (where) | worst / raw, any scan (where) | "
           "peak area / height / breadth / position vs truth | "
           "same, minus raw (paired, ± s.e.) | "
-          "fitted peak height / FWHM vs truth; minus raw (paired) | "
+          "fitted peak height / FWHM vs truth; minus raw (paired); ours: minus the control "
+          "(paired) | "
           "1σ coverage full / 30° / 11 × 30° | "
           "RMS of error / σ full / 30° / 11 × 30° | "
           "before: Poisson at the "
@@ -540,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
               "edge cuts, without a background line. 'Minus raw': mean over the scans of ours "
               "minus raw on the same frame ± its standard error. Fitted peak: a Gaussian on a "
               "linear background fitted by least squares over the same window, its height "
-              "and FWHM against the truth's fit (no peak at the profile's ends: —). '/ raw' is the "
+              "and FWHM against the truth's fit (no peak at the profile's ends: —); on ours' "
+              "row also ours minus the control (the mean of the scan's raw frames) on the "
+              "same scans ± its standard error. '/ raw' is the "
               "error over raw's on the same frame, averaged over seeds; 'worst binning, mean "
               "over seeds' is, over the binnings (npt factors × q, 2θ × full, 30°), the "
               "largest of each binning's ratio averaged over the seeds; 'worst, any scan' "
