@@ -9,9 +9,10 @@ shows the measurement's own floor), and, as a control, the mean of the scan's ra
 (unbiased, with less noise: paired with one raw frame it shows what less noise alone does
 to the peak measures). Against the noise-free truth:
 
-* scenes with rings: area, height, integral breadth (area / height) and position of the
-  strongest ring above a linear background in the full-ring pyFAI I(q) at the default
-  binning (:func:`bench.iq.peak_bias`; position in units of the truth's integral breadth),
+* scenes with rings, and the lattice (its strongest full-ring peak: its spots at one q):
+  area, height, integral breadth (area / height) and position of the strongest ring
+  above a linear background in the full-ring pyFAI I(q) at the default binning
+  (:func:`bench.iq.peak_bias`; position in units of the truth's integral breadth),
   and its height and FWHM fitted as a Gaussian on a linear background
   (:func:`bench.iq.fitted_peak_bias`: a noisy profile's highest bin is lifted by its noise,
   a fit is not);
@@ -24,6 +25,7 @@ to the peak measures). Against the noise-free truth:
     python -m bench.bias --scene powder --counts 0.1 --scans 8 --frames 6 --budget 60
     python -m bench.bias --scene sharp_textured --counts 0.25 --scans 8 --frames 6 --budget 60
     python -m bench.bias --scene lattice_one_sided --counts 0.25 --scans 4 --budget 120
+    python -m bench.bias --scene lattice --counts 0.1 --scans 8 --size 128 --no-classical
     python -m bench.bias --scene saxs --counts 0.1 --scans 12 --size 128 --budget 15 --no-classical
 """
 
@@ -55,6 +57,8 @@ STATIC_KINDS = ("powder", "textured", "sharp_textured", "lattice", "lattice_one_
                 "saxs")
 #: Scenes with powder rings.
 RING_KINDS = ("powder", "textured", "sharp_textured")
+#: Scenes whose strongest full-ring peak is scored (a lattice's: its spots at one q).
+PEAK_KINDS = (*RING_KINDS, "lattice")
 #: Scenes whose anisotropy is scored (:func:`anisotropy_kept`).
 ORIENTED_KINDS = ("saxs",)
 #: The 30° sectors :func:`anisotropy_kept` sums (none across ±180°, which pyFAI does not
@@ -112,6 +116,16 @@ def scan_mean_and_error(values: np.ndarray, scans: int) -> tuple[np.ndarray, np.
                 np.nanstd(per_scan, axis=0, ddof=1) / np.sqrt(counted))
 
 
+def scored_columns(scene: str) -> list[str]:
+    """The biases scored on ``scene``, in the order of the table's columns."""
+    peak = "ring" if scene in RING_KINDS else "full-ring peak"
+    return (([f"{peak} area bias", f"{peak} height bias", f"{peak} breadth bias",
+              f"{peak} position shift / breadth", "fitted height bias", "fitted FWHM bias"]
+             if scene in PEAK_KINDS else [])
+            + (["one-sided kept − 1"] if scene == "lattice_one_sided" else [])
+            + (["anisotropy kept − 1"] if scene in ORIENTED_KINDS else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scene", default="powder", choices=STATIC_KINDS)
@@ -133,14 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in baselines})
     bias[FRAMES_MEAN] = []
-    rings = args.scene in RING_KINDS
+    rings = args.scene in PEAK_KINDS
     feature_scene = args.scene == "lattice_one_sided"
     oriented = args.scene in ORIENTED_KINDS
-    columns = ((["ring area bias", "ring height bias", "ring breadth bias",
-                 "ring position shift / breadth", "fitted height bias", "fitted FWHM bias"]
-                if rings else [])
-               + (["one-sided kept − 1"] if feature_scene else [])
-               + (["anisotropy kept − 1"] if oriented else []))
+    columns = scored_columns(args.scene)
     for k in range(args.scans):
         scan = make_scan(args.scene, args.counts, size=args.size, n_frames=args.frames,
                          seed=seed0 + k)

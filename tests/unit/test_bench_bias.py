@@ -71,3 +71,16 @@ def test_the_anisotropy_kept_is_one_for_the_truth_zero_flattened_and_two_doubled
     draws = [kept(rng.poisson(truth * 20.0 / truth.mean()).astype(float)) for _ in range(8)]
     assert np.mean(draws) == pytest.approx(1.0, abs=0.08)
     assert np.isnan(anisotropy_kept(integ, flat.expectation, flat.expectation, npt=npt))
+
+
+@pytest.mark.fast
+def test_every_scene_the_bench_offers_scores_something():
+    """A scene with nothing to score ran its scans and then failed on an empty table (the
+    lattice did): each scene offered has columns, the lattice its strongest peak's."""
+    from bench.bias import STATIC_KINDS, scored_columns
+
+    for scene in STATIC_KINDS:
+        assert scored_columns(scene), scene
+    assert "fitted FWHM bias" in scored_columns("lattice")
+    assert scored_columns("powder")[0] == "ring area bias"
+    assert scored_columns("saxs") == ["anisotropy kept − 1"]
