@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     bias: dict[str, list[tuple[float, ...]]] = {"ours": [], "raw": []}
     bias.update({name: [] for name in baselines})
     bias[FRAMES_MEAN] = []
-    rings = args.scene in PEAK_KINDS
+    peaked = args.scene in PEAK_KINDS
     feature_scene = args.scene == "lattice_one_sided"
     oriented = args.scene in ORIENTED_KINDS
     columns = scored_columns(args.scene)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 estimates[name], _ = run_method(name, _frame_scan(scan, index), args.budget)
             for name, estimate in estimates.items():
                 values: list[float] = []
-                if rings:
+                if peaked:
                     i_est = integ.integrate(estimate, npt=npt).intensity
                     peak = peak_bias(i_true.q_nm, i_est, i_true.intensity)
                     fitted = fitted_peak_bias(i_true.q_nm, i_est, i_true.intensity)
