@@ -37,15 +37,8 @@ from scipy import ndimage
 
 from bluesky_symdenoise import denoise_scan
 
-from . import metrics
-from .quality import (
-    add_config_arguments,
-    add_scan_arguments,
-    config_options,
-    first_seed,
-    make_scan,
-    run_method,
-)
+from . import metrics, quality
+from .quality import add_scan_arguments, first_seed, make_scan, run_method
 
 KINDS = ("powder", "textured", "saxs", "fibre", "lattice", "lattice_one_sided", "insitu_drift")
 RING_KINDS = ("powder", "textured", "insitu_drift")
@@ -93,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     add_scan_arguments(parser, budget=120.0)
     parser.add_argument("--steps", type=int, default=None,
                         help="fine-tune ours for this many steps (seeded), not for the budget")
-    add_config_arguments(parser)
+    quality.add_config_arguments(parser)
     args = parser.parse_args(argv)
     seed0 = first_seed(args)
-    options, flags = config_options(args)
+    options, flags = quality.config_options(args)
     steps = (f" --steps {args.steps}" if args.steps else "") + flags
     print(f"# python -m bench.heldout --seed {seed0} --budget {args.budget:g} --frames "
           f"{args.frames} --counts {' '.join(f'{c:g}' for c in args.counts)} --scenes "
