@@ -14,7 +14,8 @@ its height and FWHM fitted as a Gaussian on a line, ``bench.iq.fitted_peak_bias`
 * the total-count rescale and the classical mix (``BlendWeights``) on top: the whole
   pipeline as ``denoise`` runs it (its holds pooled over the neighbouring frames, its
   per-shell angular model); and the same without the classical mix, without the angular
-  model, and without either;
+  model, and without either; with ``--spot-passes``, the whole pipeline with its spot
+  holds in other numbers of scaling passes (``consistency.FEATURE_MATCH_PASSES``);
 * the classical mode (180° average + Anscombe + BM3D, and BM3D alone), unheld and held;
 * the same scene with the beam centre moved to the nearest half-integer (exact 180°
   partners, no bilinear resampling);
@@ -34,6 +35,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -123,25 +125,32 @@ def _total(frame: np.ndarray, raw: np.ndarray, good: np.ndarray,
     return np.where(good, out, 0.0)
 
 
-def _pipelines(denoiser: ScanDenoiser, analysis, scan: BenchScan) -> dict[str, np.ndarray]:
+def _pipelines(denoiser: ScanDenoiser, analysis, scan: BenchScan,
+               spot_passes: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """The scan's middle frame as ``denoise`` serves it from this trained network (the
     holds pooled over the neighbouring frames, the angular model, the classical mix, the
     total), and the same without the classical mix, without the angular model and without
-    either."""
+    either; then the whole pipeline with its spot holds in each of ``spot_passes`` scaling
+    passes (``consistency.FEATURE_MATCH_PASSES``)."""
     found = {}
     angular = denoiser.angular
-    for label, use_angular, use_mix in (("pipeline (hold + mix + total)", True, True),
-                                        ("pipeline without the classical mix", True, False),
-                                        ("pipeline without the angular model", False, True),
-                                        ("pipeline without either", False, False)):
+    rows = [("pipeline (hold + mix + total)", True, True, None),
+            ("pipeline without the classical mix", True, False, None),
+            ("pipeline without the angular model", False, True, None),
+            ("pipeline without either", False, False, None),
+            *((f"pipeline, spot holds in {n} passes", True, True, n) for n in spot_passes)]
+    default_passes = consistency_module.FEATURE_MATCH_PASSES
+    for label, use_angular, use_mix, passes in rows:
         # (Where the scan has no angular model or no mix, a row is the whole pipeline.)
         denoiser.angular = angular if use_angular else None
+        consistency_module.FEATURE_MATCH_PASSES = passes or default_passes
         try:
             predicted = denoiser.predict(analysis, method="symmetry")
             if use_mix and denoiser.blend is not None and not denoiser.blend.first_only:
                 predicted = denoiser._mix_with_classical(analysis, predicted, denoiser.blend)
         finally:
             denoiser.angular = angular
+            consistency_module.FEATURE_MATCH_PASSES = default_passes
         found[label] = denoiser._finish(predicted, analysis,
                                         "symmetry")[scan.index].astype(np.float64)
     return found
@@ -173,7 +182,7 @@ def variants(scan: BenchScan, args) -> dict[str, np.ndarray]:
             # The whole pipeline as ``denoise`` runs it on this trained network.
             # Then the same without its classical mix, and without its angular model.
             _, reason = denoiser._check_against_classical(analysis, "symmetry", "")
-            found.update(_pipelines(denoiser, analysis, scan))
+            found.update(_pipelines(denoiser, analysis, scan, args.spot_passes))
             print(f"  pipeline: {reason.strip('; ')}", flush=True)
         if channels == args.channels[0] and not args.no_classical:
             validity = analysis.symmetry.valid
@@ -214,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ring-bins", nargs="+", default=["1", "0.5", "4,2,1,0.5"],
                         help="radial bins (px) of the ring hold, comma-separated coarse to "
                              "fine for a multi-scale hold")
+    parser.add_argument("--spot-passes", nargs="*", type=int, default=[],
+                        help="also the whole pipeline with its spot holds in each of these "
+                             "numbers of scaling passes")
     parser.add_argument("--half-integer", action="store_true",
                         help="also the same scene with a half-integer beam centre")
     parser.add_argument("--no-classical", action="store_true")
@@ -257,11 +269,18 @@ def _summary(scene: str, paired: dict[tuple[float, str], list[dict[str, float]]]
     the strongest peak's biases minus raw's on the same frame (mean ± standard error)."""
     lines = [f"{scene}, over the seeds (the beam centre as drawn): mean ± standard error",
              "", "| c/px | stage | scans | full ring / raw | peak area / height / breadth / "
-             "position; fitted height / FWHM, minus raw |", "|---|---|---|---|---|"]
+             "position; fitted height / FWHM, minus raw | fitted height / FWHM, minus the "
+             "control's |", "|---|---|---|---|---|---|"]
     for (counts, name), rows in paired.items():
         peak = " / ".join(_mean_pm([r[k] for r in rows]) for k in PEAK_KEYS + FIT_KEYS)
+        # Paired scan by scan with the control (the mean of the scan's raw frames).
+        control = paired.get((counts, FRAMES_MEAN), [])
+        minus_control = " / ".join(_mean_pm([r[k] - c[k] for r, c in zip(rows, control,
+                                                                        strict=True)])
+                                   for k in FIT_KEYS) if len(control) == len(rows) else "—"
         ratio = float(np.mean([r["ratio"] for r in rows]))
-        lines.append(f"| {counts:g} | {name} | {len(rows)} | {ratio:.2f} | {peak} |")
+        lines.append(f"| {counts:g} | {name} | {len(rows)} | {ratio:.2f} | {peak} | "
+                     f"{minus_control} |")
     return lines
 
 

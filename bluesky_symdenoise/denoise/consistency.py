@@ -94,7 +94,7 @@ from .symmetry import (
 
 __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
            "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
-           "FEATURE_MATCH_PASSES_READOUT", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
+           "FEATURE_MATCH_PASSES_OWN_COUNTS", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "NARROW_RING_PX",
            "POOL_CHANGE_P", "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX",
            "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
@@ -121,15 +121,22 @@ FEATURE_GROW_PX = 2
 #: Gaussian width (px) at which a spot's denoised counts are held to the raw ones (narrower
 #: restores more of a sharp spot's peak, and brings back more noise).
 FEATURE_SIGMA_PX = 2.0
-#: Scaling passes towards the raw spot counts (``bench/bias.py``, one-sided feature).
-FEATURE_MATCH_PASSES = 2
-#: ... on a readout-dominated scan (:data:`EXCESS_Z_READOUT`). Under the readout noise the
-#: denoiser leans harder on its smoothness prior and a spot comes out broader than on the
-#: same photons counted; each pass converges the spot's shape further towards the raw
-#: counts at the same spot scale (as Richardson-Lucy's iterations do), so that a one-sided
-#: feature keeps about as much on its own pixels as on counting data, at some of the noise
-#: the network removed there (``bench.flat_panel --counting-twins``, docs/detectors.md).
-FEATURE_MATCH_PASSES_READOUT = 4
+#: Scaling passes towards the raw spot counts. The network's smoothness prior broadens a
+#: spot; each pass converges the spot's shape further towards the raw counts at the same
+#: spot scale (as Richardson-Lucy's iterations do), and brings back more of their noise.
+#: Where the denoiser averaged 180° partners, the spots that have one are held to the mean
+#: of two spots' counts: there 4 passes narrowed a lattice's peak in I(q) at 0.1
+#: counts/pixel (fitted FWHM minus the mean of the scan's raw frames' +0.6 % → +0.3 % on
+#: 12 scans) for −0.07 to +0.03 dB of PSNR on the lattices and the fibre
+#: (``bench.iq_ablation --spot-passes``, ``bench.heldout``). On a readout-dominated
+#: scan (:data:`EXCESS_Z_READOUT`) the denoiser broadens a spot more than on the same
+#: photons counted, and 4 passes let a one-sided feature keep about as much on its own
+#: pixels as on counting data (``bench.flat_panel --counting-twins``, docs/detectors.md).
+FEATURE_MATCH_PASSES = 4
+#: ... on a counting scan whose denoiser did not average partners (``thinning``,
+#: ``noise2sr``): every spot is held to one frame's own counts, and on the one-sided
+#: lattice 4 passes cost 0.16-0.26 dB of PSNR against 2 (``bench.heldout``, 200 steps).
+FEATURE_MATCH_PASSES_OWN_COUNTS = 2
 #: Radial bin width (px) of the ring and arc profiles that decide where rings are held.
 RING_BIN_PX = 1.0
 #: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
@@ -311,10 +318,12 @@ class RawConsistency:
             one-sided feature is still held to its raw counts: the local-excess test runs at
             :data:`EXCESS_Z_READOUT`; an excess counts as a spot even on pixels that passed
             an isotropy test (under the readout noise a quarter of a one-sided feature's
-            pixels passed the arc test, which then spread it over its arc); and a spot is
+            pixels passed the arc test, which then spread it over its arc); a spot is
             held to the raw counts whether or not its 180° partner passed (the 180° test
-            cannot show that a faint spot has none), in :data:`FEATURE_MATCH_PASSES_READOUT`
-            passes (the denoiser broadens a spot more there). Measured on the flat-panel twins
+            cannot show that a faint spot has none); and in :data:`FEATURE_MATCH_PASSES`
+            passes whichever denoiser ran (the denoiser broadens a spot more there; on
+            counting scans a denoiser that did not average partners gets
+            :data:`FEATURE_MATCH_PASSES_OWN_COUNTS`). Measured on the flat-panel twins
             (``bench.flat_panel --counting-twins``, docs/detectors.md).
         frames
             How many frames ``scan_sum`` sums (a frame's counts decide which ring bins are
@@ -396,7 +405,8 @@ class RawConsistency:
                 "readout_dominated": self.readout_dominated,
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
-                "feature_match_passes": self._spot_passes,
+                "feature_match_passes": FEATURE_MATCH_PASSES,
+                "feature_match_passes_without_partners": self.spot_passes(False),
                 "half_pixel_z": HALF_PIXEL_Z,
                 "sharp_half_pixel_bins": int(self.sharp_bins.sum())
                 if self.sharp_bins is not None else 0,
@@ -462,7 +472,7 @@ class RawConsistency:
                 pooled = spot_sums.pooled_sums(
                     target, [self._spot_target(near, out, partners_used)[0]
                              for near in neighbours], variance_scale=scale)
-            out = spot_sums.match(target, out, passes=self._spot_passes,
+            out = spot_sums.match(target, out, passes=self.spot_passes(partners_used),
                                   target_sums=pooled)
         out = np.asarray(out, np.float32)
         np.copyto(out, np.asarray(denoised, np.float32), where=~good)
@@ -494,9 +504,13 @@ class RawConsistency:
         flat[held] = 0.5 * (flat[held] + partner[valid] + own[held] - smoothed[valid])
         return target, held
 
-    @property
-    def _spot_passes(self) -> int:
-        return FEATURE_MATCH_PASSES_READOUT if self.readout_dominated else FEATURE_MATCH_PASSES
+    def spot_passes(self, partners_used: bool) -> int:
+        """Scaling passes of the spot hold (:meth:`SpotSums.match`):
+        :data:`FEATURE_MATCH_PASSES`, or :data:`FEATURE_MATCH_PASSES_OWN_COUNTS` on a
+        counting scan whose denoiser did not average 180° partners."""
+        if partners_used or self.readout_dominated:
+            return FEATURE_MATCH_PASSES
+        return FEATURE_MATCH_PASSES_OWN_COUNTS
 
     def drifts(self, raw: np.ndarray, neighbours: Sequence[np.ndarray]
                ) -> list[RadialDrift | None]:

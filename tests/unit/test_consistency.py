@@ -824,13 +824,16 @@ def test_a_faint_one_sided_feature_under_readout_noise_is_found_on_a_dominated_s
 
 
 @pytest.mark.fast
-def test_a_readout_dominated_scan_holds_a_broadened_spot_closer_to_its_raw_shape():
-    """Under readout noise the denoiser broadens a spot more than on counts; the spot hold
-    of a readout-dominated scan makes more passes at the same spot scale, so the spot's own
-    pixels come closer to the raw counts (a spot twice as wide as raw's, same counts)."""
+def test_the_spot_hold_converges_a_broadened_spot_towards_its_raw_shape():
+    """The denoiser broadens a spot; each scaling pass of the spot hold brings the spot's
+    own pixels closer to the raw counts at the same spot scale. Where the denoiser averaged
+    partners, and on a readout-dominated scan, the hold makes more passes than for a
+    denoiser that held spots to one frame's own counts on a counting scan, so it keeps more
+    of a sharp spot (a spot twice as wide as raw's, same counts), without taking the
+    spot's sum further from raw's."""
     from bluesky_symdenoise.denoise.consistency import (
         FEATURE_MATCH_PASSES,
-        FEATURE_MATCH_PASSES_READOUT,
+        FEATURE_MATCH_PASSES_OWN_COUNTS,
     )
 
     shape = (64, 64)
@@ -845,22 +848,30 @@ def test_a_readout_dominated_scan_holds_a_broadened_spot_closer_to_its_raw_shape
     held = {flag: RawConsistency(good=good, rings=None, ring_pixels=np.zeros(shape, bool),
                                  features=spot, readout_dominated=flag)
             for flag in (False, True)}
-    assert FEATURE_MATCH_PASSES_READOUT > FEATURE_MATCH_PASSES
-    assert held[True].summary()["feature_match_passes"] == FEATURE_MATCH_PASSES_READOUT
-    kept = {flag: float(hold.apply(raw, denoised)[own].sum() / raw[own].sum())
-            for flag, hold in held.items()}
-    print(f"spot's own pixels kept: counting rules {kept[False]:.3f}, readout-dominated "
-          f"{kept[True]:.3f} (denoised alone {denoised[own].sum() / raw[own].sum():.3f})")
-    assert kept[False] < kept[True] < 1.02
-    assert kept[True] - kept[False] > 0.05
-    within = {flag: float(hold.apply(raw, denoised)[spot].sum() / raw[spot].sum())
-              for flag, hold in held.items()}
-    print(f"over the spot's pixels: counting rules {within[False]:.3f}, readout-dominated "
-          f"{within[True]:.3f} (denoised alone {denoised[spot].sum() / raw[spot].sum():.3f})")
-    # The extra passes take the spot's sum no further from raw's than the counting rules do.
-    assert abs(within[True] - 1.0) <= abs(within[False] - 1.0) + 0.01
-    out = held[True].apply(raw, denoised)
-    np.testing.assert_array_equal(out[~spot], denoised[~spot])
+    assert FEATURE_MATCH_PASSES > FEATURE_MATCH_PASSES_OWN_COUNTS
+    assert held[False].spot_passes(False) == FEATURE_MATCH_PASSES_OWN_COUNTS
+    assert held[False].spot_passes(True) == FEATURE_MATCH_PASSES
+    assert held[True].spot_passes(False) == FEATURE_MATCH_PASSES
+    assert (held[False].summary()["feature_match_passes_without_partners"]
+            == FEATURE_MATCH_PASSES_OWN_COUNTS)
+    # (No partner to average here: partners_used only changes the passes.)
+    fewer = held[False].apply(raw, denoised, partners_used=False)
+    more = {"partners": held[False].apply(raw, denoised, partners_used=True),
+            "readout": held[True].apply(raw, denoised, partners_used=False)}
+    np.testing.assert_array_equal(more["partners"], more["readout"])
+
+    def kept(image: np.ndarray, where: np.ndarray) -> float:
+        return float(image[where].sum() / raw[where].sum())
+
+    print(f"spot's own pixels kept: {FEATURE_MATCH_PASSES} passes "
+          f"{kept(more['partners'], own):.3f}, {FEATURE_MATCH_PASSES_OWN_COUNTS} passes "
+          f"{kept(fewer, own):.3f} (denoised alone {kept(denoised, own):.3f})")
+    assert kept(fewer, own) < kept(more["partners"], own) < 1.02
+    assert kept(more["partners"], own) - kept(fewer, own) > 0.05
+    # The further passes take the spot's sum no further from raw's than fewer do.
+    assert abs(kept(more["partners"], spot) - 1.0) <= abs(kept(fewer, spot) - 1.0) + 0.01
+    for out in (fewer, *more.values()):
+        np.testing.assert_array_equal(out[~spot], denoised[~spot])
 
 
 def test_a_held_out_half_is_held_to_the_scans_counts_with_its_frame_replaced_by_it():
