@@ -347,10 +347,15 @@ def _mean_pm(values) -> str:
 
 
 def _paired(rows: list[dict], others: list[dict], keys: tuple[str, ...]) -> str:
-    """Each full-ring peak column of ``keys``: its mean difference from ``others`` on the
-    same scans ± the standard error (:func:`_mean_pm`), joined by ' / '."""
-    return " / ".join(_mean_pm([r["full"][k] - o["full"][k]
-                                for r, o in zip(rows, others, strict=True)]) for k in keys)
+    """Each column of ``keys``: its mean difference from ``others`` on the same scans ± the
+    standard error (:func:`_mean_pm`), joined by ' / '."""
+    return " / ".join(_mean_pm([r[k] - o[k] for r, o in zip(rows, others, strict=True)])
+                      for k in keys)
+
+
+def _full(rows: list[dict]) -> list[dict]:
+    """The full-ring columns of each scan's row."""
+    return [r["full"] for r in rows]
 
 
 def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
@@ -371,15 +376,15 @@ def format_cell(kind: str, counts: float, per_seed: list[dict[str, dict]],
         worst_mean, worst_mean_where = worst_mean_ratio(rows)
         peak = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}"
                           for k in PEAK_KEYS)
-        paired = "—" if name == "raw" else _paired(rows, raws, PEAK_KEYS)
+        paired = "—" if name == "raw" else _paired(_full(rows), _full(raws), PEAK_KEYS)
         fitted = " / ".join(f"{m(lambda r, k=k: r['full'][k]):+.1%}" for k in FIT_KEYS)
         if name != "raw":
-            fitted += "; " + _paired(rows, raws, FIT_KEYS)
+            fitted += "; " + _paired(_full(rows), _full(raws), FIT_KEYS)
         if name == "ours" and all(FRAMES_MEAN in seed_rows for seed_rows in per_seed):
             # Against the control on the same scans: whether ours differs from what less
             # noise alone does, with its own standard error.
             controls = [seed_rows[FRAMES_MEAN] for seed_rows in per_seed]
-            fitted += "; minus the control " + _paired(rows, controls, FIT_KEYS)
+            fitted += "; minus the control " + _paired(_full(rows), _full(controls), FIT_KEYS)
 
         def fmt(value, spec):
             return "—" if math.isnan(value) else format(value, spec)

@@ -47,7 +47,7 @@ from bluesky_symdenoise.denoise.consistency import RawConsistency
 from bluesky_symdenoise.denoise.engine import ScanDenoiser, held_spots, keep_total_counts
 from bluesky_symdenoise.simulate import scenes
 
-from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, Estimate, _mean_pm, score_scan
+from .iq import FIT_KEYS, FRAMES_MEAN, PEAK_KEYS, Estimate, _mean_pm, _paired, score_scan
 from .quality import BenchScan
 
 
@@ -275,9 +275,8 @@ def _summary(scene: str, paired: dict[tuple[float, str], list[dict[str, float]]]
         peak = " / ".join(_mean_pm([r[k] for r in rows]) for k in PEAK_KEYS + FIT_KEYS)
         # Paired scan by scan with the control (the mean of the scan's raw frames).
         control = paired.get((counts, FRAMES_MEAN), [])
-        minus_control = " / ".join(_mean_pm([r[k] - c[k] for r, c in zip(rows, control,
-                                                                        strict=True)])
-                                   for k in FIT_KEYS) if len(control) == len(rows) else "—"
+        minus_control = (_paired(rows, control, FIT_KEYS) if len(control) == len(rows)
+                         else "—")
         ratio = float(np.mean([r["ratio"] for r in rows]))
         lines.append(f"| {counts:g} | {name} | {len(rows)} | {ratio:.2f} | {peak} | "
                      f"{minus_control} |")
