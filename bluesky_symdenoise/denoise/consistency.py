@@ -94,7 +94,8 @@ from .symmetry import (
 
 __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
            "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
-           "FEATURE_MATCH_PASSES_OWN_COUNTS", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
+           "FEATURE_MATCH_PASSES_OWN_COUNTS", "FEATURE_MATCH_PASSES_READOUT",
+           "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "NARROW_RING_PX",
            "POOL_CHANGE_P", "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX",
            "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
@@ -125,14 +126,16 @@ FEATURE_SIGMA_PX = 2.0
 #: spot; each pass converges the spot's shape further towards the raw counts at the same
 #: spot scale (as Richardson-Lucy's iterations do), and brings back more of their noise.
 #: Where the denoiser averaged 180° partners, the spots that have one are held to the mean
-#: of two spots' counts: there 4 passes narrowed a lattice's peak in I(q) at 0.1
-#: counts/pixel (fitted FWHM minus the mean of the scan's raw frames' +0.6 % → +0.3 % on
-#: 12 scans) for −0.07 to +0.03 dB of PSNR on the lattices and the fibre
-#: (``bench.iq_ablation --spot-passes``, ``bench.heldout``). On a readout-dominated
-#: scan (:data:`EXCESS_Z_READOUT`) the denoiser broadens a spot more than on the same
-#: photons counted, and 4 passes let a one-sided feature keep about as much on its own
-#: pixels as on counting data (``bench.flat_panel --counting-twins``, docs/detectors.md).
-FEATURE_MATCH_PASSES = 4
+#: of two spots' counts. With the ring holds kept off the spots (:meth:`RawConsistency.
+#: _steps`), the 0.5 px bins across a lattice's peak no longer sharpen its spots
+#: radially: 8 passes, not 4, keep its fitted FWHM in I(q) at 0.1 counts/pixel within
+#: 1 % of the mean of the scan's raw frames' (``bench.iq_ablation --spot-passes``).
+FEATURE_MATCH_PASSES = 8
+#: ... on a readout-dominated scan (:data:`EXCESS_Z_READOUT`): the denoiser broadens a
+#: spot more than on the same photons counted, and 4 passes let a one-sided feature keep
+#: about as much on its own pixels as on counting data (``bench.flat_panel
+#: --counting-twins``, docs/detectors.md).
+FEATURE_MATCH_PASSES_READOUT = 4
 #: ... on a counting scan whose denoiser did not average partners (``thinning``,
 #: ``noise2sr``): every spot is held to one frame's own counts, and on the one-sided
 #: lattice 4 passes cost 0.16-0.26 dB of PSNR against 2 (``bench.heldout``, 200 steps).
@@ -320,9 +323,10 @@ class RawConsistency:
             an isotropy test (under the readout noise a quarter of a one-sided feature's
             pixels passed the arc test, which then spread it over its arc); a spot is
             held to the raw counts whether or not its 180° partner passed (the 180° test
-            cannot show that a faint spot has none); and in :data:`FEATURE_MATCH_PASSES`
-            passes whichever denoiser ran (the denoiser broadens a spot more there; on
-            counting scans a denoiser that did not average partners gets
+            cannot show that a faint spot has none); and in
+            :data:`FEATURE_MATCH_PASSES_READOUT` passes whichever denoiser ran (the
+            denoiser broadens a spot more there; on counting scans a denoiser that
+            averaged partners gets :data:`FEATURE_MATCH_PASSES`, one that did not
             :data:`FEATURE_MATCH_PASSES_OWN_COUNTS`). Measured on the flat-panel twins
             (``bench.flat_panel --counting-twins``, docs/detectors.md).
         frames
@@ -405,7 +409,7 @@ class RawConsistency:
                 "readout_dominated": self.readout_dominated,
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
-                "feature_match_passes": FEATURE_MATCH_PASSES,
+                "feature_match_passes": self.spot_passes(True),
                 "feature_match_passes_without_partners": self.spot_passes(False),
                 "half_pixel_z": HALF_PIXEL_Z,
                 "sharp_half_pixel_bins": int(self.sharp_bins.sum())
@@ -506,9 +510,12 @@ class RawConsistency:
 
     def spot_passes(self, partners_used: bool) -> int:
         """Scaling passes of the spot hold (:meth:`SpotSums.match`):
-        :data:`FEATURE_MATCH_PASSES`, or :data:`FEATURE_MATCH_PASSES_OWN_COUNTS` on a
-        counting scan whose denoiser did not average 180° partners."""
-        if partners_used or self.readout_dominated:
+        :data:`FEATURE_MATCH_PASSES_READOUT` on a readout-dominated scan, else
+        :data:`FEATURE_MATCH_PASSES` where the denoiser averaged 180° partners and
+        :data:`FEATURE_MATCH_PASSES_OWN_COUNTS` where it did not."""
+        if self.readout_dominated:
+            return FEATURE_MATCH_PASSES_READOUT
+        if partners_used:
             return FEATURE_MATCH_PASSES
         return FEATURE_MATCH_PASSES_OWN_COUNTS
 
@@ -544,9 +551,16 @@ class RawConsistency:
         given the scan's summed frames, where their runs of sparse bins end).
 
         Rings first (coarse to fine), then the arcs of textured rings, then the whole ring's
-        mean off the isotropic rings (over all good pixels, as an integrator takes it):
-        outright on textured rings and sparse radii (the arcs keep the texture, this the
-        full-ring I(q)), shrunk elsewhere (a lattice's spots). The 0.5 px bins of
+        mean off the isotropic rings: outright on textured rings and sparse radii (the arcs
+        keep the texture, this the full-ring I(q)), shrunk elsewhere (a lattice's spots).
+        Off the isotropic rings the holds measure and scale only the pixels off the held
+        spots (:meth:`spots`), which the spot hold holds to their raw counts after them: a
+        bin's total, as an integrator takes it, is then raw's on both parts. Measured over
+        the spots too, a hold raised a bin's background by what the denoiser had taken
+        from its spots, and the spot hold then gave the spots their counts back a second
+        time (a lattice's strongest peak in I(q) +1.5 % above the mean of the scan's raw
+        frames, held off the spots −0.1 %, on 15 scans at 0.1 counts/pixel: docs/methods.md,
+        ``bench.iq_ablation --scene lattice``). The 0.5 px bins of
         :meth:`_outright_bins` are held outright in every scope: off the rings, a crest of
         the whole-ring profile at a frame's few counts is a lattice's peak in I(q) (its
         spots at one q), which the shrunk bins left broader than the unbiased mean of the
@@ -561,12 +575,12 @@ class RawConsistency:
                                       outright_bins=self._outright_bins(profile),
                                       scan_sum=scan_sum)
                       for profile in self.ring_levels or (self.rings,)]
+        off_rings = self._scope(False) & ~self._spot_sums.spots
         if self.arcs is not None:
             assert self.arc_pixels is not None  # for_scan builds both
-            steps.append(_HeldBins.build(self.arcs, self.arc_pixels, self._scope(False),
+            steps.append(_HeldBins.build(self.arcs, self.arc_pixels, off_rings,
                                          ARC_MATCH_PASSES, pooled=False))
-        off_rings = self._scope(False)
-        whole = (self.whole_ring_scope if self.whole_ring_scope is not None
+        whole = (self.whole_ring_scope & off_rings if self.whole_ring_scope is not None
                  else np.zeros_like(off_rings))
         for scope, outright in ((whole, True), (off_rings & ~whole, False)):
             if not scope.any():
