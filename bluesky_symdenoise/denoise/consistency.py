@@ -94,11 +94,11 @@ from .symmetry import (
 
 __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_ERROR",
            "EXCESS_Z", "EXCESS_Z_READOUT", "FEATURE_MATCH_PASSES",
-           "FEATURE_MATCH_PASSES_OWN_COUNTS", "FEATURE_MATCH_PASSES_READOUT",
-           "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
+           "FEATURE_MATCH_PASSES_OWN_COUNTS", "FEATURE_SIGMA_PX", "HALF_PIXEL_Z",
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "NARROW_RING_PX",
            "POOL_CHANGE_P", "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX",
-           "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency", "SpotSums",
+           "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency",
+           "SPOT_RING_BINS_PX", "SpotSums",
            "UNCONVERGED_FACTOR", "local_excess",
            "pooled_ring_means", "radial_background"]
 
@@ -126,20 +126,24 @@ FEATURE_SIGMA_PX = 2.0
 #: spot; each pass converges the spot's shape further towards the raw counts at the same
 #: spot scale (as Richardson-Lucy's iterations do), and brings back more of their noise.
 #: Where the denoiser averaged 180° partners, the spots that have one are held to the mean
-#: of two spots' counts. With the ring holds kept off the spots (:meth:`RawConsistency.
-#: _steps`), the 0.5 px bins across a lattice's peak no longer sharpen its spots
-#: radially: 8 passes, not 4, keep its fitted FWHM in I(q) at 0.1 counts/pixel within
-#: 1 % of the mean of the scan's raw frames' (``bench.iq_ablation --spot-passes``).
-FEATURE_MATCH_PASSES = 8
-#: ... on a readout-dominated scan (:data:`EXCESS_Z_READOUT`): the denoiser broadens a
-#: spot more than on the same photons counted, and 4 passes let a one-sided feature keep
-#: about as much on its own pixels as on counting data (``bench.flat_panel
-#: --counting-twins``, docs/detectors.md).
-FEATURE_MATCH_PASSES_READOUT = 4
+#: of two spots' counts: there 4 passes narrowed a lattice's peak in I(q) at 0.1
+#: counts/pixel (fitted FWHM minus the mean of the scan's raw frames' +0.6 % → +0.3 % on
+#: 12 scans) for −0.07 to +0.03 dB of PSNR on the lattices and the fibre
+#: (``bench.iq_ablation --spot-passes``, ``bench.heldout``). On a readout-dominated
+#: scan (:data:`EXCESS_Z_READOUT`) the denoiser broadens a spot more than on the same
+#: photons counted, and 4 passes let a one-sided feature keep about as much on its own
+#: pixels as on counting data (``bench.flat_panel --counting-twins``, docs/detectors.md).
+FEATURE_MATCH_PASSES = 4
 #: ... on a counting scan whose denoiser did not average partners (``thinning``,
 #: ``noise2sr``): every spot is held to one frame's own counts, and on the one-sided
 #: lattice 4 passes cost 0.16-0.26 dB of PSNR against 2 (``bench.heldout``, 200 steps).
 FEATURE_MATCH_PASSES_OWN_COUNTS = 2
+#: Whole-ring bin widths (px) at which the held spots at a lattice's radii are held to
+#: their own raw means, apart from the pixels around them, before the spot hold
+#: (:meth:`RawConsistency._steps`). The coarsest only: it gives the spot hold a start
+#: at the spots' raw level, and the spot hold does the fine work; the finer bins' means
+#: over the spots alone rest on few counts.
+SPOT_RING_BINS_PX: tuple[float, ...] = (4.0,)
 #: Radial bin width (px) of the ring and arc profiles that decide where rings are held.
 RING_BIN_PX = 1.0
 #: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
@@ -323,10 +327,9 @@ class RawConsistency:
             an isotropy test (under the readout noise a quarter of a one-sided feature's
             pixels passed the arc test, which then spread it over its arc); a spot is
             held to the raw counts whether or not its 180° partner passed (the 180° test
-            cannot show that a faint spot has none); and in
-            :data:`FEATURE_MATCH_PASSES_READOUT` passes whichever denoiser ran (the
-            denoiser broadens a spot more there; on counting scans a denoiser that
-            averaged partners gets :data:`FEATURE_MATCH_PASSES`, one that did not
+            cannot show that a faint spot has none); and in :data:`FEATURE_MATCH_PASSES`
+            passes whichever denoiser ran (the denoiser broadens a spot more there; on
+            counting scans a denoiser that did not average partners gets
             :data:`FEATURE_MATCH_PASSES_OWN_COUNTS`). Measured on the flat-panel twins
             (``bench.flat_panel --counting-twins``, docs/detectors.md).
         frames
@@ -409,7 +412,7 @@ class RawConsistency:
                 "readout_dominated": self.readout_dominated,
                 "excess_background_error": EXCESS_BACKGROUND_ERROR,
                 "feature_sigma_px": FEATURE_SIGMA_PX,
-                "feature_match_passes": self.spot_passes(True),
+                "feature_match_passes": FEATURE_MATCH_PASSES,
                 "feature_match_passes_without_partners": self.spot_passes(False),
                 "half_pixel_z": HALF_PIXEL_Z,
                 "sharp_half_pixel_bins": int(self.sharp_bins.sum())
@@ -510,12 +513,9 @@ class RawConsistency:
 
     def spot_passes(self, partners_used: bool) -> int:
         """Scaling passes of the spot hold (:meth:`SpotSums.match`):
-        :data:`FEATURE_MATCH_PASSES_READOUT` on a readout-dominated scan, else
-        :data:`FEATURE_MATCH_PASSES` where the denoiser averaged 180° partners and
-        :data:`FEATURE_MATCH_PASSES_OWN_COUNTS` where it did not."""
-        if self.readout_dominated:
-            return FEATURE_MATCH_PASSES_READOUT
-        if partners_used:
+        :data:`FEATURE_MATCH_PASSES`, or :data:`FEATURE_MATCH_PASSES_OWN_COUNTS` on a
+        counting scan whose denoiser did not average 180° partners."""
+        if partners_used or self.readout_dominated:
             return FEATURE_MATCH_PASSES
         return FEATURE_MATCH_PASSES_OWN_COUNTS
 
@@ -553,19 +553,21 @@ class RawConsistency:
         Rings first (coarse to fine), then the arcs of textured rings, then the whole ring's
         mean off the isotropic rings: outright on textured rings and sparse radii (the arcs
         keep the texture, this the full-ring I(q)), shrunk elsewhere (a lattice's spots).
-        Off the isotropic rings the holds measure and scale only the pixels off the held
-        spots (:meth:`spots`), which the spot hold holds to their raw counts after them: a
-        bin's total, as an integrator takes it, is then raw's on both parts. Measured over
-        the spots too, a hold raised a bin's background by what the denoiser had taken
-        from its spots, and the spot hold then gave the spots their counts back a second
-        time (a lattice's strongest peak in I(q) +1.5 % above the mean of the scan's raw
-        frames, held off the spots −0.1 %, on 15 scans at 0.1 counts/pixel: docs/methods.md,
-        ``bench.iq_ablation --scene lattice``). The 0.5 px bins of
-        :meth:`_outright_bins` are held outright in every scope: off the rings, a crest of
-        the whole-ring profile at a frame's few counts is a lattice's peak in I(q) (its
-        spots at one q), which the shrunk bins left broader than the unbiased mean of the
-        scan's frames (fitted FWHM +1.8 % ± 0.8 % on 12 lattice scans at 0.1 counts/pixel,
-        held outright +0.6 % ± 0.7 %, ``bench.iq_ablation --scene lattice``).
+        At the lattice radii (off the rings, arcs and whole-ring scope) the held spots
+        (:meth:`spots`) and the pixels around them are held apart, each to its own raw
+        means: the spots at the coarsest scale (:data:`SPOT_RING_BINS_PX`; the spot hold
+        holds them to their raw counts after), the rest at every scale. A bin's total, as
+        an integrator takes it, is then raw's on both parts. Held together, a bin whose
+        spots the denoiser had shrunk was raised whole, background with them, to its raw
+        mean; the spot hold then gave the spots their counts back a second time and the
+        background kept the first: a lattice's strongest peak in I(q) came out higher
+        than the mean of the scan's raw frames (docs/methods.md, ``bench.iq_ablation
+        --scene lattice``). Where the whole ring's mean is held outright (textured rings,
+        sparse radii) a spot is part of an arc's texture and stays in that hold. The
+        0.5 px bins of :meth:`_outright_bins` are held outright in every scope: off the
+        rings, across a crest of the whole-ring profile at a frame's few counts (a
+        lattice's peak in I(q), its spots at one q) they hold the background beside the
+        spots.
         """
         steps: list[_HeldBins | None] = []
         if self.rings is not None:
@@ -575,14 +577,15 @@ class RawConsistency:
                                       outright_bins=self._outright_bins(profile),
                                       scan_sum=scan_sum)
                       for profile in self.ring_levels or (self.rings,)]
-        off_rings = self._scope(False) & ~self._spot_sums.spots
         if self.arcs is not None:
             assert self.arc_pixels is not None  # for_scan builds both
-            steps.append(_HeldBins.build(self.arcs, self.arc_pixels, off_rings,
+            steps.append(_HeldBins.build(self.arcs, self.arc_pixels, self._scope(False),
                                          ARC_MATCH_PASSES, pooled=False))
-        whole = (self.whole_ring_scope & off_rings if self.whole_ring_scope is not None
+        off_rings = self._scope(False)
+        whole = (self.whole_ring_scope if self.whole_ring_scope is not None
                  else np.zeros_like(off_rings))
-        for scope, outright in ((whole, True), (off_rings & ~whole, False)):
+        lattice, spots = off_rings & ~whole, self._spot_sums.spots
+        for scope, outright in ((whole, True), (lattice & ~spots, False)):
             if not scope.any():
                 continue
             steps += [_HeldBins.build(profile, scope, scope, RING_MATCH_PASSES,
@@ -592,6 +595,12 @@ class RawConsistency:
                                       outright_bins=self._outright_bins(profile),
                                       scan_sum=scan_sum)
                       for profile in self.ring_levels]
+        on_spots = lattice & spots
+        if on_spots.any():
+            steps += [_HeldBins.build(profile, on_spots, on_spots, RING_MATCH_PASSES,
+                                      shrink=True, scan_sum=scan_sum)
+                      for profile in self.ring_levels
+                      if profile.bin_width in SPOT_RING_BINS_PX]
         return tuple(step for step in steps if step is not None)
 
     def _outright_bins(self, profile: RingProfile) -> np.ndarray | None:

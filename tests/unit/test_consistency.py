@@ -212,13 +212,14 @@ def test_half_pixel_bins_across_a_rings_crest_are_held_outright_at_low_counts():
 @pytest.mark.fast
 def test_a_lattices_spots_and_their_surroundings_are_held_apart():
     """A denoiser that spreads a lattice's spots into their surroundings (at 0.1
-    counts/pixel). Off the isotropic rings the ring holds measure and scale only the
-    pixels off the held spots, and the spot hold holds the spots after them: the whole-ring
-    means at the spots' radii and the spots' surroundings keep raw's counts. Measured
-    over the spots too, a hold raised each bin's background by what the denoiser had taken
-    from its spots, the spot hold gave the spots their counts back a second time, and the
-    spots' radii came out 2 % above raw's. Across the crest of the whole-ring profile the
-    0.5 px bins are still held outright (on the pixels off the spots)."""
+    counts/pixel). At a lattice's radii the ring holds hold the held spots and the pixels
+    around them apart, each to its own raw means, and the spot hold holds the spots after
+    them: the whole-ring means at the spots' radii and the spots' surroundings keep raw's
+    counts. Held together, a bin was raised whole, background with its spots, by what the
+    denoiser had taken from the spots; the spot hold gave the spots their counts back a
+    second time, and the spots' radii came out 2 % above raw's. Across the crest of the
+    whole-ring profile the 0.5 px bins are still held outright (on the pixels off the
+    spots)."""
     import dataclasses
 
     scene = scenes.make_scene("lattice", shape=(128, 128), seed=3)
@@ -246,7 +247,7 @@ def test_a_lattices_spots_and_their_surroundings_are_held_apart():
     print(f"held over raw: spots' radii {radii:.4f}, spots {on_spots:.4f}, "
           f"around them {around:.4f}")
     assert abs(radii - 1.0) < 0.01
-    assert abs(on_spots - 1.0) < 0.02
+    assert abs(on_spots - 1.0) < 0.03  # (held at the 2 px spot scale, not pixel by pixel)
     assert abs(around - 1.0) < 0.015
 
     assert found.crest_half_bins is not None
@@ -865,7 +866,6 @@ def test_the_spot_hold_converges_a_broadened_spot_towards_its_raw_shape():
     from bluesky_symdenoise.denoise.consistency import (
         FEATURE_MATCH_PASSES,
         FEATURE_MATCH_PASSES_OWN_COUNTS,
-        FEATURE_MATCH_PASSES_READOUT,
     )
 
     shape = (64, 64)
@@ -880,33 +880,30 @@ def test_the_spot_hold_converges_a_broadened_spot_towards_its_raw_shape():
     held = {flag: RawConsistency(good=good, rings=None, ring_pixels=np.zeros(shape, bool),
                                  features=spot, readout_dominated=flag)
             for flag in (False, True)}
-    assert FEATURE_MATCH_PASSES > FEATURE_MATCH_PASSES_READOUT > FEATURE_MATCH_PASSES_OWN_COUNTS
+    assert FEATURE_MATCH_PASSES > FEATURE_MATCH_PASSES_OWN_COUNTS
     assert held[False].spot_passes(False) == FEATURE_MATCH_PASSES_OWN_COUNTS
     assert held[False].spot_passes(True) == FEATURE_MATCH_PASSES
-    for partners_used in (False, True):
-        assert held[True].spot_passes(partners_used) == FEATURE_MATCH_PASSES_READOUT
-    summary = held[False].summary()
-    assert summary["feature_match_passes"] == FEATURE_MATCH_PASSES
-    assert summary["feature_match_passes_without_partners"] == FEATURE_MATCH_PASSES_OWN_COUNTS
+    assert held[True].spot_passes(False) == FEATURE_MATCH_PASSES
+    assert (held[False].summary()["feature_match_passes_without_partners"]
+            == FEATURE_MATCH_PASSES_OWN_COUNTS)
     # (No partner to average here: partners_used only changes the passes.)
-    out = {n: held[False].apply(raw, denoised, partners_used=n == FEATURE_MATCH_PASSES)
-           for n in (FEATURE_MATCH_PASSES_OWN_COUNTS, FEATURE_MATCH_PASSES)}
-    out[FEATURE_MATCH_PASSES_READOUT] = held[True].apply(raw, denoised, partners_used=False)
+    fewer = held[False].apply(raw, denoised, partners_used=False)
+    more = {"partners": held[False].apply(raw, denoised, partners_used=True),
+            "readout": held[True].apply(raw, denoised, partners_used=False)}
+    np.testing.assert_array_equal(more["partners"], more["readout"])
 
     def kept(image: np.ndarray, where: np.ndarray) -> float:
         return float(image[where].sum() / raw[where].sum())
 
-    print("spot's own pixels kept: " + ", ".join(
-        f"{n} passes {kept(out[n], own):.3f}" for n in sorted(out))
-        + f" (denoised alone {kept(denoised, own):.3f})")
-    fewer, middle, most = (out[n] for n in sorted(out))
-    assert kept(fewer, own) < kept(middle, own) < kept(most, own) < 1.02
-    assert kept(most, own) - kept(fewer, own) > 0.05
+    print(f"spot's own pixels kept: {FEATURE_MATCH_PASSES} passes "
+          f"{kept(more['partners'], own):.3f}, {FEATURE_MATCH_PASSES_OWN_COUNTS} passes "
+          f"{kept(fewer, own):.3f} (denoised alone {kept(denoised, own):.3f})")
+    assert kept(fewer, own) < kept(more["partners"], own) < 1.02
+    assert kept(more["partners"], own) - kept(fewer, own) > 0.05
     # The further passes take the spot's sum no further from raw's than fewer do.
-    assert abs(kept(most, spot) - 1.0) <= abs(kept(middle, spot) - 1.0) + 0.01
-    assert abs(kept(middle, spot) - 1.0) <= abs(kept(fewer, spot) - 1.0) + 0.01
-    for image in out.values():
-        np.testing.assert_array_equal(image[~spot], denoised[~spot])
+    assert abs(kept(more["partners"], spot) - 1.0) <= abs(kept(fewer, spot) - 1.0) + 0.01
+    for out in (fewer, *more.values()):
+        np.testing.assert_array_equal(out[~spot], denoised[~spot])
 
 
 def test_a_held_out_half_is_held_to_the_scans_counts_with_its_frame_replaced_by_it():
