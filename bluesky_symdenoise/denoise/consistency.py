@@ -98,7 +98,7 @@ __all__ = ["ARC_MATCH_PASSES", "CREST_BASE_BINS", "CREST_Z", "EXCESS_BACKGROUND_
            "FEATURE_WINDOWS", "MIN_RING_COUNTS", "MIN_RING_PIXELS", "NARROW_RING_PX",
            "POOL_CHANGE_P", "POOL_SINGLE_Z", "POOL_WINDOW_BINS", "RING_BIN_PX",
            "SPARSE_RING_PIXELS", "RING_BINS_PX", "RING_MATCH_PASSES", "RawConsistency",
-           "SPOT_RING_BINS_PX", "SpotSums",
+           "SpotSums",
            "UNCONVERGED_FACTOR", "local_excess",
            "pooled_ring_means", "radial_background"]
 
@@ -138,12 +138,6 @@ FEATURE_MATCH_PASSES = 4
 #: ``noise2sr``): every spot is held to one frame's own counts, and on the one-sided
 #: lattice 4 passes cost 0.16-0.26 dB of PSNR against 2 (``bench.heldout``, 200 steps).
 FEATURE_MATCH_PASSES_OWN_COUNTS = 2
-#: Whole-ring bin widths (px) at which the held spots at a lattice's radii are held to
-#: their own raw means, apart from the pixels around them, before the spot hold
-#: (:meth:`RawConsistency._steps`). The coarsest only: it gives the spot hold a start
-#: at the spots' raw level, and the spot hold does the fine work; the finer bins' means
-#: over the spots alone rest on few counts.
-SPOT_RING_BINS_PX: tuple[float, ...] = (4.0,)
 #: Radial bin width (px) of the ring and arc profiles that decide where rings are held.
 RING_BIN_PX = 1.0
 #: Radial bin widths (px) of the ring means the denoised frame is held to, coarse to fine.
@@ -555,19 +549,19 @@ class RawConsistency:
         keep the texture, this the full-ring I(q)), shrunk elsewhere (a lattice's spots).
         At the lattice radii (off the rings, arcs and whole-ring scope) the held spots
         (:meth:`spots`) and the pixels around them are held apart, each to its own raw
-        means: the spots at the coarsest scale (:data:`SPOT_RING_BINS_PX`; the spot hold
-        holds them to their raw counts after), the rest at every scale. A bin's total, as
-        an integrator takes it, is then raw's on both parts. Held together, a bin whose
+        means at every scale (the spots' shrunk in every bin; the spot hold holds them to
+        their raw counts after, at the spot scale). A bin's total, as an integrator takes
+        it, is then raw's on both parts. Held together, a bin whose
         spots the denoiser had shrunk was raised whole, background with them, to its raw
         mean; the spot hold then gave the spots their counts back a second time and the
         background kept the first: a lattice's strongest peak in I(q) came out higher
         than the mean of the scan's raw frames (docs/methods.md, ``bench.iq_ablation
         --scene lattice``). Where the whole ring's mean is held outright (textured rings,
         sparse radii) a spot is part of an arc's texture and stays in that hold. The
-        0.5 px bins of :meth:`_outright_bins` are held outright in every scope: off the
-        rings, across a crest of the whole-ring profile at a frame's few counts (a
-        lattice's peak in I(q), its spots at one q) they hold the background beside the
-        spots.
+        0.5 px bins of :meth:`_outright_bins` are held outright in every scope but the
+        lattice's spots: off the rings, across a crest of the whole-ring profile at a
+        frame's few counts (a lattice's peak in I(q), its spots at one q) they hold the
+        background beside the spots.
         """
         steps: list[_HeldBins | None] = []
         if self.rings is not None:
@@ -596,11 +590,10 @@ class RawConsistency:
                                       scan_sum=scan_sum)
                       for profile in self.ring_levels]
         on_spots = lattice & spots
-        if on_spots.any():
+        if on_spots.any():  # shrunk at every scale: the spot hold does the fine work
             steps += [_HeldBins.build(profile, on_spots, on_spots, RING_MATCH_PASSES,
                                       shrink=True, scan_sum=scan_sum)
-                      for profile in self.ring_levels
-                      if profile.bin_width in SPOT_RING_BINS_PX]
+                      for profile in self.ring_levels]
         return tuple(step for step in steps if step is not None)
 
     def _outright_bins(self, profile: RingProfile) -> np.ndarray | None:
