@@ -272,6 +272,63 @@ def test_a_lattices_spots_and_their_surroundings_are_held_apart():
     assert held < before < alone
 
 
+def test_a_lattices_peak_keeps_its_width_where_its_spots_are_held(monkeypatch):
+    """A denoiser that broadens a lattice's spots (a Gaussian of 0.8 px) at 0.25
+    counts/pixel. Across a crest of the whole-ring profile, the spots' 0.5 px bins are held
+    to the raw-to-denoised ratio fitted across the crest (a constant, a slope and a
+    curvature): the strongest peak in the full-ring I(q) keeps raw's fitted FWHM and
+    height. Each bin's correction shrunk by its noise, as before, left the peak wider; each
+    bin held outright to its own raw mean puts its noise on the spots' brightest pixels."""
+    from bench.iq import fitted_peak_bias
+    from bench.metrics import default_npt
+    from bluesky_symdenoise.denoise import consistency as consistency_module
+    from bluesky_symdenoise.integrate.azimuthal import AzimuthalIntegration
+
+    scene = scenes.make_scene("lattice", shape=(128, 128), seed=4)
+    good, truth, frames, found = _low_count_scan(scene, np.random.default_rng(4),
+                                                 counts=0.25)
+    assert found.crest_half_bins is not None
+    spots = found.spots() & good
+    broadened = np.where(good, ndimage.gaussian_filter(truth, 0.8), 0.0)
+    integ = AzimuthalIntegration(scene.geometry, ~good)
+    npt = default_npt(scene.geometry)
+    i_true = integ.integrate(truth, npt=npt)
+
+    def fitted(image):
+        found_bias = fitted_peak_bias(i_true.q_nm, integ.integrate(image, npt=npt).intensity,
+                                      i_true.intensity)
+        return np.array([found_bias["fit_height"], found_bias["fit_fwhm"]])
+
+    def against_raw(consistency):
+        """Height and FWHM minus raw's, the spots' RMS error against the truth (means over
+        the frames)."""
+        held = [consistency.apply(f, broadened) for f in frames]
+        bias = np.mean([fitted(h) - fitted(f) for h, f in zip(held, frames, strict=True)],
+                       axis=0)
+        rms = np.mean([np.sqrt(np.mean((h - truth)[spots] ** 2)) for h in held])
+        return bias, rms
+
+    (height, width), rms = against_raw(found)
+    (_, alone) = fitted(broadened) - np.mean([fitted(f) for f in frames], axis=0)
+    variants = {"left": lambda target, den, support, runs: np.where(runs > 0, den, target),
+                "outright": lambda target, den, support, runs: target}
+    other = {}
+    for name, fit in variants.items():
+        monkeypatch.setattr(consistency_module, "_crest_fit", fit)
+        other[name] = against_raw(RawConsistency.for_scan(
+            frames.sum(0), good, scene.geometry.center, frames=len(frames)))
+    (_, left_width), _ = other["left"]
+    (_, outright_width), outright_rms = other["outright"]
+    print(f"held minus raw: height {height:+.4f}, FWHM {width:+.4f}, spots' RMS {rms:.4f}; "
+          f"broadened alone FWHM {alone:+.4f}; crest bins left as the coarser holds left "
+          f"them: FWHM {left_width:+.4f}; held outright: FWHM {outright_width:+.4f}, "
+          f"spots' RMS {outright_rms:.4f}")
+    assert alone > 0.03
+    assert abs(width) < 0.01 and abs(height) < 0.01
+    assert left_width > width + 0.01
+    assert rms < outright_rms
+
+
 def test_ring_crests_are_found_on_the_scans_counts_and_not_on_a_saxs_fall():
     """The crest of a ring a pixel or two wide, at 0.1 counts/pixel over six frames, is found
     (with the bins either side); the steep fall by a SAXS beamstop, which only falls, and a
