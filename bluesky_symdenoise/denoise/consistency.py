@@ -920,30 +920,41 @@ CREST_FIT_TERMS = 3
 def _crest_fit(target: np.ndarray, den: np.ndarray, support: np.ndarray,
                runs: np.ndarray) -> np.ndarray:
     """``target`` (per bin, the raw means a frame is held to) with the bins of each run of
-    ``runs`` (1, 2, ...; 0: none) replaced by the denoised means ``den`` times the
-    raw-to-denoised ratio fitted across the run: ``1 + a + b·t + c·t²`` in the bin's place
-    ``t`` (-1 to 1 across the run), by weighted least squares (Poisson: each bin's raw
-    counts ``target · support`` have the variance of their expectation, ``den ·
-    support``). ``support``: per bin, pixels times frames behind its target.
+    ``runs`` (1, 2, ...; 0: none) held instead to the denoised means ``den`` times a
+    raw-to-denoised ratio that rests on the whole run. ``support``: per bin, pixels times
+    frames behind its target.
 
-    A denoiser that broadens a peak a pixel or two wide by a little lowers its crest and
-    raises its flanks by a few per cent: per 0.5 px bin within a frame's noise, so a bin's
-    correction shrunk by that noise is lost, and one held outright puts the noise of a
-    bin's few counts back on the peak's brightest pixels. The ratio's three terms pool the
-    run's counts: they restore the peak's height and width with the noise of three numbers.
-    A run with no more bins holding counts than terms keeps its own raw means."""
+    Across the run the ratio is fitted as ``1 + a + b·t + c·t²`` in the bin's place ``t``
+    (-1 to 1), by weighted least squares (Poisson: a bin's raw counts ``target · support``
+    have the variance of their expectation, ``den · support``). Each bin's own ratio is
+    then shrunk towards the fit by its noise (positive-part James-Stein, as
+    :class:`_HeldBins` shrinks a bin's correction towards none): where a frame's counts are
+    few a bin takes the fit, where they are many its own raw mean.
+
+    A denoiser that broadens a peak a pixel or two wide lowers its crest and raises its
+    flanks by a few per cent: per 0.5 px bin within a frame's noise at a few counts, so a
+    correction shrunk towards none by that noise was lost, and held outright bin by bin it
+    puts the noise of a bin's few counts on the peak's brightest pixels. The fit's three
+    terms pool the run's counts. A run with no more bins holding counts than terms keeps
+    its own raw means."""
     out = np.array(target, np.float64, copy=True)
     for run in range(1, int(runs.max()) + 1):
         bins = np.flatnonzero(runs == run)
-        weight = support[bins] * np.maximum(den[bins], 0.0)
-        if np.count_nonzero(weight > 0) <= CREST_FIT_TERMS:
+        counts = support[bins] * np.maximum(den[bins], 0.0)
+        used = counts > 0
+        if np.count_nonzero(used) <= CREST_FIT_TERMS:
             continue
         place = (bins - 0.5 * (bins[0] + bins[-1])) / max(0.5 * (bins[-1] - bins[0]), 1.0)
         terms = place[:, None] ** np.arange(CREST_FIT_TERMS)
-        information = (terms.T * weight) @ terms
+        information = (terms.T * counts) @ terms
         score = terms.T @ (support[bins] * (target[bins] - den[bins]))
-        ratio = terms @ np.linalg.lstsq(information, score, rcond=None)[0]
-        out[bins] = np.maximum(den[bins] * (1.0 + ratio), 0.0)
+        fitted = terms @ np.linalg.lstsq(information, score, rcond=None)[0]
+        own = np.divide(target[bins], den[bins], out=np.ones(bins.size), where=used) - 1.0
+        off_fit = own - fitted
+        noise = np.divide(1.0, counts, out=np.zeros(bins.size), where=used)
+        keep = np.clip(1.0 - noise / np.maximum(off_fit ** 2, 1e-12), 0.0, 1.0)
+        out[bins] = np.where(used, den[bins] * np.maximum(1.0 + fitted + keep * off_fit, 0.0),
+                             target[bins])
     return out
 
 
