@@ -935,20 +935,21 @@ def _crest_fit(target: np.ndarray, den: np.ndarray, support: np.ndarray,
     flanks by a few per cent: per 0.5 px bin within a frame's noise at a few counts, so a
     correction shrunk towards none by that noise was lost, and held outright bin by bin it
     puts the noise of a bin's few counts on the peak's brightest pixels. The fit's three
-    terms pool the run's counts. A run with no more bins holding counts than terms keeps
-    its own raw means."""
+    terms pool the run's counts. A run with no more bins holding counts than terms has no
+    fit: its bins' ratios are shrunk towards none, as elsewhere."""
     out = np.array(target, np.float64, copy=True)
     for run in range(1, int(runs.max()) + 1):
         bins = np.flatnonzero(runs == run)
         counts = support[bins] * np.maximum(den[bins], 0.0)
         used = counts > 0
-        if np.count_nonzero(used) <= CREST_FIT_TERMS:
-            continue
-        place = (bins - 0.5 * (bins[0] + bins[-1])) / max(0.5 * (bins[-1] - bins[0]), 1.0)
-        terms = place[:, None] ** np.arange(CREST_FIT_TERMS)
-        information = (terms.T * counts) @ terms
-        score = terms.T @ (support[bins] * (target[bins] - den[bins]))
-        fitted = terms @ np.linalg.lstsq(information, score, rcond=None)[0]
+        fitted = np.zeros(bins.size)
+        if np.count_nonzero(used) > CREST_FIT_TERMS:
+            place = ((bins - 0.5 * (bins[0] + bins[-1]))
+                     / max(0.5 * (bins[-1] - bins[0]), 1.0))
+            terms = place[:, None] ** np.arange(CREST_FIT_TERMS)
+            information = (terms.T * counts) @ terms
+            score = terms.T @ (support[bins] * (target[bins] - den[bins]))
+            fitted = terms @ np.linalg.lstsq(information, score, rcond=None)[0]
         own = np.divide(target[bins], den[bins], out=np.ones(bins.size), where=used) - 1.0
         off_fit = own - fitted
         noise = np.divide(1.0, counts, out=np.zeros(bins.size), where=used)
