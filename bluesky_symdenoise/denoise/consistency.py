@@ -549,9 +549,11 @@ class RawConsistency:
         keep the texture, this the full-ring I(q)), shrunk elsewhere (a lattice's spots).
         At the lattice radii (off the rings, arcs and whole-ring scope) the held spots
         (:meth:`spots`) and the pixels around them are held apart, each to its own raw
-        means at every scale (the spots' shrunk in every bin; the spot hold holds them to
-        their raw counts after, at the spot scale). A bin's total, as an integrator takes
-        it, is then raw's on both parts. Held together, a bin whose spots the denoiser had
+        means at every scale (the spots' shrunk in every bin but the 0.5 px bins across a
+        crest at a frame's few counts, held to the raw-to-denoised ratio fitted across the
+        crest, :func:`_crest_fit`; the spot hold holds them to their raw counts after, at
+        the spot scale). A bin's total, as an integrator takes it, is then raw's on both
+        parts. Held together, a bin whose spots the denoiser had
         shrunk was raised whole, background with them, to its raw mean; the spot hold then
         gave the spots their counts back a second time and the background kept the first:
         a lattice's strongest peak in I(q) came out higher than the mean of the scan's raw
