@@ -757,8 +757,8 @@ class _HeldBins:
     #: where runs of sparse bins end (:func:`_merge_sparse_bins`); None: not known.
     scan_counts: np.ndarray | None = None
     #: Per bin: the run of bins across a crest it belongs to (1, 2, ...; 0: none), whose
-    #: targets are the raw-to-denoised ratio fitted across the run (:func:`_crest_fit`);
-    #: None: every bin's own target.
+    #: ratios of raw to denoised means are shrunk towards the ratio fitted across the run
+    #: (:func:`_crest_fit`); None: every bin's own target.
     fit_runs: np.ndarray | None = None
 
     @classmethod
@@ -771,8 +771,9 @@ class _HeldBins:
         pixel has enough support (bins with fewer than :data:`MIN_RING_PIXELS` measured
         pixels are left alone unless ``sparse`` or held outright). ``outright_bins``: bins
         of a shrunk hold that are held outright (the pixels reading them mostly).
-        ``fit_bins``: bins held outright to the raw-to-denoised ratio fitted across each
-        run of them (:func:`_crest_fit`), not to their own raw means.
+        ``fit_bins``: bins held outright to the targets of :func:`_crest_fit` (each bin's
+        ratio of raw to denoised means shrunk towards the ratio fitted across its run of
+        them), not to their own raw means.
         ``scan_sum``: the scan's summed frames, whose bin sums end runs of sparse bins
         (whole-ring profiles)."""
         strict = shrink and not sparse  # the minimum pixels and counts apply
