@@ -553,11 +553,11 @@ class RawConsistency:
         crest at a frame's few counts, held to the raw-to-denoised ratio fitted across the
         crest, :func:`_crest_fit`; the spot hold holds them to their raw counts after, at
         the spot scale). A bin's total, as an integrator takes it, is then raw's on both
-        parts. Held together, a bin whose spots the denoiser had
-        shrunk was raised whole, background with them, to its raw mean; the spot hold then
-        gave the spots their counts back a second time and the background kept the first:
-        a lattice's strongest peak in I(q) came out higher than the mean of the scan's raw
-        frames (docs/methods.md, ``bench.iq_ablation --scene lattice``). Where the whole
+        parts. Held together, a bin whose spots the denoiser had shrunk was raised whole,
+        background with them, to its raw mean; the spot hold then gave the spots their
+        counts back a second time and the background kept the first: a lattice's strongest
+        peak in I(q) came out higher than the mean of the scan's raw frames
+        (docs/methods.md, ``bench.iq_ablation --scene lattice``). Where the whole
         ring's mean is held outright (textured rings, sparse radii) a spot is part of an
         arc's texture and stays in that hold. The 0.5 px bins of :meth:`_outright_bins`
         are held outright in every scope but the lattice's spots: off the rings, across a
