@@ -33,6 +33,10 @@ no point spread, plus the hardest corner (lowest gain, highest read noise, wides
 seeds that nothing was tuned on. ``--out`` writes (or replaces) this preset's section of the
 result file.
 
+With ``--steps N`` ours fine-tunes for exactly N seeded steps instead of for the budget's
+wall time (the budget still caps them): the rows then do not depend on the machine's speed,
+and a scan's PSNR can be followed against the length of its training.
+
 ``--calibration-sizes 128 2048`` runs the engine's calibration alone
 (:func:`~bluesky_symdenoise.denoise.detector_noise.calibrate`, nothing denoised) on the same
 grid, scenes and seeds at each frame size: the estimates' error against the frame's size
@@ -192,11 +196,15 @@ def grid_scans(kinds, counts, grid, *, seeds: int, seed0: int, sizes: tuple[int,
                                                    seed=noise_seed)
 
 
-def _denoise(scan: FlatScan, method: str, budget: float) -> tuple[Any, float]:
+def _denoise(scan: FlatScan, method: str, budget: float, steps: int | None = None
+             ) -> tuple[Any, float]:
+    """One denoise call and its wall time; ``steps``: fine-tune for exactly that many
+    seeded steps (the budget still caps them), not for the budget's wall time."""
+    fixed = {"max_steps": steps, "seed": 0} if steps else {}
     start = time.perf_counter()
     result = denoise_scan(scan.frames, mask=scan.scene.mask,
                           center=scan.scene.geometry.center, method=method, budget_s=budget,
-                          detector="integrating")
+                          detector="integrating", **fixed)
     return result, time.perf_counter() - start
 
 
@@ -652,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of each denoise call (ours and classical)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tune ours for this many steps (seeded), not for the budget")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file; this preset's section is written or replaced")
     parser.add_argument("--calibration-sizes", nargs="+", type=int, default=None,
@@ -661,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the one-sided feature on each scan and on its counting twin "
                         "(the same photons counted), ours only")
     args = parser.parse_args(argv)
+    if args.steps and (args.calibration_sizes or args.counting_twins):
+        parser.error("--steps applies to the denoising table only")
     preset = PRESETS["unseen" if args.unseen else "default"]
     gains = tuple(args.gains or preset.gains)
     reads = tuple(args.reads or preset.reads)
@@ -676,8 +688,10 @@ def main(argv: list[str] | None = None) -> int:
                f"{' '.join(args.scenes)} --gains {_floats(gains)} --reads {_floats(reads)} "
                f"--psf {_floats(psfs)} --counts {_floats(counts)} --design {design} "
                f"--seeds {args.seeds} --seed {seed0} --size {args.size} --frames "
-               f"{args.frames} --budget {args.budget:g} --threads {args.threads}")
-    as_preset = (tuple(args.scenes) == SCENES and (gains, reads, psfs, counts, design, seed0)
+               f"{args.frames} --budget {args.budget:g} --threads {args.threads}"
+               + (f" --steps {args.steps}" if args.steps else ""))
+    as_preset = (not args.steps and tuple(args.scenes) == SCENES
+                 and (gains, reads, psfs, counts, design, seed0)
                  == (preset.gains, preset.reads, preset.psfs, preset.counts, preset.design,
                      preset.seed))
     grid = detector_grid(gains, reads, psfs, design)
@@ -710,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     for case, scan in grid_scans(args.scenes, counts, grid, seeds=args.seeds, seed0=seed0,
                                  sizes=(args.size,), frames=args.frames):
         try:
-            ours, seconds = _denoise(scan, "auto", args.budget)
+            ours, seconds = _denoise(scan, "auto", args.budget, args.steps)
             classical, seconds_c = _denoise(scan, "classical", args.budget)
             row = score_row(scan, ours, classical)
             row.update(seconds=seconds, seconds_classical=seconds_c)
