@@ -55,3 +55,15 @@ def test_a_twin_at_matched_information_knows_the_features_total_as_well_as_the_s
     # the plain twin knows it several times better: readout noise of 2 photons rms a pixel
     # next to a feature of about 2 photons a pixel
     assert snr_squared(counting_twin(scan, seed=9)) > 2.5 * integrated
+
+
+def test_steps_fix_ours_training_length_not_the_budget():
+    from bench.flat_panel import _denoise
+
+    scene = scenes.make_scene("powder", shape=(64, 64), seed=3, detector=DETECTOR)
+    scan = make_flat_scan(scene, 1.0, gain=7.0, read_noise=4.0, psf_sigma=0.0, n_frames=3,
+                          seed=4)
+    result, _ = _denoise(scan, "symmetry", budget=120.0, steps=3)
+    assert result.provenance["training"]["steps"] == 3
+    again, _ = _denoise(scan, "symmetry", budget=120.0, steps=3)
+    np.testing.assert_array_equal(again.denoised, result.denoised)  # seeded: the same network
