@@ -1,12 +1,12 @@
-"""The flat-panel bench's counting twins: the same photons counted, like for like, and counted
-at matched information."""
+"""The flat-panel bench: its counting twins (the same photons counted, like for like, and
+counted at matched information) and its fixed training length (``--steps``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.flat_panel import DETECTOR, counting_twin, make_flat_scan, matched_scale
+from bench.flat_panel import DETECTOR, _denoise, counting_twin, make_flat_scan, matched_scale
 from bluesky_symdenoise.simulate import scenes
 
 
@@ -58,8 +58,6 @@ def test_a_twin_at_matched_information_knows_the_features_total_as_well_as_the_s
 
 
 def test_steps_fix_ours_training_length_not_the_budget():
-    from bench.flat_panel import _denoise
-
     scene = scenes.make_scene("powder", shape=(64, 64), seed=3, detector=DETECTOR)
     scan = make_flat_scan(scene, 1.0, gain=7.0, read_noise=4.0, psf_sigma=0.0, n_frames=3,
                           seed=4)
